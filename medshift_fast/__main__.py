@@ -1,0 +1,3 @@
+from medshift_fast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""medshift_fast.export"""
