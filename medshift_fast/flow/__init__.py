@@ -1,1 +1,30 @@
-"""medshift_fast.flow"""
+"""Flow matching: coupling (OT/SB), paths, matcher, ODE solvers, guidance, translation."""
+
+from .coupling import COUPLINGS, CouplingConfig, couple, couple_indices
+from .guidance import make_field
+from .matcher import FlowBatch, SBFlowMatcher
+from .paths import sample_t, sb_sample_xt, sb_target
+from .solvers import SOLVERS, integrate, nfe, time_grid
+from .translate import decode, encode, sample, sdedit, translate
+
+__all__ = [
+    "COUPLINGS",
+    "SOLVERS",
+    "CouplingConfig",
+    "FlowBatch",
+    "SBFlowMatcher",
+    "couple",
+    "couple_indices",
+    "decode",
+    "encode",
+    "integrate",
+    "make_field",
+    "nfe",
+    "sample",
+    "sample_t",
+    "sb_sample_xt",
+    "sb_target",
+    "sdedit",
+    "time_grid",
+    "translate",
+]

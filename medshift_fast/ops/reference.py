@@ -235,12 +235,13 @@ def guided_stage_ref(
     dt/6, dt/3, dt/3 and finishes with h=dt/6 from the accumulator.
 
     Returns:
-        (x_new, acc_new or None), in x's dtype; arithmetic in fp32.
+        (x_new, acc_new or None), in x's dtype; arithmetic in fp32 (fp64 for fp64 inputs).
     """
-    k = guided_velocity_ref(v_cond.float(), None if v_uncond is None else v_uncond.float(), w)
-    x_new = (x.float() + h * k).to(x.dtype)
+    ct = torch.promote_types(x.dtype, torch.float32)  # fp32 math (fp64 stays fp64)
+    k = guided_velocity_ref(v_cond.to(ct), None if v_uncond is None else v_uncond.to(ct), w)
+    x_new = (x.to(ct) + h * k).to(x.dtype)
     acc_new = None
     if acc is not None or c != 0.0:
         base = acc if acc is not None else x
-        acc_new = (base.float() + c * k).to(base.dtype)
+        acc_new = (base.to(ct) + c * k).to(base.dtype)
     return x_new, acc_new

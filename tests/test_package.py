@@ -1,0 +1,71 @@
+"""Package-level behaviour: lean import, backend dispatch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import medshift_fast
+from medshift_fast import _backend
+from medshift_fast.errors import BackendUnavailableError, MedShiftError
+
+
+def test_import_is_lean():
+    # Importing the package (and its ops/flow/models) must not import triton or initialise CUDA.
+    code = (
+        "import sys, medshift_fast, medshift_fast.ops, medshift_fast.flow, medshift_fast.models\n"
+        "import torch\n"
+        "assert 'triton' not in sys.modules, 'triton imported at import time'\n"
+        "assert not torch.cuda.is_initialized(), 'CUDA initialised at import time'\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+def test_unknown_backend_name():
+    with pytest.raises(MedShiftError):
+        with medshift_fast.use_backend("fastest"):
+            pass
+
+
+def test_explicit_missing_backend_raises():
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError):
+            with medshift_fast.use_backend("cuda"):
+                pass
+        with pytest.raises(BackendUnavailableError):
+            _backend.resolve("x", "cpu", ("reference", "cuda"), "cuda")
+
+
+def test_auto_picks_reference_when_nothing_else():
+    assert _backend.resolve("x", "cpu", ("reference",), "auto") == "reference"
+
+
+def test_backend_unsupported_for_op_raises():
+    with pytest.raises(BackendUnavailableError):
+        _backend.resolve("x", "cpu", ("reference",), "cpp" if _backend.is_available("cpp") else "cuda")
+
+
+def test_use_backend_context_and_env(monkeypatch):
+    assert medshift_fast.current_backend() in _backend.BACKENDS
+    with medshift_fast.use_backend("reference"):
+        assert medshift_fast.current_backend() == "reference"
+        with medshift_fast.use_backend("auto"):
+            assert medshift_fast.current_backend() == "auto"
+        assert medshift_fast.current_backend() == "reference"
+    monkeypatch.setenv("MEDSHIFT_FAST_BACKEND", "reference")
+    assert medshift_fast.current_backend() == "reference"
+    monkeypatch.setenv("MEDSHIFT_FAST_BACKEND", "nonsense")
+    with pytest.raises(MedShiftError):
+        medshift_fast.current_backend()
+
+
+def test_auto_never_picks_interpreted_triton_on_cpu(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    name = _backend.resolve("x", "cpu", ("triton", "reference"), "auto")
+    assert name == "reference"
