@@ -14,6 +14,7 @@ Features are the global-average-pooled output of the 1280-channel head (the clas
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Literal
 
@@ -38,7 +39,8 @@ def _cached_model(device: torch.device) -> EfficientNetLite0:
         if "cpu" not in _CACHE:
             _CACHE["cpu"] = load_enl0()
         if key not in _CACHE:
-            _CACHE[key] = _CACHE["cpu"].to(device) if key != "cpu" else _CACHE["cpu"]
+            # nn.Module.to() moves in place: copy so the CPU entry stays on the CPU.
+            _CACHE[key] = copy.deepcopy(_CACHE["cpu"]).to(device)
         return _CACHE[key]
 
 

@@ -61,3 +61,13 @@ def test_missing_package_gives_install_hint(monkeypatch):
 def test_bad_input_raises():
     with pytest.raises(MedShiftError, match="channel"):
         ENL0Features()(torch.zeros(2, 3, 32, 32))
+
+
+def test_per_device_cache_keeps_the_cpu_copy(monkeypatch):
+    from medshift_fast.eval import features as feat_mod
+
+    monkeypatch.setattr(feat_mod, "_CACHE", {})
+    cpu = feat_mod._cached_model(torch.device("cpu"))
+    meta = feat_mod._cached_model(torch.device("meta"))  # stands in for a GPU here
+    assert meta is not cpu and meta._fc.weight.device.type == "meta"
+    assert cpu._fc.weight.device.type == "cpu"
