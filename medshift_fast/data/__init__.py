@@ -36,6 +36,7 @@ __all__ = [
     "parse_domain_map",
     "probe_image",
     "read_image",
+    "simulate",
     "to_uint16",
     "write_png16",
 ]

@@ -264,12 +264,14 @@ def to_uint16(img) -> np.ndarray:
     return np.rint((np.clip(a, -1.0, 1.0) + 1.0) * 32767.5).astype(np.uint16)
 
 
-def write_png16(path: str | os.PathLike, img) -> None:
+def write_png16(path: str | os.PathLike, img, compress_level: int = 6) -> None:
     """Write an image in [-1, 1] as a 16-bit grayscale PNG, atomically (temp file + rename).
 
     Args:
         path: destination .png path (parent folders are created).
         img: array-like or tensor of shape (H, W) or (1, H, W), values in [-1, 1].
+        compress_level: zlib level 0-9 (1 is ~2x faster than 6 and only a few % larger on
+            noisy X-rays).
     """
     from PIL import Image
 
@@ -279,7 +281,8 @@ def write_png16(path: str | os.PathLike, img) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(q).save(fh, format="PNG")  # mode I;16 -> 16-bit grayscale PNG
+            # mode I;16 -> 16-bit grayscale PNG
+            Image.fromarray(q).save(fh, format="PNG", compress_level=compress_level)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
