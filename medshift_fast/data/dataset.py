@@ -280,19 +280,19 @@ class FolderDataset(torch.utils.data.Dataset):
         out = []
         for dom in self.domains:
             members = [s for s in good if s.domain == dom]
-            depths = Counter((info[s.path].format, info[s.path].depth) for s in members)
+            depths = Counter(info[s.path].depth for s in members)
             if len(depths) <= 1:
                 out.extend(members)
                 continue
-            (fmt0, d0), _ = depths.most_common(1)[0]
+            d0 = depths.most_common(1)[0][0]
             for s in members:
                 fmt, d = info[s.path].format, info[s.path].depth
-                if (fmt, d) == (fmt0, d0):
+                if d == d0:
                     out.append(s)
                 else:
                     self._bad(s.path, f"mixed bit depths in domain {dom!r}: {str(s.path)!r} is "
-                              f"{fmt} {d}-bit but most files are {fmt0} {d0}-bit; convert them to "
-                              "one depth, or pass allow_mixed_depth=True / --skip-bad")
+                              f"{fmt} {d}-bit but most files are {d0}-bit; convert them to one "
+                              "depth, or pass allow_mixed_depth=True / --skip-bad")
         keep = set(map(id, out))
         return [s for s in samples if id(s) in keep]
 

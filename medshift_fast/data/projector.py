@@ -193,24 +193,31 @@ def line_integrals(prims: list[Primitive], origins: torch.Tensor, dirs: torch.Te
 
 
 def voxelize(prims: list[Primitive], n: int, extent: float) -> torch.Tensor:
-    """Sample the phantom's densities on an n^3 grid spanning [-extent/2, extent/2]^3 mm.
+    """Sample the phantom's densities at the centres of an n^3 grid over [-extent/2, extent/2]^3.
 
     Returns:
         (2, n, n, n) float32 volume indexed [material, z, y, x] (soft, bone densities).
     """
-    c = (torch.arange(n, dtype=torch.float64) + 0.5) * (extent / n) - extent / 2
-    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
-    pts = torch.stack([x, y, z], -1).reshape(-1, 3)
-    vol = torch.zeros(2, pts.shape[0], dtype=torch.float64)
+    h = extent / n
+    c = (torch.arange(n, dtype=torch.float64) + 0.5) * h - extent / 2
+    vol = torch.zeros(2, n, n, n, dtype=torch.float64)
     for p in prims:
+        r = float(p.axes.max())
+        lo = np.clip(np.floor((p.center - r + extent / 2) / h).astype(int), 0, n)
+        hi = np.clip(np.ceil((p.center + r + extent / 2) / h).astype(int) + 1, 0, n)
+        if np.any(hi <= lo):
+            continue
+        z, y, x = torch.meshgrid(c[lo[2]:hi[2]], c[lo[1]:hi[1]], c[lo[0]:hi[0]], indexing="ij")
+        pts = torch.stack([x, y, z], -1)
         M = torch.from_numpy(np.diag(1.0 / p.axes) @ p.rot.T)
         loc = (pts - torch.from_numpy(p.center)) @ M.T
         inside = (loc * loc).sum(-1) <= 1.0
         for nrm, hh in p.planes:
             inside &= pts @ torch.from_numpy(nrm) <= hh
-        vol[0] += p.soft * inside
-        vol[1] += p.bone * inside
-    return vol.reshape(2, n, n, n).float()
+        blk = vol[:, lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+        blk[0] += p.soft * inside
+        blk[1] += p.bone * inside
+    return vol.float()
 
 
 def project_volume(vol: torch.Tensor, extent: float, origins: torch.Tensor, dirs: torch.Tensor,
