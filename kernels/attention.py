@@ -110,10 +110,14 @@ else:  # pragma: no cover - GPU only
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs whose tiles are much larger than T (they only add masked work)."""
+    """Drop configs whose tiles are much larger than T (they only add masked work); fp32 keeps
+    only the smallest tile (IEEE fp32 dots run on FMA units, and big tiles take minutes to
+    compile for no gain)."""
+    if named_args["Q"].dtype == torch.float32:
+        return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
     t = max(16, triton.next_power_of_2(int(named_args["T"])))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= t and c.kwargs["BLOCK_N"] <= t]
-    return kept or configs[-1:]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
 
 _HEUR = {
