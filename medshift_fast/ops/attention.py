@@ -63,6 +63,7 @@ class _FlashAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = _triton_bwd(do, q, k, v, o, lse, ctx.scale)
@@ -126,4 +127,9 @@ def attention(
     if name == "reference":
         return attention_ref(q, k, v, scale)
     scale = _default_scale(q.shape[-1]) if scale is None else float(scale)
+    dev = q.device.type
+    if q.dtype == torch.float32 and torch.is_autocast_enabled(dev):
+        # As SDPA does under autocast: run in the autocast dtype.
+        dt = torch.get_autocast_dtype(dev)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
     return _FlashAttention.apply(q, k, v, scale)

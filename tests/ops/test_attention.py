@@ -123,3 +123,32 @@ def test_triton_matches_reference_cuda(shape, dtype):
     _gpu_compiled()
     check_against_reference(shape, dtype, "cuda")
     check_against_reference(shape, dtype, "cuda", token_major=True)
+
+
+def test_export_resolves_to_reference():
+    """While torch.export traces (also under torch.onnx.export), only the reference is offered."""
+    import importlib
+
+    mod = importlib.import_module("medshift_fast.ops.attention")
+    seen = []
+
+    class M(torch.nn.Module):
+        def forward(self, q):
+            seen.append(mod.supported_backends(q, q, q))
+            return ops.attention(q, q, q)
+
+    q = torch.randn(1, 2, 5, 8)
+    assert "triton" in mod.supported_backends(q, q, q)
+    ep = torch.export.export(M(), (q,))
+    assert seen and all(s == ("reference",) for s in seen)
+    assert any("scaled_dot_product_attention" in str(n.target) for n in ep.graph.nodes)
+
+
+@pytest.mark.triton
+def test_triton_under_autocast_runs_in_autocast_dtype():
+    q, k, v, _ = _make((1, 2, 17, 32), torch.float32, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o = ops.attention(q, k, v, backend="triton")
+        r = ops.attention(q, k, v, backend="reference")
+    assert o.dtype == r.dtype == torch.bfloat16
+    torch.testing.assert_close(o.float(), r.float(), rtol=5e-2, atol=2e-2)
