@@ -22,6 +22,7 @@ small autotune config is used (more than one needs a GPU driver).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -109,15 +110,21 @@ else:  # pragma: no cover - GPU only
     _BWD_Q = _configs([(128, 32, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3)])
 
 
+# MEDSHIFT_FAST_TRITON_AUTOTUNE=0: one config per kernel and no tuning runs (quick GPU checks).
+_TUNE = os.environ.get("MEDSHIFT_FAST_TRITON_AUTOTUNE", "1") != "0"
+
+
 def _prune(configs, named_args, **kwargs):
     """Drop configs whose tiles are much larger than T (they only add masked work); fp32 keeps
     only the smallest tile (IEEE fp32 dots run on FMA units, and big tiles take minutes to
     compile for no gain)."""
+    smallest = min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
     if named_args["Q"].dtype == torch.float32:
-        return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        return [smallest]
     t = max(16, triton.next_power_of_2(int(named_args["T"])))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= t and c.kwargs["BLOCK_N"] <= t]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    kept = kept or [smallest]
+    return kept if _TUNE else kept[:1]
 
 
 _HEUR = {

@@ -12,6 +12,8 @@ for the qkv projection (prologue) and the output projection (bias + residual epi
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -39,6 +41,10 @@ else:  # pragma: no cover - GPU only
         (128, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
         (128, 128, 64, 8, 3), (64, 64, 64, 4, 3),
     ])
+
+
+if os.environ.get("MEDSHIFT_FAST_TRITON_AUTOTUNE", "1") == "0":
+    _CONFIGS = _CONFIGS[:1]  # one config, no tuning runs (quick GPU correctness checks)
 
 
 @triton.autotune(configs=_CONFIGS, key=["M", "N", "K"])

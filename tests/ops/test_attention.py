@@ -1,7 +1,8 @@
 """ops.attention: the Triton flash attention (forward, dq/dk/dv) against the fp32 reference.
 
 On the CPU the Triton kernels run under TRITON_INTERPRET=1 (tests/conftest.py) at tiny shapes;
-the `cuda` tests repeat the comparison at U-Net shapes (T up to 4096) on a GPU.
+the `cuda` tests repeat the comparison at U-Net shapes (T up to 4096) on a GPU:
+    MEDSHIFT_TEST_GPU=1 MEDSHIFT_FAST_TRITON_AUTOTUNE=0 pytest tests/ops -m cuda
 Rule (STYLE.md, flash-attention's): in fp16/bf16 the kernel's error against the fp32 reference
 (computed from the same rounded inputs) is at most 2x the error of plain PyTorch math in that
 dtype (q k^T, softmax, p v: the einsum form) + a small atol.
