@@ -5,8 +5,9 @@
 //   K_ij = exp((f_i + g_j - C_ij) / eps)   (absorbed potentials f, g; stored transposed, K^T)
 //   u = a / (K v),  v = b / (K^T u)        (f = f + eps log u, g = g + eps log v)
 // and one pass over K^T does a whole iteration: for each column j, v_j = b_j / <K^T_j, u> (the g
-// update) and then acc += v_j K^T_j (the row sums K v for the NEXT f update, and the row marginal
-// u_i acc_i for the convergence check), while the row K^T_j sits in L1. No exp at all.
+// update) and then acc += v_j K^T_j (the row sums K v for the NEXT f update), while the row K^T_j
+// sits in L1. No exp at all (the convergence test, every check_every iterations, is an exp pass
+// computed as the reference computes it).
 // When a scaling leaves [e^-15, e^15] (or a sum underflows, which happens at small eps), the
 // scalings are absorbed and the iteration runs in the log domain instead: a row-wise LSE pass over
 // C / eps (f update) and a column-wise LSE pass over its transposed copy (g update) whose
@@ -188,31 +189,26 @@ inline int num_threads_here() {
 
 // Shared results of the row reduction (one per parallel region).
 struct RowReduce {
-  float err = 0.f;
   int bad = 0;
 };
 
 // Called by every thread of the region (orphaned worksharing): reduce the per-thread row sums
-// acc_i = sum_j K_ij v_j into the row-marginal error of the current plan (u_i acc_i) and the next
-// kernel-mode f update unext_i = a_i / acc_i (and whether it stays in range).
+// acc_i = sum_j K_ij v_j into the next kernel-mode f update unext_i = a_i / acc_i (and whether it
+// stays in range).
 void finish_rows(Problem& P, RowReduce& out) {
   const int64_t N = P.N;
   const int nt = num_threads_here();
   const float* acc0 = P.accp.get();
-  float err = 0.f;
   int bad = 0;
 #pragma omp for schedule(static) nowait
   for (int64_t i = 0; i < N; ++i) {
     float s = acc0[i];
     for (int t = 1; t < nt; ++t) s += acc0[t * N + i];
     const float a = P.a[i];
-    err += std::fabs(P.u[i] * s - a);
     const float un = a == 0.f ? 1.f : a / s;
     bad |= !(un >= kLo && un <= kHi);  // also catches s == 0 and NaN
     P.unext[i] = un;
   }
-#pragma omp atomic
-  out.err += err;
 #pragma omp atomic
   out.bad |= bad;
 }
@@ -249,7 +245,6 @@ void g_log_build(Problem& P) {
     finish_rows(P, red);
   }
   P.kernel = true;
-  P.err = red.err;
   P.unext_ok = !red.bad;
 }
 
@@ -314,7 +309,6 @@ bool kernel_iter(Problem& P) {
     if (!any) finish_rows(P, red);
   }
   if (bad_any) return false;
-  P.err = red.err;
   P.unext_ok = !red.bad;
   return true;
 }
@@ -337,6 +331,31 @@ void iterate(Problem& P) {
   ++P.log_iters;
   f_log(P);
   g_log_build(P);
+}
+
+// The reference's convergence test, computed as it does (so that both stop at the same check,
+// also near the fp32 floor of the error): sum_i |sum_j exp((f_i + g_j) / eps - C_ij / eps) - a_i|
+// with the current potentials f + eps log u, g + eps log v.
+float check_err(Problem& P) {
+  const int64_t N = P.N, M = P.M;
+  const float eps = P.eps;
+  std::vector<float> fa(N), ga(M);
+  for (int64_t i = 0; i < N; ++i) fa[i] = P.kernel ? P.f[i] + eps * std::log(P.u[i]) : P.f[i];
+  for (int64_t j = 0; j < M; ++j) ga[j] = P.kernel ? P.g[j] + eps * std::log(P.v[j]) : P.g[j];
+  const float* g = ga.data();
+  float e = 0.f;
+#pragma omp parallel for schedule(static) num_threads(P.nthreads) if (P.nthreads > 1) \
+    reduction(+ : e)
+  for (int64_t i = 0; i < N; ++i) {
+    const float* c = P.Ce + i * M;
+    const float fi = fa[i];
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < M; ++j) s += fexp((fi + g[j]) / eps - c[j]);
+    if (!(fi > -std::numeric_limits<float>::infinity())) s = 0.f;
+    e += std::fabs(s - P.a[i]);
+  }
+  return e;
 }
 
 // log P = (f_i + g_j) / eps - C_ij / eps (in place over C / eps) and its row-marginal L1 error.
@@ -389,10 +408,15 @@ SinkhornStats sinkhorn_log_cpu(const float* cost, const float* log_a, const floa
   nt = 1;
 #endif
   nt = std::max(nt, 1);
-  // Big problems: all threads inside each problem. Small ones: one thread per problem.
-  const bool inner = N * M >= 16384;
+  // Big problems: all threads inside each problem. Small ones: one thread per problem, and only
+  // when a round has enough work to pay for waking the team (each fork/join costs microseconds,
+  // and far more when the cores are shared with other processes).
+  const bool inner = N * M >= (int64_t{1} << 17);
   const int inner_nt = inner ? nt : 1;
-  const int outer_nt = inner ? 1 : static_cast<int>(std::min<int64_t>(nt, K));
+  const int batch_nt = inner ? 1 : static_cast<int>(std::min<int64_t>(nt, K));
+  auto outer_threads = [&](int64_t iters) {
+    return K * N * M * std::max<int64_t>(iters, 1) >= (int64_t{1} << 20) ? batch_nt : 1;
+  };
   std::vector<Problem> probs(static_cast<size_t>(K));
   for (int64_t k = 0; k < K; ++k) {
     Problem& P = probs[k];
@@ -401,15 +425,19 @@ SinkhornStats sinkhorn_log_cpu(const float* cost, const float* log_a, const floa
     P.f = f + k * N, P.g = g + k * M;
     P.Ce = log_plan + k * N * M;
   }
+  int outer_nt = outer_threads(1);
 #pragma omp parallel for schedule(static) num_threads(outer_nt) if (outer_nt > 1)
   for (int64_t k = 0; k < K; ++k) setup(probs[k], cost + k * N * M, inner_nt);
 
   int it = 0;
   while (it < max_iter) {
     const int end = tol > 0.f ? std::min(max_iter, (it / check_every + 1) * check_every) : max_iter;
+    outer_nt = outer_threads(end - it);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(outer_nt) if (outer_nt > 1)
-    for (int64_t k = 0; k < K; ++k)
+    for (int64_t k = 0; k < K; ++k) {
       for (int t = it; t < end; ++t) iterate(probs[k]);
+      if (tol > 0.f) probs[k].err = check_err(probs[k]);
+    }
     it = end;
     if (tol > 0.f) {
       bool done = true;
@@ -418,6 +446,7 @@ SinkhornStats sinkhorn_log_cpu(const float* cost, const float* log_a, const floa
     }
   }
   st.n_iter = it;
+  outer_nt = outer_threads(1);
 #pragma omp parallel for schedule(static) num_threads(outer_nt) if (outer_nt > 1)
   for (int64_t k = 0; k < K; ++k) write_plan(probs[k], err + k);
   for (auto& P : probs) st.log_iters += P.log_iters, st.absorptions += P.absorptions;
