@@ -7,13 +7,13 @@ runs posterior -> anterior (+y); image columns follow +x, rows run from +z (top)
 ``cone``: rays from a point source at distance ``sod`` from the isocentre; ``parallel``: all
 rays parallel to the central ray.
 
-Analytic projector. For a ray x(t) = o + t d and an ellipsoid with Q = R A^-2 R^T the chord is
-2 sqrt(b^2 - a c) / a with a = d'Qd, b = (o - c)'Q d, c = (o - c)'Q(o - c) - 1. In a cone
-beam o is the source (one per view) so a and b are linear in the 9 per-pixel monomials
-(d_i d_j, d_i); in a parallel beam d is fixed and b, c are linear in (o_i o_j, o_i, 1). All
-primitives and pixels of a view are thus one GEMM (P x 9 by 9 x 2K), then elementwise roots;
-clip planes cut the [t0, t1] interval. Computed in float64 (the source is ~700 mm away, the
-discriminant cancels).
+Analytic projector. For a ray x(t) = o + t g and an ellipsoid with Q = R A^-2 R^T the chord is
+|g| 2 sqrt(b^2 - a c) / a with a = g'Qg, b = (o - c)'Q g, c = (o - c)'Q(o - c) - 1. In a cone
+beam o is the source and g = u e_u + v e_v + sod e_d is linear in the detector point (u, v); in
+a parallel beam g = e_d and o is linear in (u, v). Either way a, b, c are quadratic polynomials
+in (u, v), evaluated by broadcasting over the pixel grid: a few multiply-adds per pixel and
+primitive, only inside the primitive's shadow box. Clip planes cut the [t0, t1] interval.
+Computed in float64 (the source is ~700 mm away, the discriminant cancels).
 
 Voxel projector. ``voxelize`` samples the same phantom on a grid and ``project_volume`` sums
 trilinear samples along every ray (``grid_sample``): slower, approximate, but takes any
@@ -84,17 +84,44 @@ def make_rays(views, n: int, geom: Geometry):
     return torch.from_numpy(np.stack(O)), torch.from_numpy(np.stack(D))
 
 
-def _quad_monomials(x: torch.Tensor) -> torch.Tensor:
-    """(..., 3) -> (..., 10): x_i^2 (3), x_i x_j (3), x_i (3), 1."""
-    a, b, c = x.unbind(-1)
-    return torch.stack([a * a, b * b, c * c, a * b, a * c, b * c, a, b, c, torch.ones_like(a)],
-                       -1)
+def _poly2(k, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """k[0] U^2 + k[1] V^2 + k[2] U V + k[3] U + k[4] V + k[5] on the grid U (1, w) x V (h, 1)."""
+    out = (k[1] * V + k[4]) * V + k[5] + (k[0] * U + k[3]) * U
+    return out.addcmul_(V, U, value=float(k[2])) if k[2] != 0.0 else out
 
 
-def _quad_coeffs(Q: np.ndarray, lin: np.ndarray, const: float) -> np.ndarray:
-    """Coefficients w with _quad_monomials(x) @ w = x'Qx + lin.x + const."""
-    return np.array([Q[0, 0], Q[1, 1], Q[2, 2], 2 * Q[0, 1], 2 * Q[0, 2], 2 * Q[1, 2],
-                     lin[0], lin[1], lin[2], const])
+def _view_polys(p: Primitive, R: np.ndarray, geom: Geometry):
+    """Coefficients (uu, vv, uv, u, v, 1) of a(u, v), b(u, v), c(u, v) for the ray of detector
+    point (u, v): cone x = s + t g with g = u e_u + v e_v + sod e_d (t in units of |g|),
+    parallel x = u e_u + v e_v + t e_d."""
+    Q = p.rot @ np.diag(1.0 / p.axes**2) @ p.rot.T
+    eu, ed, ev = R[:, 0], R[:, 1], R[:, 2]
+    quu, qvv, quv = eu @ Q @ eu, ev @ Q @ ev, eu @ Q @ ev
+    if geom.kind == "cone":
+        L = geom.sod
+        w = -L * ed - p.center
+        a = (quu, qvv, 2 * quv, 2 * L * (eu @ Q @ ed), 2 * L * (ev @ Q @ ed), L * L * (ed @ Q @ ed))
+        b = (0.0, 0.0, 0.0, w @ Q @ eu, w @ Q @ ev, L * (w @ Q @ ed))
+        c = (0.0, 0.0, 0.0, 0.0, 0.0, w @ Q @ w - 1.0)
+    else:
+        qc = Q @ p.center
+        a = (0.0, 0.0, 0.0, 0.0, 0.0, ed @ Q @ ed)
+        b = (0.0, 0.0, 0.0, eu @ Q @ ed, ev @ Q @ ed, -(qc @ ed))
+        c = (quu, qvv, 2 * quv, -2 * (qc @ eu), -2 * (qc @ ev), p.center @ qc - 1.0)
+    planes = []
+    for nrm, h in p.planes:
+        if geom.kind == "cone":  # n.s + t n.g <= h
+            nd = (0.0, 0.0, 0.0, nrm @ eu, nrm @ ev, geom.sod * (nrm @ ed))
+            r = (0.0, 0.0, 0.0, 0.0, 0.0, h + geom.sod * (nrm @ ed))
+        else:  # n.o + t n.e_d <= h
+            nd = (0.0, 0.0, 0.0, 0.0, 0.0, nrm @ ed)
+            r = (0.0, 0.0, 0.0, -(nrm @ eu), -(nrm @ ev), h)
+        planes.append((_f(nd), _f(r)))
+    return _f(a), _f(b), _f(c), planes
+
+
+def _f(k) -> tuple[float, ...]:
+    return tuple(float(x) for x in k)
 
 
 def _footprint(p: Primitive, view, geom: Geometry, n: int):
@@ -121,75 +148,58 @@ def _footprint(p: Primitive, view, geom: Geometry, n: int):
     return max(r0, 0), min(r1, n), max(c0, 0), min(c1, n)
 
 
-def line_integrals(prims: list[Primitive], origins: torch.Tensor, dirs: torch.Tensor,
-                   geom: Geometry, views=None) -> torch.Tensor:
-    """Exact line integrals of the two basis materials.
+def line_integrals(prims: list[Primitive], views, n: int, geom: Geometry,
+                   cull: bool = True) -> torch.Tensor:
+    """Exact line integrals of the two basis materials on an n x n detector.
 
-    Each primitive is evaluated only inside the (conservative) box of its shadow, so the cost
-    is the summed shadow area, not pixels x primitives.
+    a, b, c of the chord formula are quadratic polynomials in the detector coordinates (u, v),
+    so each primitive costs a few broadcast multiply-adds over the pixels of its shadow box.
 
     Args:
         prims: phantom primitives.
-        origins, dirs: (V, P, 3) float64 from :func:`make_rays` (P = n * n).
-        geom: the Geometry the rays were made with.
-        views: the (alpha, beta, du, dv) list given to make_rays (enables the shadow boxes).
+        views: sequence of (alpha, beta, du, dv) as for :func:`make_rays`.
+        n: detector pixels per side.
+        geom: Geometry.
+        cull: evaluate each primitive only inside its (conservative) shadow box.
 
     Returns:
-        (V, P, 2) float64: [L_soft, L_bone] in mm (density-weighted path lengths), >= 0.
+        (V, n, n, 2) float64: [L_soft, L_bone] in mm (density-weighted path lengths), >= 0.
     """
-    V, P, _ = origins.shape
-    n = int(round(P**0.5))
-    out = torch.zeros(V, n, n, 2, dtype=torch.float64)
-    for v in range(V):
+    h = geom.fov / n
+    cc = (torch.arange(n, dtype=torch.float64) + 0.5) * h - geom.fov / 2
+    out = torch.zeros(len(views), 2, n, n, dtype=torch.float64)
+    for vi, (alpha, beta, du, dv) in enumerate(views):
+        R = view_frame(alpha, beta)
+        U_all, V_all = (cc + du)[None, :], (-cc + dv)[:, None]
         if geom.kind == "cone":
-            X = _quad_monomials(dirs[v])[:, :9].reshape(n, n, 9)
-            s = origins[v, 0].numpy()
-        else:
-            X = _quad_monomials(origins[v]).reshape(n, n, 10)
-            d = dirs[v, 0].numpy()
+            G_all = torch.sqrt(U_all * U_all + V_all * V_all + geom.sod**2)  # |g|
         for p in prims:
-            Q = p.rot @ np.diag(1.0 / p.axes**2) @ p.rot.T
-            r0, r1, c0, c1 = (0, n, 0, n) if views is None else _footprint(p, views[v], geom, n)
+            r0, r1, c0, c1 = _footprint(p, (alpha, beta, du, dv), geom, n) if cull else (0, n,
+                                                                                         0, n)
             if r1 <= r0 or c1 <= c0:
                 continue
-            Xp = X[r0:r1, c0:c1]
-            if geom.kind == "cone":
-                rel = s - p.center
-                W = np.zeros((9, 2))
-                W[:6, 0] = _quad_coeffs(Q, np.zeros(3), 0.0)[:6]  # a = d'Qd
-                W[6:9, 1] = Q @ rel  # b = (s - c)'Q d
-                ab = Xp @ torch.from_numpy(W)
-                a, b = ab[..., 0], ab[..., 1]
-                c = float(rel @ Q @ rel - 1.0)
+            U, V = U_all[:, c0:c1], V_all[r0:r1]
+            ka, kb, kc, planes = _view_polys(p, R, geom)
+            a, b, c = _poly2(ka, U, V), _poly2(kb, U, V), _poly2(kc, U, V)
+            sq = (b * b).sub_(a * c).clamp_(min=0.0).sqrt_()
+            if not planes:
+                chord = sq.mul_(2.0).div_(a)
             else:
-                Qc = Q @ p.center
-                W = np.zeros((10, 2))
-                W[:, 0] = _quad_coeffs(Q, -2 * Qc, p.center @ Qc - 1.0)  # c(o)
-                W[6:9, 1] = Q @ d
-                W[9, 1] = -Qc @ d  # b(o)
-                cb = Xp @ torch.from_numpy(W)
-                c, b = cb[..., 0], cb[..., 1]
-                a = float(d @ Q @ d)
-            sq = (b * b - a * c).clamp_(min=0.0).sqrt_()
-            if not p.planes:
-                chord = sq * (2.0 / a) if isinstance(a, float) else 2.0 * sq / a
-            else:
-                t0, t1 = (-b - sq) / a, (-b + sq) / a
-                for nrm, hh in p.planes:
-                    if geom.kind == "cone":
-                        nd = Xp[..., 6:9] @ torch.from_numpy(nrm)
-                        r = torch.full_like(nd, hh - float(nrm @ s))
-                    else:
-                        r = hh - Xp[..., 6:9] @ torch.from_numpy(nrm)
-                        nd = torch.full_like(r, float(nrm @ d))
+                t0, t1 = (-b - sq) / a, (sq - b).div_(a)
+                for knd, kr in planes:
+                    nd, r = _poly2(knd, U, V), _poly2(kr, U, V)
                     tb = r / torch.where(nd == 0, torch.ones_like(nd), nd)
                     t1 = torch.where(nd > 0, torch.minimum(t1, tb), t1)
                     t0 = torch.where(nd < 0, torch.maximum(t0, tb), t0)
                     t1 = torch.where((nd == 0) & (r < 0), t0, t1)
                 chord = (t1 - t0).clamp_(min=0.0) * (sq > 0)
-            out[v, r0:r1, c0:c1] += chord[..., None] * torch.tensor([p.soft, p.bone],
-                                                                   dtype=torch.float64)
-    return out.reshape(V, P, 2).clamp_(min=0.0)
+            if geom.kind == "cone":
+                chord = chord * G_all[r0:r1, c0:c1]
+            if p.soft:
+                out[vi, 0, r0:r1, c0:c1].add_(chord, alpha=p.soft)
+            if p.bone:
+                out[vi, 1, r0:r1, c0:c1].add_(chord, alpha=p.bone)
+    return out.permute(0, 2, 3, 1).clamp_(min=0.0).contiguous()
 
 
 def voxelize(prims: list[Primitive], n: int, extent: float) -> torch.Tensor:

@@ -30,7 +30,7 @@ from . import physics
 from .dataset import DOMAINS, MANIFEST, SPLITS
 from .io import write_png16
 from .phantom import build_phantom, sample_anatomy, summary
-from .projector import Geometry, line_integrals, make_rays
+from .projector import Geometry, line_integrals
 
 # Neuro-interventional C-arm positions: (name, primary angle LAO+/RAO-, secondary CRAN+/CAUD-)
 BASE_VIEWS = (
@@ -178,9 +178,7 @@ def subject_line_integrals(cfg: SimConfig, subject: int):
     prims = build_phantom(anatomy)
     geom = Geometry(cfg.geometry, cfg.sod, cfg.fov)
     views = subject_views(cfg, subject)
-    n = cfg.size * cfg.ss
-    O, D = make_rays(views, n, geom)
-    L = line_integrals(prims, O, D, geom, views).reshape(len(views), n, n, 2)
+    L = line_integrals(prims, views, cfg.size * cfg.ss, geom)
     return anatomy, prims, L
 
 
