@@ -2,15 +2,22 @@
 
 Weights are safetensors (no pickles); the optimizer/scheduler/RNG state goes through
 ``torch.load(..., weights_only=True)``. Every file is written atomically (temp file + fsync +
-rename), so a crash mid-write leaves the previous checkpoint loadable.
+rename), so a crash mid-write leaves the previous checkpoint loadable. The training state holds
+its own copy of the raw and EMA weights, so resuming reads ONE file and can never mix steps.
+
+Layout of a run: RUN/ (the last checkpoint + log.csv), RUN/checkpoints/step_NNNNNNN/ (every
+``ckpt_every`` steps, the newest ``keep_ckpts`` kept), RUN/best/ (lowest validation loss),
+RUN/autoencoder/ (latent mode), RUN/samples/ (PNG grids). Sub-checkpoints are complete run
+directories written to a temporary folder and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from .. import __version__
 from ..errors import MedShiftError
 from ..models.unet import UNet, UNetConfig
 from .config import TrainConfig
+from .latent import PixelCodec, codec_from_reference
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -74,7 +82,8 @@ def save_run(
     meta = {"format": "medshift_fast", "format_version": str(FORMAT_VERSION)}
     atomic_write(run_dir / WEIGHTS, lambda p: save_file(_contig(ema_state), p, metadata=meta))
     if raw_state is not None:
-        atomic_write(run_dir / RAW_WEIGHTS, lambda p: save_file(_contig(raw_state), p, metadata=meta))
+        atomic_write(run_dir / RAW_WEIGHTS,
+                     lambda p: save_file(_contig(raw_state), p, metadata=meta))
     if training_state is not None:
         atomic_write(run_dir / STATE, lambda p: torch.save(training_state, p))
     cfg = {
@@ -116,7 +125,12 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 @dataclass
 class LoadedRun:
-    """A loaded checkpoint: EMA model (eval mode), configs and domain names."""
+    """A loaded checkpoint: EMA model (eval mode), configs, domain names and the image codec.
+
+    ``model`` works in *model space*: pixels in pixel mode, autoencoder latents in latent mode.
+    ``encode_image`` / ``decode_image`` map pixel images to model space and back (identity in
+    pixel mode); ``translate_images`` / ``sample_images`` do the whole thing on pixels.
+    """
 
     path: Path
     model: UNet
@@ -124,6 +138,51 @@ class LoadedRun:
     train_config: TrainConfig
     domains: tuple[str, ...]
     raw: dict[str, Any]
+    codec: PixelCodec = field(default_factory=PixelCodec)
+
+    @property
+    def latent(self) -> bool:
+        """True when the model works in an autoencoder's latent space."""
+        return self.codec.kind != "pixel"
+
+    @property
+    def image_size(self) -> int:
+        """Pixel side S of the images the run was trained on."""
+        return self.train_config.image_size
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image in model space."""
+        s = self.train_config.image_size // self.codec.factor
+        return (self.model_config.in_channels, s, s)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) pixels in [-1, 1] -> (B, *model_shape) model space (identity in pixels)."""
+        return self.codec.encode(x)
+
+    def decode_image(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, *model_shape) -> (B, 1, S, S) pixels (identity in pixel mode)."""
+        return self.codec.decode(z)
+
+    def translate_images(self, x: torch.Tensor, source, target, **kw) -> torch.Tensor:
+        """``flow.translate`` on pixel images: encode -> translate -> decode; kw as translate."""
+        from ..flow import translate
+
+        z = translate(self.model, self.encode_image(x), self.label_of(source),
+                      self.label_of(target), **kw)
+        return self.decode_image(z)
+
+    def sample_images(self, target, n: int, **kw) -> torch.Tensor:
+        """``flow.sample`` of n images of a domain, decoded to pixels: (n, 1, S, S)."""
+        from ..flow import sample
+
+        dev = next(self.model.parameters()).device
+        z = sample(self.model, self.label_of(target), n, self.model_shape, device=dev, **kw)
+        return self.decode_image(z)
+
+    def label_of(self, y):
+        """A domain name, index or label tensor -> what flow functions take."""
+        return y if isinstance(y, torch.Tensor) else self.label(y)
 
     def label(self, name: str | int) -> int:
         """Domain name (or index) -> label; MedShiftError for an unknown domain."""
@@ -147,7 +206,8 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
                             "another checkpoint") from exc
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> LoadedRun:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
+             ema: bool = True) -> LoadedRun:
     """Load a run directory's model (EMA weights by default) for sampling/translation/export."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -169,7 +229,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", ema: bool 
         if not torch.isfinite(v).all():
             raise MedShiftError(f"checkpoint weights in {run_dir} contain NaN/Inf ({k})")
     model.to(device).eval()
-    return LoadedRun(run_dir, model, mcfg, tcfg, domains, cfg)
+    codec = codec_from_reference(cfg.get("latent"), run_dir, device)
+    return LoadedRun(run_dir, model, mcfg, tcfg, domains, cfg, codec)
 
 
 def load_training_state(run_dir: str | Path) -> dict[str, Any]:
@@ -179,4 +240,54 @@ def load_training_state(run_dir: str | Path) -> dict[str, Any]:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise MedShiftError(f"training state {p} is corrupt or not a weights-only file ({exc})") from exc
+        raise MedShiftError(f"training state {p} is corrupt or not a weights-only file "
+                            f"({exc})") from exc
+
+
+def save_run_atomic_dir(run_dir: str | Path, *args, **kwargs) -> Path:
+    """``save_run`` into a temporary sibling folder, then rename it to ``run_dir``.
+
+    An existing ``run_dir`` is first renamed to ``<name>.old`` and removed afterwards, so a crash
+    at any point leaves either the old or the new complete checkpoint (``<name>.old`` at worst).
+    """
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.parent.glob(f".{run_dir.name}.tmp-*"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = run_dir.with_name(f".{run_dir.name}.tmp-{os.getpid()}")
+    old = run_dir.with_name(f"{run_dir.name}.old")
+    try:
+        save_run(tmp, *args, **kwargs)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if run_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(run_dir, old)
+    os.replace(tmp, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return run_dir
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` step_* folders under root (keep 0 = keep all)."""
+    root = Path(root)
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    gone = steps[:-keep] if keep > 0 else []
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+def resolve_resume(path: str | Path) -> Path:
+    """The checkpoint folder to resume from: ``path`` itself, or ``path.old`` after a crash."""
+    path = Path(path)
+    if (path / CONFIG).is_file() and (path / STATE).is_file():
+        return path
+    old = path.with_name(f"{path.name}.old")
+    if (old / CONFIG).is_file() and (old / STATE).is_file():
+        return old
+    if (path / CONFIG).is_file():
+        raise MedShiftError(f"{path} has no {STATE}: it holds weights only and cannot be resumed")
+    raise MedShiftError(f"nothing to resume in {path}: no checkpoint (config.json + {STATE}) "
+                        "there; drop --resume to start a new run")

@@ -1,0 +1,174 @@
+"""Training data: a stateless index stream, rank sharding, in-memory and streaming sources.
+
+The order of images is a pure function of (seed, micro-batch counter m): global micro-batch m is
+elements [m B_g, (m + 1) B_g) of the concatenation of per-epoch random permutations (epoch e's
+permutation comes from a generator seeded by (seed, e)), or, with class-balanced sampling, B_g
+draws with probability 1 / (count of the image's domain) from a generator seeded by (seed, m).
+Rank r of P takes the contiguous slice [r b, (r + 1) b) of each global micro-batch (b = B_g / P),
+so a P-rank run sees exactly the batches of a one-process run, and resuming needs only m.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..errors import MedShiftError
+from .distributed import DistInfo
+
+log = logging.getLogger("medshift_fast.train")
+
+MEMORY_LIMIT_BYTES = 4 << 30
+
+
+def _mix(seed: int, tag: int, k: int) -> int:
+    return (int(seed) * 1_000_003 + tag * 998_244_353 + int(k) * 7_919) % (2**63 - 1)
+
+
+class IndexStream:
+    """Dataset indices of every global micro-batch, a pure function of the micro-batch counter.
+
+    Args:
+        n: dataset size N.
+        batch: global micro-batch size B_g.
+        seed: run seed.
+        labels: (N,) domain labels (needed for ``balanced``).
+        balanced: draw every domain equally often (with replacement).
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, labels: torch.Tensor | None = None,
+                 balanced: bool = False) -> None:
+        if n < 1:
+            raise MedShiftError("the training set is empty")
+        self.n, self.batch, self.seed, self.balanced = n, batch, seed, balanced
+        self._perm: dict[int, torch.Tensor] = {}
+        if balanced:
+            if labels is None:
+                raise MedShiftError("class-balanced sampling needs the labels")
+            counts = torch.bincount(labels, minlength=int(labels.max()) + 1).double()
+            self.weights = 1.0 / counts[labels]
+
+    def _epoch(self, e: int) -> torch.Tensor:
+        if e not in self._perm:
+            if len(self._perm) > 4:
+                self._perm.pop(min(self._perm))
+            g = torch.Generator().manual_seed(_mix(self.seed, 1, e))
+            self._perm[e] = torch.randperm(self.n, generator=g)
+        return self._perm[e]
+
+    def global_batch(self, m: int) -> torch.Tensor:
+        """(B_g,) int64 dataset indices of global micro-batch m."""
+        if self.balanced:
+            g = torch.Generator().manual_seed(_mix(self.seed, 2, m))
+            return torch.multinomial(self.weights, self.batch, replacement=True, generator=g)
+        out, pos, left = [], m * self.batch, self.batch
+        while left:
+            e, k = divmod(pos, self.n)
+            take = min(left, self.n - k)
+            out.append(self._epoch(e)[k:k + take])
+            pos, left = pos + take, left - take
+        return torch.cat(out)
+
+    def rank_batch(self, m: int, info: DistInfo) -> torch.Tensor:
+        """This rank's contiguous share (B_g / P,) of global micro-batch m."""
+        b = self.batch // info.world
+        return self.global_batch(m)[info.rank * b:(info.rank + 1) * b]
+
+
+def pick_balanced(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to n indices taking the domains in turn (first images of each domain first)."""
+    pools = [torch.nonzero(labels == c).flatten().tolist() for c in range(int(labels.max()) + 1)]
+    out: list[int] = []
+    k = 0
+    while len(out) < n and any(k < len(p) for p in pools):
+        out += [p[k] for p in pools if k < len(p)]
+        k += 1
+    return torch.tensor(out[:n], dtype=torch.long)
+
+
+class MemorySource:
+    """All (encoded) training images in memory; micro-batch m -> this rank's (x_1, y)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, stream: IndexStream, info: DistInfo):
+        self.x, self.y, self.stream, self.info = x, y.long(), stream, info
+        nbytes = x.numel() * x.element_size()
+        # small sets live on the GPU: no host -> device copy per step
+        if info.device.type == "cuda" and nbytes <= MEMORY_LIMIT_BYTES // 4:
+            self.x, self.y = self.x.to(info.device), self.y.to(info.device)
+
+    def batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.stream.rank_batch(m, self.info).to(self.x.device)
+        return (self.x[idx].to(self.info.device, non_blocking=True),
+                self.y[idx].to(self.info.device, non_blocking=True))
+
+    def close(self) -> None:
+        pass
+
+
+class _RankBatches(torch.utils.data.Sampler):
+    def __init__(self, stream: IndexStream, info: DistInfo, start: int) -> None:
+        self.stream, self.info, self.start = stream, info, start
+
+    def __iter__(self):
+        m = self.start
+        while True:
+            yield self.stream.rank_batch(m, self.info).tolist()
+            m += 1
+
+
+class StreamSource:
+    """Images decoded by DataLoader workers from the files, in the order of the index stream.
+
+    Args:
+        dataset: a map-style dataset ``ds[i] -> (image (C, S, S), label)``.
+        encode: applied to each batch on the device (the latent encoder, or identity).
+        start: the first micro-batch counter (resume).
+    """
+
+    def __init__(self, dataset, stream: IndexStream, info: DistInfo, num_workers: int,
+                 start: int, encode=None) -> None:
+        self.info, self.encode, self.next_m = info, encode, start
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=_RankBatches(stream, info, start), num_workers=num_workers,
+            pin_memory=info.device.type == "cuda", persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None)
+        self._it = iter(self.loader)
+
+    def batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if m != self.next_m:
+            raise RuntimeError(f"stream source expected micro-batch {self.next_m}, got {m}")
+        x, y = next(self._it)
+        self.next_m += 1
+        x, y = x.to(self.info.device, non_blocking=True), y.long().to(self.info.device)
+        if self.encode is not None:
+            with torch.no_grad():
+                x = self.encode(x)
+        return x, y
+
+    def close(self) -> None:
+        self._it = None
+
+
+def open_split(cfg, split: str, domains=None):
+    """FolderDataset of one split at the training size (pixels), or None if it has no images."""
+    from ..data import FolderDataset
+
+    if not cfg.data:
+        raise MedShiftError("no training data: pass --data ROOT (or run `medshift simulate`)")
+    try:
+        return FolderDataset(cfg.data, size=cfg.image_size, split=split,
+                             domains=domains if domains is not None else cfg.domains)
+    except MedShiftError:
+        if split == "train":
+            raise
+        return None
+
+
+def choose_mode(cfg, n_images: int, channels: int = 1) -> str:
+    if cfg.data_mode != "auto":
+        return cfg.data_mode
+    nbytes = n_images * channels * cfg.image_size**2 * 4
+    if cfg.num_workers > 0 or nbytes > MEMORY_LIMIT_BYTES:
+        return "stream"
+    return "memory"

@@ -1,0 +1,67 @@
+"""Latent mode: the KL autoencoder round trip, flow training in its latent space, load_run."""
+
+import pytest
+import torch
+from conftest import make_images
+
+from medshift_fast.cli import main
+from medshift_fast.errors import MedShiftError
+from medshift_fast.train import TrainConfig, load_run
+from medshift_fast.train.autoencoder import load_autoencoder, psnr, reconstruct
+from medshift_fast.train.latent import PixelCodec
+from medshift_fast.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def ae_run(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ae")
+    torch.set_num_threads(1)
+    rc = main(["train-autoencoder", "--data", str(tiny_folder), "--out", str(out),
+               "--image-size", "16", "--channels", "16", "--channel-mult", "1,2", "--steps", "80",
+               "--batch-size", "8", "--lr", "2e-3", "--log-every", "20", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_autoencoder_round_trip_psnr(ae_run, capsys):
+    model, meta = load_autoencoder(ae_run)
+    assert meta["latent_scale"] > 0 and (ae_run / "log.csv").is_file()
+    x, _ = make_images(8, seed=5)  # unseen images of the same kind
+    rec = reconstruct(model, x)
+    p, p_mean = psnr(rec, x), psnr(x.mean(0, keepdim=True).expand_as(x), x)
+    assert p > 22.0 and p > p_mean + 8.0, (p, p_mean)
+    assert meta["metrics"]["val_psnr"] > 22.0
+    z = model.encode(x)[0]
+    assert z.shape == (8, 4, 8, 8)
+
+
+def test_flow_in_latent_space_decodes_transparently(ae_run, tmp_path, tiny_folder):
+    cfg = TrainConfig(data=str(tiny_folder), out=str(tmp_path / "run"), latent=str(ae_run),
+                      model_channels=16, image_size=16, steps=2, batch_size=4, val_every=2,
+                      sample_every=2, sample_steps=1, sample_images=1, log_every=1)
+    train(cfg, progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.latent and run.raw["latent"]["path"] == "autoencoder"  # copied into the run
+    assert (tmp_path / "run" / "autoencoder" / "autoencoder.safetensors").is_file()
+    assert run.model_config.in_channels == 4 and run.model_shape == (4, 8, 8)
+    x, _ = make_images(3)
+    z = run.encode_image(x)
+    assert z.shape == (3, 4, 8, 8)
+    assert psnr(run.decode_image(z), x) > 22.0
+    y = run.translate_images(x, "synthetic_low", "real_normal", tau=0.6, steps=1, solver="euler")
+    assert y.shape == (3, 1, 16, 16) and torch.isfinite(y).all()
+    assert run.sample_images("real_normal", 2, steps=1, solver="euler").shape == (2, 1, 16, 16)
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+    # pixel mode: identity helpers
+    px = PixelCodec()
+    assert px.encode(x) is x and px.decode(z) is z and px.reference() is None
+
+
+def test_latent_diffusers_without_diffusers_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    x, y = make_images(4)
+    cfg = TrainConfig(out=str(tmp_path), latent_diffusers=str(tmp_path), image_size=16, steps=1)
+    with pytest.raises(MedShiftError, match="diffusers"):
+        train(cfg, progress=False, data=(x, y, ("a", "b")))
