@@ -12,6 +12,8 @@ With ``skip_bad=False`` (default) both raise :class:`MedShiftError` naming the f
 ``skip_bad=True`` the file is logged and dropped at construction, or, when it fails in
 ``__getitem__``, logged, remembered as bad, and replaced by the next good image *of the same domain*
 so that an epoch never crashes and the label distribution is unchanged; ``n_skipped`` counts both.
+(With DataLoader worker processes, decode-time skips are counted in the workers' copies and only
+logged; construction-time skips are always in ``n_skipped``.)
 """
 
 from __future__ import annotations
