@@ -86,6 +86,11 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+def _rate(benchmark, key, n):
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info[key] = n / benchmark.stats.stats.median
+
+
 def _info(benchmark, size, views):
     benchmark.extra_info.update(size=size, views=views, torch=torch.__version__,
                                 machine=platform.processor() or platform.machine())
@@ -98,7 +103,7 @@ def test_projection(benchmark, provider, size):
     fn = _projection_case(provider, size)
     _info(benchmark, size, VIEWS)
     benchmark.pedantic(fn, warmup_rounds=1, rounds=3, iterations=1)
-    benchmark.extra_info["views_per_s"] = VIEWS / benchmark.stats.stats.median
+    _rate(benchmark, "views_per_s", VIEWS)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -106,7 +111,7 @@ def test_render(benchmark, size):
     benchmark.group = "simulate_render"
     _info(benchmark, size, VIEWS)
     benchmark.pedantic(_render_case(size), warmup_rounds=1, rounds=3, iterations=1)
-    benchmark.extra_info["images_per_s_per_domain"] = VIEWS / benchmark.stats.stats.median
+    _rate(benchmark, "images_per_s_per_domain", VIEWS)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -120,7 +125,7 @@ def test_simulate_end_to_end(benchmark, size):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n = subjects * VIEWS
-    benchmark.extra_info["images_per_s_per_domain"] = n / benchmark.stats.stats.median
+    _rate(benchmark, "images_per_s_per_domain", n)
 
 
 def _time(fn, rounds=3):
