@@ -129,12 +129,11 @@ class AttentionBlock(nn.Module):
         self.proj = _zero(nn.Conv2d(ch, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, T, D)
-        a = ops.attention(q.contiguous(), k.contiguous(), v.contiguous())
-        a = a.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(a)
+        # Dispatched: the eager block (SDPA) on the CPU and for export, Triton attention on CUDA.
+        return ops.attention_block(
+            x, self.norm.weight, self.norm.bias, self.norm.num_groups, self.qkv.weight,
+            self.qkv.bias, self.proj.weight, self.proj.bias, self.num_heads, self.norm.eps,
+        )
 
 
 class Downsample(nn.Module):
