@@ -32,25 +32,27 @@ SinkhornStats sinkhorn_log_cpu(const float* cost, const float* log_a, const floa
 
 // Fast float exp used by the CPU core (exposed for its unit test): |rel err| < 2e-7 on
 // [-87, 88]; returns FLT_MIN-ish for x < -87.3 (never a denormal) and clamps above 88.37.
+// The CPU core's vectorisable exp (exposed for its unit test): relative error < 5e-7 on
+// [-87, 88]; never returns a denormal (clamps at e^-87) and clamps above 88.37.
 float sinkhorn_fast_exp(float x);
 
-#ifdef MEDSHIFT_WITH_CUDA_CORE
-// CUDA launcher (csrc/cuda/sinkhorn.cu). Device pointers; same layout and semantics as the CPU
-// core, plus:
-//   n_iter_out: (K) int32 device array, iterations run per problem (the binding tops up problems
-//               that stopped early so that every problem ends at the batch maximum, as the
-//               reference does)
-//   iters:      (K) int32 device array or nullptr: per-problem iteration budget overriding max_iter
-//               (used for that top-up; such problems run with tol = 0)
-//   cost_half:  0 = fp32 cost, 1 = fp16, 2 = bf16 (cost then points at 2-byte values)
+// CUDA solver (csrc/cuda/sinkhorn.cu; built only with CUDA). Device pointers, same layout and
+// semantics as the CPU core, plus:
+//   cost_dtype: 0 = fp32, 1 = fp16, 2 = bf16 (cost then points at 2-byte values; fp32 arithmetic)
+//   n_iter:     host int, out: iterations run (the same for every problem of the batch)
+//   path:       0 = auto (fused for N, M <= 1024, else tiled), 1 = fused, 2 = tiled
 //   workspace:  device scratch of sinkhorn_cuda_workspace_bytes(K, N, M) bytes
-//   stream:     a cudaStream_t (void* so this header stays CUDA-free)
+//   stream:     the cudaStream_t to run on (void* keeps this header CUDA-free)
+// Fused path: one CTA per problem runs every iteration with f, g in shared memory and the
+// convergence test on the device; problems that stop early are topped up to the batch maximum
+// by a second launch (one host sync, only when tol > 0). Tiled path: per half-iteration kernels
+// over row/column blocks of all problems; a device flag set by the convergence test turns the
+// remaining launches into no-ops, and the host looks at it every 64 iterations.
 // Returns 0 or a cudaError_t code.
 int64_t sinkhorn_cuda_workspace_bytes(int64_t K, int64_t N, int64_t M);
 int sinkhorn_log_cuda(const void* cost, int cost_dtype, const float* log_a, const float* log_b,
-                      float* f, float* g, float* log_plan, float* err, int* n_iter_out,
-                      const int* iters, int64_t K, int64_t N, int64_t M, float eps, int max_iter,
-                      float tol, int check_every, void* workspace, void* stream);
-#endif
+                      float* f, float* g, float* log_plan, float* err, int* n_iter, int64_t K,
+                      int64_t N, int64_t M, float eps, int max_iter, float tol, int check_every,
+                      int path, void* workspace, void* stream);
 
 }  // namespace medshift

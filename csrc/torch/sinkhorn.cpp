@@ -10,10 +10,11 @@ namespace {
 
 // (K, N, M) cost, (K, N)/(K, M) log marginals and warm-start potentials (fp32); returns
 // (log_plan (K, N, M), f (K, N), g (K, M), err (K), stats int64 [n_iter, log_iters, absorptions]).
+// `path` picks the CUDA algorithm (0 auto, 1 fused, 2 tiled) and is ignored here.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_log_cpu(
     const at::Tensor& cost, const at::Tensor& log_a, const at::Tensor& log_b,
     const at::Tensor& f_init, const at::Tensor& g_init, double eps, int64_t max_iter, double tol,
-    int64_t check_every) {
+    int64_t check_every, int64_t /*path: CUDA only*/) {
   TORCH_CHECK(cost.dim() == 3, "sinkhorn_log: cost must be (K, N, M)");
   const int64_t K = cost.size(0), N = cost.size(1), M = cost.size(2);
   TORCH_CHECK(N > 0 && M > 0, "sinkhorn_log: empty cost");
@@ -58,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_
 TORCH_LIBRARY_FRAGMENT(medshift_fast, m) {
   m.def(
       "sinkhorn_log(Tensor cost, Tensor log_a, Tensor log_b, Tensor f_init, Tensor g_init, "
-      "float eps, int max_iter, float tol, int check_every) -> "
+      "float eps, int max_iter, float tol, int check_every, int path=0) -> "
       "(Tensor log_plan, Tensor f, Tensor g, Tensor err, Tensor stats)");
 }
 

@@ -70,7 +70,7 @@ def _c_op():
     try:  # fake (meta) impl so that torch.compile / export can trace through the op
 
         @torch.library.register_fake(_OP)
-        def _fake(cost, log_a, log_b, f_init, g_init, eps, max_iter, tol, check_every):
+        def _fake(cost, log_a, log_b, f_init, g_init, eps, max_iter, tol, check_every, path=0):
             K, N, M = cost.shape
             new = functools.partial(cost.new_empty, dtype=torch.float32)
             return (new((K, N, M)), new((K, N)), new((K, M)), new((K,)),
