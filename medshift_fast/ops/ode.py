@@ -79,29 +79,33 @@ def _launch(name, x, v_cond, v_uncond, acc, w, h, c, x_out, acc_out) -> None:
         _ext_op()(x, v_cond, v_uncond, acc, w, h, c, x_out, acc_out)
 
 
-def _exact_alias(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """a and b are the same contiguous memory (a safe in-place pair for an elementwise kernel)."""
-    return a.data_ptr() == b.data_ptr() and a.is_contiguous() and b.is_contiguous()
+def _target(buf: torch.Tensor | None, like: torch.Tensor, nbytes: int, reads, writes
+            ) -> torch.Tensor:
+    """``buf`` itself when the kernel may write it directly, else a fresh contiguous tensor.
 
-
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-def _target(buf: torch.Tensor | None, like: torch.Tensor, reads, writes) -> torch.Tensor:
-    """``buf`` itself when the kernel may write it directly, else a fresh contiguous tensor."""
+    Direct writing needs the input layout and dtype and no partial overlap: a buffer may be
+    exactly an input (in place: every element is loaded before it is stored) but must not
+    overlap an input shifted, nor another output. ``reads``/``writes`` are (begin, end) spans
+    of contiguous tensors on ``like``'s device; every tensor here spans ``nbytes``.
+    """
     if (
-        buf is not None
-        and buf.dtype == like.dtype
-        and buf.device == like.device
-        and buf.shape == like.shape
-        and buf.is_contiguous()
-        and not buf.requires_grad
-        and all(not _shares_memory(buf, r) or _exact_alias(buf, r) for r in reads if r is not None)
-        and all(not _shares_memory(buf, o) for o in writes)
+        buf is None
+        or buf.dtype != like.dtype
+        or buf.device != like.device
+        or buf.shape != like.shape
+        or not buf.is_contiguous()
+        or buf.requires_grad
     ):
-        return buf
-    return torch.empty_like(like, memory_format=torch.contiguous_format)
+        return torch.empty_like(like, memory_format=torch.contiguous_format)
+    b0 = buf.data_ptr()
+    b1 = b0 + nbytes
+    for r0, r1 in reads:
+        if r0 < b1 and b0 < r1 and r0 != b0:
+            return torch.empty_like(like, memory_format=torch.contiguous_format)
+    for r0, r1 in writes:
+        if r0 < b1 and b0 < r1:
+            return torch.empty_like(like, memory_format=torch.contiguous_format)
+    return buf
 
 
 def _kernel_stage(name, x, v_cond, v_uncond, w, h, acc, c, out, acc_out, write_acc):
@@ -109,9 +113,14 @@ def _kernel_stage(name, x, v_cond, v_uncond, w, h, acc, c, out, acc_out, write_a
     xc, vcc = x.contiguous(), v_cond.contiguous()
     vuc = None if v_uncond is None else v_uncond.contiguous()
     accc = None if acc is None else acc.contiguous()
-    reads = (xc, vcc, vuc, accc)
-    x_new = _target(out, xc, reads, ())
-    acc_new = _target(acc_out, xc, reads, (x_new,)) if write_acc else None
+    nbytes = xc.numel() * xc.element_size()
+    reads = [(p, p + nbytes) for p in (t.data_ptr() for t in (xc, vcc, vuc, accc) if t is not None)]
+    x_new = _target(out, xc, nbytes, reads, ())
+    if write_acc:
+        p = x_new.data_ptr()
+        acc_new = _target(acc_out, xc, nbytes, reads, [(p, p + nbytes)] if nbytes else [])
+    else:
+        acc_new = None
     _launch(name, xc, vcc, vuc, accc, float(w), float(h), float(c), x_new, acc_new)
     if out is not None and x_new is not out:
         out.copy_(x_new)

@@ -76,8 +76,11 @@ def test_in_place(backend, dtype):
     assert x_new is x and acc_new is acc
     _check((x, acc), want)
 
-    x, vc, vu, _, _ = _inputs((3, 1, 7, 5), dtype, True, "none", seed=1)
-    want = guided_stage_ref(x, vc, vu, W, H)
+    # v_cond and v_uncond as the two halves of one 2B model output, the result written over
+    # v_cond (exact alias; v_uncond shares the storage without overlapping).
+    x, v2, _, _, _ = _inputs((2, 3, 1, 7, 5), dtype, False, "none", seed=1)
+    x, (vc, vu) = x[0], v2.unbind(0)
+    want = guided_stage_ref(x, vc.clone(), vu.clone(), W, H)
     x_new, acc_new = ops.guided_stage(x, vc, vu, W, H, out=vc, backend=backend)
     assert x_new is vc and acc_new is None
     _check((vc, None), want)
