@@ -59,7 +59,10 @@ def _ext_modules():
 
     srcs = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/torch/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp"]
+    # torch >= 2.14 headers need C++20; older ones build with C++17.
+    tv = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    std = "-std=c++20" if tv >= (2, 14) else "-std=c++17"
+    cxx = ["-O3", "-g0", std, "-fopenmp"]
     march = os.environ.get("MEDSHIFT_FAST_MARCH", "native")  # built on the machine that runs it
     if march and march != "none":
         cxx.append(f"-march={march}")
@@ -82,7 +85,7 @@ def _ext_modules():
             srcs,
             include_dirs=include_dirs,
             define_macros=define,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", std, "--use_fast_math",
                                                    "-DMEDSHIFT_WITH_CUDA=1"]},
             extra_link_args=extra_link,
         )
