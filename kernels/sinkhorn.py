@@ -1,7 +1,8 @@
 """Log-domain Sinkhorn, the squared-distance cost and Gumbel-max plan sampling in Triton.
 
 Sinkhorn (spec: ops/reference.py::sinkhorn_ref), for K problems of size N x M:
-    f_i = eps (log a_i - LSE_j((g_j - C_ij) / eps)),  g_j = eps (log b_j - LSE_i((f_i - C_ij) / eps))
+    f_i = eps (log a_i - LSE_j((g_j - C_ij) / eps)),
+    g_j = eps (log b_j - LSE_i((f_i - C_ij) / eps))
 Each log-sum-exp is one streaming pass over C with an online (running max, rescaled sum) update,
 so C / eps is never stored and fp16/bf16 costs are read as they are (fp32 arithmetic).
 

@@ -59,7 +59,7 @@ def _sinkhorn_triton(cost, eps, a=None, b=None, max_iter=1000, tol=1e-6, f_init=
 
 
 # ----------------------------------------------------------------------------------- _C entry
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _c_op():
     """torch.ops.medshift_fast.sinkhorn_log, or None when the extension lacks it."""
     if _backend.extension() is None:
@@ -80,7 +80,7 @@ def _c_op():
     return op
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _c_has(device_type: str) -> bool:
     if _c_op() is None:
         return False

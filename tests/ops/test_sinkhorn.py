@@ -64,8 +64,8 @@ def assert_matches(res, ref, cost, eps, dtype=torch.float32):
                                atol=2e-5)
 
 
-def check_backend(backend, K, N, M, rel_eps, uniform=True, max_iter=60, tol=0.0, dtype=torch.float32,
-                  device="cpu", warm=False):
+def check_backend(backend, K, N, M, rel_eps, uniform=True, max_iter=60, tol=0.0,
+                  dtype=torch.float32, device="cpu", warm=False):
     cost, eps, a, b = make_problem(K, N, M, rel_eps, uniform, dtype)
     cost = cost.to(device)
     a = None if a is None else a.to(device)
