@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from ..errors import MedShiftError
 from ..models.unet import UNet, UNetConfig
-from .config import TrainConfig
+from .config import TrainConfig, check_resumable
 from .latent import PixelCodec, codec_from_reference
 
 FORMAT_VERSION = 1
@@ -291,3 +291,32 @@ def resolve_resume(path: str | Path) -> Path:
         raise MedShiftError(f"{path} has no {STATE}: it holds weights only and cannot be resumed")
     raise MedShiftError(f"nothing to resume in {path}: no checkpoint (config.json + {STATE}) "
                         "there; drop --resume to start a new run")
+
+
+def check_compatible(src: Path, cfg: TrainConfig, model_cfg: UNetConfig, domains: tuple[str, ...],
+                     space: str) -> None:
+    """Refuse to resume from ``src`` unless config, model, domains and space (pixel/latent) match.
+
+    Raises:
+        MedShiftError: naming the field that differs and both values.
+    """
+    saved = read_run_config(src)
+    try:
+        saved_cfg = TrainConfig.from_dict(saved["train"])
+        saved_model = UNetConfig(**saved["model"])
+    except (KeyError, TypeError) as exc:
+        raise MedShiftError(f"checkpoint config in {src} is incomplete ({exc})") from exc
+    check_resumable(saved_cfg, cfg)
+    if tuple(saved["domains"]) != tuple(domains):
+        raise MedShiftError(f"cannot resume: the checkpoint's domains are {list(saved['domains'])}"
+                            f" but the data gives {list(domains)}; pass --domains in the "
+                            "checkpoint's order")
+    now = model_cfg.to_dict()
+    for k, v in saved_model.to_dict().items():
+        if now[k] != v:
+            raise MedShiftError(f"cannot resume: the checkpoint's model has {k}={v!r}, this run "
+                                f"builds {k}={now[k]!r}")
+    kind = (saved.get("latent") or {}).get("kind", "pixel")
+    if kind != space:
+        raise MedShiftError(f"cannot resume: the checkpoint was trained in {kind} space, this run "
+                            f"asks for {space} space")

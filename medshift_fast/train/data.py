@@ -11,6 +11,7 @@ so a P-rank run sees exactly the batches of a one-process run, and resuming need
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -172,3 +173,75 @@ def choose_mode(cfg, n_images: int, channels: int = 1) -> str:
     if cfg.num_workers > 0 or nbytes > MEMORY_LIMIT_BYTES:
         return "stream"
     return "memory"
+
+
+@torch.no_grad()
+def encode_all(codec, x: torch.Tensor, device, batch: int = 64) -> torch.Tensor:
+    """Pixel images (N, 1, S, S) -> model space on the CPU (identity in pixel mode)."""
+    if codec.kind == "pixel":
+        return x
+    return torch.cat([codec.encode(x[k:k + batch].to(device)).float().cpu()
+                      for k in range(0, x.shape[0], batch)])
+
+
+@dataclass
+class TrainData:
+    """What a Trainer trains and validates on.
+
+    Attributes:
+        domains: domain names (label order).
+        mode: memory | stream.
+        x, y: (N, C, h, w) model-space images and (N,) labels in memory mode (x None when
+            streaming; y always).
+        dataset: the FolderDataset (None for in-memory data).
+        stream: the index stream of global micro-batches.
+        val_pixels, val_y, val_x: fixed validation images (pixels), labels, model space.
+    """
+
+    domains: tuple[str, ...]
+    mode: str
+    x: torch.Tensor | None
+    y: torch.Tensor
+    dataset: object
+    stream: IndexStream
+    val_pixels: torch.Tensor
+    val_y: torch.Tensor
+    val_x: torch.Tensor
+
+
+def prepare_data(cfg, codec, info: DistInfo, data=None, val_data=None) -> TrainData:
+    """Open (or take) the training and validation images of a run.
+
+    Args:
+        cfg: TrainConfig. codec: pixel <-> model space. info: process group.
+        data: optional (x (N, 1, S, S), y (N,), domains) in memory instead of cfg.data.
+        val_data: optional (x, y); default the val split, else a fixed subset of the train set.
+    """
+    xv = yv = ds = None
+    if data is not None:
+        x, y, domains = data
+        if x.dim() != 4 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise MedShiftError(f"training data must be (N, C, H, W) with N labels, got "
+                                f"{tuple(x.shape)} / {tuple(y.shape)}")
+        domains, y, mode = tuple(domains), y.long(), "memory"
+        if val_data is not None:
+            xv, yv = val_data
+    else:
+        ds = open_split(cfg, "train")
+        domains, y = tuple(ds.domains), ds.labels
+        mode = choose_mode(cfg, len(ds))
+        x = ds.to_tensors()[0] if mode == "memory" else None
+        va = open_split(cfg, "val", domains)
+        if va is not None:
+            keep = pick_balanced(va.labels, cfg.val_images)
+            xv, yv = torch.stack([va[int(i)][0] for i in keep]), va.labels[keep]
+        else:
+            log.warning("no usable val split: validating on a fixed subset of the train set")
+    if xv is None:
+        keep = pick_balanced(y, cfg.val_images)
+        xv = x[keep] if x is not None else torch.stack([ds[int(i)][0] for i in keep])
+        yv = y[keep]
+    xm = encode_all(codec, x.float(), info.device) if x is not None else None
+    return TrainData(domains, mode, xm, y, ds,
+                     IndexStream(len(y), cfg.micro_batch, cfg.seed, y, cfg.balanced),
+                     xv.float(), yv.long(), encode_all(codec, xv.float(), info.device))

@@ -30,7 +30,7 @@ from ..models.ema import EMA
 from ..models.unet import UNet, UNetConfig, count_parameters, preset_config
 from . import checkpoint as ckpt
 from . import data as D
-from .config import TrainConfig, check_resumable
+from .config import TrainConfig
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -87,14 +87,6 @@ def load_training_data(cfg: TrainConfig):
     return x, y, tuple(ds.domains)
 
 
-@torch.no_grad()
-def _encode_all(codec, x: torch.Tensor, device, batch: int = 64) -> torch.Tensor:
-    if codec.kind == "pixel":
-        return x
-    return torch.cat([codec.encode(x[k:k + batch].to(device)).float().cpu()
-                      for k in range(0, x.shape[0], batch)])
-
-
 class Trainer:
     """Model, EMA, optimizer, schedule, generators and data of one run (one rank of it).
 
@@ -117,9 +109,13 @@ class Trainer:
         self.local_batch = cfg.micro_batch // info.world
         torch.manual_seed(cfg.seed)
         self.codec = codec_for_training(cfg, dev)
-        self._source = None
-        self._setup_data(data, val_data)
-        c, s = self.model_space
+        td = D.prepare_data(cfg, self.codec, info, data, val_data)
+        self.domains, self.stream, self._dataset = td.domains, td.stream, td.dataset
+        self.data_mode, self.x, self.y = td.mode, td.x, td.y
+        self.val_pixels, self.val_y, self.val_x = td.val_pixels, td.val_y, td.val_x
+        self._source = (D.MemorySource(td.x, td.y, td.stream, info) if td.mode == "memory"
+                        else None)
+        c, s = td.val_x.shape[1], td.val_x.shape[-1]
         self.model_cfg = self._model_config(c, s)
         self.model = UNet(self.model_cfg).to(dev)
         if s % self.model.down_factor:
@@ -144,7 +140,7 @@ class Trainer:
             self.ddp = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.fwd = self.ddp or self.model
         if cfg.compile:
-            self.fwd = torch.compile(self.fwd)
+            self.fwd = torch.compile(self.fwd, dynamic=False)  # fixed training shapes
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.noise_gen = (self.gen if dev.type == "cpu"
                           else torch.Generator(dev).manual_seed(cfg.seed + 1))
@@ -157,43 +153,6 @@ class Trainer:
         self._stop_local = False
 
     # ------------------------------------------------------------------------------- set-up
-    def _setup_data(self, data, val_data) -> None:
-        cfg, dev = self.cfg, self.device
-        xv = yv = None
-        if data is not None:
-            x, y, domains = data
-            if x.dim() != 4 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-                raise MedShiftError(f"training data must be (N, C, H, W) with N labels, got "
-                                    f"{tuple(x.shape)} / {tuple(y.shape)}")
-            self.domains, y, mode, ds = tuple(domains), y.long(), "memory", None
-            if val_data is not None:
-                xv, yv = val_data
-        else:
-            ds = D.open_split(self.cfg, "train")
-            self.domains, y = tuple(ds.domains), ds.labels
-            mode = D.choose_mode(cfg, len(ds))
-            x = ds.to_tensors()[0] if mode == "memory" else None
-            va = D.open_split(cfg, "val", self.domains)
-            if va is not None:
-                keep = D.pick_balanced(va.labels, cfg.val_images)
-                xv = torch.stack([va[int(i)][0] for i in keep])
-                yv = va.labels[keep]
-            else:
-                log.warning("no usable val split: validating on a fixed subset of the train set")
-        if xv is None:
-            keep = D.pick_balanced(y, cfg.val_images)
-            xv = x[keep] if x is not None else torch.stack([ds[int(i)][0] for i in keep])
-            yv = y[keep]
-        self.data_mode = mode
-        self.val_pixels, self.val_y = xv.float(), yv.long()
-        self.val_x = _encode_all(self.codec, self.val_pixels, dev)
-        self.stream = D.IndexStream(len(y), self.cfg.micro_batch, cfg.seed, y, cfg.balanced)
-        self._dataset = ds
-        if mode == "memory":
-            self.x, self.y = _encode_all(self.codec, x.float(), dev), y
-            self._source = D.MemorySource(self.x, self.y, self.stream, self.dist)
-        self.model_space = (self.val_x.shape[1], self.val_x.shape[-1])
-
     def _model_config(self, channels: int, size: int) -> UNetConfig:
         over = {"model_channels": self.cfg.model_channels} if self.cfg.model_channels else {}
         return preset_config(self.cfg.preset, in_channels=channels,
@@ -318,25 +277,7 @@ class Trainer:
     def load_state(self, run_dir: str | Path) -> Path:
         """Resume from a checkpoint folder; refuses one whose config is incompatible."""
         src = ckpt.resolve_resume(run_dir)
-        saved = ckpt.read_run_config(src)
-        try:
-            saved_cfg = TrainConfig.from_dict(saved["train"])
-            saved_model = UNetConfig(**saved["model"])
-        except (KeyError, TypeError) as exc:
-            raise MedShiftError(f"checkpoint config in {src} is incomplete ({exc})") from exc
-        check_resumable(saved_cfg, self.cfg)
-        if tuple(saved["domains"]) != self.domains:
-            raise MedShiftError(f"cannot resume: the checkpoint's domains are "
-                                f"{list(saved['domains'])} but the data gives {list(self.domains)}"
-                                "; pass --domains in the checkpoint's order")
-        for k, v in saved_model.to_dict().items():
-            if self.model_cfg.to_dict()[k] != v:
-                raise MedShiftError(f"cannot resume: the checkpoint's model has {k}={v!r}, this "
-                                    f"run builds {k}={self.model_cfg.to_dict()[k]!r}")
-        kind = (saved.get("latent") or {}).get("kind", "pixel")
-        if kind != self.codec.kind:
-            raise MedShiftError(f"cannot resume: the checkpoint was trained in {kind} space, this "
-                                f"run asks for {self.codec.kind} space")
+        ckpt.check_compatible(src, self.cfg, self.model_cfg, self.domains, self.codec.kind)
         st = ckpt.load_training_state(src)
         model_sd = st.get("model") or ckpt.load_weights(src / ckpt.RAW_WEIGHTS)
         ema_sd = st.get("ema") or ckpt.load_weights(src / ckpt.WEIGHTS)

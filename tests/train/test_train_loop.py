@@ -159,3 +159,14 @@ def test_config_checks():
     with pytest.raises(MedShiftError, match="divisible by the 4"):
         Trainer(_cfg("x", batch_size=6, grad_accum=1), data=DATA,
                 dist_info=DistInfo(world=4))
+
+
+def test_stream_mode_with_workers_sees_the_memory_order(tmp_path, tiny_folder):
+    """DataLoader workers (stream mode) train on exactly the batches of the in-memory path."""
+    losses = {}
+    for mode, workers in (("memory", 0), ("stream", 1)):
+        cfg = _cfg(tmp_path / mode, data=str(tiny_folder), steps=2, val_every=0, sample_every=0,
+                   data_mode=mode, num_workers=workers, balanced=True)
+        losses[mode] = []
+        train(cfg, progress=False, on_step=lambda tr, m, k=mode: losses[k].append(m["loss"]))
+    assert losses["memory"] == losses["stream"]
