@@ -124,7 +124,8 @@ def _bench(benchmark, step, device, rounds, **info):
 
     benchmark.extra_info.update(machine_info(device), iterations=ITERS, **info)
     benchmark.pedantic(run, warmup_rounds=1, rounds=rounds, iterations=1)
-    benchmark.extra_info["iters_per_s"] = ITERS / benchmark.stats.stats.median
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["iters_per_s"] = ITERS / benchmark.stats.stats.median
 
 
 @pytest.mark.parametrize("provider", CPU_PROVIDERS)
