@@ -219,4 +219,15 @@ class FrameTranslator:
 
 
 # ================================================================================ exported engines
-# (``load_engine`` goes here.)
+# Engine files written by `medshift export` (ONNX Runtime .onnx, AOTInductor .pt2, TensorRT plans,
+# each with a FILE.json sidecar). Implemented in medshift_fast/export/engines.py, re-exported here;
+# importing it loads no runtime (onnxruntime / tensorrt are imported when an engine is opened).
+from .export.engines import (  # noqa: E402
+    AotiEngine,
+    Engine,
+    OnnxEngine,
+    TensorRTEngine,
+    load_engine,
+)
+
+__all__ += ["AotiEngine", "Engine", "OnnxEngine", "TensorRTEngine", "load_engine"]
