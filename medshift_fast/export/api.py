@@ -1,0 +1,199 @@
+"""``export_engine``: export, write the sidecar, and verify against eager PyTorch."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import MedShiftError
+from .graphs import ExportSettings, check_model
+from .sidecar import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, FORMATS, SUFFIXES, write_sidecar
+from .verify import VerifyResult, verify_engine
+
+
+@dataclass
+class ExportReport:
+    """What ``export_engine`` did.
+
+    Attributes:
+        path: the engine file.
+        sidecar: its JSON sidecar.
+        format: onnx | aoti | tensorrt.
+        seconds: export wall time.
+        info: backend details (exporter, opset, device, TensorRT version, ...).
+        verify: the comparison with eager PyTorch, or None when skipped.
+    """
+
+    path: Path
+    sidecar: Path
+    format: str
+    seconds: float
+    info: dict
+    verify: VerifyResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verify is None or self.verify.ok
+
+
+def _io_spec(settings: ExportSettings, c: int) -> tuple[list[dict], list[dict]]:
+    shape = ["batch", c, settings.size, settings.size]
+    if settings.what == "translate":
+        dt = "uint16" if settings.io == "uint16" else "float32"
+        return ([{"name": "image", "dtype": dt, "shape": shape}],
+                [{"name": "translated", "dtype": dt, "shape": shape}])
+    return ([{"name": "x", "dtype": "float32", "shape": shape},
+             {"name": "t", "dtype": "float32", "shape": ["batch"]},
+             {"name": "y", "dtype": "int64", "shape": ["batch"]}],
+            [{"name": "v", "dtype": "float32", "shape": shape}])
+
+
+def package_metadata(settings: ExportSettings, model: nn.Module, domains) -> dict[str, str]:
+    """String metadata embedded in ONNX models and AOTI packages (read by the C++ example)."""
+    s = settings
+    meta = {"medshift.format": ENGINE_FORMAT,
+            "medshift.format_version": str(ENGINE_FORMAT_VERSION),
+            "medshift.what": s.what, "medshift.io": s.io, "medshift.size": str(s.size),
+            "medshift.in_channels": str(int(model.in_channels)), "medshift.dtype": s.dtype,
+            "medshift.domains": ",".join(domains)}
+    if s.what == "translate":
+        meta.update({"medshift.source": str(s.source), "medshift.target": str(s.target),
+                     "medshift.tau": repr(float(s.tau)), "medshift.steps": str(s.steps),
+                     "medshift.solver": s.solver})
+    return meta
+
+
+def export_engine(
+    model: nn.Module,
+    fmt: str,
+    out: str | Path,
+    settings: ExportSettings,
+    domains: tuple[str, ...] | list[str] | None = None,
+    verify: bool = True,
+    tolerance: float | None = None,
+    exporter: str = "auto",
+    max_batch: int | None = None,
+    extra_meta: dict | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExportReport:
+    """Export ``model`` for ``settings`` as an ONNX graph, AOTI package or TensorRT engine.
+
+    Args:
+        model: the U-Net (EMA weights, eval mode); its device is the export device (AOTI
+            compiles for it; TensorRT needs CUDA).
+        fmt: "onnx" | "aoti" | "tensorrt".
+        out: the engine file (.onnx | .pt2 | .plan/.engine/.trt); ``out + ".json"`` is the
+            sidecar.
+        settings: what to export (graphs.ExportSettings).
+        domains: domain names (index = label), recorded in the sidecar.
+        verify: run the engine and eager PyTorch on the same inputs afterwards.
+        tolerance: verification max-abs bound (default by dtype, verify.DEFAULT_TOL).
+        exporter: ONNX exporter "auto" (dynamo, else TorchScript) | "dynamo" | "torchscript".
+        max_batch: TensorRT's largest batch (default settings.batch).
+        extra_meta: more sidecar entries (e.g. the checkpoint path).
+        log: progress callback (e.g. print), or None.
+
+    Returns:
+        ExportReport (``report.ok`` is False when verification exceeded the tolerance; the files
+        are kept so they can be inspected).
+    """
+    say = log or (lambda _msg: None)
+    if fmt not in FORMATS:
+        raise MedShiftError(f"unknown export format {fmt!r}; choose onnx, aoti or tensorrt")
+    out = Path(out)
+    if out.suffix.lower() not in SUFFIXES[fmt]:
+        raise MedShiftError(f"a {fmt} engine file must end in {' or '.join(SUFFIXES[fmt])}, got "
+                            f"{out.name}")
+    check_model(model, settings)
+    domains = tuple(domains or (str(i) for i in range(int(model.num_classes))))
+    if fmt == "tensorrt":
+        from .trt_engine import import_tensorrt
+
+        import_tensorrt()  # fail before any work when TensorRT is missing
+        if next(model.parameters()).device.type != "cuda":
+            raise MedShiftError("TensorRT engines are built on a CUDA GPU: use --device cuda")
+        if settings.io == "uint16":
+            raise MedShiftError("TensorRT has no uint16 tensors: export with --io float")
+    meta_str = package_metadata(settings, model, domains)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if fmt == "onnx":
+        from .onnx_export import export_onnx
+
+        info = export_onnx(model, settings, out, meta_str, exporter)
+    elif fmt == "aoti":
+        from .aoti import export_aoti
+
+        info = export_aoti(model, settings, out, meta_str)
+    else:
+        from .onnx_export import export_onnx
+        from .trt_engine import build_plan
+
+        # TensorRT gets the fp32 graph and lowers it itself (fp16 with fp32 normalisation).
+        fp32 = dataclasses.replace(settings, dtype="fp32")
+        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
+        os.close(fd)
+        try:
+            info = export_onnx(model, fp32, tmp, meta_str, exporter)
+            info.update(build_plan(tmp, out, settings.dtype, settings.batch, max_batch))
+        finally:
+            os.unlink(tmp)
+    seconds = time.perf_counter() - t0
+    inputs, outputs = _io_spec(settings, int(model.in_channels))
+    sidecar = write_sidecar(out, {
+        "engine": fmt,
+        "what": settings.what,
+        "settings": settings.to_dict(),
+        "domains": list(domains),
+        "num_classes": int(model.num_classes),
+        "null_label": int(model.num_classes),
+        "in_channels": int(model.in_channels),
+        "size": int(settings.size),
+        "inputs": inputs,
+        "outputs": outputs,
+        "device": info.get("device", next(model.parameters()).device.type),
+        "io_contract": ("translate: image in -> translated out, same shape/dtype; float = [-1, 1] "
+                        "clamped output, uint16 = raw counts (u*2/65535-1 in, "
+                        "rint((y+1)*32767.5) out)" if settings.what == "translate" else
+                        "step: guided velocity v(x, t, y) = v_u + w (v_c - v_u), float32"),
+        **info,
+        **(extra_meta or {}),
+    })
+    report = ExportReport(out, sidecar, fmt, seconds, info)
+    say(_describe(report, settings))
+    if verify:
+        from .engines import load_engine
+
+        report.verify = verify_engine(load_engine(out), model, settings, tolerance)
+        say(str(report.verify))
+    return report
+
+
+def _describe(report: ExportReport, s: ExportSettings) -> str:
+    what = (f"translate graph ({s.solver}, {s.steps} steps/leg, tau={s.tau}, "
+            f"w={s.guidance_encode}/{s.guidance_decode}, {s.nfe()} U-Net calls, io={s.io})"
+            if s.what == "translate" else f"step graph (guided velocity, w={s.guidance})")
+    how = {"onnx": lambda i: f"onnx, {i['exporter']} exporter, opset {i['opset']}",
+           "aoti": lambda i: f"AOTInductor package for {i['device']}",
+           "tensorrt": lambda i: f"TensorRT {i.get('tensorrt_version')} {s.dtype} engine"}
+    return (f"exported {what} [{how[report.format](report.info)}, {s.dtype}, size {s.size}] to "
+            f"{report.path} in {report.seconds:.1f} s")
+
+
+def default_device(name: str = "auto") -> torch.device:
+    """auto -> cuda when a GPU is visible, else cpu; an explicit cuda without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedShiftError(f"device {name!r} requested but no CUDA GPU is visible; use "
+                            "--device cpu")
+    return dev

@@ -1,0 +1,246 @@
+"""Loaded engines with one calling convention for ONNX Runtime, AOTInductor and TensorRT.
+
+``load_engine(path)`` reads and checks the JSON sidecar (format version, SHA-256 of the file),
+then opens the engine with its runtime. A ``translate`` engine is called as ``engine(images)``;
+a ``step`` engine as ``engine(x, t, y)``. Inputs may be torch tensors or NumPy arrays; the result
+is of the same kind (a tensor on the input's device, or an array).
+
+``translate`` images: (B, C, S, S), (C, S, S) or (S, S) (the result has the same shape),
+float in [-1, 1] for ``io="float"`` engines, uint16 (or integers in 0..65535) for ``io="uint16"``.
+``step``: x (B, C, S, S) float, t a float or (B,) floats, y an int or (B,) ints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import MedShiftError
+from .graphs import ExportSettings
+from .sidecar import SUFFIXES, read_sidecar
+
+__all__ = ["Engine", "OnnxEngine", "AotiEngine", "TensorRTEngine", "load_engine"]
+
+
+def _as_tensor(a: Any, what: str) -> tuple[torch.Tensor, bool]:
+    """(tensor, came_from_numpy)."""
+    if isinstance(a, torch.Tensor):
+        return a, False
+    if isinstance(a, np.ndarray):
+        if a.dtype == np.uint16:  # torch.from_numpy has no uint16 on every version
+            return torch.from_numpy(a.astype(np.int32)).to(torch.uint16), True
+        return torch.from_numpy(np.ascontiguousarray(a)), True
+    raise MedShiftError(f"{what} must be a torch tensor or a NumPy array, got {type(a).__name__}")
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.dtype == torch.uint16:
+        return t.to(torch.int32).numpy().astype(np.uint16)
+    return t.numpy()
+
+
+class Engine:
+    """Base class: validates inputs against the sidecar, runs ``_run``, restores the shape.
+
+    Attributes:
+        path: the engine file.
+        meta: the sidecar (dict).
+        settings: the ExportSettings it was exported with.
+        domains: domain names of the model (index = label).
+    """
+
+    kind = "engine"
+
+    def __init__(self, path: str | Path, meta: dict) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self.settings = ExportSettings.from_dict(meta["settings"])
+        self.what = self.settings.what
+        self.size = int(meta["size"])
+        self.in_channels = int(meta["in_channels"])
+        self.num_classes = int(meta["num_classes"])
+        self.domains = tuple(meta.get("domains") or ())
+        self.input_names = [i["name"] for i in meta["inputs"]]
+        self.output_name = meta["outputs"][0]["name"]
+
+    def __repr__(self) -> str:
+        s = self.settings
+        extra = (f"{s.solver}, {s.steps} steps, tau={s.tau}, io={s.io}" if self.what == "translate"
+                 else f"w={s.guidance}")
+        return f"{type(self).__name__}({self.path.name}: {self.what}, {extra}, {s.dtype})"
+
+    # ------------------------------------------------------------------------------ calling
+    def __call__(self, *args):
+        if self.what == "translate":
+            if len(args) != 1:
+                raise MedShiftError("a translate engine takes one argument: engine(images)")
+            return self._translate(args[0])
+        if len(args) != 3:
+            raise MedShiftError("a step engine takes three arguments: engine(x, t, y)")
+        return self._step(*args)
+
+    def _check_image(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        c, s = self.in_channels, self.size
+        if x.dim() == 2:
+            x = x[None, None]
+        elif x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise MedShiftError(f"{what}: this engine takes ({c}, {s}, {s}) images (batched or "
+                                f"not), got shape {tuple(x.shape)}; resize/crop first or "
+                                "re-export with --size")
+        return x
+
+    def _translate(self, images):
+        x, from_np = _as_tensor(images, "images")
+        shape, device = tuple(x.shape), x.device
+        x = self._check_image(x, "translate")
+        if self.settings.io == "uint16":
+            if x.dtype != torch.uint16:
+                if x.is_floating_point() or x.dtype == torch.bool:
+                    raise MedShiftError("this engine takes uint16 frames (io=uint16), got "
+                                        f"{x.dtype}; pass raw 16-bit data")
+                if x.numel() and (int(x.min()) < 0 or int(x.max()) > 65535):
+                    raise MedShiftError("frame values must be in 0..65535 for a uint16 engine")
+                x = x.to(torch.int32).to(torch.uint16)
+        else:
+            if not x.is_floating_point():
+                raise MedShiftError(f"this engine takes float images in [-1, 1] (io=float), got "
+                                    f"{x.dtype}; map raw data first or export with --io uint16")
+            x = x.to(torch.float32)
+        if not x.is_contiguous():
+            x = x.contiguous()
+        out = self._run({self.input_names[0]: x}).reshape(shape)
+        return _to_numpy(out) if from_np else out.to(device)
+
+    def _step(self, x, t, y):
+        x, from_np = _as_tensor(x, "x")
+        device = x.device
+        x = self._check_image(x, "step")
+        if not x.is_floating_point():
+            raise MedShiftError(f"x must be a float tensor, got {x.dtype}")
+        b = x.shape[0]
+        t = (t if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t)))
+        y = (y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y)))
+        t = t.to(torch.float32).reshape(-1).expand(b) if t.numel() == 1 else t.to(torch.float32)
+        y = y.to(torch.int64).reshape(-1).expand(b) if y.numel() == 1 else y.to(torch.int64)
+        if t.shape != (b,) or y.shape != (b,):
+            raise MedShiftError(f"t and y must be scalars or ({b},) vectors, got {tuple(t.shape)} "
+                                f"and {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            raise MedShiftError(f"labels must be in 0..{self.num_classes} "
+                                f"(null = {self.num_classes})")
+        feeds = dict(zip(self.input_names, (x.to(torch.float32).contiguous(),
+                                            t.contiguous(), y.contiguous())))
+        out = self._run(feeds)
+        return _to_numpy(out) if from_np else out.to(device)
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class OnnxEngine(Engine):
+    """ONNX Runtime session (CUDA provider when present and a GPU is visible, else CPU)."""
+
+    kind = "onnx"
+
+    def __init__(self, path, meta, providers: list[str] | None = None, threads: int = 0) -> None:
+        super().__init__(path, meta)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MedShiftError("ONNX engines need onnxruntime: pip install "
+                                "'medshift_fast[export]'") from exc
+        if providers is None:
+            avail = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                         if p in avail and (p != "CUDAExecutionProvider"
+                                            or torch.cuda.is_available())]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001
+            raise MedShiftError(f"ONNX Runtime cannot load {self.path} ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200]}); re-export it") from exc
+        self.providers = self.session.get_providers()
+
+    def _run(self, feeds):
+        np_feeds = {k: _to_numpy(v) for k, v in feeds.items()}
+        try:
+            out = self.session.run([self.output_name], np_feeds)[0]
+        except Exception as exc:  # noqa: BLE001
+            raise MedShiftError(f"ONNX Runtime failed to run {self.path.name} "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); an "
+                                "fp16/bf16 graph may need a GPU provider") from exc
+        t, _ = _as_tensor(out, "output")
+        return t
+
+
+class AotiEngine(Engine):
+    """AOTInductor package (.pt2) on the device it was compiled for."""
+
+    kind = "aoti"
+
+    def __init__(self, path, meta, device_index: int = -1) -> None:
+        super().__init__(path, meta)
+        from .aoti import load_aoti
+
+        self.device = torch.device(meta.get("device", "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise MedShiftError(f"{self.path.name} was compiled for CUDA but no GPU is visible; "
+                                "export a CPU package (--device cpu)")
+        self.runner = load_aoti(self.path, device_index)
+
+    def _run(self, feeds):
+        args = [feeds[n].to(self.device) for n in self.input_names]
+        with torch.no_grad():
+            out = self.runner(*args)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+
+class TensorRTEngine(Engine):
+    """Serialized TensorRT engine (untested here: TensorRT is not installable on these machines)."""
+
+    kind = "tensorrt"
+
+    def __init__(self, path, meta) -> None:
+        super().__init__(path, meta)
+        from .trt_engine import TensorRTRunner
+
+        self.runner = TensorRTRunner(self.path, meta)
+
+    def _run(self, feeds):
+        return self.runner(feeds, self.output_name)
+
+
+_CLASSES = {"onnx": OnnxEngine, "aoti": AotiEngine, "tensorrt": TensorRTEngine}
+
+
+def load_engine(path: str | Path, **kwargs) -> Engine:
+    """Open an engine written by ``medshift export`` (ONNX, AOTInductor or TensorRT).
+
+    Args:
+        path: the engine file (.onnx, .pt2, .plan/.engine/.trt) with its ``FILE.json`` sidecar.
+        **kwargs: runtime options (OnnxEngine: providers, threads; AotiEngine: device_index).
+
+    Returns:
+        An :class:`Engine`: ``engine(images)`` for translate, ``engine(x, t, y)`` for step.
+
+    Raises:
+        MedShiftError: missing/damaged sidecar, wrong format version, checksum mismatch
+            (corrupted file), missing runtime, or a file its runtime cannot load.
+    """
+    path = Path(path)
+    meta = read_sidecar(path)
+    fmt = meta["engine"]
+    if path.suffix.lower() not in SUFFIXES[fmt]:
+        raise MedShiftError(f"{path.name} is described as a {fmt} engine but has the suffix "
+                            f"{path.suffix!r}; keep the name it was exported with")
+    return _CLASSES[fmt](path, meta, **kwargs)
