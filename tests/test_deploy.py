@@ -102,6 +102,42 @@ def test_from_run_directory_with_domain_names(tmp_path, model):
         FrameTranslator(run, "sim", "nope")
 
 
+class _PoolCodec:
+    factor = 2
+
+    @staticmethod
+    def encode(x):
+        return torch.nn.functional.avg_pool2d(x, 2)
+
+    @staticmethod
+    def decode(z):
+        return torch.nn.functional.interpolate(z, scale_factor=2.0, mode="nearest")
+
+
+class _LatentRun:
+    """The parts of train.checkpoint.LoadedRun that FrameTranslator uses, with a latent codec."""
+
+    def __init__(self, model):
+        self.model, self.codec, self.latent, self.image_size = model, _PoolCodec(), True, 32
+
+    def label(self, name):
+        return {"a": 0, "b": 1, "c": 2}[name]
+
+    def encode_image(self, x):
+        return self.codec.encode(x)
+
+    def decode_image(self, z):
+        return self.codec.decode(z)
+
+
+def test_latent_run_goes_through_the_codec(model):
+    ft = FrameTranslator(_LatentRun(model), "a", "c", **SETTINGS)
+    assert ft.sampler.shape == (1, 1, 16, 16)
+    f = frame(5, (32, 32))
+    ref = _PoolCodec.decode(translate(model, _PoolCodec.encode(f[None, None]), 0, 2, **SETTINGS))
+    assert_close(ft(f), ref[0, 0])
+
+
 def test_errors(model):
     with pytest.raises(MedShiftError, match="size"):
         FrameTranslator(model, 0, 1)
