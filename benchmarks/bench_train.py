@@ -124,7 +124,18 @@ def test_train_step(benchmark, provider, preset):
         _sync()
 
     benchmark.pedantic(run, rounds=5, iterations=1)
-    benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def main(argv=None) -> None:
@@ -138,7 +149,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev_name = torch.cuda.get_device_name() if HAS_CUDA else platform.processor() or "cpu"
+    dev_name = torch.cuda.get_device_name() if HAS_CUDA else _cpu_name()
     rows, raw = [], []
     for preset in args.presets.split(","):
         size, batch = SHAPES[DEVICE][preset]
@@ -166,8 +177,8 @@ def main(argv=None) -> None:
     md = "\n".join([
         f"# Training throughput vs torchcfm SB-CFM ({DEVICE}: {dev_name}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU thread(s))", "",
-        "| preset | shape | provider | params | images/s | vs torchcfm |", "|---|---|---|---|---|---|",
-        *rows, ""])
+        "| preset | shape | provider | params | images/s | vs torchcfm |",
+        "|---|---|---|---|---|---|", *rows, ""])
     if args.md:
         open(args.md, "w").write(md)
     if args.json:

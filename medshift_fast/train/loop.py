@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data import write_png16
 from ..errors import MedShiftError
 from ..flow.coupling import CouplingConfig
 from ..flow.matcher import SBFlowMatcher
@@ -40,7 +41,7 @@ from .distributed import (
     shutdown,
 )
 from .latent import codec_for_training, copy_autoencoder
-from .progress import RunLogger
+from .progress import RunLogger, sample_grid
 
 log = logging.getLogger("medshift_fast.train")
 
@@ -373,8 +374,6 @@ def train(cfg: TrainConfig, progress: bool = True, data=None, val_data=None,
 
 
 def _loop(tr: Trainer, cfg: TrainConfig, out: Path, logger, on_step) -> None:
-    from .progress import sample_grid
-
     main = tr.dist.is_main
     t_last, n_last = time.perf_counter(), 0
     with _stop_on_signals(tr):
@@ -414,8 +413,6 @@ def _loop(tr: Trainer, cfg: TrainConfig, out: Path, logger, on_step) -> None:
                     grid = sample_grid(tr.ema.module, tr.codec, len(tr.domains),
                                        *_fixed_sources(tr), n=cfg.sample_images,
                                        steps=cfg.sample_steps, seed=cfg.seed)
-                    from ..data import write_png16
-
                     write_png16(out / "samples" / f"step_{step:07d}.png", grid)
                     logger.image("samples", grid, step)
             if tr.should_stop():

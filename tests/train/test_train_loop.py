@@ -170,3 +170,15 @@ def test_stream_mode_with_workers_sees_the_memory_order(tmp_path, tiny_folder):
         losses[mode] = []
         train(cfg, progress=False, on_step=lambda tr, m, k=mode: losses[k].append(m["loss"]))
     assert losses["memory"] == losses["stream"]
+
+
+def test_tensorboard_flag(tmp_path):
+    import importlib.util
+
+    cfg = _cfg(tmp_path, steps=1, val_every=0, sample_every=0, tensorboard=True)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(MedShiftError, match="pip install tensorboard"):
+            train(cfg, progress=False, data=DATA)
+    else:
+        train(cfg, progress=False, data=DATA)
+        assert any((tmp_path / "tb").iterdir())
