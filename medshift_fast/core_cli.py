@@ -76,7 +76,6 @@ def cmd_translate(args) -> int:
 
     from . import use_backend
     from .data import fit_square, read_image, write_png16
-    from .flow import translate
     from .train.checkpoint import load_run
     from .train.loop import resolve_device
 
@@ -97,8 +96,9 @@ def cmd_translate(args) -> int:
                       desc="translate"):
             chunk = files[k:k + args.batch_size]
             x = torch.stack(images[k:k + args.batch_size])
-            y = translate(run.model, x.to(dev), src, tgt, tau=args.tau, guidance_encode=ge,
-                          guidance_decode=gd, steps=args.steps, solver=args.solver)
+            # pixel or latent runs alike: encode -> translate -> decode through the run's codec
+            y = run.translate_images(x.to(dev), src, tgt, tau=args.tau, guidance_encode=ge,
+                                     guidance_decode=gd, steps=args.steps, solver=args.solver)
             for f, img in zip(chunk, y.clamp(-1, 1).cpu()):
                 write_png16(out / f"{f.stem}_{args.target}.png", img[0].numpy())
     print(f"wrote {len(files)} image(s) to {out}")

@@ -99,7 +99,6 @@ def evaluate(cfg: EvalConfig, progress: bool = True, run=None) -> EvalResult:
 
     t_start = time.perf_counter()
     run = run or load_run(cfg.checkpoint)
-    model = run.model
     src, tgt = run.label(cfg.source), run.label(cfg.target)
     if src == tgt:
         raise MedShiftError("source and target domains are the same; pick two different ones")
@@ -122,16 +121,16 @@ def evaluate(cfg: EvalConfig, progress: bool = True, run=None) -> EvalResult:
                 f"MedShift τ={tau:g}",
                 "medshift",
                 tau,
-                _mk_translate(translate, model, src, tgt, tau, cfg),
+                _mk_translate(translate, run, src, tgt, tau, cfg),
             )
         )
     if cfg.baselines:
         for tau in cfg.taus:
             methods.append(
-                (f"SDEdit τ={tau:g}", "sdedit", tau, _mk_sdedit(sdedit, model, tgt, tau, cfg))
+                (f"SDEdit τ={tau:g}", "sdedit", tau, _mk_sdedit(sdedit, run, tgt, tau, cfg))
             )
         methods.append(
-            ("inversion τ=0", "inversion", 0.0, _mk_translate(translate, model, src, tgt, 0.0, cfg))
+            ("inversion τ=0", "inversion", 0.0, _mk_translate(translate, run, src, tgt, 0.0, cfg))
         )
 
     fx = E.ENL0Features(batch_size=64)
@@ -205,10 +204,11 @@ def _finite(v) -> float:
     return v if math.isfinite(v) else 99.0
 
 
-def _mk_translate(translate, model, src, tgt, tau, cfg):
-    return lambda x: translate(
-        model,
-        x,
+def _mk_translate(translate, run, src, tgt, tau, cfg):
+    # through the run's codec: identity in pixel space, the autoencoder in latent mode
+    return lambda x: run.decode_image(translate(
+        run.model,
+        run.encode_image(x),
         src,
         tgt,
         tau=tau,
@@ -216,18 +216,18 @@ def _mk_translate(translate, model, src, tgt, tau, cfg):
         guidance_decode=cfg.guidance_decode,
         steps=cfg.steps,
         solver=cfg.solver,
-    )
+    ))
 
 
-def _mk_sdedit(sdedit, model, tgt, tau, cfg):
+def _mk_sdedit(sdedit, run, tgt, tau, cfg):
     gen = torch.Generator().manual_seed(cfg.seed)
-    return lambda x: sdedit(
-        model,
-        x,
+    return lambda x: run.decode_image(sdedit(
+        run.model,
+        run.encode_image(x),
         tgt,
         tau=tau,
         guidance=cfg.guidance_decode,
         steps=cfg.steps,
         solver=cfg.solver,
         generator=gen,
-    )
+    ))

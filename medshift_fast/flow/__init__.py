@@ -4,6 +4,7 @@ from .coupling import COUPLINGS, CouplingConfig, couple, couple_indices
 from .guidance import make_field
 from .matcher import FlowBatch, SBFlowMatcher
 from .paths import sample_t, sb_sample_xt, sb_target
+from .sampler import Sampler
 from .solvers import SOLVERS, integrate, nfe, time_grid
 from .translate import decode, encode, sample, sdedit, translate
 
@@ -13,6 +14,7 @@ __all__ = [
     "CouplingConfig",
     "FlowBatch",
     "SBFlowMatcher",
+    "Sampler",
     "couple",
     "couple_indices",
     "decode",
