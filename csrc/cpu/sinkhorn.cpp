@@ -189,8 +189,8 @@ struct Problem {
   float* g = nullptr;         // (M)
   float* Ce = nullptr;        // (N, M) C / eps (the caller's log_plan buffer)
   std::unique_ptr<float[]> CeT, KT, a, b, ubuf, v, tmp, tmp2, accp;
-  int nt = 1;                 // team size (accp holds nt rows of N)
-  int flag_a[kMaxThreads] = {}, flag_b[kMaxThreads] = {};
+  int nt = 1;  // team size: ubuf holds nt private (u, unext) pairs, accp 2 x nt rows of N
+  int flag[2][kMaxThreads] = {};
   float part[kMaxThreads] = {};
 };
 
@@ -199,13 +199,25 @@ struct Problem {
 struct Ctl {
   bool kernel = false;    // KT, u, v valid
   bool unext_ok = false;  // unext holds a valid kernel-mode f update
-  int cur = 0;            // which half of ubuf is u (the other is unext)
+  int cur = 0;            // which half of this thread's ubuf pair is u (the other: unext)
+  int phase = 0;          // which set of acc partials / flags the next pass writes
   float err = std::numeric_limits<float>::infinity();
   int log_iters = 0, absorptions = 0;
 };
 
-inline float* u_of(Problem& P, const Ctl& c) { return P.ubuf.get() + (c.cur ? P.N : 0); }
-inline float* unext_of(Problem& P, const Ctl& c) { return P.ubuf.get() + (c.cur ? 0 : P.N); }
+// Every thread keeps its own full copy of u (identical in all threads): the f update is computed
+// redundantly, which saves a barrier per iteration.
+inline float* u_of(Problem& P, const Ctl& c, const Team& T) {
+  return P.ubuf.get() + 2 * P.N * T.tid + (c.cur ? P.N : 0);
+}
+inline float* unext_of(Problem& P, const Ctl& c, const Team& T) {
+  return P.ubuf.get() + 2 * P.N * T.tid + (c.cur ? 0 : P.N);
+}
+// This thread's acc partial for the current pass (double-buffered: a fast thread may start the
+// next pass while a slow one still reads the partials of this one).
+inline float* acc_of(Problem& P, const Ctl& c, const Team& T) {
+  return P.accp.get() + (static_cast<int64_t>(c.phase) * P.nt + T.tid) * P.N;
+}
 
 bool any_flag(const int* flags, int nt) {
   int any = 0;
@@ -226,11 +238,11 @@ void allocate(Problem& P, int nt) {
   P.KT = buffer<float>(M * N);
   P.a = buffer<float>(N);
   P.b = buffer<float>(M);
-  P.ubuf = buffer<float>(2 * N);
+  P.ubuf = buffer<float>(2 * N * nt);
   P.v = buffer<float>(M);
   P.tmp = buffer<float>(std::max(N, M));
   P.tmp2 = buffer<float>(std::max(N, M));
-  P.accp = buffer<float>(static_cast<int64_t>(nt) * N);
+  P.accp = buffer<float>(2 * static_cast<int64_t>(nt) * N);
 }
 
 // C / eps (a true division, as the reference), its transpose, the marginals.
@@ -266,27 +278,27 @@ void f_log(Problem& P, const Team& T, Ctl& c) {
   auto [j0, j1] = T.range(M);
   for (int64_t j = j0; j < j1; ++j) ge[j] = P.g[j] / eps;
   T.sync();
-  float* u = u_of(P, c);
+  float* u = u_of(P, c, T);
+  std::fill(u, u + N, 1.f);
   auto [i0, i1] = T.range(N);
   for (int64_t i = i0; i < i1; ++i) {
     const float* row = P.Ce + i * M;
     const float m = max_diff(ge, row, M);
     const float s = sum_exp(ge, row, m, M);
     P.f[i] = eps * (P.la[i] - (m + std::log(s)));
-    u[i] = 1.f;
   }
   T.sync();
 }
 
-// After the acc pass: reduce the per-thread row sums acc_i = sum_j K_ij v_j into the next
-// kernel-mode f update unext_i = a_i / acc_i, and whether it stays in range.
+// After an acc pass (and its barrier): every thread reduces ALL the per-thread row sums
+// acc_i = sum_j K_ij v_j into its own copy of the next kernel-mode f update unext_i = a_i / acc_i
+// (and whether it stays in range). Redundant but tiny (N x threads adds), and no barrier.
 void finish_rows(Problem& P, const Team& T, Ctl& c) {
   const int64_t N = P.N;
-  const float* acc0 = P.accp.get();
-  float* un = unext_of(P, c);
+  const float* acc0 = P.accp.get() + static_cast<int64_t>(c.phase) * P.nt * N;
+  float* un = unext_of(P, c, T);
   int bad = 0;
-  auto [i0, i1] = T.range(N);
-  for (int64_t i = i0; i < i1; ++i) {
+  for (int64_t i = 0; i < N; ++i) {
     float s = acc0[i];
     for (int t = 1; t < T.nt; ++t) s += acc0[t * N + i];
     const float a = P.a[i];
@@ -294,9 +306,8 @@ void finish_rows(Problem& P, const Team& T, Ctl& c) {
     bad |= !(x >= kLo && x <= kHi);  // also catches s == 0 and NaN
     un[i] = x;
   }
-  P.flag_b[T.tid] = bad;
-  T.sync();
-  c.unext_ok = !any_flag(P.flag_b, T.nt);
+  c.unext_ok = !bad;
+  c.phase ^= 1;
 }
 
 // g_j = eps (log b_j - LSE_i(f_i / eps - C_ij / eps)) over the rows of C^T / eps; the
@@ -308,7 +319,7 @@ void g_log_build(Problem& P, const Team& T, Ctl& c) {
   float* fe = P.tmp2.get();
   auto [i0, i1] = T.range(N);
   for (int64_t i = i0; i < i1; ++i) fe[i] = P.f[i] / eps;
-  float* acc = P.accp.get() + T.tid * N;
+  float* acc = acc_of(P, c, T);
   std::fill(acc, acc + N, 0.f);
   T.sync();
   auto [j0, j1] = T.range(M);
@@ -338,8 +349,8 @@ void g_log_build(Problem& P, const Team& T, Ctl& c) {
 bool kernel_iter(Problem& P, const Team& T, Ctl& c) {
   const int64_t N = P.N, M = P.M;
   c.cur ^= 1;  // u <- unext
-  const float* u = u_of(P, c);
-  float* acc = P.accp.get() + T.tid * N;
+  const float* u = u_of(P, c, T);
+  float* acc = acc_of(P, c, T);
   std::fill(acc, acc + N, 0.f);
   int bad = 0;
   // Four columns at a time: four independent dot chains share the loads of u, and the four
@@ -379,17 +390,29 @@ bool kernel_iter(Problem& P, const Team& T, Ctl& c) {
     P.v[j] = vj;
     axpy(acc, vj, k, N);
   }
-  P.flag_a[T.tid] = bad;
+  P.flag[c.phase][T.tid] = bad;
   T.sync();
-  if (any_flag(P.flag_a, T.nt)) return false;
+  if (any_flag(P.flag[c.phase], T.nt)) {
+    c.phase ^= 1;
+    return false;
+  }
   finish_rows(P, T, c);
   return true;
 }
 
-// f += eps log u (or g += eps log v), then u = 1: the scalings go into the potentials.
-void absorb(float* pot, float* s, int64_t n, float eps, const Team& T) {
-  auto [i0, i1] = T.range(n);
-  for (int64_t i = i0; i < i1; ++i) pot[i] += eps * std::log(s[i]), s[i] = 1.f;
+// f += eps log u with this thread's copy of u (identical in all), then u = 1 in every copy.
+void absorb_u(Problem& P, const Team& T, const Ctl& c) {
+  float* u = u_of(P, c, T);
+  auto [i0, i1] = T.range(P.N);
+  for (int64_t i = i0; i < i1; ++i) P.f[i] += P.eps * std::log(u[i]);
+  std::fill(u, u + P.N, 1.f);
+  T.sync();
+}
+
+// g += eps log v, v = 1 (v is shared).
+void absorb_v(Problem& P, const Team& T) {
+  auto [j0, j1] = T.range(P.M);
+  for (int64_t j = j0; j < j1; ++j) P.g[j] += P.eps * std::log(P.v[j]), P.v[j] = 1.f;
   T.sync();
 }
 
@@ -397,14 +420,14 @@ void iterate(Problem& P, const Team& T, Ctl& c) {
   if (c.kernel && c.unext_ok) {
     if (kernel_iter(P, T, c)) return;
     // The g update left the kernel's range: absorb u into f and redo it in the log domain.
-    absorb(P.f, u_of(P, c), P.N, P.eps, T);
+    absorb_u(P, T, c);
     ++c.absorptions;
     ++c.log_iters;
     g_log_build(P, T, c);
     return;
   }
   if (c.kernel) {  // the f update would leave the range: absorb v into g, full log iteration
-    absorb(P.g, P.v.get(), P.M, P.eps, T);
+    absorb_v(P, T);
     ++c.absorptions;
   }
   ++c.log_iters;
@@ -415,7 +438,7 @@ void iterate(Problem& P, const Team& T, Ctl& c) {
 // The actual potentials f + eps log u, g + eps log v into fa (N), ga (M).
 void current_potentials(Problem& P, const Team& T, const Ctl& c, float* fa, float* ga) {
   const float eps = P.eps;
-  const float* u = u_of(P, c);
+  const float* u = u_of(P, c, T);
   auto [i0, i1] = T.range(P.N);
   for (int64_t i = i0; i < i1; ++i) fa[i] = c.kernel ? P.f[i] + eps * std::log(u[i]) : P.f[i];
   auto [j0, j1] = T.range(P.M);

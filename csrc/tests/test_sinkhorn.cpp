@@ -139,6 +139,20 @@ void test_tol_and_tiny_eps(std::mt19937& rng) {
                                        lp.data(), err.data(), K, N, M, 1.f, 1000, 1e-5f, 10, 2);
   check(st.n_iter > 0 && st.n_iter < 1000 && st.n_iter % 10 == 0, "tol stops on a check", st.n_iter);
   check(err[0] <= 1e-5f && err[1] <= 1e-5f, "converged within tol", std::max(err[0], err[1]), 1e-5);
+  // The same with a thread team per problem (N * M >= 2^17).
+  {
+    const int n = 380, m = 370;
+    std::vector<float> Cb(2 * n * m), lab(2 * n, -std::log(static_cast<float>(n))),
+        lbb(2 * m, -std::log(static_cast<float>(m))), fb(2 * n, 0.f), gb(2 * m, 0.f),
+        lpb(2 * n * m), eb(2);
+    for (auto& v : Cb) v = ud(rng);
+    auto s2 = medshift::sinkhorn_log_cpu(Cb.data(), lab.data(), lbb.data(), fb.data(), gb.data(),
+                                         lpb.data(), eb.data(), 2, n, m, 0.2f, 1000, 1e-4f, 10, 2);
+    check(s2.n_iter > 0 && s2.n_iter < 1000 && s2.n_iter % 10 == 0, "team: tol stops on a check",
+          s2.n_iter);
+    check(eb[0] <= 1e-4f && eb[1] <= 1e-4f, "team: converged within tol", std::max(eb[0], eb[1]),
+          1e-4);
+  }
   // eps = 1e-4 x mean cost: finite everywhere, mass conserved.
   std::fill(f.begin(), f.end(), 0.f);
   std::fill(g.begin(), g.end(), 0.f);
@@ -170,6 +184,9 @@ int main() {
   const Case cases[] = {
       {1, 1, 1, 0.1, 20, true},    {1, 7, 5, 0.1, 50, true},   {3, 37, 53, 0.05, 100, false},
       {1, 130, 140, 1e-3, 60, false}, {2, 20, 9, 10.0, 20, true},
+      // N * M >= 2^17: one thread team inside each problem (barriers, per-thread copies of u),
+      // at a small eps so that kernel iterations, absorptions and log iterations all occur.
+      {2, 400, 350, 2e-3, 40, false},
   };
   for (const Case& c : cases) run_case(c, rng);
   test_tol_and_tiny_eps(rng);

@@ -89,7 +89,8 @@ CASES = [
     (3, 37, 53, 0.05, False, 200, 1e-6),
     (1, 37, 53, 10.0, True, 50, 1e-5),
     (1, 256, 199, 1e-3, False, 40, 0.0),
-    (3, 256, 256, 0.05, True, 30, 0.0),
+    (3, 256, 256, 0.05, True, 30, 0.0),  # batch-parallel: one thread per problem
+    (2, 400, 333, 2e-3, False, 30, 1e-4),  # N * M >= 2^17: a thread team inside each problem
 ]
 
 
