@@ -201,7 +201,13 @@ def sample_plan_ref(
 def attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
-    """softmax(q k^T * scale) v for (B, H, T, D) tensors; scale defaults to D^-1/2 (SDPA)."""
+    """softmax(q k^T * scale) v for (B, H, T, D) tensors; scale defaults to D^-1/2 (SDPA).
+
+    CUDA SDPA kernels reject some strided views (e.g. token-major heads with T = 1: "query is not
+    correctly aligned"), so CUDA inputs are made contiguous first (a no-op when they are).
+    """
+    if q.is_cuda:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
