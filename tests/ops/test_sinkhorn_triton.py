@@ -44,7 +44,8 @@ CASES = [
 def test_triton_matches_reference(K, N, M, rel, uniform, max_iter, tol, fused):
     cost, eps, a, b = make_problem(K, N, M, rel, uniform)
     res = _run(cost, eps, a, b, max_iter, tol, fused)
-    assert_matches(res, sinkhorn_ref(cost, eps, a, b, max_iter=max_iter, tol=tol), cost, eps)
+    assert_matches(res, sinkhorn_ref(cost, eps, a, b, max_iter=max_iter, tol=tol), cost, eps,
+                   tol=tol)
 
 
 def test_triton_public_dispatch_low_precision_and_warm_start():
