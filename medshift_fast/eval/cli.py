@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--subjects", type=int, default=40)
     p.add_argument("--views", type=int, default=6)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1500, help="maximum training steps")
+    p.add_argument("--train-minutes", type=float, default=6.5,
+                   help="training time budget; steps = min(--steps, budget / measured s/step)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a 1-minute smoke run (not convincing)")
@@ -83,6 +85,7 @@ def cmd_demo(args) -> int:
         subjects=args.subjects,
         views=args.views,
         steps=args.steps,
+        train_minutes=args.train_minutes,
         batch_size=args.batch_size,
         seed=args.seed,
     )
