@@ -172,7 +172,7 @@ def export_engine(
     if verify:
         from .engines import load_engine
 
-        report.verify = verify_engine(load_engine(out), model, settings, tolerance)
+        report.verify = verify_engine(load_engine(out), model, settings, tolerance=tolerance)
         say(str(report.verify))
     return report
 

@@ -133,7 +133,7 @@ def _run_dir(model, tmp_path):
                     model.state_dict())
 
 
-def test_cli_export_onnx(model, cached_core, tmp_path, capsys):
+def test_cli_export_onnx(model, cached_core, tmp_path, capsys, monkeypatch):
     run = _run_dir(model, tmp_path)
     out = tmp_path / "cli.onnx"
     rc = main(["export", "--checkpoint", str(run), "--format", "onnx", "--out", str(out),
@@ -144,9 +144,13 @@ def test_cli_export_onnx(model, cached_core, tmp_path, capsys):
     assert "verify: max abs error" in text and "PSNR" in text and "OK" in text
     meta = read_sidecar(out)
     assert meta["source_domain"] == "synthetic_low" and meta["settings"]["target"] == 2
-    # verification beyond the tolerance -> exit 1 (files kept)
+    # verification beyond the tolerance -> exit 1 (files kept); a negative bound always fails
+    from medshift_fast.export import api
+
+    real = api.verify_engine
+    monkeypatch.setattr(api, "verify_engine", lambda *a, **k: real(*a, **{**k, "tolerance": -1}))
     rc = main(["export", "--checkpoint", str(run), "--format", "onnx", "--out", str(out),
-               "--what", "step", "--tolerance", "0", "--device", "cpu"])
+               "--what", "step", "--device", "cpu"])
     assert rc == 1 and out.exists()
     assert "verification failed" in capsys.readouterr().err
 
