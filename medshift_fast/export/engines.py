@@ -167,8 +167,13 @@ class OnnxEngine(Engine):
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # noqa: BLE001
+            hint = "re-export it"
+            if self.settings.dtype != "fp32":
+                hint = (f"ONNX Runtime's {'/'.join(providers)} may lack {self.settings.dtype} "
+                        "kernels for this graph: export fp32 (or fp16), or export with "
+                        "--no-verify and run it where such kernels exist")
             raise MedShiftError(f"ONNX Runtime cannot load {self.path} ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:200]}); re-export it") from exc
+                                f"{str(exc).splitlines()[0][:200]}); {hint}") from exc
         self.providers = self.session.get_providers()
 
     def _run(self, feeds):
