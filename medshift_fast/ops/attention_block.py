@@ -77,6 +77,12 @@ def _parse_fuse(fuse: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------- reference
+def _conv1x1_weight(w: torch.Tensor, cout: int, cin: int) -> torch.Tensor:
+    """A (cout, cin) or (cout, cin, 1, 1) weight as a 1x1 conv kernel. 4-D weights (nn.Conv2d's)
+    pass through untouched, so exporters never see a reshape built from activation shapes."""
+    return w if w.dim() == 4 else w.reshape(cout, cin, 1, 1)
+
+
 def attention_block_ref(
     x, norm_weight, norm_bias, num_groups, qkv_weight, qkv_bias, proj_weight, proj_bias,
     num_heads, eps=1e-5, qkv_layout="3hd", attn_backend="reference",
@@ -90,11 +96,11 @@ def attention_block_ref(
     """
     B, C, H, W = x.shape
     h = F.group_norm(x, num_groups, norm_weight, norm_bias, eps)
-    qkv = F.conv2d(h, qkv_weight.reshape(3 * C, C, 1, 1), qkv_bias)
+    qkv = F.conv2d(h, _conv1x1_weight(qkv_weight, 3 * C, C), qkv_bias)
     q, k, v = _split_heads(qkv.reshape(B, 3 * C, H * W), num_heads, qkv_layout)
     o = attention(q, k, v, backend=attn_backend)
     o = _merge_heads(o).reshape(B, C, H, W)
-    return x + F.conv2d(o, proj_weight.reshape(C, C, 1, 1), proj_bias)
+    return x + F.conv2d(o, _conv1x1_weight(proj_weight, C, C), proj_bias)
 
 
 # --------------------------------------------------------------------------- fused pieces (Triton)
@@ -183,13 +189,13 @@ def _attention_block_triton(
                              num_groups, eps, cdt)
     else:
         h = F.group_norm(x, num_groups, norm_weight, norm_bias, eps)
-        qkv = F.conv2d(h, qkv_weight.reshape(3 * C, C, 1, 1), qkv_bias).reshape(B, 3 * C, T)
+        qkv = F.conv2d(h, _conv1x1_weight(qkv_weight, 3 * C, C), qkv_bias).reshape(B, 3 * C, T)
     q, k, v = _split_heads(qkv, num_heads, qkv_layout)
     o = _merge_heads(attention(q, k, v, backend="triton"))
     if "proj" in fuse:
         out = _ProjResidual.apply(o, proj_weight.reshape(C, C), proj_bias, x3, cdt)
         return out.reshape(B, C, H, W)
-    return x + F.conv2d(o.reshape(B, C, H, W), proj_weight.reshape(C, C, 1, 1), proj_bias)
+    return x + F.conv2d(o.reshape(B, C, H, W), _conv1x1_weight(proj_weight, C, C), proj_bias)
 
 
 # -------------------------------------------------------------------------------- public function
