@@ -25,21 +25,30 @@ def summarize(folder: Path) -> str:
         if "benchmarks" not in data:
             continue
         mi = data.get("machine_info", {})
-        lines += [f"## {f.name}", "",
-                  f"machine: {mi.get('node', '?')} {mi.get('processor', '')} "
-                  f"({mi.get('cpu', {}).get('brand_raw', '')}), python {mi.get('python_version', '')}",
-                  ""]
+        lines += [
+            f"## {f.name}",
+            "",
+            f"machine: {mi.get('node', '?')} {mi.get('processor', '')} "
+            f"({mi.get('cpu', {}).get('brand_raw', '')}), python {mi.get('python_version', '')}",
+            "",
+        ]
         groups = defaultdict(list)
         for b in data["benchmarks"]:
             groups[b.get("group") or b["name"].split("[")[0]].append(b)
         for g, bs in groups.items():
             anchors = [b for b in bs if any(a in b["name"].lower() for a in ANCHORS)]
             anchor = max(anchors or bs, key=lambda b: b["stats"]["median"])
-            lines += [f"### {g}", "", "| benchmark | median (ms) | speed-up vs anchor |", "|---|---|---|"]
+            lines += [
+                f"### {g}",
+                "",
+                "| benchmark | median (ms) | speed-up vs anchor |",
+                "|---|---|---|",
+            ]
             for b in sorted(bs, key=lambda b: b["stats"]["median"]):
                 med = b["stats"]["median"]
-                lines.append(f"| {b['name']} | {med * 1e3:.3f} | "
-                             f"{anchor['stats']['median'] / med:.2f}× |")
+                lines.append(
+                    f"| {b['name']} | {med * 1e3:.3f} | {anchor['stats']['median'] / med:.2f}× |"
+                )
             lines.append("")
     return "\n".join(lines) + "\n"
 

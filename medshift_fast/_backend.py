@@ -65,7 +65,7 @@ def use_backend(name: str) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------------------------- probes
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def extension() -> ModuleType | None:
     """The compiled extension ``medshift_fast._C``, or None when it was not built."""
     import torch  # noqa: F401  (libc10 must be loaded before the extension)
@@ -76,20 +76,20 @@ def extension() -> ModuleType | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ext_has_cuda() -> bool:
     ext = extension()
     return bool(ext is not None and getattr(ext, "with_cuda", lambda: False)())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_device_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
@@ -115,11 +115,15 @@ def is_available(name: str) -> bool:
 
 def why_unavailable(name: str) -> str:
     if name == "cpp":
-        return ("the C++ extension medshift_fast._C is not built; run `make ext` or reinstall with "
-                "MEDSHIFT_FAST_BUILD_EXT=1")
+        return (
+            "the C++ extension medshift_fast._C is not built; run `make ext` or reinstall with "
+            "MEDSHIFT_FAST_BUILD_EXT=1"
+        )
     if name == "cuda":
         if not _ext_has_cuda():
-            return "the extension was built without CUDA (needs a CUDA torch and nvcc at build time)"
+            return (
+                "the extension was built without CUDA (needs a CUDA torch and nvcc at build time)"
+            )
         return "no CUDA device is visible"
     if name == "triton":
         if not triton_importable():

@@ -45,4 +45,6 @@ def pytest_collection_modifyitems(config, items):
         if "triton" in item.keywords and not cap("triton", _has_triton):
             item.add_marker(pytest.mark.skip(reason="needs triton"))
         if "ext" in item.keywords and not cap("ext", _has_ext):
-            item.add_marker(pytest.mark.skip(reason="needs the compiled extension medshift_fast._C"))
+            item.add_marker(
+                pytest.mark.skip(reason="needs the compiled extension medshift_fast._C")
+            )

@@ -23,20 +23,56 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rc = main(["train", "--data", str(tiny_data), "--out", str(out), "--steps", "4",
-               "--batch-size", "4", "--image-size", "16", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "16",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
 
 def test_train_translate_round_trip(tiny_data, tiny_run, tmp_path, capsys):
-    for f in ("config.json", "model.safetensors", "raw.safetensors", "training_state.pt", "log.csv"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "raw.safetensors",
+        "training_state.pt",
+        "log.csv",
+    ):
         assert (tiny_run / f).is_file(), f
     out = tmp_path / "out"
-    rc = main(["translate", "--checkpoint", str(tiny_run), "--source", "synthetic_low",
-               "--target", "real_normal", "--steps", "2", "--solver", "euler", "--no-progress",
-               "--out", str(out), str(tiny_data / "synthetic_low" / "000.png"),
-               str(tiny_data / "synthetic_low")])
+    rc = main(
+        [
+            "translate",
+            "--checkpoint",
+            str(tiny_run),
+            "--source",
+            "synthetic_low",
+            "--target",
+            "real_normal",
+            "--steps",
+            "2",
+            "--solver",
+            "euler",
+            "--no-progress",
+            "--out",
+            str(out),
+            str(tiny_data / "synthetic_low" / "000.png"),
+            str(tiny_data / "synthetic_low"),
+        ]
+    )
     assert rc == 0
     files = sorted(out.glob("*.png"))
     assert len(files) == 10  # duplicates map onto the same output name
@@ -52,28 +88,74 @@ def _one_line_error(capsys, rc):
 
 
 def test_unknown_domain_exit_2(tiny_data, tiny_run, tmp_path, capsys):
-    rc = main(["translate", "--checkpoint", str(tiny_run), "--source", "synthetic_low",
-               "--target", "mars", "--out", str(tmp_path), str(tiny_data / "synthetic_low")])
+    rc = main(
+        [
+            "translate",
+            "--checkpoint",
+            str(tiny_run),
+            "--source",
+            "synthetic_low",
+            "--target",
+            "mars",
+            "--out",
+            str(tmp_path),
+            str(tiny_data / "synthetic_low"),
+        ]
+    )
     assert "mars" in _one_line_error(capsys, rc)
 
 
 def test_unreadable_image_exit_2(tiny_run, tmp_path, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    rc = main(["translate", "--checkpoint", str(tiny_run), "--source", "synthetic_low",
-               "--target", "real_normal", "--out", str(tmp_path / "o"), str(bad)])
+    rc = main(
+        [
+            "translate",
+            "--checkpoint",
+            str(tiny_run),
+            "--source",
+            "synthetic_low",
+            "--target",
+            "real_normal",
+            "--out",
+            str(tmp_path / "o"),
+            str(bad),
+        ]
+    )
     assert "broken.png" in _one_line_error(capsys, rc)
 
 
 def test_missing_checkpoint_exit_2(tmp_path, capsys):
-    rc = main(["translate", "--checkpoint", str(tmp_path / "nope"), "--source", "a",
-               "--target", "b", "--out", str(tmp_path), str(tmp_path)])
+    rc = main(
+        [
+            "translate",
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--source",
+            "a",
+            "--target",
+            "b",
+            "--out",
+            str(tmp_path),
+            str(tmp_path),
+        ]
+    )
     assert "nope" in _one_line_error(capsys, rc)
 
 
 def test_train_missing_data_exit_2(tmp_path, capsys):
-    rc = main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
-               "--steps", "1", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "r"),
+            "--steps",
+            "1",
+            "--no-progress",
+        ]
+    )
     _one_line_error(capsys, rc)
 
 

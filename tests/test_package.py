@@ -48,7 +48,9 @@ def test_auto_picks_reference_when_nothing_else():
 
 def test_backend_unsupported_for_op_raises():
     with pytest.raises(BackendUnavailableError):
-        _backend.resolve("x", "cpu", ("reference",), "cpp" if _backend.is_available("cpp") else "cuda")
+        _backend.resolve(
+            "x", "cpu", ("reference",), "cpp" if _backend.is_available("cpp") else "cuda"
+        )
 
 
 def test_use_backend_context_and_env(monkeypatch):

@@ -14,5 +14,11 @@ TOL = {
 
 def assert_close(actual, expected, dtype=None, **kw):
     rtol, atol = TOL[dtype or expected.dtype]
-    torch.testing.assert_close(actual, expected, rtol=kw.pop("rtol", rtol), atol=kw.pop("atol", atol),
-                               check_dtype=False, **kw)
+    torch.testing.assert_close(
+        actual,
+        expected,
+        rtol=kw.pop("rtol", rtol),
+        atol=kw.pop("atol", atol),
+        check_dtype=False,
+        **kw,
+    )

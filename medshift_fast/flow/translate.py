@@ -46,14 +46,18 @@ def encode(model, x, source, tau=0.6, guidance=2.0, steps=20, solver="heun", **k
     """x (B, C, H, W) at t = 1 -> latent at t = tau with the source label."""
     _check_x(model, x, "encode")
     y = _labels(source, x.shape[0], x.device, model.num_classes, "encode")
-    return integrate(make_field(model, y, guidance), x, 1.0, float(tau), steps, solver, guidance, **kw)
+    return integrate(
+        make_field(model, y, guidance), x, 1.0, float(tau), steps, solver, guidance, **kw
+    )
 
 
 @torch.no_grad()
 def decode(model, z, target, tau=0.6, guidance=2.0, steps=20, solver="heun", **kw):
     """Latent z at t = tau -> image at t = 1 with the target label."""
     y = _labels(target, z.shape[0], z.device, model.num_classes, "decode")
-    return integrate(make_field(model, y, guidance), z, float(tau), 1.0, steps, solver, guidance, **kw)
+    return integrate(
+        make_field(model, y, guidance), z, float(tau), 1.0, steps, solver, guidance, **kw
+    )
 
 
 @torch.no_grad()

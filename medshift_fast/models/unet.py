@@ -59,13 +59,28 @@ class UNetConfig:
 
 PRESETS: dict[str, dict] = {
     # CPU demo: ~1 M parameters, 32-64 px.
-    "tiny": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_ds=(4,),
-                 head_channels=32),
+    "tiny": dict(
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_ds=(4,),
+        head_channels=32,
+    ),
     # The authors' earlier default (~6.5 M parameters with 4 latent channels).
-    "small": dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_ds=(4,),
-                  head_channels=32),
-    "base": dict(model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
-                 attention_ds=(4, 8), head_channels=64),
+    "small": dict(
+        model_channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_ds=(4,),
+        head_channels=32,
+    ),
+    "base": dict(
+        model_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_ds=(4, 8),
+        head_channels=64,
+    ),
 }
 
 
@@ -131,8 +146,16 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Dispatched: the eager block (SDPA) on the CPU and for export, Triton attention on CUDA.
         return ops.attention_block(
-            x, self.norm.weight, self.norm.bias, self.norm.num_groups, self.qkv.weight,
-            self.qkv.bias, self.proj.weight, self.proj.bias, self.num_heads, self.norm.eps,
+            x,
+            self.norm.weight,
+            self.norm.bias,
+            self.norm.num_groups,
+            self.qkv.weight,
+            self.qkv.bias,
+            self.proj.weight,
+            self.proj.bias,
+            self.num_heads,
+            self.norm.eps,
         )
 
 
@@ -165,7 +188,9 @@ class UNet(nn.Module):
         self.num_classes = cfg.num_classes
         ch = cfg.model_channels
         emb_dim = 4 * ch
-        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)
         self.input_conv = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
@@ -184,11 +209,13 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([Downsample(cur)]))
                 skips.append(cur)
                 ds *= 2
-        self.mid = nn.ModuleList([
-            ResBlock(cur, cur, emb_dim, cfg.dropout),
-            AttentionBlock(cur, cfg.head_channels),
-            ResBlock(cur, cur, emb_dim, cfg.dropout),
-        ])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(cur, cur, emb_dim, cfg.dropout),
+                AttentionBlock(cur, cfg.head_channels),
+                ResBlock(cur, cur, emb_dim, cfg.dropout),
+            ]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
@@ -200,8 +227,9 @@ class UNet(nn.Module):
                     blocks.append(Upsample(cur))
                     ds //= 2
                 self.up.append(nn.ModuleList(blocks))
-        self.out = nn.Sequential(_norm(cur), nn.SiLU(), _zero(nn.Conv2d(cur, cfg.in_channels, 3,
-                                                                        padding=1)))
+        self.out = nn.Sequential(
+            _norm(cur), nn.SiLU(), _zero(nn.Conv2d(cur, cfg.in_channels, 3, padding=1))
+        )
         self.down_factor = 2 ** (len(cfg.channel_mult) - 1)
 
     @staticmethod

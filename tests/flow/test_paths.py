@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from medshift_fast.flow import SBFlowMatcher, CouplingConfig, sample_t, sb_sample_xt, sb_target
+from medshift_fast.flow import CouplingConfig, SBFlowMatcher, sample_t, sb_sample_xt, sb_target
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.05, 0.5, 1.0])
@@ -20,14 +20,18 @@ def test_target_matches_formula_in_terms_of_xt(sigma):
     u_ref = x1 - x0 + (1 - 2 * tb) / (2 * tb * (1 - tb)) * (xt - tb * x1 - (1 - tb) * x0)
     torch.testing.assert_close(u, u_ref, rtol=1e-9, atol=1e-9)
     # and x_t's mean/variance: E[x_t] = t x1 + (1-t) x0, Var = sigma^2 t (1-t)
-    torch.testing.assert_close(xt - (tb * x1 + (1 - tb) * x0), sigma * torch.sqrt(tb * (1 - tb)) * z)
+    torch.testing.assert_close(
+        xt - (tb * x1 + (1 - tb) * x0), sigma * torch.sqrt(tb * (1 - tb)) * z
+    )
 
 
 def test_sigma_zero_is_straight_ocfm():
     x0, x1 = torch.randn(8, 5), torch.randn(8, 5)
     t = torch.rand(8)
     assert torch.equal(sb_target(x0, x1, t, 0.0, None), x1 - x0)
-    torch.testing.assert_close(sb_sample_xt(x0, x1, t, 0.0, None), t[:, None] * x1 + (1 - t[:, None]) * x0)
+    torch.testing.assert_close(
+        sb_sample_xt(x0, x1, t, 0.0, None), t[:, None] * x1 + (1 - t[:, None]) * x0
+    )
     # continuity: a tiny sigma converges to the sigma = 0 path
     z = torch.randn(8, 5)
     t = torch.full((8,), 0.3)

@@ -1,6 +1,7 @@
 """ODE solvers against an analytic linear ODE, both directions, with guidance in the field.
 
-Field: v_cond = a x, v_uncond = b x  ->  k = (b + w (a - b)) x = lam x, so x(t1) = x(t0) e^{lam (t1 - t0)}.
+Field: v_cond = a x, v_uncond = b x  ->  k = (b + w (a - b)) x = lam x,
+so x(t1) = x(t0) e^{lam (t1 - t0)}.
 """
 
 import math
@@ -8,8 +9,8 @@ import math
 import pytest
 import torch
 
-from medshift_fast.flow import integrate, time_grid
 from medshift_fast.errors import MedShiftError
+from medshift_fast.flow import integrate, time_grid
 
 A, B, W = 1.3, -0.4, 2.0
 LAM = B + W * (A - B)  # 2.9

@@ -11,11 +11,18 @@ from medshift_fast.models import build_model
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = build_model("tiny", num_classes=3, in_channels=1, model_channels=16, channel_mult=(1, 2),
-                    attention_ds=(2,), head_channels=16)
+    m = build_model(
+        "tiny",
+        num_classes=3,
+        in_channels=1,
+        model_channels=16,
+        channel_mult=(1, 2),
+        attention_ds=(2,),
+        head_channels=16,
+    )
     # give the zero-initialised output layers some weight so the field is not trivially 0
     with torch.no_grad():
-        for name, p in m.named_parameters():
+        for p in m.parameters():
             if p.abs().sum() == 0 and p.dim() > 1:
                 p.normal_(0, 0.02)
     return m.eval().double()
@@ -40,8 +47,9 @@ def test_encode_decode_same_label_inverts(model, solver):
 def test_translate_shapes_labels_and_batched_labels(model):
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64) * 2 - 1
     y1 = translate(model, x, 0, 2, tau=0.5, steps=3, solver="euler")
-    y2 = translate(model, x, torch.tensor([0, 0, 0]), torch.tensor([2, 2, 2]), tau=0.5, steps=3,
-                   solver="euler")
+    y2 = translate(
+        model, x, torch.tensor([0, 0, 0]), torch.tensor([2, 2, 2]), tau=0.5, steps=3, solver="euler"
+    )
     assert y1.shape == x.shape
     torch.testing.assert_close(y1, y2)
     # different target labels give different outputs
@@ -53,8 +61,9 @@ def test_guidance_is_one_batched_forward(model):
     calls = []
     h = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     x = torch.zeros(3, 1, 8, 8, dtype=torch.float64)
-    translate(model, x, 0, 1, tau=0.5, steps=2, solver="euler", guidance_encode=2.0,
-              guidance_decode=1.0)
+    translate(
+        model, x, 0, 1, tau=0.5, steps=2, solver="euler", guidance_encode=2.0, guidance_decode=1.0
+    )
     h.remove()
     assert calls == [6, 6, 3, 3]  # encode guided (2B), decode with w = 1 (B)
 
