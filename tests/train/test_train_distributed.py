@@ -41,7 +41,7 @@ def test_global_coupling_equals_single_process(ddp_out):
     g = torch.Generator().manual_seed(7)
     x0, x1 = torch.randn(8, 1, 8, 8, generator=g), torch.randn(8, 1, 8, 8, generator=g)
     y = torch.arange(8) % 3
-    ranks = [torch.load(ddp_out / f"coupling_rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(ddp_out / f"coupling_rank{r}.pt", weights_only=True) for r in range(2)]
     for name, cfg in MODES.items():
         i, j = couple_indices(x0, x1, cfg, torch.Generator().manual_seed(11))
         for r in ranks:  # every rank got the whole global plan's pairs
