@@ -42,11 +42,25 @@ def _check_name(name: str) -> str:
 
 
 def current_backend() -> str:
-    """The backend requested for this context: use_backend() > MEDSHIFT_FAST_BACKEND > 'auto'."""
+    """The backend requested for this context: use_backend() > MEDSHIFT_FAST_BACKEND > 'auto'.
+
+    Under ``torch.compile`` the value is read once, at trace time, and baked into the graph as a
+    constant (Dynamo cannot trace ``ContextVar.get``; without this every op call would break the
+    graph). A compiled module therefore keeps the backend that was current when it was traced.
+    """
+    return _current_backend()
+
+
+def _current_backend() -> str:
     ctx = _current.get()
     if ctx is not None:
         return ctx
     return _check_name(os.environ.get("MEDSHIFT_FAST_BACKEND", "auto") or "auto")
+
+
+# What ``torch.compiler.assume_constant_result`` sets (spelled out so that importing this module
+# does not import torch._dynamo): Dynamo calls the function at trace time and bakes the result in.
+_current_backend._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

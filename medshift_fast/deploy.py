@@ -56,7 +56,8 @@ class FrameTranslator:
         device, dtype: where and in which dtype the model runs (default: the model's).
         input: "float" (frames in [-1, 1], returned as float) or "uint16" (raw 16-bit frames,
             mapped 0..65535 -> [-1, 1] and the result back to uint16, as ``data.io`` does).
-        bf16, channels_last, cuda_graph: Sampler options (CUDA graph by default on CUDA).
+        bf16, channels_last, cuda_graph, compile: Sampler options (CUDA graph by default on
+            CUDA; ``compile=True`` compiles the forward with Inductor freezing during warm-up).
         warmup: frames of zeros translated at construction (CUDA graph capture, first-call
             costs); they are not counted in the latency statistics.
         history: latencies kept for ``latency_stats`` (the most recent ones).
@@ -85,6 +86,7 @@ class FrameTranslator:
         bf16: bool = False,
         channels_last: bool = False,
         cuda_graph: bool | None = None,
+        compile: bool = False,  # noqa: A002 - the Sampler option
         warmup: int = 1,
         history: int = 10_000,
     ) -> None:
@@ -123,7 +125,8 @@ class FrameTranslator:
             mshape = (1, 1, h, w)
         self.sampler = Sampler(model, mshape, src, tgt, tau, steps, solver, guidance_encode,
                                guidance_decode, device=self.device, dtype=self.dtype, bf16=bf16,
-                               channels_last=channels_last, cuda_graph=cuda_graph)
+                               channels_last=channels_last, cuda_graph=cuda_graph,
+                               compile=compile)
         kw = dict(device=self.device, dtype=self.dtype)
         self._frame = torch.empty((1, 1, h, w), **kw)  # pixel frame in [-1, 1]
         self._y = torch.empty((1, 1, h, w), **kw)  # translated pixel frame

@@ -11,7 +11,10 @@ into the second half, and runs one 2B forward. The arithmetic is exactly that of
 ``flow.translate`` to the tolerance table.
 
 Options: bf16 autocast of the forward (the ODE state stays in the model dtype), channels_last
-weights, and on CUDA the whole loop captured once as a CUDA graph (static input/output buffers,
+weights, ``compile=True`` (the forward through ``torch.compile`` for this static shape, with
+Inductor's inference *freezing*: weights become constants, convolutions are pre-packed and their
+layout chosen once -- on the CPU this is where the time goes, see benchmarks/bench_sampler.py),
+and on CUDA the whole loop captured once as a CUDA graph (static input/output buffers,
 warm-up on a side stream) and replayed per call. The only allocations left per call are the
 network's own activations (inside the graph's private pool on CUDA) and, unless ``out=`` is
 passed, the returned copy.
@@ -73,6 +76,10 @@ class Sampler:
         device, dtype: of the buffers and the ODE state (default: the model's parameters').
         bf16: run the forward under bf16 autocast (the ODE state stays in ``dtype``).
         channels_last: convert the model's weights to channels_last (in place; values unchanged).
+        compile: run the forward through ``torch.compile(..., dynamic=False)`` with Inductor
+            freezing. The weights are captured when the first call compiles (tens of seconds
+            on a CPU): build a new Sampler after changing them. Combined with a CUDA graph on
+            CUDA (unverified on a GPU so far).
         cuda_graph: capture the loop as a CUDA graph (default: True on CUDA; ignored on CPU).
         backend: guided_stage backend (None: the context's).
         warmup: eager runs on a side stream before the capture.
@@ -99,6 +106,7 @@ class Sampler:
         cuda_graph: bool | None = None,
         backend: str | None = None,
         warmup: int = 2,
+        compile: bool = False,  # noqa: A002 - mirrors torch.compile / TrainConfig.compile
     ) -> None:
         check_solver(solver)
         if solver not in FIXED_SOLVERS:
@@ -127,6 +135,12 @@ class Sampler:
             raise MedShiftError("Sampler: cuda_graph=True needs a CUDA device")
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        self.compiled = bool(compile)
+        self._fwd = model
+        if self.compiled:
+            # Freezing folds the (eval-mode) weights into the graph as constants; it only applies
+            # under no_grad, which is how every entry point below runs the loop.
+            self._fwd = torch.compile(model, dynamic=False, options={"freezing": True})
 
         b = self.shape[0]
         kw = dict(device=self.device, dtype=self.dtype)
@@ -224,7 +238,7 @@ class Sampler:
     def _run(self, mode: str) -> None:
         """The whole loop, reading ``_inp`` and writing ``_res``: in-place work only."""
         stages, _, final = self._program(mode)
-        b, gs, model, backend = self.shape[0], ops.guided_stage, self.model, self.backend
+        b, gs, model, backend = self.shape[0], ops.guided_stage, self._fwd, self.backend
         self._xa.copy_(self._inp)
         if final is not self._xa:
             final.copy_(self._inp)

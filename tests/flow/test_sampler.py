@@ -110,6 +110,24 @@ def test_bf16_autocast_and_channels_last(model):
     assert_close(y, ref, dtype=torch.bfloat16)
 
 
+def test_compiled_forward_matches_reference(model):
+    """compile=True (torch.compile + Inductor freezing of the forward) gives the same translation;
+    the weights are baked in at the first call, so a weight change afterwards is not seen."""
+    import copy
+
+    m = copy.deepcopy(model)
+    x = images()
+    ref = translate(model, x, 0, 2, solver="midpoint", **KW)
+    s = Sampler(m, x.shape, 0, 2, solver="midpoint", compile=True, channels_last=True, **KW)
+    assert s.compiled
+    y = s.translate(x)
+    assert_close(y, ref)
+    assert_close(s.translate(x), y)
+    assert_close(s.sample(generator=torch.Generator().manual_seed(5)),
+                 sample(model, 2, 2, (1, 16, 16), steps=2, solver="midpoint",
+                        generator=torch.Generator().manual_seed(5)))
+
+
 def test_errors(model):
     with pytest.raises(MedShiftError, match="adaptive"):
         Sampler(model, (1, 1, 16, 16), 0, 1, solver="dopri5")

@@ -57,3 +57,18 @@ def test_ema_update_formula():
     for k, v in ema.module.named_parameters():
         expected = 0.9 * p0[k] + 0.1 * dict(m.named_parameters())[k]
         torch.testing.assert_close(v, expected)
+
+
+def test_unet_traces_as_one_graph():
+    """torch.compile sees the whole forward: the backend dispatch inside the attention block is
+    read at trace time, not through a graph break per op call."""
+    import torch._dynamo
+
+    m = build_model("tiny", num_classes=2, model_channels=16, head_channels=16).eval()
+    x, t, y = torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 2])
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(m)(x, t, y)
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1

@@ -181,6 +181,12 @@ def test_triton_block_bf16_autocast_cuda(fuse):
 @pytest.mark.cuda
 @pytest.mark.triton
 def test_unet_training_step_triton_equals_reference_cuda():
+    """A U-Net step on the GPU: both fp32 paths are judged against an fp64 run of the same step
+    (flash-attention's rule: the Triton path's error <= 2x the reference path's error + a floor).
+    TF32 is off for cuDNN and matmuls: with it on, the convolutions alone differ by ~1e-3 between
+    two fp32 runs and a fixed 1e-3 tolerance was measured to fail on an H100."""
+    import copy
+
     _gpu_compiled()
     unet = pytest.importorskip("medshift_fast.models.unet")
     torch.manual_seed(0)
@@ -188,9 +194,19 @@ def test_unet_training_step_triton_equals_reference_cuda():
     _randomise(model)
     x = torch.randn(4, 1, 64, 64, device="cuda")
     t, y = torch.rand(4, device="cuda"), torch.tensor([0, 1, 2, 5], device="cuda")
-    loss_r, g_r = _unet_grads(model, "reference", x, t, y)
-    loss_t, g_t = _unet_grads(model, "triton", x, t, y)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False, deterministic=True):
+            loss_64, g_64 = _unet_grads(copy.deepcopy(model).double(), "reference", x.double(),
+                                        t.double(), y)
+            loss_r, g_r = _unet_grads(model, "reference", x, t, y)
+            loss_t, g_t = _unet_grads(model, "triton", x, t, y)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.testing.assert_close(loss_t, loss_r, rtol=1e-4, atol=1e-6)
-    for name, g in g_r.items():
-        scale = g.abs().max().item() + 1e-3
-        torch.testing.assert_close(g_t[name], g, rtol=1e-3, atol=1e-3 * scale, msg=name)
+    for name, g in g_64.items():
+        scale = g.abs().max().item() + 1e-6
+        err_t = (g_t[name].double() - g).abs().max().item()
+        err_r = (g_r[name].double() - g).abs().max().item()
+        assert err_t <= 2 * err_r + 1e-5 * scale, (name, err_t, err_r, scale)
