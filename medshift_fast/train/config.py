@@ -21,7 +21,7 @@ RESUMABLE_CHANGES = frozenset({
     "data", "out", "steps", "num_workers", "data_mode", "compile", "device", "precision",
     "channels_last", "log_every", "ckpt_every", "keep_ckpts", "val_every", "val_images",
     "sample_every", "sample_steps", "sample_images", "tensorboard", "resume", "max_nonfinite",
-    "latent", "latent_diffusers",
+    "latent", "latent_diffusers", "skip_bad",
 })
 
 
@@ -36,6 +36,11 @@ class TrainConfig:
         model_channels: overrides the preset's base width (None = preset).
         image_size: training resolution in pixels (images are resized/cropped to it).
         domains: domain names to train on (label = index); None = all found.
+        domain_map: "folder=domain,..." renames/merges dataset folders (or manifest domains)
+            into domains (data.parse_domain_map); None = folder names as they are.
+        skip_bad: log and skip unreadable image files instead of stopping at the first one.
+        resize: how images that are not square at ``image_size`` are fitted: "crop" (short side
+            to S, centre crop) or "pad" (long side to S, zero-pad).
         steps: optimizer steps.
         batch_size: images per optimizer step, summed over ranks and accumulation micro-steps
             (the OT coupling is solved over batch_size / grad_accum images at a time).
@@ -83,6 +88,9 @@ class TrainConfig:
     model_channels: int | None = None
     image_size: int = 32
     domains: tuple[str, ...] | None = None
+    domain_map: str | None = None
+    skip_bad: bool = False
+    resize: str = "crop"
     steps: int = 1000
     batch_size: int = 32
     grad_accum: int = 1
@@ -128,6 +136,7 @@ class TrainConfig:
             (self.batch_size % self.grad_accum == 0,
              f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"),
             (self.image_size >= 8, "image_size must be >= 8"),
+            (self.resize in ("crop", "pad"), f"resize must be crop or pad, got {self.resize!r}"),
             (self.model_channels is None or self.model_channels >= 1,
              "model_channels must be >= 1"),
             (self.lr > 0, "lr must be > 0"),

@@ -11,6 +11,7 @@ so a P-rank run sees exactly the batches of a one-process run, and resuming need
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -152,18 +153,42 @@ class StreamSource:
 
 
 def open_split(cfg, split: str, domains=None):
-    """FolderDataset of one split at the training size (pixels), or None if it has no images."""
+    """FolderDataset of one split at the training size (pixels), or None without one.
+
+    A val/test split that does not exist, or lacks images of some domain, gives None (with a
+    warning in the second case: validation is then off). An unreadable file in it is raised like
+    one in the train split (``--skip-bad`` skips it instead).
+    """
     from ..data import FolderDataset
 
     if not cfg.data:
         raise MedShiftError("no training data: pass --data ROOT (or run `medshift simulate`)")
+    kw = dict(domains=domains if domains is not None else cfg.domains,
+              domain_map=getattr(cfg, "domain_map", None))
+    extra = dict(skip_bad=getattr(cfg, "skip_bad", False), resize=getattr(cfg, "resize", "crop"))
     try:
-        return FolderDataset(cfg.data, size=cfg.image_size, split=split,
-                             domains=domains if domains is not None else cfg.domains)
-    except MedShiftError:
+        return FolderDataset(cfg.data, size=cfg.image_size, split=split, **kw, **extra)
+    except MedShiftError as err:
         if split == "train":
             raise
-        return None
+        try:  # the same file list without decoding: does the split itself hold every domain?
+            FolderDataset(cfg.data, split=split, validate=False, **kw)
+        except MedShiftError:
+            if _split_exists(cfg.data, split, kw["domain_map"]):
+                warnings.warn(f"no {split} set: {err}", stacklevel=2)
+            return None
+        raise  # the split is complete but a file in it is bad
+
+
+def _split_exists(root, split: str, domain_map) -> bool:
+    """Whether any image of the dataset belongs to ``split`` (a scan, no decoding)."""
+    from ..data import FolderDataset
+
+    try:
+        ds = FolderDataset(root, domain_map=domain_map, validate=False)
+    except MedShiftError:
+        return False
+    return any(smp.split == split for smp in ds.samples)
 
 
 def choose_mode(cfg, n_images: int, channels: int = 1) -> str:

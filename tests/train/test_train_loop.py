@@ -182,3 +182,40 @@ def test_tensorboard_flag(tmp_path):
     else:
         train(cfg, progress=False, data=DATA)
         assert any((tmp_path / "tb").iterdir())
+
+
+def _copy_with_corrupt_file(src, dst, split):
+    """A copy of the dataset at ``src`` with one file of ``split`` truncated; returns its path."""
+    import shutil
+
+    from medshift_fast.data.dataset import hash_split
+
+    shutil.copytree(src, dst)
+    bad = next(p for p in sorted(dst.rglob("*.png"))
+               if hash_split(p.relative_to(dst).as_posix()) == split)
+    bad.write_bytes(bad.read_bytes()[:40])
+    return bad
+
+
+def test_bad_val_file_is_an_error_not_a_silent_no_validation(tmp_path, tiny_folder, capsys):
+    from medshift_fast.train.data import open_split
+
+    data = tmp_path / "data"
+    bad = _copy_with_corrupt_file(tiny_folder, data, "val")
+    cfg = _cfg(tmp_path / "run", data=str(data))
+    assert open_split(cfg, "train") is not None  # the bad file is not in the train split
+    with pytest.raises(MedShiftError, match=bad.name):
+        open_split(cfg, "val")
+    assert open_split(cfg.replace(skip_bad=True), "val") is not None
+    assert open_split(cfg, "no_such_split") is None  # a split that does not exist: no val set
+    # the CLI: --skip-bad trains past the file, --domain-map renames the domains
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1",
+            "--batch-size", "4", "--image-size", "16", "--model-channels", "16",
+            "--val-every", "1", "--sample-every", "0", "--no-progress"]
+    assert main(args) == 2
+    assert bad.name in capsys.readouterr().err
+    assert main(args + ["--skip-bad", "--domain-map",
+                        "synthetic_low=sim,real_normal=real", "--resize", "pad"]) == 0
+    run = load_run(tmp_path / "run")
+    assert set(run.domains) == {"sim", "real"}
+    assert run.train_config.resize == "pad" and run.train_config.skip_bad
