@@ -4,7 +4,8 @@ Providers, per model preset (tiny, small):
     medshift  ``Trainer.train_step``: global log-domain Sinkhorn coupling + SB path + class-
               conditional U-Net (fused attention block where available) + AdamW + clip + EMA;
               bf16 autocast on CUDA, fp32 on the CPU; ``_cl`` = channels_last, ``_bf16_cl`` =
-              bf16 autocast + channels_last (also on the CPU).
+              bf16 autocast + channels_last (also on the CPU), ``_compile_cl`` = torch.compile
+              (TrainConfig.compile: forward and backward through Inductor) + channels_last.
     torchcfm  (anchor) ``SchrodingerBridgeConditionalFlowMatcher.guided_sample_location_and_
               conditional_flow`` (POT Sinkhorn on the CPU) + torchcfm's ``UNetModelWrapper`` with
               the same widths / blocks / attention resolution / head size / scale-shift norm
@@ -100,6 +101,8 @@ MAKERS = {
     "medshift": make_medshift,  # fp32 on the CPU, bf16 autocast on CUDA (the defaults)
     "medshift_cl": lambda *a: make_medshift(*a, channels_last=True),
     "medshift_bf16_cl": lambda *a: make_medshift(*a, channels_last=True, precision="bf16"),
+    # torch.compile of forward + backward (the U-Net traces as one graph); minutes to compile
+    "medshift_compile_cl": lambda *a: make_medshift(*a, channels_last=True, compile=True),
 }
 
 

@@ -17,6 +17,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from medshift_fast.kernels._interpreter import patch_interpreter
+
+from medshift_fast import _backend
+
+if _backend.triton_interpret():
+    patch_interpreter()
 
 __all__ = ["guided_stage"]
 

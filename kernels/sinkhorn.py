@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from medshift_fast.kernels._interpreter import patch_interpreter
 
 from medshift_fast import _backend
 
@@ -34,26 +35,8 @@ FUSED_MAX = 1024  # one program per problem up to this N and M
 _INTERPRET = _backend.triton_interpret()
 
 
-def _patch_interpreter() -> None:
-    """Triton 3.6 interpreter: ``range(0, N, B)`` with a runtime N calls int() on a shape-(1,)
-    array, which numpy >= 2.4 rejects (triton-lang/triton#9171). CPU test mode only; idempotent
-    and chained, so other kernel modules may patch the same hook."""
-    from triton.runtime import interpreter
-
-    if getattr(interpreter, "_medshift_sinkhorn_patched", False):
-        return
-    original = interpreter._patch_lang_tensor
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interpreter._patch_lang_tensor = patch_lang_tensor
-    interpreter._medshift_sinkhorn_patched = True
-
-
 if _INTERPRET:
-    _patch_interpreter()
+    patch_interpreter()
     # Each interpreted tile op costs ~1 ms whatever its size: few, mid-sized tiles (shapes above
     # 32 still run the multi-block loops and their masked tails).
     _FUSED_BLOCK = (32, 32, 4)  # (BLOCK_N, BLOCK_M, num_warps)

@@ -125,8 +125,11 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, cfg.ema_decay)
+        # The fused AdamW kernel (one pass over every parameter, CPU and CUDA) instead of the
+        # per-parameter loop: ~6 % of a tiny-preset CPU step went to Adam's small ops.
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+                                     weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
+                                     fused=dev.type in ("cpu", "cuda"))
         self.sched = make_scheduler(self.opt, cfg)
         self.matcher = SBFlowMatcher(
             len(self.domains),
