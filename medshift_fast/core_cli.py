@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .errors import MedShiftError
@@ -25,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default=None, help="auto | reference | cpp | triton | cuda")
+    p.add_argument("--compile", action="store_true",
+                   help="fixed-step solvers: run the U-Net through torch.compile with Inductor "
+                   "freezing (compiles once, tens of seconds; pays off over many batches)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="report unreadable images on stderr and translate the others")
     p.add_argument("--out", required=True, help="output folder (16-bit PNGs)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files or folders")
@@ -89,16 +95,49 @@ def cmd_translate(args) -> int:
     ge = args.guidance if args.guidance_encode is None else args.guidance_encode
     gd = args.guidance if args.guidance_decode is None else args.guidance_decode
     ctx = use_backend(args.backend) if args.backend else _null()
-    # Decode every input first: a bad file fails before any work starts (one clear error).
-    images = [fit_square(torch.from_numpy(read_image(f)), size) for f in files]
+    if args.compile:
+        from .flow.sampler import FIXED_SOLVERS
+
+        if args.solver not in FIXED_SOLVERS:
+            raise MedShiftError(f"--compile needs a fixed-step solver ({', '.join(FIXED_SOLVERS)}),"
+                                f" not {args.solver!r}")
+    # Decode every input first: a bad file fails before any work starts (one clear error), or
+    # with --skip-bad is reported and left out.
+    images, kept = [], []
+    for f in files:
+        try:
+            images.append(fit_square(torch.from_numpy(read_image(f)), size))
+            kept.append(f)
+        except MedShiftError as exc:
+            if not args.skip_bad:
+                raise
+            print(f"medshift translate: skipped {f}: {exc}", file=sys.stderr)
+    if not kept:
+        raise MedShiftError("no readable input image (all were skipped)")
+    files = kept
+    fast = None
+    if args.compile:
+        from .flow.sampler import Sampler
+
+        b = min(args.batch_size, len(files))
+        fast = Sampler(run.model, (b, *run.model_shape), src, tgt, args.tau, args.steps,
+                       args.solver, ge, gd, device=dev, compile=True)
     with ctx:
         for k in tqdm(range(0, len(files), args.batch_size), disable=args.no_progress,
                       desc="translate"):
             chunk = files[k:k + args.batch_size]
-            x = torch.stack(images[k:k + args.batch_size])
+            x = torch.stack(images[k:k + args.batch_size]).to(dev)
             # pixel or latent runs alike: encode -> translate -> decode through the run's codec
-            y = run.translate_images(x.to(dev), src, tgt, tau=args.tau, guidance_encode=ge,
-                                     guidance_decode=gd, steps=args.steps, solver=args.solver)
+            if fast is None:
+                y = run.translate_images(x, src, tgt, tau=args.tau, guidance_encode=ge,
+                                         guidance_decode=gd, steps=args.steps,
+                                         solver=args.solver)
+            else:  # static shape: a short last batch is padded (no recompilation)
+                z = run.encode_image(x)
+                pad = fast.shape[0] - z.shape[0]
+                if pad:
+                    z = torch.cat([z, z[-1:].expand(pad, *z.shape[1:])])
+                y = run.decode_image(fast.translate(z.to(fast.dtype))[:len(chunk)])
             for f, img in zip(chunk, y.clamp(-1, 1).cpu()):
                 write_png16(out / f"{f.stem}_{args.target}.png", img[0].numpy())
     print(f"wrote {len(files)} image(s) to {out}")

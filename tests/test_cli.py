@@ -162,3 +162,27 @@ def test_train_missing_data_exit_2(tmp_path, capsys):
 def test_env_runs(capsys):
     assert main(["env"]) == 0
     assert "backend reference" in capsys.readouterr().out
+
+
+def test_translate_compile_and_skip_bad(tiny_data, tiny_run, tmp_path, capsys):
+    """--compile (static-shape Sampler, short last batch padded) writes what the plain path
+    writes; --skip-bad reports an unreadable file and translates the rest."""
+    import shutil
+
+    src = tmp_path / "in"
+    shutil.copytree(tiny_data / "synthetic_low", src)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    common = ["translate", "--checkpoint", str(tiny_run), "--source", "synthetic_low",
+              "--target", "real_normal", "--steps", "2", "--solver", "midpoint",
+              "--batch-size", "4", "--no-progress", "--skip-bad"]
+    assert main(common + ["--out", str(tmp_path / "plain"), str(src)]) == 0
+    assert "broken.png" in capsys.readouterr().err
+    assert main(common + ["--compile", "--out", str(tmp_path / "fast"), str(src)]) == 0
+    plain = sorted((tmp_path / "plain").glob("*.png"))
+    fast = sorted((tmp_path / "fast").glob("*.png"))
+    assert [p.name for p in plain] == [p.name for p in fast] and len(fast) == 10
+    for a, b in zip(plain, fast):
+        np.testing.assert_allclose(read_image(a), read_image(b), atol=1e-3)
+    capsys.readouterr()
+    rc = main(common + ["--compile", "--solver", "dopri5", "--out", str(tmp_path / "x"), str(src)])
+    assert "fixed-step" in _one_line_error(capsys, rc)
