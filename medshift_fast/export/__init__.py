@@ -5,7 +5,9 @@ Two graphs can be exported from a trained model (see ``graphs.py`` for the I/O c
 ``translate``, the whole encode + decode pipeline for fixed settings (pre- and post-processing
 included) unrolled into one graph - what a scanner embeds. Every engine file gets a JSON sidecar
 (``FILE.json``) with its settings, domains, sizes, versions and checksum; ``load_engine`` checks it
-and returns an object with one calling convention for all three runtimes.
+and returns an object with one calling convention for all three runtimes. Latent-mode runs
+export transparently: ``translate`` carries the run's autoencoder (pixel images in and out),
+``step`` stays in latent space and its sidecar says so (``"space": "latent"``).
 
 TensorRT is untested here: it cannot be installed on the development machines (see
 ``trt_engine.py``).
@@ -15,7 +17,15 @@ from __future__ import annotations
 
 from .api import ExportReport, default_device, export_engine
 from .engines import AotiEngine, Engine, OnnxEngine, TensorRTEngine, load_engine
-from .graphs import ExportSettings, StepModule, TranslateModule, build_module, example_inputs
+from .graphs import (
+    ExportSettings,
+    LatentCodec,
+    StepModule,
+    TranslateModule,
+    build_module,
+    example_inputs,
+    io_layout,
+)
 from .sidecar import ENGINE_FORMAT_VERSION, read_sidecar, sidecar_path
 from .verify import DEFAULT_TOL, VerifyResult, compare, verify_engine
 
@@ -26,6 +36,7 @@ __all__ = [
     "Engine",
     "ExportReport",
     "ExportSettings",
+    "LatentCodec",
     "OnnxEngine",
     "StepModule",
     "TensorRTEngine",
@@ -36,6 +47,7 @@ __all__ = [
     "default_device",
     "example_inputs",
     "export_engine",
+    "io_layout",
     "load_engine",
     "read_sidecar",
     "sidecar_path",

@@ -8,6 +8,9 @@ unrolled pipeline, so the compile time grows with the number of U-Net evaluation
 
 Every package carries medshift metadata (``aot_inductor.metadata``: format, what, io, size,
 channels, settings) that the C++ example checks before it runs a frame.
+
+Latent-mode runs: ``build_module`` puts the run's autoencoder (fp32) into the ``translate``
+module, so the package takes and returns pixel images like a pixel run's (see graphs.py).
 """
 
 from __future__ import annotations
@@ -21,19 +24,27 @@ from torch import nn
 
 from .. import use_backend
 from ..errors import MedShiftError
-from .graphs import ExportSettings, build_module, example_inputs
+from .graphs import ExportSettings, build_module, example_inputs, io_layout
 
 
-def export_program(model: nn.Module, settings: ExportSettings, device: torch.device):
+def export_program(model: nn.Module, settings: ExportSettings, device: torch.device,
+                   codec=None):
     """``torch.export`` of the step/translate module with a dynamic batch (reference backend).
+
+    Args:
+        model: the U-Net.
+        settings: export settings.
+        device: where the program runs.
+        codec: the run's codec (latent mode) or None.
 
     Returns:
         (ExportedProgram, example inputs).
     """
-    mod = build_module(model, settings).to(device)
+    mod = build_module(model, settings, codec).to(device)
     # batch >= 2 in the example: torch.export specialises a dynamic dim whose example size is 1
     b = max(2, int(settings.batch))
-    args = example_inputs(settings, int(model.num_classes), int(model.in_channels), b, device)
+    c, size = io_layout(model, settings, codec)
+    args = example_inputs(settings, int(model.num_classes), c, b, device, size=size)
     dim = torch.export.Dim("batch", min=1, max=65536)
     names = ["image"] if settings.what == "translate" else ["x", "t", "y"]
     dyn = {n: {0: dim} for n in names}
@@ -49,7 +60,7 @@ def export_program(model: nn.Module, settings: ExportSettings, device: torch.dev
 
 
 def export_aoti(model: nn.Module, settings: ExportSettings, out: str | Path,
-                metadata: dict[str, str] | None = None) -> dict:
+                metadata: dict[str, str] | None = None, codec=None) -> dict:
     """Compile the graph for ``settings`` into the AOTInductor package ``out`` (.pt2).
 
     Args:
@@ -57,6 +68,7 @@ def export_aoti(model: nn.Module, settings: ExportSettings, out: str | Path,
         settings: export settings.
         out: destination path ending in .pt2.
         metadata: strings stored in the package (read back with ``get_metadata()``).
+        codec: the run's codec (latent mode) or None.
 
     Returns:
         {"device": "cpu" | "cuda", "unet_calls": n}.
@@ -65,7 +77,7 @@ def export_aoti(model: nn.Module, settings: ExportSettings, out: str | Path,
     if out.suffix != ".pt2":
         raise MedShiftError(f"an AOTInductor package must end in .pt2, got {out.name}")
     device = next(model.parameters()).device
-    ep, _ = export_program(model, settings, device)
+    ep, _ = export_program(model, settings, device, codec)
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = {"aot_inductor.metadata": {str(k): str(v) for k, v in (metadata or {}).items()}}
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.pt2")

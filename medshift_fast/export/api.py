@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import MedShiftError
-from .graphs import ExportSettings, check_model
+from .graphs import ExportSettings, check_model, export_codec, io_layout, model_size
 from .sidecar import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, FORMATS, SUFFIXES, write_sidecar
 from .verify import VerifyResult, verify_engine
 
@@ -44,8 +44,8 @@ class ExportReport:
         return self.verify is None or self.verify.ok
 
 
-def _io_spec(settings: ExportSettings, c: int) -> tuple[list[dict], list[dict]]:
-    shape = ["batch", c, settings.size, settings.size]
+def _io_spec(settings: ExportSettings, c: int, size: int) -> tuple[list[dict], list[dict]]:
+    shape = ["batch", c, size, size]
     if settings.what == "translate":
         dt = "uint16" if settings.io == "uint16" else "float32"
         return ([{"name": "image", "dtype": dt, "shape": shape}],
@@ -56,14 +56,22 @@ def _io_spec(settings: ExportSettings, c: int) -> tuple[list[dict], list[dict]]:
             [{"name": "v", "dtype": "float32", "shape": shape}])
 
 
-def package_metadata(settings: ExportSettings, model: nn.Module, domains) -> dict[str, str]:
-    """String metadata embedded in ONNX models and AOTI packages (read by the C++ example)."""
+def package_metadata(settings: ExportSettings, model: nn.Module, domains,
+                     codec=None) -> dict[str, str]:
+    """String metadata embedded in ONNX models and AOTI packages (read by the C++ example).
+
+    ``medshift.size`` / ``medshift.in_channels`` describe the graph's image tensors (pixels
+    for translate; latents for a latent run's step graph); ``medshift.space`` is pixel | latent.
+    """
     s = settings
+    c, size = io_layout(model, s, codec)
     meta = {"medshift.format": ENGINE_FORMAT,
             "medshift.format_version": str(ENGINE_FORMAT_VERSION),
-            "medshift.what": s.what, "medshift.io": s.io, "medshift.size": str(s.size),
-            "medshift.in_channels": str(int(model.in_channels)), "medshift.dtype": s.dtype,
-            "medshift.domains": ",".join(domains)}
+            "medshift.what": s.what, "medshift.io": s.io, "medshift.size": str(size),
+            "medshift.in_channels": str(c), "medshift.dtype": s.dtype,
+            "medshift.domains": ",".join(domains),
+            "medshift.space": "pixel" if export_codec(codec) is None else "latent",
+            "medshift.model_size": str(model_size(s, codec))}
     if s.what == "translate":
         meta.update({"medshift.source": str(s.source), "medshift.target": str(s.target),
                      "medshift.tau": repr(float(s.tau)), "medshift.steps": str(s.steps),
@@ -72,7 +80,7 @@ def package_metadata(settings: ExportSettings, model: nn.Module, domains) -> dic
 
 
 def export_engine(
-    model: nn.Module,
+    model,
     fmt: str,
     out: str | Path,
     settings: ExportSettings,
@@ -83,11 +91,19 @@ def export_engine(
     max_batch: int | None = None,
     extra_meta: dict | None = None,
     log: Callable[[str], None] | None = None,
+    codec=None,
 ) -> ExportReport:
     """Export ``model`` for ``settings`` as an ONNX graph, AOTI package or TensorRT engine.
 
+    Latent-mode runs (the U-Net works on autoencoder latents): pass the run's ``codec``, or
+    pass the loaded run itself as ``model``. ``translate`` then takes and returns pixel images
+    (the fp32 autoencoder's encode and decode are part of the graph; ``settings.size`` is the
+    pixel size, divisible by the autoencoder's factor f); ``step`` stays in latent space
+    (size / f). The sidecar records ``"space": "latent"`` and the autoencoder reference.
+
     Args:
-        model: the U-Net (EMA weights, eval mode); its device is the export device (AOTI
+        model: the U-Net (EMA weights, eval mode), or a loaded run (``train.load_run``: its
+            model, codec and domain names are used); its device is the export device (AOTI
             compiles for it; TensorRT needs CUDA).
         fmt: "onnx" | "aoti" | "tensorrt".
         out: the engine file (.onnx | .pt2 | .plan/.engine/.trt); ``out + ".json"`` is the
@@ -100,6 +116,8 @@ def export_engine(
         max_batch: TensorRT's largest batch (default settings.batch).
         extra_meta: more sidecar entries (e.g. the checkpoint path).
         log: progress callback (e.g. print), or None.
+        codec: the run's codec (``LoadedRun.codec``) for a latent-mode run; None (or a pixel
+            codec) for pixel mode. Diffusers autoencoders are refused with a MedShiftError.
 
     Returns:
         ExportReport (``report.ok`` is False when verification exceeded the tolerance; the files
@@ -112,7 +130,13 @@ def export_engine(
     if out.suffix.lower() not in SUFFIXES[fmt]:
         raise MedShiftError(f"a {fmt} engine file must end in {' or '.join(SUFFIXES[fmt])}, got "
                             f"{out.name}")
-    check_model(model, settings)
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
+        run = model  # a LoadedRun
+        model = run.model
+        codec = run.codec if codec is None else codec
+        domains = domains or run.domains
+    codec = export_codec(codec)
+    check_model(model, settings, codec)
     domains = tuple(domains or (str(i) for i in range(int(model.num_classes))))
     if fmt == "tensorrt":
         from .trt_engine import import_tensorrt
@@ -122,17 +146,17 @@ def export_engine(
             raise MedShiftError("TensorRT engines are built on a CUDA GPU: use --device cuda")
         if settings.io == "uint16":
             raise MedShiftError("TensorRT has no uint16 tensors: export with --io float")
-    meta_str = package_metadata(settings, model, domains)
+    meta_str = package_metadata(settings, model, domains, codec)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if fmt == "onnx":
         from .onnx_export import export_onnx
 
-        info = export_onnx(model, settings, out, meta_str, exporter)
+        info = export_onnx(model, settings, out, meta_str, exporter, codec)
     elif fmt == "aoti":
         from .aoti import export_aoti
 
-        info = export_aoti(model, settings, out, meta_str)
+        info = export_aoti(model, settings, out, meta_str, codec)
     else:
         from .onnx_export import export_onnx
         from .trt_engine import build_plan
@@ -142,12 +166,27 @@ def export_engine(
         fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
         os.close(fd)
         try:
-            info = export_onnx(model, fp32, tmp, meta_str, exporter)
+            info = export_onnx(model, fp32, tmp, meta_str, exporter, codec)
             info.update(build_plan(tmp, out, settings.dtype, settings.batch, max_batch))
         finally:
             os.unlink(tmp)
     seconds = time.perf_counter() - t0
-    inputs, outputs = _io_spec(settings, int(model.in_channels))
+    c, size = io_layout(model, settings, codec)
+    inputs, outputs = _io_spec(settings, c, size)
+    latent = codec is not None
+    if settings.what == "translate":
+        contract = ("translate: image in -> translated out, same shape/dtype; float = [-1, 1] "
+                    "clamped output, uint16 = raw counts (u*2/65535-1 in, rint((y+1)*32767.5) "
+                    "out)")
+        if latent:
+            contract += ("; pixel images: encoded in-graph by the run's autoencoder (fp32 "
+                         "posterior mean, scaled), translated in its latent space, decoded "
+                         "(fp32) and clamped")
+    else:
+        contract = "step: guided velocity v(x, t, y) = v_u + w (v_c - v_u), float32"
+        if latent:
+            contract += (f"; in the autoencoder's latent space: x and v are (B, {c}, {size}, "
+                         f"{size}) latents, not pixel images")
     sidecar = write_sidecar(out, {
         "engine": fmt,
         "what": settings.what,
@@ -155,32 +194,40 @@ def export_engine(
         "domains": list(domains),
         "num_classes": int(model.num_classes),
         "null_label": int(model.num_classes),
-        "in_channels": int(model.in_channels),
-        "size": int(settings.size),
+        "in_channels": c,  # of the graph's image tensors
+        "size": size,  # of the graph's image tensors (settings.size is the pixel size)
+        "space": "latent" if latent else "pixel",
+        "latent": codec.reference() if latent else None,
+        "image_size": int(settings.size),
+        "model_size": model_size(settings, codec),
+        "model_channels": int(model.in_channels),
         "inputs": inputs,
         "outputs": outputs,
         "device": info.get("device", next(model.parameters()).device.type),
-        "io_contract": ("translate: image in -> translated out, same shape/dtype; float = [-1, 1] "
-                        "clamped output, uint16 = raw counts (u*2/65535-1 in, "
-                        "rint((y+1)*32767.5) out)" if settings.what == "translate" else
-                        "step: guided velocity v(x, t, y) = v_u + w (v_c - v_u), float32"),
+        "io_contract": contract,
         **info,
         **(extra_meta or {}),
     })
     report = ExportReport(out, sidecar, fmt, seconds, info)
-    say(_describe(report, settings))
+    say(_describe(report, settings, codec))
     if verify:
         from .engines import load_engine
 
-        report.verify = verify_engine(load_engine(out), model, settings, tolerance=tolerance)
+        report.verify = verify_engine(load_engine(out), model, settings, tolerance=tolerance,
+                                      codec=codec)
         say(str(report.verify))
     return report
 
 
-def _describe(report: ExportReport, s: ExportSettings) -> str:
+def _describe(report: ExportReport, s: ExportSettings, codec=None) -> str:
     what = (f"translate graph ({s.solver}, {s.steps} steps/leg, tau={s.tau}, "
             f"w={s.guidance_encode}/{s.guidance_decode}, {s.nfe()} U-Net calls, io={s.io})"
             if s.what == "translate" else f"step graph (guided velocity, w={s.guidance})")
+    if codec is not None:
+        f = int(codec.factor)
+        what += (f" of a latent run (autoencoder encode/decode in the graph, U-Net at "
+                 f"{s.size // f}x{s.size // f})" if s.what == "translate" else
+                 f" in latent space ({s.size // f}x{s.size // f} latents)")
     how = {"onnx": lambda i: f"onnx, {i['exporter']} exporter, opset {i['opset']}",
            "aoti": lambda i: f"AOTInductor package for {i['device']}",
            "tensorrt": lambda i: f"TensorRT {i.get('tensorrt_version')} {s.dtype} engine"}

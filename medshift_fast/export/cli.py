@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="guidance scale (step graph, and both translate legs)")
     p.add_argument("--guidance-encode", type=float, default=None)
     p.add_argument("--guidance-decode", type=float, default=None)
-    p.add_argument("--size", type=int, default=None, help="image side (default: training size)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side in pixels (default: training size); latent-mode runs: "
+                   "divisible by the autoencoder's factor (the step graph is size/factor)")
     p.add_argument("--batch", type=int, default=1,
                    help="example/verification batch (TensorRT: optimal batch); ONNX and AOTI "
                    "graphs accept any batch")
@@ -79,6 +81,8 @@ def cmd_export(args) -> int:
         steps=args.steps,
         solver=args.solver,
     )
+    # Latent-mode runs: translate encodes/decodes with the run's autoencoder in the graph
+    # (pixel images in and out); step stays in latent space. run.codec is a PixelCodec otherwise.
     extra = {"checkpoint": str(run.path), "model_config": run.model_config.to_dict()}
     if translate:
         extra.update(source_domain=run.domains[settings.source],
@@ -86,7 +90,7 @@ def cmd_export(args) -> int:
     report = export_engine(
         run.model, args.format, args.out, settings, domains=run.domains, verify=args.verify,
         tolerance=args.tolerance, exporter=args.exporter, max_batch=args.max_batch,
-        extra_meta=extra, log=print,
+        extra_meta=extra, log=print, codec=run.codec,
     )
     if not report.ok:
         print(f"medshift export: verification failed: the engine differs from eager PyTorch by "

@@ -8,6 +8,10 @@ is of the same kind (a tensor on the input's device, or an array).
 ``translate`` images: (B, C, S, S), (C, S, S) or (S, S) (the result has the same shape),
 float in [-1, 1] for ``io="float"`` engines, uint16 (or integers in 0..65535) for ``io="uint16"``.
 ``step``: x (B, C, S, S) float, t a float or (B,) floats, y an int or (B,) ints.
+
+Engines of latent-mode runs (``engine.space == "latent"``): ``translate`` takes and returns
+pixel images like any other (the autoencoder is inside the graph); ``step`` works on latents
+(C = z_c, S = pixel size / f, as ``engine.size`` / ``engine.in_channels`` say).
 """
 
 from __future__ import annotations
@@ -49,8 +53,11 @@ class Engine:
     Attributes:
         path: the engine file.
         meta: the sidecar (dict).
-        settings: the ExportSettings it was exported with.
+        settings: the ExportSettings it was exported with (``settings.size`` is the pixel size).
         domains: domain names of the model (index = label).
+        size, in_channels: side and channels of the graph's image tensors.
+        space: "pixel", or "latent" for a latent-mode run (``latent``: its autoencoder
+            reference).
     """
 
     kind = "engine"
@@ -64,6 +71,8 @@ class Engine:
         self.in_channels = int(meta["in_channels"])
         self.num_classes = int(meta["num_classes"])
         self.domains = tuple(meta.get("domains") or ())
+        self.space = meta.get("space", "pixel")
+        self.latent = meta.get("latent")
         self.input_names = [i["name"] for i in meta["inputs"]]
         self.output_name = meta["outputs"][0]["name"]
 
@@ -71,7 +80,8 @@ class Engine:
         s = self.settings
         extra = (f"{s.solver}, {s.steps} steps, tau={s.tau}, io={s.io}" if self.what == "translate"
                  else f"w={s.guidance}")
-        return f"{type(self).__name__}({self.path.name}: {self.what}, {extra}, {s.dtype})"
+        space = ", latent" if self.space == "latent" else ""
+        return f"{type(self).__name__}({self.path.name}: {self.what}, {extra}, {s.dtype}{space})"
 
     # ------------------------------------------------------------------------------ calling
     def __call__(self, *args):
@@ -90,6 +100,11 @@ class Engine:
         elif x.dim() == 3:
             x = x[None]
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            if self.space == "latent" and self.what == "step":
+                raise MedShiftError(f"step: this engine works in a latent-mode run's latent space "
+                                    f"and takes ({c}, {s}, {s}) latents (batched or not), got "
+                                    f"shape {tuple(x.shape)}; encode images with the run's "
+                                    "autoencoder first, or export --what translate")
             raise MedShiftError(f"{what}: this engine takes ({c}, {s}, {s}) images (batched or "
                                 f"not), got shape {tuple(x.shape)}; resize/crop first or "
                                 "re-export with --size")

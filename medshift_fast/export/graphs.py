@@ -21,6 +21,15 @@ I/O contract (also written into every engine's JSON sidecar):
 ``dtype`` (fp32 | fp16 | bf16) is the compute dtype of the network and of the ODE state between
 stages; the solver arithmetic is fp32 (as ``ops.guided_stage``) and the I/O dtypes above do not
 change with it.
+
+Latent-mode runs (``medshift train --latent RUN_AE``): the U-Net works on autoencoder latents
+(z_c, S/f, S/f). Pass the run's codec (``LoadedRun.codec``) and ``translate`` keeps the pixel I/O
+above: image -> z = scale (mean(q(z|x)) - shift) (the posterior mean, fp32) -> the encode/decode
+ODE in latent space (U-Net in the compute dtype) -> D(z / scale + shift) clamped to [-1, 1]
+(fp32) -> output; ``settings.size`` is the PIXEL size S and must be divisible by f (tau = 1 is
+then the autoencoder round trip). ``step`` stays in latent space: x and v are
+(B, z_c, S/f, S/f). The autoencoder is a deep-copied fp32 submodule (``LatentCodec``) whatever
+the compute dtype. Only the package's own autoencoder (codec kind ``medshift``) is exportable.
 """
 
 from __future__ import annotations
@@ -49,7 +58,8 @@ class ExportSettings:
 
     Attributes:
         what: "step" (guided velocity) or "translate" (whole pipeline).
-        size: image side S (must be divisible by the U-Net's downsampling factor).
+        size: image side S in pixels (must be divisible by the U-Net's downsampling factor;
+            latent-mode runs: by the autoencoder's factor f, and S / f by the U-Net's).
         batch: example / verification batch (and TensorRT's optimal and maximal batch).
         dtype: compute dtype fp32 | fp16 | bf16.
         io: "float" or "uint16" (translate only; step is always float).
@@ -118,16 +128,87 @@ class ExportSettings:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def check_model(model: nn.Module, settings: ExportSettings) -> None:
-    """Raise MedShiftError when the settings do not fit the model (labels, size)."""
+def export_codec(codec) -> object | None:
+    """The codec to export with, or None in pixel mode; MedShiftError for an unexportable one.
+
+    Args:
+        codec: None, a ``train.latent`` codec (``LoadedRun.codec``) or a ``LatentCodec``.
+    """
+    kind = getattr(codec, "kind", "pixel") if codec is not None else "pixel"
+    if kind == "pixel":
+        return None
+    if isinstance(codec, LatentCodec):
+        return codec
+    if kind == "diffusers":
+        raise MedShiftError(
+            "export of diffusers-latent runs is not supported: a diffusers AutoencoderKL has not "
+            "been verified to export (ONNX / torch.export) on this project's machines. Translate "
+            "with `medshift translate` / deploy.FrameTranslator instead, or train the package's "
+            "own autoencoder (`medshift train-autoencoder`) and retrain with --latent RUN_AE")
+    if kind != "medshift" or not isinstance(getattr(codec, "module", None), nn.Module):
+        raise MedShiftError(f"cannot export a run with latent codec kind {kind!r}; only the "
+                            "package's own autoencoder (--latent RUN_AE) is exportable")
+    return codec
+
+
+def _factor(codec) -> int:
+    return int(codec.factor) if codec is not None else 1
+
+
+def _codec_image_channels(codec) -> int:
+    if isinstance(codec, LatentCodec):
+        return codec.image_channels
+    cfg = getattr(codec.module, "config", None)
+    return int(getattr(cfg, "in_channels", getattr(codec, "in_channels", 1)))
+
+
+def image_channels(model: nn.Module, codec=None) -> int:
+    """Channels of a pixel image: the autoencoder's input (latent mode) or the U-Net's."""
+    codec = export_codec(codec)
+    return int(model.in_channels) if codec is None else _codec_image_channels(codec)
+
+
+def io_layout(model: nn.Module, settings: ExportSettings, codec=None) -> tuple[int, int]:
+    """(channels, side) of the graph's image tensors: pixels for translate, model space for step.
+
+    Pixel mode: (C, S). Latent mode: translate (C_img, S), step (z_c, S / f).
+    """
+    codec = export_codec(codec)
+    if settings.what == "translate":
+        return image_channels(model, codec), int(settings.size)
+    return int(model.in_channels), model_size(settings, codec)
+
+
+def model_size(settings: ExportSettings, codec=None) -> int:
+    """Side of the U-Net's input: settings.size, or settings.size / f in latent mode."""
+    return int(settings.size) // _factor(export_codec(codec))
+
+
+def check_model(model: nn.Module, settings: ExportSettings, codec=None) -> None:
+    """Raise MedShiftError when the settings do not fit the model (labels, size, codec)."""
+    codec = export_codec(codec)
     k = int(model.num_classes)
     for name in ("source", "target"):
         lab = getattr(settings, name)
         if settings.what == "translate" and not 0 <= int(lab) < k:
             raise MedShiftError(f"{name} label {lab} out of range 0..{k - 1}")
+    size = int(settings.size)
+    if codec is not None:
+        fa = _factor(codec)
+        if size % fa:
+            raise MedShiftError(
+                f"size {size} must be divisible by the autoencoder's downsampling factor {fa} "
+                f"(this is a latent-mode run: --size is the pixel size, the U-Net sees "
+                f"size / {fa}); pick e.g. --size {max(fa, size // fa * fa)}")
+        if int(codec.channels) != int(model.in_channels):
+            raise MedShiftError(f"the autoencoder has {codec.channels} latent channels but the "
+                                f"U-Net takes {model.in_channels}: this codec is not the run's")
+        size //= fa
     f = int(getattr(model, "down_factor", 1))
-    if settings.size % f:
-        raise MedShiftError(f"size {settings.size} must be divisible by {f} for this model")
+    if size % f:
+        what = (f"size {size}" if codec is None else
+                f"latent size {size} (size {settings.size} / {_factor(codec)})")
+        raise MedShiftError(f"{what} must be divisible by {f} for this model")
 
 
 def cast_model(model: nn.Module, settings: ExportSettings) -> nn.Module:
@@ -170,18 +251,59 @@ def unit_to_uint16(y: torch.Tensor) -> torch.Tensor:
     return torch.round((y.clamp(-1.0, 1.0) + 1.0) * (U16_MAX / 2.0)).to(torch.uint16)
 
 
-class TranslateModule(nn.Module):
-    """Pre-processing + encode (1 -> tau, source) + decode (tau -> 1, target) + post-processing."""
+class LatentCodec(nn.Module):
+    """A run's autoencoder as an fp32 submodule (deep copy, eval mode, no gradients).
 
-    def __init__(self, model: nn.Module, settings: ExportSettings) -> None:
+    ``encode``: x (B, C_img, S, S) -> z = scale (mean(q(z|x)) - shift), (B, z_c, S/f, S/f).
+    ``decode``: z -> D(z / scale + shift) clamped to [-1, 1], (B, C_img, S, S). The same
+    arithmetic as ``train.latent.AutoencoderCodec`` (which the run translates with eagerly).
+    """
+
+    kind = "medshift"
+
+    def __init__(self, codec) -> None:
+        super().__init__()
+        codec = export_codec(codec)
+        if codec is None:
+            raise MedShiftError("LatentCodec needs a latent-mode codec, got pixel mode")
+        self.image_channels = _codec_image_channels(codec)
+        ae = codec.ae if isinstance(codec, LatentCodec) else codec.module
+        self.ae = copy.deepcopy(ae).float().eval()
+        for p in self.ae.parameters():
+            p.requires_grad_(False)
+        self.scale, self.shift = float(codec.scale), float(getattr(codec, "shift", 0.0))
+        self.factor, self.channels = int(codec.factor), int(codec.channels)
+        self.ref = codec.reference() if hasattr(codec, "reference") else None
+
+    def reference(self) -> dict | None:
+        return self.ref
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C_img, S, S) float32 -> scaled posterior mean (B, z_c, S/f, S/f) float32."""
+        return (self.ae.encode(x)[0] - self.shift) * self.scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, z_c, S/f, S/f) float32 -> image (B, C_img, S, S) float32 in [-1, 1]."""
+        return self.ae.decode(z / self.scale + self.shift).clamp(-1.0, 1.0)
+
+
+class TranslateModule(nn.Module):
+    """Pre-processing + [codec encode] + encode (1 -> tau, source) + decode (tau -> 1, target)
+    + [codec decode] + post-processing (the codec steps only for a latent-mode run)."""
+
+    def __init__(self, model: nn.Module, settings: ExportSettings,
+                 codec: LatentCodec | None = None) -> None:
         super().__init__()
         self.model = model
+        self.codec = codec
         self.s = settings
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, C, S, S) float32 in [-1, 1] or uint16 -> translated, same shape and dtype."""
         s = self.s
         x = uint16_to_unit(image) if s.io == "uint16" else image.to(torch.float32)
+        if self.codec is not None:
+            x = self.codec.encode(x)  # fp32 autoencoder, whatever the compute dtype
         x = x.to(s.torch_dtype)
         tau = float(s.tau)
         if tau < 1.0:
@@ -192,37 +314,55 @@ class TranslateModule(nn.Module):
             n = int(s.steps)
             z = integrate(make_field(self.model, y_src, we), x, 1.0, tau, n, s.solver, we)
             x = integrate(make_field(self.model, y_tgt, wd), z, tau, 1.0, n, s.solver, wd)
-        y = x.to(torch.float32).clamp(-1.0, 1.0)
+        y = x.to(torch.float32)
+        if self.codec is not None:
+            y = self.codec.decode(y)
+        y = y.clamp(-1.0, 1.0)
         return unit_to_uint16(y) if s.io == "uint16" else y
 
 
-def build_module(model: nn.Module, settings: ExportSettings) -> nn.Module:
-    """The eager module for these settings (a dtype-cast copy of ``model``)."""
-    check_model(model, settings)
+def build_module(model: nn.Module, settings: ExportSettings, codec=None) -> nn.Module:
+    """The eager module for these settings (a dtype-cast copy of ``model``).
+
+    Args:
+        model: the U-Net.
+        settings: export settings.
+        codec: the run's codec (latent mode; None or a pixel codec otherwise). ``translate``
+            gets it as an fp32 ``LatentCodec`` submodule on the U-Net's device; ``step`` works
+            in latent space and does not need it.
+    """
+    check_model(model, settings, codec)
+    codec = export_codec(codec)
     m = cast_model(model, settings)
-    mod = StepModule(m, settings) if settings.what == "step" else TranslateModule(m, settings)
-    return mod.eval()
+    if settings.what == "step":
+        return StepModule(m, settings).eval()
+    lc = None
+    if codec is not None:
+        lc = LatentCodec(codec).to(next(model.parameters()).device)
+    return TranslateModule(m, settings, lc).eval()
 
 
 def example_inputs(settings: ExportSettings, num_classes: int, in_channels: int,
                    batch: int | None = None, device: str | torch.device = "cpu",
-                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+                   seed: int = 0, size: int | None = None) -> tuple[torch.Tensor, ...]:
     """Deterministic inputs of the graph's signature (smooth images + noise, valid t and y).
 
     Args:
         settings: export settings.
         num_classes: K (step labels are drawn from 0..K, the null label included).
-        in_channels: C.
+        in_channels: C (of the graph's image tensors, see ``io_layout``).
         batch: B (default settings.batch).
         device: where to put the tensors.
         seed: generator seed.
+        size: S of the graph's image tensors (default settings.size; a latent run's step
+            graph takes settings.size / f, see ``io_layout``).
 
     Returns:
         (image,) (B, C, S, S) for translate; (x, t, y) with shapes (B, C, S, S), (B,), (B,)
         for step.
     """
     b = int(batch or settings.batch)
-    s = int(settings.size)
+    s = int(size or settings.size)
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
     phase = torch.rand(b, in_channels, 1, 1, generator=g) * 6.28

@@ -13,7 +13,9 @@ are pinned with ``layer.precision`` / ``set_output_type`` under
 InstanceNormalization, a TensorRT NORMALIZATION layer, plus any reduce/sqrt/pow of a decomposed
 norm) and every layer of the solver arithmetic, guidance combine and pre/post-processing (the
 ONNX nodes the composer names ``ms/...``), so the ODE state is updated in fp32 as in eager
-PyTorch. The U-Net's convolutions, GEMMs and attention run in fp16.
+PyTorch. The U-Net's convolutions, GEMMs and attention run in fp16. A latent-mode run's
+autoencoder (spliced in as ``ms/ae_encode/...`` and ``ms/ae_decode/...``) stays fp32 by the same
+rule, as in the eager reference (``graphs.LatentCodec``).
 """
 
 from __future__ import annotations

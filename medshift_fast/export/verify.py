@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .graphs import ExportSettings, build_module, example_inputs, uint16_to_unit
+from .graphs import ExportSettings, build_module, example_inputs, io_layout, uint16_to_unit
 
 # Default max-abs tolerance (model space, [-1, 1] images) by compute dtype. A translation
 # integrates dozens of U-Net calls, so fp32 rounding differences between runtimes grow a little
@@ -62,7 +62,7 @@ def compare(out: torch.Tensor, ref: torch.Tensor, settings: ExportSettings, tole
 
 def verify_engine(engine, model: nn.Module, settings: ExportSettings,
                   tolerance: float | None = None, batch: int | None = None,
-                  seed: int = 1) -> VerifyResult:
+                  seed: int = 1, codec=None) -> VerifyResult:
     """Run ``engine`` and the eager module on the same deterministic inputs.
 
     Args:
@@ -73,15 +73,18 @@ def verify_engine(engine, model: nn.Module, settings: ExportSettings,
         tolerance: max abs bound (default DEFAULT_TOL by dtype).
         batch: images to compare (default settings.batch).
         seed: input seed (not the one used for tracing).
+        codec: the run's codec (latent mode): the reference is then the eager pipeline with
+            the fp32 autoencoder (pixel images in and out for translate; step in latent space).
 
     Returns:
         VerifyResult.
     """
     tol = DEFAULT_TOL[settings.dtype] if tolerance is None else float(tolerance)
     device = next(model.parameters()).device
-    args = example_inputs(settings, int(model.num_classes), int(model.in_channels),
-                          batch or settings.batch, device, seed)
+    c, size = io_layout(model, settings, codec)
+    args = example_inputs(settings, int(model.num_classes), c, batch or settings.batch, device,
+                          seed, size=size)
     with torch.no_grad():
-        ref = build_module(model, settings).to(device)(*args)
+        ref = build_module(model, settings, codec).to(device)(*args)
     out = engine(*args)
     return compare(out, ref, settings, tol)
