@@ -179,7 +179,7 @@ def _export_onnx(run_dir: Path, out: Path, cfg: DemoConfig, log) -> str:
                               tau=0.6, guidance_encode=cfg.guidance,
                               guidance_decode=cfg.guidance, steps=cfg.eval_steps, solver="euler")
     try:
-        rep = export_engine(run.model, "onnx", onnx_path, settings, domains=run.domains,
+        rep = export_engine(run, "onnx", onnx_path, settings, domains=run.domains,
                             verify=True, extra_meta={"checkpoint": str(run_dir)})
     except Exception as exc:  # noqa: BLE001 - the demo reports, never loses the work done
         return f"ONNX export FAILED: {exc}"
