@@ -1,11 +1,12 @@
 """Training throughput (images/s): our training step vs torchcfm's SB-CFM step, same-size U-Net.
 
 Providers, per model preset (tiny, small):
-    medshift  ``Trainer.train_step``: global log-domain Sinkhorn coupling + SB path + class-
-              conditional U-Net (fused attention block where available) + AdamW + clip + EMA;
-              bf16 autocast on CUDA, fp32 on the CPU; ``_cl`` = channels_last, ``_bf16_cl`` =
-              bf16 autocast + channels_last (also on the CPU), ``_compile_cl`` = torch.compile
-              (TrainConfig.compile: forward and backward through Inductor) + channels_last.
+    medshift  ``Trainer.train_step`` with the defaults: global log-domain Sinkhorn coupling + SB
+              path + class-conditional U-Net (channels_last; fused attention block where
+              available) + fused AdamW + clip + EMA; bf16 autocast on CUDA, fp32 on the CPU.
+              ``_no_cl`` = contiguous NCHW, ``_bf16`` = bf16 autocast (also on the CPU),
+              ``_compile`` = torch.compile (TrainConfig.compile: forward and backward through
+              Inductor).
     torchcfm  (anchor) ``SchrodingerBridgeConditionalFlowMatcher.guided_sample_location_and_
               conditional_flow`` (POT Sinkhorn on the CPU) + torchcfm's ``UNetModelWrapper`` with
               the same widths / blocks / attention resolution / head size / scale-shift norm
@@ -98,11 +99,12 @@ def make_torchcfm(preset: str, size: int, batch: int):
 
 MAKERS = {
     "torchcfm": make_torchcfm,
-    "medshift": make_medshift,  # fp32 on the CPU, bf16 autocast on CUDA (the defaults)
-    "medshift_cl": lambda *a: make_medshift(*a, channels_last=True),
-    "medshift_bf16_cl": lambda *a: make_medshift(*a, channels_last=True, precision="bf16"),
+    # the defaults: channels_last, fp32 on the CPU, bf16 autocast on CUDA, fused AdamW
+    "medshift": make_medshift,
+    "medshift_no_cl": lambda *a: make_medshift(*a, channels_last=False),
+    "medshift_bf16": lambda *a: make_medshift(*a, precision="bf16"),
     # torch.compile of forward + backward (the U-Net traces as one graph); minutes to compile
-    "medshift_compile_cl": lambda *a: make_medshift(*a, channels_last=True, compile=True),
+    "medshift_compile": lambda *a: make_medshift(*a, compile=True),
 }
 
 

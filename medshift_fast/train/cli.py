@@ -56,8 +56,8 @@ def _add_fields(p: argparse.ArgumentParser, cls, skip=(), none_defaults: bool = 
         default = getattr(d, f.name)
         kw = {"dest": f.name, "default": None if none_defaults else default,
               "help": f"{_HELP.get(f.name, '')} (default: {default})".strip()}
-        if isinstance(default, bool):
-            p.add_argument(_flag(f.name), action="store_true", **kw)
+        if isinstance(default, bool):  # --flag / --no-flag (some default to True)
+            p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
             continue
         if f.name in ("domains", "channel_mult"):
             kw["type"] = str

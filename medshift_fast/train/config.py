@@ -57,7 +57,9 @@ class TrainConfig:
         ema_decay: EMA decay (EMA weights are sampled and exported).
         seed: RNG seed (model init, data order, noise, coupling).
         precision: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16.
-        channels_last: channels_last memory format.
+        channels_last: channels_last memory format for the U-Net's weights and inputs (default:
+            measured 1.1-1.25x faster training steps on the CPU, and the layout cuDNN's bf16
+            convolutions prefer; ``--no-channels-last`` turns it off).
         compile: wrap the model in torch.compile.
         num_workers: DataLoader workers for the stream data mode.
         data_mode: memory (decode every image once, keep them in memory: fast for small
@@ -107,7 +109,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     precision: str = "auto"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     num_workers: int = 0
     data_mode: str = "auto"
