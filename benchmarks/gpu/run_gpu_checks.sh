@@ -21,3 +21,16 @@ for f in tests/ops/test_sinkhorn*.py tests/ops/test_guided_stage.py tests/ops/te
   timeout 120 python -m pytest -q -x -m cuda -p no:cacheprovider "$f" 2>&1 | tail -8
 done
 echo "=== elapsed $(( $(date +%s) - $(cat $OUT/t0) )) s"
+# Stage 2 (optional: `STAGE2=1`): the GPU benchmarks the issues ask for, each bounded in time and
+# writing its JSON into $OUT as it goes (a cut-off run keeps what it measured).
+if [ "${STAGE2:-0}" = "1" ]; then
+  echo "=== bench_guided_stage (copy-bandwidth fraction)"
+  timeout 90 python benchmarks/bench_guided_stage.py --device cuda --json "$OUT/guided_stage_gpu.json" 2>&1 | tail -12
+  echo "=== bench_attention (TFLOP/s vs SDPA backends and the einsum form)"
+  timeout 150 python benchmarks/bench_attention.py --device cuda --reps 5 --out "$OUT/attention_gpu.json" 2>&1 | tail -30
+  echo "=== bench_sampler --gpu (512x512 frame latency, CUDA graph, bf16)"
+  timeout 150 python benchmarks/bench_sampler.py --gpu --frames 10 --json "$OUT/sampler_gpu.json" 2>&1 | tail -20
+  echo "=== bench_train (images/s; torchcfm anchor only if installed)"
+  timeout 150 python benchmarks/bench_train.py --steps 5 --rounds 3 --json "$OUT/train_gpu.json" 2>&1 | tail -12
+  echo "=== elapsed $(( $(date +%s) - $(cat $OUT/t0) )) s"
+fi
