@@ -5,6 +5,9 @@ Providers (same model, same steps, same time grids, guidance as one 2B forward e
                  evaluation torch.cat([x, x]) -> 2B forward -> eager guidance combine
     reference    ``flow.translate`` (solvers with fused guided stages, allocating per step)
     sampler      ``flow.sampler.Sampler`` (preallocated buffers, in-place stages; eager forward)
+    sampler_compiled  the same with ``compile=True, channels_last=True``: the forward through
+                 torch.compile with Inductor freezing (weights pre-packed once) -- on the CPU the
+                 network is ~99 % of the time, so this is where a translation gets faster
     sampler_graph  the same, captured as one CUDA graph (GPU only)
 
 Groups:
@@ -27,6 +30,7 @@ shared, loaded 2-core machine OpenMP spin-waits make 2-thread timings meaningles
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -96,7 +100,7 @@ def torchdiffeq_translate(model, x, source, target, tau=TAU, steps=STEPS, method
     return odeint(field(target), z, torch.linspace(tau, 1.0, steps + 1, **kw), method=method)[-1]
 
 
-def e2e_steps(model, solver, size, batch=1, device="cpu"):
+def e2e_steps(model, solver, size, batch=1, device="cpu", compiled=False):
     """{provider: no-argument callable translating one batch}."""
     x = torch.rand(batch, 1, size, size, device=device) * 2 - 1
     s = Sampler(model, x.shape, 0, 2, TAU, STEPS, solver, W, W, cuda_graph=False)
@@ -105,6 +109,10 @@ def e2e_steps(model, solver, size, batch=1, device="cpu"):
         "reference": lambda: translate(model, x, 0, 2, TAU, W, W, STEPS, solver),
         "sampler": lambda: s.translate(x),
     }
+    if compiled:  # a copy: channels_last converts the weights in place
+        sc = Sampler(copy.deepcopy(model), x.shape, 0, 2, TAU, STEPS, solver, W, W,
+                     cuda_graph=False, channels_last=True, compile=True)
+        steps["sampler_compiled"] = lambda: sc.translate(x)
     if device == "cuda":
         g = Sampler(model, x.shape, 0, 2, TAU, STEPS, solver, W, W, cuda_graph=True)
         steps["sampler_graph"] = lambda: g.translate(x)
@@ -135,11 +143,12 @@ def time_interleaved(steps, device, reps, warmup=1):
     return {k: (sorted(v)[len(v) // 2], min(v)) for k, v in times.items()}
 
 
-def frame_latency(preset, size, frames, device, cuda_graph=None, bf16=False):
+def frame_latency(preset, size, frames, device, cuda_graph=None, bf16=False, compiled=False):
     """FrameTranslator latency stats over ``frames`` frames (after its warm-up)."""
     m = make_model(preset, device)
     ft = FrameTranslator(m, 0, 2, TAU, STEPS, "euler", W, W, size=size, device=device,
-                         cuda_graph=cuda_graph, bf16=bf16, warmup=2)
+                         cuda_graph=cuda_graph, bf16=bf16, warmup=2, compile=compiled,
+                         channels_last=compiled)
     f = torch.rand(size, size) * 2 - 1
     for _ in range(frames):
         ft(f)
@@ -192,11 +201,12 @@ def _bench(benchmark, step, device, rounds, **info):
         benchmark.extra_info["images_per_s"] = info.get("batch", 1) / benchmark.stats.stats.median
 
 
-@pytest.mark.parametrize("provider", ["torchdiffeq", "reference", "sampler"])
+@pytest.mark.parametrize("provider", ["torchdiffeq", "reference", "sampler", "sampler_compiled"])
 @pytest.mark.parametrize("solver,size", CPU_E2E, ids=lambda v: str(v))
 def test_e2e_cpu(benchmark, solver, size, provider):
     benchmark.group = f"e2e translate tiny {size}x{size} B1 {solver} {STEPS} steps cpu"
-    step = e2e_steps(make_model("tiny"), solver, size)[provider]
+    step = e2e_steps(make_model("tiny"), solver, size,
+                     compiled=provider == "sampler_compiled")[provider]
     _bench(benchmark, step, "cpu", 3, provider=provider, solver=solver, size=size, batch=1)
 
 
@@ -242,7 +252,7 @@ def run_cpu(reps):
         m = make_model(preset)
         for solver, size in cases:
             r = reps if group == "e2e" else 4 * reps
-            res = time_interleaved(e2e_steps(m, solver, size), "cpu", r)
+            res = time_interleaved(e2e_steps(m, solver, size, compiled=group == "e2e"), "cpu", r)
             for prov, (med, mn) in res.items():
                 rows.append(dict(group=group, preset=preset, solver=solver, size=size, batch=1,
                                  provider=prov, ms=med * 1e3, min_ms=mn * 1e3,
@@ -250,9 +260,11 @@ def run_cpu(reps):
                                  vs_torchdiffeq_min=res["torchdiffeq"][1] / mn))
                 print(json.dumps(rows[-1]), flush=True)
     for size, frames in CPU_FRAMES:
-        st = frame_latency("tiny", size, frames, "cpu")
-        rows.append(dict(group="frame", preset="tiny", solver="euler", size=size, **st))
-        print(json.dumps(rows[-1]), flush=True)
+        for compiled in (False, True):
+            st = frame_latency("tiny", size, frames, "cpu", compiled=compiled)
+            rows.append(dict(group="frame", preset="tiny", solver="euler", size=size,
+                             compiled=compiled, **st))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -304,7 +316,8 @@ def markdown(rows, info):
             "|---|---|---|---|---|---|"]
     for r in rows:
         if r["group"] == "frame":
-            out.append(f"| tiny euler {STEPS} steps w={W} | {r['size']} | {r['frames']} | "
+            how = " compile+channels_last" if r.get("compiled") else ""
+            out.append(f"| tiny euler {STEPS} steps w={W}{how} | {r['size']} | {r['frames']} | "
                        f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['fps']:.2f} |")
     return "\n".join(out) + "\n"
 
