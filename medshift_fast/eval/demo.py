@@ -56,8 +56,10 @@ def calibrate(cfg: DemoConfig, n_domains: int = 5) -> tuple[int, float]:
 
     if torch.cuda.is_available():
         return torch.get_num_threads(), 0.0
-    m = build_model("tiny", num_classes=n_domains)
-    x = torch.randn(cfg.batch_size, 1, cfg.size, cfg.size)
+    # the layout the training runs in (TrainConfig.channels_last, set below in run_demo)
+    m = build_model("tiny", num_classes=n_domains).to(memory_format=torch.channels_last)
+    x = torch.randn(cfg.batch_size, 1, cfg.size, cfg.size).contiguous(
+        memory_format=torch.channels_last)
     t = torch.rand(cfg.batch_size)
     y = torch.randint(0, n_domains, (cfg.batch_size,))
     times = {}
