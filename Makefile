@@ -29,7 +29,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 bench: install
-	$(PY) -m pytest benchmarks --benchmark-json=benchmarks/results/$$(hostname -s 2>/dev/null || echo cpu).json -q
+	$(PY) -m pytest benchmarks -o python_files='bench_*.py' --benchmark-json=benchmarks/results/$$(hostname -s 2>/dev/null || echo cpu).json -q $(BENCH_ARGS)
 	$(PY) benchmarks/summarize.py benchmarks/results
 
 ctest:
