@@ -177,7 +177,8 @@ def _bench(benchmark, step, device, flops, **info):
 
     benchmark.extra_info.update(machine_info(device), **info)
     benchmark.pedantic(run, warmup_rounds=2, rounds=10, iterations=1)
-    benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
