@@ -15,6 +15,7 @@ $(STAMP): $(PY) pyproject.toml setup.py
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install --no-build-isolation -e ".[dev]"
 	$(PIP) install --no-deps torchcfm || echo "torchcfm not installed: bench_train.py skips its anchor"
+	@$(PY) -c "from medshift_fast._backend import extension_status as s; print(s()['detail'])"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -45,8 +45,45 @@ def _find_cuda_home() -> str | None:
     return None
 
 
+def _sources_digest() -> str | None:
+    """The same digest medshift_fast._backend.sources_digest computes at run time."""
+    import hashlib
+
+    csrc = os.path.join(ROOT, "csrc")
+    if not os.path.isdir(csrc):
+        return None
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(csrc):
+        dirnames.sort()
+        for f in sorted(filenames):
+            if f.endswith((".cpp", ".cu", ".h", ".cuh", ".hpp")) and "tests" not in dirpath:
+                path = os.path.join(dirpath, f)
+                h.update(os.path.relpath(path, csrc).encode())
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+def _record(info: dict, build_lib: str | None = None) -> None:
+    """Write medshift_fast/_C_build.json (read by `medshift env`), in the tree and the build."""
+    import json
+
+    info = {"sources_sha256": _sources_digest(), **info}
+    for base in filter(None, (ROOT, build_lib)):
+        d = os.path.join(base, "medshift_fast")
+        if os.path.isdir(d):
+            with open(os.path.join(d, "_C_build.json"), "w") as fh:
+                json.dump(info, fh, indent=1)
+
+
+def _loud(msg: str) -> None:
+    # pip shows a build's output only with -v; the Makefile prints `medshift env`'s line too
+    print(f"\n*** medshift_fast: {msg} ***\n", file=sys.stderr, flush=True)
+
+
 def _ext_modules():
     if MODE == "0":
+        _record({"skipped": True, "error": "MEDSHIFT_FAST_BUILD_EXT=0"})
         return [], {}
     try:
         import torch
@@ -54,7 +91,8 @@ def _ext_modules():
     except ImportError:
         if MODE == "1":
             raise
-        print("medshift_fast: torch not importable, skipping the extension", file=sys.stderr)
+        _loud("torch not importable, the C++ extension is not built")
+        _record({"error": "torch was not importable at build time"})
         return [], {}
 
     srcs = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/torch/*.cpp"))
@@ -104,10 +142,15 @@ def _ext_modules():
             try:
                 super().run()
             except Exception as exc:  # optional extension: never block the pure-Python install
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+                _record({"error": f"the build failed ({reason})", "cuda": use_cuda},
+                        self.build_lib)
                 if MODE == "1":
                     raise
-                print(f"medshift_fast: extension build failed ({exc}); continuing without it",
-                      file=sys.stderr)
+                _loud(f"C++ extension build FAILED ({reason}); the package works without it "
+                      "(pure-PyTorch reference ops, slower); `medshift env` shows this")
+                return
+            _record({"error": None, "cuda": use_cuda}, self.build_lib)
 
     return [ext], {"build_ext": BuildExt.with_options(no_python_abi_suffix=False)}
 
@@ -124,6 +167,7 @@ setup(
         "medshift_fast.train",
         "medshift_fast.eval",
         "medshift_fast.export",
+        "medshift_fast.cli",
         "medshift_fast.kernels",
     ],
     package_dir={"medshift_fast.kernels": "kernels"},

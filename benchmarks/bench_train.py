@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from medshift_fast.models import PRESETS, count_parameters
-from medshift_fast.train import TrainConfig, Trainer
+from medshift_fast.train import TrainConfig, flow_trainer
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -57,7 +57,7 @@ def make_medshift(preset: str, size: int, batch: int, **kw):
     cfg = TrainConfig(out="/tmp/medshift_bench_train", preset=preset, image_size=size,
                       batch_size=batch, steps=10**6, sigma=SIGMA, val_every=0, sample_every=0,
                       device=DEVICE, **kw)
-    tr = Trainer(cfg, data=(x, y, tuple(f"d{i}" for i in range(K))))
+    tr = flow_trainer(cfg, data=(x, y, tuple(f"d{i}" for i in range(K))))
     return tr.train_step, count_parameters(tr.model)
 
 

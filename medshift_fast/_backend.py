@@ -8,9 +8,16 @@ silently falls back.
 Nothing here imports Triton or touches CUDA at import time: the capability probes run on first
 use and are cached.
 
-Choose a backend with ``medshift_fast.use_backend(name)`` (a context manager, thread- and
-task-local), the ``backend=`` argument of an op, or the environment variable
-``MEDSHIFT_FAST_BACKEND``.
+Choose a backend with the ``backend=`` argument of one op call (an explicit request: an op
+that lacks it raises), or for a whole pipeline with ``medshift_fast.use_backend(name)`` (a
+context manager, thread- and task-local) or the environment variable ``MEDSHIFT_FAST_BACKEND``:
+that is a *preference* -- ops that implement the backend for their inputs use it, the others
+resolve by ``auto`` -- which raises only when the named backend is not available on this
+machine at all. ``medshift env`` prints which backend every op resolves to.
+
+The compiled extension's state (built, not built and why, built from older sources) is
+recorded by setup.py in ``_C_build.json`` beside the package; ``extension_status()`` reads it
+and a stale extension is reported once at first use.
 """
 
 from __future__ import annotations
@@ -81,13 +88,78 @@ def use_backend(name: str) -> Iterator[str]:
 # ---------------------------------------------------------------------------------------- probes
 @functools.cache
 def extension() -> ModuleType | None:
-    """The compiled extension ``medshift_fast._C``, or None when it was not built."""
+    """The compiled extension ``medshift_fast._C``, or None when it was not built.
+
+    An extension built from older C++/CUDA sources than the checkout's is still used (its ops
+    are checked one by one), but reported once here as a warning and by ``medshift env``.
+    """
     import torch  # noqa: F401  (libc10 must be loaded before the extension)
 
     try:
-        return importlib.import_module("medshift_fast._C")
+        mod = importlib.import_module("medshift_fast._C")
     except ImportError:
         return None
+    st = extension_status()
+    if st["state"] == "stale":
+        import warnings
+
+        warnings.warn(f"medshift_fast: {st['detail']}", RuntimeWarning, stacklevel=2)
+    return mod
+
+
+_PKG = os.path.dirname(os.path.abspath(__file__))
+BUILD_INFO = os.path.join(_PKG, "_C_build.json")
+
+
+def sources_digest(root: str) -> str | None:
+    """SHA-256 over the extension's C++/CUDA sources under ``root/csrc`` (None without them)."""
+    import hashlib
+
+    csrc = os.path.join(root, "csrc")
+    if not os.path.isdir(csrc):
+        return None
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(csrc):
+        dirnames.sort()
+        for f in sorted(filenames):
+            if f.endswith((".cpp", ".cu", ".h", ".cuh", ".hpp")) and "tests" not in dirpath:
+                path = os.path.join(dirpath, f)
+                h.update(os.path.relpath(path, csrc).encode())
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+@functools.cache
+def extension_status() -> dict[str, str]:
+    """{"state": built | not built | stale | unknown, "detail": one line for people}."""
+    import glob
+    import json
+
+    info: dict = {}
+    try:
+        with open(BUILD_INFO) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        pass
+    have_so = bool(glob.glob(os.path.join(_PKG, "_C*.so")) or glob.glob(os.path.join(_PKG,
+                                                                                     "_C*.pyd")))
+    if not have_so:
+        why = info.get("error") or ("built with MEDSHIFT_FAST_BUILD_EXT=0"
+                                    if info.get("skipped") else "no build record")
+        return {"state": "not built", "detail": f"C++ extension: not built - {why}; the "
+                "pure-PyTorch reference runs instead (rebuild: make ext)"}
+    now = sources_digest(os.path.dirname(_PKG))
+    built = info.get("sources_sha256")
+    if now is not None and built is not None and now != built:
+        return {"state": "stale", "detail": "C++ extension: built from older csrc/ sources than "
+                "this checkout's; ops it lacks fall back to the reference - rebuild it with "
+                "`make ext`"}
+    cuda = " with CUDA kernels" if info.get("cuda") else ""
+    if built is None:
+        return {"state": "unknown", "detail": f"C++ extension: built{cuda} (no build record: "
+                "cannot tell whether it matches the sources)"}
+    return {"state": "built", "detail": f"C++ extension: built{cuda}, matches the sources"}
 
 
 @functools.cache
@@ -163,6 +235,16 @@ def device_ok(name: str, device_type: str) -> bool:
     return False
 
 
+def _auto(device_type: str, supported: tuple[str, ...]) -> str:
+    for cand in _AUTO_ORDER:
+        # Under auto, interpreted Triton on the CPU is never picked: it is a test mode.
+        if cand == "triton" and device_type != "cuda":
+            continue
+        if cand in supported and is_available(cand) and device_ok(cand, device_type):
+            return cand
+    return "reference"
+
+
 def resolve(
     op: str,
     device_type: str,
@@ -176,29 +258,29 @@ def resolve(
         device_type: ``tensor.device.type`` of the inputs.
         supported: backends that implement ``op`` for these inputs (dtype/shape already checked by
             the caller), in any order.
-        requested: an explicit ``backend=`` argument; None means the context's backend.
+        requested: an explicit ``backend=`` argument; None means the context's preference
+            (``use_backend`` / ``MEDSHIFT_FAST_BACKEND``), which falls back to ``auto`` for an op
+            that does not implement it for these inputs.
 
     Returns:
         A concrete backend name (never ``auto``).
 
     Raises:
         BackendUnavailableError: an explicitly requested backend is missing or cannot run these
-            inputs.
+            inputs, or the preferred backend is not available on this machine at all.
     """
-    name = _check_name(requested) if requested is not None else current_backend()
+    explicit = requested is not None
+    name = _check_name(requested) if explicit else current_backend()
     supported = tuple(supported)
     if name == "auto":
-        for cand in _AUTO_ORDER:
-            # Under auto, interpreted Triton on the CPU is never picked: it is a test mode.
-            if cand == "triton" and device_type != "cuda":
-                continue
-            if cand in supported and is_available(cand) and device_ok(cand, device_type):
-                return cand
-        return "reference"
+        return _auto(device_type, supported)
     if not is_available(name):
+        how = "was requested" if explicit else "is preferred (use_backend / MEDSHIFT_FAST_BACKEND)"
         raise BackendUnavailableError(
-            f"{op}: backend {name!r} was requested but is not available ({why_unavailable(name)})"
+            f"{op}: backend {name!r} {how} but is not available ({why_unavailable(name)})"
         )
+    if not explicit and (name not in supported or not device_ok(name, device_type)):
+        return _auto(device_type, supported)  # a preference: this op resolves by auto
     if name not in supported:
         raise BackendUnavailableError(
             f"{op}: backend {name!r} does not implement these inputs; supported here: "

@@ -3,10 +3,10 @@
 Two parts, kept in separate sections:
 
 - :class:`FrameTranslator` (real-time translation): a streaming object for one fixed frame size
-  and fixed settings (source, target, tau, steps, solver, guidance) over a PyTorch model. It
-  preallocates everything (a :class:`medshift_fast.flow.sampler.Sampler` underneath: fused guided
-  stages, no per-step allocations, a CUDA graph on CUDA), translates frame after frame
-  (float frames in [-1, 1] or raw uint16 detector frames) and keeps per-frame latencies.
+  and fixed settings over a run: a thin wrapper of :class:`medshift_fast.translator.Translator`
+  in a fused mode (a preallocated Sampler underneath: fused guided stages, no per-step
+  allocations, a CUDA graph on CUDA) that vets and times every frame (float frames in [-1, 1]
+  or raw uint16 detector frames).
 - ``load_engine`` (exported engines: ONNX Runtime / AOTInductor / TensorRT): its own section below,
   written by the export work.
 
@@ -25,15 +25,14 @@ import torch
 from torch import nn
 
 from .errors import MedShiftError
-from .flow.sampler import Sampler
+from .flow.solvers import FIXED_SOLVERS
+from .translator import RECIPE, Translator, uint16_to_unit, unit_to_uint16
 
 __all__ = ["FrameTranslator"]
 
 
 # =========================================================================== real-time translation
 _INPUTS = ("float", "uint16")
-_U16_TO_UNIT = 2.0 / 65535.0  # as data.io: v * 2 / (2**16 - 1) - 1
-_UNIT_TO_U16 = 32767.5  # as data.io.to_uint16: rint((clip(x, -1, 1) + 1) * 32767.5)
 
 
 def _percentile(sorted_vals: list[float], q: float) -> float:
@@ -46,17 +45,26 @@ def _percentile(sorted_vals: list[float], q: float) -> float:
 class FrameTranslator:
     """Translate a stream of frames of one size from a source to a target domain.
 
+    A thin streaming wrapper around :class:`medshift_fast.translator.Translator` in a fused
+    mode (``fused`` on the CPU, ``cuda_graph`` on CUDA, ``compiled`` with ``compile=True``) for
+    ONE frame shape: the translator's preallocated Sampler is built and warmed up at
+    construction, every frame is vetted (shape, dtype, finite values) and timed.
+
     Args:
-        run_or_model: a loaded run (``train.checkpoint.load_run``), a run directory, or a bare
-            velocity model (then ``source``/``target`` are label ints and ``size`` is required).
+        run_or_model: a loaded run (``run.load_run``), a run directory, or a bare velocity model
+            (then ``source``/``target`` are label ints and ``size`` is required).
         source, target: domain names (runs) or label ints.
-        tau, steps, solver, guidance_encode, guidance_decode: as ``flow.translate``
-            (fixed-step solvers only: euler | midpoint | heun | rk4).
-        size: frame size S or (H, W) in pixels (default: the run's training size).
+        tau, steps, solver, guidance_encode, guidance_decode: as ``Translator`` (fixed-step
+            solvers only: euler | midpoint | heun | rk4; defaults ``translator.RECIPE``).
+        size: frame size S or (H, W) in pixels (default: the run's training size); any size
+            divisible by the model's downsampling factor (non-square frames included).
         device, dtype: where and in which dtype the model runs (default: the model's).
         input: "float" (frames in [-1, 1], returned as float) or "uint16" (raw 16-bit frames,
             mapped 0..65535 -> [-1, 1] and the result back to uint16, as ``data.io`` does).
-        bf16, channels_last, cuda_graph, compile: Sampler options (CUDA graph by default on
+            Raw MONOCHROME1 detector data (high = dark) must be inverted by the caller
+            (65535 - frame) or passed with ``monochrome1=True``.
+        monochrome1: invert uint16 frames on the way in and out (MONOCHROME1 data).
+        bf16, channels_last, cuda_graph, compile: execution options (CUDA graph by default on
             CUDA; ``compile=True`` compiles the forward with Inductor freezing during warm-up).
         warmup: frames of zeros translated at construction (CUDA graph capture, first-call
             costs); they are not counted in the latency statistics.
@@ -66,7 +74,8 @@ class FrameTranslator:
     returns the translated frame with the same shape, kind (tensor or numpy) and device.
 
     Raises:
-        MedShiftError: unknown domain, bad size/settings, or a frame of the wrong shape/kind.
+        MedShiftError: unknown domain, bad size/settings, or a frame of the wrong shape, dtype,
+            or with NaN/Inf values.
     """
 
     def __init__(
@@ -74,74 +83,87 @@ class FrameTranslator:
         run_or_model,
         source,
         target,
-        tau: float = 0.6,
-        steps: int = 10,
-        solver: str = "euler",
-        guidance_encode: float = 2.0,
-        guidance_decode: float = 2.0,
+        tau: float = RECIPE["tau"],
+        steps: int = RECIPE["steps"],
+        solver: str = RECIPE["solver"],
+        guidance_encode: float = RECIPE["guidance_encode"],
+        guidance_decode: float = RECIPE["guidance_decode"],
         size: int | tuple[int, int] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         input: str = "float",  # noqa: A002 - the documented option name
+        monochrome1: bool = False,
         bf16: bool = False,
         channels_last: bool = False,
         cuda_graph: bool | None = None,
-        compile: bool = False,  # noqa: A002 - the Sampler option
+        compile: bool = False,  # noqa: A002 - the Translator mode
         warmup: int = 1,
         history: int = 10_000,
     ) -> None:
+        from .run import LoadedRun, load_run
+
         if input not in _INPUTS:
             raise MedShiftError(f"FrameTranslator: input must be one of {_INPUTS}, got {input!r}")
         run = run_or_model
         if isinstance(run, (str, Path)):
-            from .train.checkpoint import load_run
-
             run = load_run(run, device=device or "cpu")
-        if isinstance(run, nn.Module):
-            model, self.run = run, None
+        elif isinstance(run, nn.Module):
             if size is None:
                 raise MedShiftError("FrameTranslator: pass size= (frame size) with a bare model")
-            src, tgt = int(source), int(target)
-        else:
-            model, self.run = run.model, run
-            src, tgt = run.label(source), run.label(target)
-            size = run.image_size if size is None else size
+            run = LoadedRun.from_model(run)
+            source, target = int(source), int(target)
+        if size is None:
+            size = run.image_size
         h, w = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if h < 1 or w < 1:
             raise MedShiftError(f"FrameTranslator: bad frame size {size}")
-        p = next(model.parameters())
-        self.device = torch.device(device) if device is not None else p.device
-        self.dtype = dtype or p.dtype
-        model.to(device=self.device, dtype=self.dtype).eval()
-        self.model, self.size, self.input = model, (h, w), input
-        # Latent runs work on autoencoder latents: frames go through the run's codec (eagerly).
-        factor = getattr(getattr(run, "codec", None), "factor", 1)
-        self._latent = self.run is not None and bool(getattr(self.run, "latent", False))
-        if h % factor or w % factor:
-            raise MedShiftError(f"FrameTranslator: frame size {h}x{w} must be divisible by the "
-                                f"autoencoder factor {factor}")
-        mshape = (1, int(getattr(model, "in_channels", 1)), h // factor, w // factor)
-        if not self._latent:
-            mshape = (1, 1, h, w)
-        self.sampler = Sampler(model, mshape, src, tgt, tau, steps, solver, guidance_encode,
-                               guidance_decode, device=self.device, dtype=self.dtype, bf16=bf16,
-                               channels_last=channels_last, cuda_graph=cuda_graph,
-                               compile=compile)
-        kw = dict(device=self.device, dtype=self.dtype)
-        self._frame = torch.empty((1, 1, h, w), **kw)  # pixel frame in [-1, 1]
-        self._y = torch.empty((1, 1, h, w), **kw)  # translated pixel frame
-        self._y_model = torch.empty(mshape, **kw)  # translated model-space batch
+        if dtype is not None:
+            run.model.to(dtype)
+        dev = torch.device(device) if device is not None else run.device
+        if cuda_graph and dev.type != "cuda":
+            raise MedShiftError("FrameTranslator: cuda_graph=True needs a CUDA device")
+        mode = ("compiled" if compile else
+                "cuda_graph" if (cuda_graph is None and dev.type == "cuda") or cuda_graph
+                else "fused")
+        if solver not in FIXED_SOLVERS:
+            raise MedShiftError(f"FrameTranslator: solver {solver!r} is adaptive; choose one of "
+                                f"{', '.join(FIXED_SOLVERS)}")
+        self.translator = Translator(run, source, target, tau=tau, steps=steps, solver=solver,
+                                     guidance_encode=guidance_encode,
+                                     guidance_decode=guidance_decode, mode=mode, device=dev,
+                                     bf16=bf16, channels_last=channels_last, batch_size=1)
+        tr = self.translator
+        tr.check_size(h, w)
+        self.run, self.model, self.device, self.dtype = run, run.model, tr.device, tr.dtype
+        self.size, self.input, self.monochrome1 = (h, w), input, bool(monochrome1)
+        c = tr.image_channels
+        self._shape = (1, c, h, w)
+        self._frame = torch.empty(self._shape, device=self.device, dtype=torch.float32)
         self._host_out: dict[tuple, torch.Tensor] = {}  # output staging per (device, dtype)
         self._lat: collections.deque[float] = collections.deque(maxlen=int(history))
         for _ in range(max(0, int(warmup))):
-            zero = torch.zeros((h, w), dtype=torch.uint16 if input == "uint16" else self.dtype)
+            zero = torch.zeros((h, w), dtype=torch.uint16 if input == "uint16" else torch.float32)
             self(zero)
         self._lat.clear()
+
+    @property
+    def sampler(self):
+        """The preallocated Sampler behind this translator (pixel mode)."""
+        c, h, w = self._shape[1:]
+        f = self.translator.codec.factor
+        return self.translator.sampler((1, int(self.model.in_channels), h // f, w // f))
+
+    @property
+    def settings(self):
+        return self.translator.settings
 
     # -------------------------------------------------------------------------------- per frame
     def _as_tensor(self, frame) -> tuple[torch.Tensor, bool]:
         is_np = isinstance(frame, np.ndarray)
-        t = torch.from_numpy(np.ascontiguousarray(frame)) if is_np else frame
+        if is_np and frame.dtype == np.uint16:
+            t = torch.from_numpy(frame.astype(np.int32)).to(torch.uint16)
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(frame)) if is_np else frame
         if not isinstance(t, torch.Tensor):
             raise MedShiftError(f"FrameTranslator: a frame must be a tensor or numpy array, got "
                                 f"{type(frame).__name__}")
@@ -173,19 +195,19 @@ class FrameTranslator:
         t0 = time.perf_counter()
         t, is_np = self._as_tensor(frame)
         x = self._frame
-        x.view(self.size).copy_(t.reshape(self.size), non_blocking=False)
         if self.input == "uint16":
-            x.mul_(_U16_TO_UNIT).sub_(1.0)
-        elif not bool(torch.isfinite(x).all()):
-            raise MedShiftError("FrameTranslator: frame contains NaN or Inf")
-        if self._latent:
-            self.sampler.translate(self.run.encode_image(x), out=self._y_model, check_finite=False)
-            self._y.copy_(self.run.decode_image(self._y_model))
+            x.view(self.size).copy_(uint16_to_unit(t.reshape(self.size)))
+            if self.monochrome1:
+                x.neg_()
         else:
-            self.sampler.translate(x, out=self._y, check_finite=False)
-        y = self._y.view(self.size)
+            x.view(self.size).copy_(t.reshape(self.size), non_blocking=False)
+            if not bool(torch.isfinite(x).all()):
+                raise MedShiftError("FrameTranslator: frame contains NaN or Inf")
+        y = self.translator.translate(x).view(self.size)
         if self.input == "uint16":
-            y.clamp_(-1.0, 1.0).add_(1.0).mul_(_UNIT_TO_U16).round_()
+            if self.monochrome1:
+                y = -y
+            y = unit_to_uint16(y)
         res = self._out_buffer(t)
         res.copy_(y)  # device -> host (and float -> uint16): synchronises
         if self.device.type == "cuda" and res.device.type == "cuda":
@@ -195,7 +217,9 @@ class FrameTranslator:
             result = out
         else:
             result = res.clone().reshape(t.shape)
-            result = result.numpy() if is_np else result
+            result = (result.to(torch.int32).numpy().astype(np.uint16)
+                      if is_np and result.dtype == torch.uint16 else
+                      result.numpy() if is_np else result)
         self._lat.append(time.perf_counter() - t0)
         return result
 

@@ -165,8 +165,8 @@ def test_env_runs(capsys):
 
 
 def test_translate_compile_and_skip_bad(tiny_data, tiny_run, tmp_path, capsys):
-    """--compile (static-shape Sampler, short last batch padded) writes what the plain path
-    writes; --skip-bad reports an unreadable file and translates the rest."""
+    """--mode compiled (static-shape Sampler, short last batch padded) writes what the eager
+    path writes; --skip-bad reports an unreadable file and translates the rest."""
     import shutil
 
     src = tmp_path / "in"
@@ -177,12 +177,13 @@ def test_translate_compile_and_skip_bad(tiny_data, tiny_run, tmp_path, capsys):
               "--batch-size", "4", "--no-progress", "--skip-bad"]
     assert main(common + ["--out", str(tmp_path / "plain"), str(src)]) == 0
     assert "broken.png" in capsys.readouterr().err
-    assert main(common + ["--compile", "--out", str(tmp_path / "fast"), str(src)]) == 0
+    assert main(common + ["--mode", "compiled", "--out", str(tmp_path / "fast"), str(src)]) == 0
     plain = sorted((tmp_path / "plain").glob("*.png"))
     fast = sorted((tmp_path / "fast").glob("*.png"))
     assert [p.name for p in plain] == [p.name for p in fast] and len(fast) == 10
     for a, b in zip(plain, fast):
         np.testing.assert_allclose(read_image(a), read_image(b), atol=1e-3)
     capsys.readouterr()
-    rc = main(common + ["--compile", "--solver", "dopri5", "--out", str(tmp_path / "x"), str(src)])
+    rc = main(common + ["--mode", "compiled", "--solver", "dopri5", "--out", str(tmp_path / "x"),
+                        str(src)])
     assert "fixed-step" in _one_line_error(capsys, rc)

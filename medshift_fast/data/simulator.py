@@ -322,3 +322,49 @@ def simulate(out, subjects: int = 10, views: int = 6, size: int = 64, seed: int 
     _atomic_text(out / SIM_JSON, json.dumps(meta, indent=1, sort_keys=True, default=float) + "\n")
     _atomic_text(out / MANIFEST, buf.getvalue())
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulateOptions:
+    """``medshift simulate``: render a procedural skull phantom per subject at several C-arm
+    views in the five domains (16-bit PNG) with manifest.csv and simulator.json.
+
+    Attributes:
+        out: output folder.
+        subjects: number of phantoms.
+        views: C-arm views per subject.
+        size: image side in pixels.
+        seed: RNG seed (the same seed gives identical files).
+        geometry: cone | parallel beam.
+        domains: comma-separated subset of the five domains (default: all).
+        supersample: sub-pixels per side (0 = auto: 2 up to 128 px, else 1).
+        overwrite: replace a dataset already in out.
+        progress: show a progress bar.
+    """
+
+    out: str
+    subjects: int = 10
+    views: int = 6
+    size: int = 64
+    seed: int = 0
+    geometry: str = "cone"
+    domains: tuple[str, ...] | None = None
+    supersample: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.domains is not None:
+            unknown = [d for d in self.domains if d not in DOMAINS]
+            if unknown:
+                raise MedShiftError(f"unknown domain(s) {', '.join(unknown)}; choose from "
+                                    f"{', '.join(DOMAINS)}")
+
+
+def simulate_options(opts: SimulateOptions) -> tuple[Path, int]:
+    """Run :func:`simulate` for ``opts``; returns (folder, number of images written)."""
+    kw = {"domains": tuple(opts.domains)} if opts.domains else {}
+    out = simulate(opts.out, subjects=opts.subjects, views=opts.views, size=opts.size,
+                   seed=opts.seed, progress=opts.progress, overwrite=opts.overwrite,
+                   geometry=opts.geometry, supersample=opts.supersample, **kw)
+    return out, opts.subjects * opts.views * len(opts.domains or DOMAINS)

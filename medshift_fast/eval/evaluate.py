@@ -24,22 +24,32 @@ from pathlib import Path
 import torch
 
 from ..errors import MedShiftError
+from ..translator import TranslateOptions, Translator
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """Settings of one evaluation (flags of ``medshift evaluate`` map 1:1 onto these)."""
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(TranslateOptions):
+    """``medshift evaluate``: score translations on a split against baselines.
+
+    Attributes:
+        checkpoint: run directory written by ``medshift train``.
+        data: dataset root (ROOT/<domain>/... with manifest.csv for the aligned ground truth).
+        out: report folder (report.md, metrics.csv, grid.png, tradeoff.png).
+        taus: translation times to score (comma-separated).
+        split: split whose source images are translated.
+        reference_split: split of the target domain used as the reference distribution.
+        max_images: at most this many source images (default: all).
+        batch_size: images per network batch.
+        seed: seed of the SDEdit baseline's noise and the KID subsets.
+        baselines: also score identity, SDEdit-style and full inversion (tau = 0).
+        grid_rows: source images shown in grid.png.
+        progress: show progress bars and per-method lines.
+    """
 
     checkpoint: str
     data: str
-    source: str
-    target: str
     out: str
     taus: tuple[float, ...] = (0.3, 0.45, 0.6)
-    guidance_encode: float = 2.0
-    guidance_decode: float = 2.0
-    steps: int = 10
-    solver: str = "euler"
     split: str = "test"
     reference_split: str = "train"
     max_images: int | None = None
@@ -47,13 +57,19 @@ class EvalConfig:
     seed: int = 0
     baselines: bool = True
     grid_rows: int = 6
+    progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "taus", tuple(float(t) for t in self.taus))
-        if not self.taus or any(not 0.0 <= t <= 1.0 for t in self.taus):
+        if not self.source or not self.target:
+            raise MedShiftError("evaluate needs --source and --target domain names")
+        if not self.taus or any(not (math.isfinite(t) and 0.0 <= t <= 1.0) for t in self.taus):
             raise MedShiftError(f"taus must be in [0, 1], got {self.taus}")
-        if self.steps < 1:
-            raise MedShiftError("steps must be >= 1")
+        if self.batch_size < 1:
+            raise MedShiftError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_images is not None and self.max_images < 1:
+            raise MedShiftError(f"max_images must be >= 1, got {self.max_images}")
 
 
 @dataclass
@@ -90,19 +106,27 @@ def _translate_all(fn, x, batch_size, progress, desc):
     return torch.cat(outs)
 
 
-def evaluate(cfg: EvalConfig, progress: bool = True, run=None) -> EvalResult:
-    """Run the evaluation and write OUT/report.md, metrics.csv, grid.png, tradeoff.png."""
+def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
+             extra_methods=()) -> EvalResult:
+    """Run the evaluation and write OUT/report.md, metrics.csv, grid.png, tradeoff.png.
+
+    Args:
+        cfg: the settings.
+        progress: override ``cfg.progress``.
+        run: an already loaded run (default: load ``cfg.checkpoint``).
+        extra_methods: more rows: (name, kind, tau, Translator-like callable on pixel batches).
+    """
     from .. import eval as E
-    from ..flow import sdedit, translate
-    from ..train.checkpoint import load_run
+    from ..run import load_run
     from . import report
 
+    progress = cfg.progress if progress is None else progress
     t_start = time.perf_counter()
     run = run or load_run(cfg.checkpoint)
     src, tgt = run.label(cfg.source), run.label(cfg.target)
     if src == tgt:
         raise MedShiftError("source and target domains are the same; pick two different ones")
-    size = run.train_config.image_size
+    size = run.image_size
     x_src, src_keys = _load_domain(cfg.data, cfg.source, cfg.split, size, cfg.max_images)
     x_tgt_test, tgt_keys = _load_domain(cfg.data, cfg.target, cfg.split, size)
     x_ref, _ = _load_domain(cfg.data, cfg.target, cfg.reference_split, size)
@@ -112,26 +136,19 @@ def evaluate(cfg: EvalConfig, progress: bool = True, run=None) -> EvalResult:
     has_gt = all(a is not None for a in aligned)
     x_gt = x_tgt_test[torch.tensor(aligned)] if has_gt else None
 
+    def translator(tau, method="medshift"):
+        return Translator(run, src, tgt, tau=tau, method=method, seed=cfg.seed,
+                          batch_size=cfg.batch_size, **cfg.recipe()).translate
+
     methods: list[tuple[str, str, float | None, object]] = [
         ("identity", "baseline", None, lambda x: x)
     ]
-    for tau in cfg.taus:
-        methods.append(
-            (
-                f"MedShift τ={tau:g}",
-                "medshift",
-                tau,
-                _mk_translate(translate, run, src, tgt, tau, cfg),
-            )
-        )
+    methods += [(f"MedShift τ={tau:g}", "medshift", tau, translator(tau)) for tau in cfg.taus]
+    methods += list(extra_methods)
     if cfg.baselines:
-        for tau in cfg.taus:
-            methods.append(
-                (f"SDEdit τ={tau:g}", "sdedit", tau, _mk_sdedit(sdedit, run, tgt, tau, cfg))
-            )
-        methods.append(
-            ("inversion τ=0", "inversion", 0.0, _mk_translate(translate, run, src, tgt, 0.0, cfg))
-        )
+        methods += [(f"SDEdit τ={tau:g}", "sdedit", tau, translator(tau, "sdedit"))
+                    for tau in cfg.taus]
+        methods.append(("inversion τ=0", "inversion", 0.0, translator(0.0)))
 
     fx = E.ENL0Features(batch_size=64)
     f_ref = fx(x_ref, progress="ENL0 features (reference)" if progress else False)
@@ -190,8 +207,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True, run=None) -> EvalResult:
         "image_size": size,
         "domains": list(run.domains),
         "aligned_ground_truth": has_gt,
-        "preset": run.train_config.preset,
-        "train_steps": run.train_config.steps,
+        "preset": run.train.get("preset"),
+        "train_steps": run.config.get("step", run.train.get("steps")),
     }
     timing["total_s"] = time.perf_counter() - t_start
     res.timing = timing
@@ -202,32 +219,3 @@ def evaluate(cfg: EvalConfig, progress: bool = True, run=None) -> EvalResult:
 def _finite(v) -> float:
     v = float(v)
     return v if math.isfinite(v) else 99.0
-
-
-def _mk_translate(translate, run, src, tgt, tau, cfg):
-    # through the run's codec: identity in pixel space, the autoencoder in latent mode
-    return lambda x: run.decode_image(translate(
-        run.model,
-        run.encode_image(x),
-        src,
-        tgt,
-        tau=tau,
-        guidance_encode=cfg.guidance_encode,
-        guidance_decode=cfg.guidance_decode,
-        steps=cfg.steps,
-        solver=cfg.solver,
-    ))
-
-
-def _mk_sdedit(sdedit, run, tgt, tau, cfg):
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return lambda x: run.decode_image(sdedit(
-        run.model,
-        run.encode_image(x),
-        tgt,
-        tau=tau,
-        guidance=cfg.guidance_decode,
-        steps=cfg.steps,
-        solver=cfg.solver,
-        generator=gen,
-    ))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import MedShiftError
+from ..translator import RECIPE, TranslateOptions
 from .graphs import ExportSettings, check_model, export_codec, io_layout, model_size
 from .sidecar import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, FORMATS, SUFFIXES, write_sidecar
 from .verify import VerifyResult, verify_engine
@@ -83,7 +84,7 @@ def export_engine(
     model,
     fmt: str,
     out: str | Path,
-    settings: ExportSettings,
+    settings: ExportSettings | None = None,
     domains: tuple[str, ...] | list[str] | None = None,
     verify: bool = True,
     tolerance: float | None = None,
@@ -92,6 +93,7 @@ def export_engine(
     extra_meta: dict | None = None,
     log: Callable[[str], None] | None = None,
     codec=None,
+    **settings_kw,
 ) -> ExportReport:
     """Export ``model`` for ``settings`` as an ONNX graph, AOTI package or TensorRT engine.
 
@@ -102,9 +104,11 @@ def export_engine(
     (size / f). The sidecar records ``"space": "latent"`` and the autoencoder reference.
 
     Args:
-        model: the U-Net (EMA weights, eval mode), or a loaded run (``train.load_run``: its
-            model, codec and domain names are used); its device is the export device (AOTI
-            compiles for it; TensorRT needs CUDA).
+        model: a :class:`~medshift_fast.translator.Translator` (its run and description are
+            exported; ``settings`` then defaults to ``ExportSettings.from_translator`` with
+            ``settings_kw``), a loaded run (``run.load_run``: its model, codec and domain
+            names are used) or a bare U-Net (EMA weights, eval mode); its device is the export
+            device (AOTI compiles for it; TensorRT needs CUDA).
         fmt: "onnx" | "aoti" | "tensorrt".
         out: the engine file (.onnx | .pt2 | .plan/.engine/.trt); ``out + ".json"`` is the
             sidecar.
@@ -118,12 +122,25 @@ def export_engine(
         log: progress callback (e.g. print), or None.
         codec: the run's codec (``LoadedRun.codec``) for a latent-mode run; None (or a pixel
             codec) for pixel mode. Diffusers autoencoders are refused with a MedShiftError.
+        **settings_kw: with a Translator: what, size, batch, dtype, io, guidance of
+            ``ExportSettings.from_translator``.
 
     Returns:
         ExportReport (``report.ok`` is False when verification exceeded the tolerance; the files
         are kept so they can be inspected).
     """
     say = log or (lambda _msg: None)
+    from ..translator import Translator
+
+    if isinstance(model, Translator):
+        tr = model
+        if settings is None:
+            settings = ExportSettings.from_translator(tr, **settings_kw)
+        elif settings_kw:
+            raise MedShiftError("pass either settings or size/batch/dtype/io, not both")
+        model = tr.run
+    elif settings is None or settings_kw:
+        raise MedShiftError("export_engine needs ExportSettings (or a Translator)")
     if fmt not in FORMATS:
         raise MedShiftError(f"unknown export format {fmt!r}; choose onnx, aoti or tensorrt")
     out = Path(out)
@@ -236,11 +253,81 @@ def _describe(report: ExportReport, s: ExportSettings, codec=None) -> str:
 
 
 def default_device(name: str = "auto") -> torch.device:
-    """auto -> cuda when a GPU is visible, else cpu; an explicit cuda without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedShiftError(f"device {name!r} requested but no CUDA GPU is visible; use "
-                            "--device cpu")
-    return dev
+    """auto -> cuda when a GPU is visible, else cpu (``run.resolve_device``)."""
+    from ..run import resolve_device
+
+    return resolve_device(name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(TranslateOptions):
+    """``medshift export``: an engine file of a run's translator (or its guided velocity).
+
+    Attributes:
+        checkpoint: run directory written by ``medshift train`` (or ``medshift distill``).
+        format: onnx | aoti | tensorrt.
+        out: engine file (.onnx | .pt2 | .plan/.engine/.trt); FILE.json is written beside it.
+        what: translate (the whole pipeline for fixed settings) | step (the guided velocity).
+        tau: translation time in [0, 1] (translate).
+        size: image side in pixels (default: the training size; latent runs: divisible by the
+            autoencoder's factor).
+        batch: example/verification batch (TensorRT: optimal batch); ONNX and AOTI graphs
+            accept any batch.
+        max_batch: TensorRT's largest batch (default: batch).
+        dtype: compute dtype fp32 | fp16 | bf16 (default fp32; fp16 for tensorrt).
+        io: translate I/O: float images in [-1, 1], or raw uint16 frames.
+        device: auto | cpu | cuda (AOTI compiles for it).
+        exporter: ONNX exporter auto (dynamo, falling back to TorchScript) | dynamo |
+            torchscript.
+        verify: compare the engine with eager PyTorch (exit 1 beyond the tolerance).
+        tolerance: verification max abs error (default 1e-3 fp32, 5e-2 fp16, 1e-1 bf16).
+    """
+
+    checkpoint: str
+    format: str
+    out: str
+    what: str = "translate"
+    tau: float = RECIPE["tau"]
+    size: int | None = None
+    batch: int = 1
+    max_batch: int | None = None
+    dtype: str | None = None
+    io: str = "float"
+    device: str = "auto"
+    exporter: str = "auto"
+    verify: bool = True
+    tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format not in FORMATS:
+            raise MedShiftError(f"unknown export format {self.format!r}; choose onnx, aoti or "
+                                "tensorrt")
+        if self.what == "translate" and (not self.source or not self.target):
+            raise MedShiftError("--what translate needs --source and --target domain names")
+
+
+def export_run(cfg: ExportConfig, log: Callable[[str], None] | None = print) -> ExportReport:
+    """``medshift export``: load the run, build its Translator, export and verify it."""
+    from ..run import load_run
+    from ..translator import Translator
+
+    dev = default_device(cfg.device)
+    run = load_run(cfg.checkpoint, device=dev)
+    dtype = cfg.dtype or ("fp16" if cfg.format == "tensorrt" else "fp32")
+    src = cfg.source if cfg.what == "translate" else (cfg.source or run.domains[0])
+    tgt = cfg.target if cfg.what == "translate" else (cfg.target or run.domains[0])
+    tr = Translator(run, src, tgt, tau=cfg.tau, **cfg.recipe())
+    extra = {"checkpoint": str(run.path), "model_config": _cfg_dict(run.model_config)}
+    if cfg.what == "translate":
+        extra.update(source_domain=run.domains[tr.settings.source],
+                     target_domain=run.domains[tr.settings.target])
+    return export_engine(tr, cfg.format, cfg.out, domains=run.domains, verify=cfg.verify,
+                         tolerance=cfg.tolerance, exporter=cfg.exporter, max_batch=cfg.max_batch,
+                         extra_meta=extra, log=log, what=cfg.what, size=cfg.size,
+                         batch=cfg.batch, dtype=dtype, io=cfg.io,
+                         guidance=cfg.guidance if cfg.guidance is not None else None)
+
+
+def _cfg_dict(c) -> dict:
+    return c if isinstance(c, dict) else c.to_dict()

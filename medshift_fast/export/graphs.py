@@ -42,14 +42,13 @@ from torch import nn
 
 from .. import ops
 from ..errors import MedShiftError
-from ..flow.guidance import make_field
-from ..flow.solvers import SOLVERS, integrate, nfe
+from ..flow.solvers import FIXED_SOLVERS, nfe
+from ..translator import TranslationSettings, pipeline, uint16_to_unit, unit_to_uint16
 
 WHATS = ("step", "translate")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 IOS = ("float", "uint16")
-FIXED_STEP_SOLVERS = tuple(s for s in SOLVERS if s != "dopri5")
-U16_MAX = 65535.0
+FIXED_STEP_SOLVERS = FIXED_SOLVERS
 
 
 @dataclass(frozen=True)
@@ -122,6 +121,36 @@ class ExportSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def translation(self) -> TranslationSettings:
+        """The Translator description this translate graph computes."""
+        return TranslationSettings(int(self.source), int(self.target), float(self.tau),
+                                   float(self.guidance_encode), float(self.guidance_decode),
+                                   int(self.steps), self.solver)
+
+    @classmethod
+    def from_translator(cls, translator, what: str = "translate", size: int | None = None,
+                        batch: int = 1, dtype: str = "fp32", io: str = "float",
+                        guidance: float | None = None) -> ExportSettings:
+        """Export settings of a :class:`medshift_fast.translator.Translator`'s description.
+
+        Args:
+            translator: the Translator (its run gives the default size).
+            what: "translate" (its whole pipeline) or "step" (the guided velocity with
+                ``guidance``, default its decode guidance).
+            size, batch, dtype, io: as the fields of the same name.
+        """
+        s = translator.settings
+        if s.method != "medshift" or s.decode != "ode":
+            raise MedShiftError(f"only the ODE translation can be exported (method "
+                                f"{s.method!r}, decode {s.decode!r})")
+        size = int(size or translator.run.image_size or 0)
+        return cls(what=what, size=size, batch=batch, dtype=dtype, io=io,
+                   source=s.source if what == "translate" else None,
+                   target=s.target if what == "translate" else None, tau=s.tau,
+                   guidance_encode=s.guidance_encode, guidance_decode=s.guidance_decode,
+                   guidance=s.guidance_decode if guidance is None else guidance,
+                   steps=s.steps, solver=s.solver)
+
     @classmethod
     def from_dict(cls, d: dict) -> ExportSettings:
         known = set(cls.__dataclass_fields__)
@@ -132,7 +161,7 @@ def export_codec(codec) -> object | None:
     """The codec to export with, or None in pixel mode; MedShiftError for an unexportable one.
 
     Args:
-        codec: None, a ``train.latent`` codec (``LoadedRun.codec``) or a ``LatentCodec``.
+        codec: None, a ``models.codec`` codec (``LoadedRun.codec``) or a ``LatentCodec``.
     """
     kind = getattr(codec, "kind", "pixel") if codec is not None else "pixel"
     if kind == "pixel":
@@ -241,22 +270,12 @@ class StepModule(nn.Module):
         return ops.guided_velocity(v[:b].float(), v[b:].float(), self.w)
 
 
-def uint16_to_unit(u: torch.Tensor) -> torch.Tensor:
-    """Raw 16-bit counts -> [-1, 1] float32 (x = u * 2/65535 - 1)."""
-    return u.to(torch.float32) * (2.0 / U16_MAX) - 1.0
-
-
-def unit_to_uint16(y: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint16 counts, rint((clamp(y) + 1) * 32767.5) (round half to even)."""
-    return torch.round((y.clamp(-1.0, 1.0) + 1.0) * (U16_MAX / 2.0)).to(torch.uint16)
-
-
 class LatentCodec(nn.Module):
     """A run's autoencoder as an fp32 submodule (deep copy, eval mode, no gradients).
 
     ``encode``: x (B, C_img, S, S) -> z = scale (mean(q(z|x)) - shift), (B, z_c, S/f, S/f).
     ``decode``: z -> D(z / scale + shift) clamped to [-1, 1], (B, C_img, S, S). The same
-    arithmetic as ``train.latent.AutoencoderCodec`` (which the run translates with eagerly).
+    arithmetic as ``models.codec.AutoencoderCodec`` (which the run translates with eagerly).
     """
 
     kind = "medshift"
@@ -297,27 +316,14 @@ class TranslateModule(nn.Module):
         self.model = model
         self.codec = codec
         self.s = settings
+        self.translation = settings.translation()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, C, S, S) float32 in [-1, 1] or uint16 -> translated, same shape and dtype."""
         s = self.s
         x = uint16_to_unit(image) if s.io == "uint16" else image.to(torch.float32)
-        if self.codec is not None:
-            x = self.codec.encode(x)  # fp32 autoencoder, whatever the compute dtype
-        x = x.to(s.torch_dtype)
-        tau = float(s.tau)
-        if tau < 1.0:
-            b = x.shape[0]
-            y_src = torch.full((b,), int(s.source), dtype=torch.long, device=x.device)
-            y_tgt = torch.full((b,), int(s.target), dtype=torch.long, device=x.device)
-            we, wd = float(s.guidance_encode), float(s.guidance_decode)
-            n = int(s.steps)
-            z = integrate(make_field(self.model, y_src, we), x, 1.0, tau, n, s.solver, we)
-            x = integrate(make_field(self.model, y_tgt, wd), z, tau, 1.0, n, s.solver, wd)
-        y = x.to(torch.float32)
-        if self.codec is not None:
-            y = self.codec.decode(y)
-        y = y.clamp(-1.0, 1.0)
+        # the Translator's own pipeline: fp32 codec, the flow in the compute dtype, clamp
+        y = pipeline(self.model, self.codec, x, self.translation, s.torch_dtype)
         return unit_to_uint16(y) if s.io == "uint16" else y
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import MedShiftError
+from ..flow.solvers import run_step, stage_ops, time_grid
 from .graphs import ExportSettings, export_codec, io_layout
 
 OPSET = 18
@@ -140,35 +141,17 @@ class _Composer:
                 self.const(c, "float32"), k])]), self.cdt)
         return x_new, acc_new
 
-    def step(self, x, t, dt, label, w, b):
-        """flow.solvers._step for one fixed step of size dt from t."""
-        solver = self.s.solver
+    def integrate(self, x, t0, t1, label, w, b):
+        """flow.solvers.integrate: the solver's stage program (``stage_ops``), step by step."""
+        program = stage_ops(self.s.solver)
+        steps = int(self.s.steps)
+        ts = time_grid(t0, t1, steps)
 
         def field(xx, tt):
             return self.velocity(xx, tt, label, w, b)
 
-        if solver == "euler":
-            return self.stage(x, *field(x, t), w, dt)[0]
-        if solver == "midpoint":
-            xm = self.stage(x, *field(x, t), w, 0.5 * dt)[0]
-            return self.stage(x, *field(xm, t + 0.5 * dt), w, dt)[0]
-        if solver == "heun":
-            xp, acc = self.stage(x, *field(x, t), w, dt, c=0.5 * dt)
-            return self.stage(acc, *field(xp, t + dt), w, 0.5 * dt)[0]
-        if solver == "rk4":
-            xs, acc = self.stage(x, *field(x, t), w, 0.5 * dt, c=dt / 6.0)
-            xs, acc = self.stage(x, *field(xs, t + 0.5 * dt), w, 0.5 * dt, acc=acc, c=dt / 3.0)
-            xs, acc = self.stage(x, *field(xs, t + 0.5 * dt), w, dt, acc=acc, c=dt / 3.0)
-            return self.stage(acc, *field(xs, t + dt), w, dt / 6.0)[0]
-        raise MedShiftError(f"solver {solver!r} cannot be exported")  # pragma: no cover
-
-    def integrate(self, x, t0, t1, label, w, b):
-        from ..flow.solvers import time_grid
-
-        steps = int(self.s.steps)
-        ts = time_grid(t0, t1, steps)
         for k in range(steps):
-            x = self.step(x, ts[k], ts[k + 1] - ts[k], label, w, b)
+            x = run_step(program, field, self.stage, x, ts[k], ts[k + 1] - ts[k], w)
         return x
 
     # ------------------------------------------------------------------------------ graphs

@@ -36,13 +36,10 @@ from torch import nn
 from .. import ops
 from ..errors import MedShiftError
 from .guidance import null_label
-from .solvers import check_solver, time_grid
+from .solvers import FIXED_SOLVERS, check_solver, stage_ops, time_grid
 from .translate import _labels
 
 __all__ = ["FIXED_SOLVERS", "Sampler", "fused_translate"]
-
-FIXED_SOLVERS = ("euler", "midpoint", "heun", "rk4")
-
 
 @dataclass(frozen=True)
 class _Stage:
@@ -198,25 +195,28 @@ class Sampler:
             return self._programs[mode]
         b, solver = self.shape[0], self.solver
         X, A, xa = self._x, self._acc, self._xa
+        program = stage_ops(solver)
+        # One stage: the state lives in the model input's first half (no copies at all).
+        # More: the state X, the accumulator A; every middle stage writes the next evaluation
+        # point straight into the model input, the last one writes the new state into X and,
+        # through acc_out (base + c k with c = h), the same values into the model input.
+        single = len(program) == 1
         evals = []  # (guided, y, w, t, x, h, acc, c, out, acc_out)
         for y, w, t0, t1 in self._legs(mode):
             g = w != 1.0
             ts = time_grid(t0, t1, self.steps)
             for k in range(self.steps):
                 t, dt = ts[k], ts[k + 1] - ts[k]
-                if solver == "euler":  # the state lives in the model input's first half
-                    evals.append((g, y, w, t, xa, dt, None, 0.0, xa, None))
-                elif solver == "midpoint":
-                    evals.append((g, y, w, t, X, 0.5 * dt, None, 0.0, xa, None))
-                    evals.append((g, y, w, t + 0.5 * dt, X, dt, None, dt, X, xa))
-                elif solver == "heun":
-                    evals.append((g, y, w, t, X, dt, None, 0.5 * dt, xa, A))
-                    evals.append((g, y, w, t + dt, A, 0.5 * dt, None, 0.5 * dt, X, xa))
-                else:  # rk4, as flow.solvers._step: acc collects x + dt/6 (k1 + 2 k2 + 2 k3)
-                    evals.append((g, y, w, t, X, 0.5 * dt, None, dt / 6.0, xa, A))
-                    evals.append((g, y, w, t + 0.5 * dt, X, 0.5 * dt, A, dt / 3.0, xa, A))
-                    evals.append((g, y, w, t + 0.5 * dt, X, dt, A, dt / 3.0, xa, A))
-                    evals.append((g, y, w, t + dt, A, dt / 6.0, None, dt / 6.0, X, xa))
+                for op in program:
+                    tt = t + op.t_frac * dt
+                    if single:
+                        evals.append((g, y, w, tt, xa, op.h * dt, None, 0.0, xa, None))
+                    elif op.last:
+                        base = A if op.uses_acc else X
+                        evals.append((g, y, w, tt, base, op.h * dt, None, op.h * dt, X, xa))
+                    else:
+                        evals.append((g, y, w, tt, X, op.h * dt, A if op.uses_acc else None,
+                                      op.c * dt, xa, A if op.writes_acc else None))
         times = torch.empty((max(1, len(evals)), 2 * b), device=self.device, dtype=torch.float32)
         for i, e in enumerate(evals):
             times[i].fill_(float(e[3]))
@@ -225,7 +225,7 @@ class Sampler:
             n = 2 * b if g else b
             stages.append(_Stage(g, self._xin if g else xa, times[i, :n], y[:n], w, x, h, acc, c,
                                  out, acc_out))
-        final = xa if solver == "euler" else X
+        final = xa if single else X
         self._programs[mode] = (stages, times, final)
         return self._programs[mode]
 

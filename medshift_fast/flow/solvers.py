@@ -2,15 +2,19 @@
 
 A *field* is a callable ``field(x, t) -> (v_cond, v_uncond | None)`` with t a Python float; the
 guided velocity is k = v_uncond + w (v_cond - v_uncond). Fixed-step solvers (euler, midpoint,
-heun, rk4) integrate exactly [t0, t1] (either direction) in ``steps`` steps, each stage being one
-``ops.guided_stage`` call (a fused kernel where available); dopri5 is adaptive (Dormand-Prince
-5(4) with error control, landing exactly on t1).
+heun, rk4) integrate exactly [t0, t1] (either direction) in ``steps`` steps. Each is described
+once, as data: its Butcher tableau (``TABLEAUX``) compiled into a stage program
+(``stage_ops``: per U-Net evaluation, one ``ops.guided_stage`` call -- a fused kernel where
+available). ``integrate``, the preallocated ``flow.sampler.Sampler`` and the ONNX composer all
+execute that program. dopri5 is adaptive (Dormand-Prince 5(4) with error control, landing
+exactly on t1).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -19,7 +23,87 @@ from ..errors import MedShiftError
 
 Field = Callable[[torch.Tensor, float], tuple[torch.Tensor, "torch.Tensor | None"]]
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "dopri5")
-_NFE = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+FIXED_SOLVERS = ("euler", "midpoint", "heun", "rk4")
+
+
+@dataclass(frozen=True)
+class Tableau:
+    """An explicit Runge-Kutta method whose stage i is evaluated at x + dt a_i k_{i-1}.
+
+    (a two-diagonal Butcher tableau: every fixed-step solver here has one). Stage i evaluates
+    k_i = v(x_i, t + c_i dt) with x_0 = x and x_i = x + dt a_i k_{i-1}; the step returns
+    x + dt sum_i b_i k_i.
+
+    Attributes:
+        name: solver name.
+        c: nodes c_i (c_0 = 0).
+        a: a_i, the weight of k_{i-1} in stage i's point (a_0 unused, 0).
+        b: weights b_i (sum 1).
+        order: convergence order.
+    """
+
+    name: str
+    c: tuple[float, ...]
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    order: int
+
+    @property
+    def stages(self) -> int:
+        return len(self.b)
+
+
+TABLEAUX: dict[str, Tableau] = {
+    "euler": Tableau("euler", (0.0,), (0.0,), (1.0,), 1),
+    "midpoint": Tableau("midpoint", (0.0, 0.5), (0.0, 0.5), (0.0, 1.0), 2),
+    "heun": Tableau("heun", (0.0, 1.0), (0.0, 1.0), (0.5, 0.5), 2),
+    "rk4": Tableau("rk4", (0.0, 0.5, 0.5, 1.0), (0.0, 0.5, 0.5, 1.0),
+                   (1 / 6, 1 / 3, 1 / 3, 1 / 6), 4),
+}
+
+
+@dataclass(frozen=True)
+class StageOp:
+    """One U-Net evaluation of a step and the ``ops.guided_stage`` call that follows it.
+
+    Evaluate k at ``point`` (the step's start x, or the point the previous op wrote) and time
+    t + ``t_frac`` dt, then ``guided_stage(base, k, h, acc, c)``:
+
+    * a middle stage writes the next evaluation point ``x + h k`` (base = the step's start x)
+      and, when ``c != 0``, the running sum ``(acc or x) + c k`` of the final combination;
+    * the last stage writes the step's result ``base + h k`` with base = the running sum
+      (``uses_acc``) or x.
+
+    ``h`` and ``c`` are multiples of dt. Executors (``integrate``, the preallocated
+    ``flow.sampler.Sampler``, the ONNX composer) all read this list, so a solver is described
+    exactly once.
+    """
+
+    t_frac: float
+    h: float
+    c: float
+    uses_acc: bool
+    writes_acc: bool
+    last: bool
+
+
+def stage_ops(solver: str) -> tuple[StageOp, ...]:
+    """The stage program of one step of a fixed-step solver (see :class:`StageOp`)."""
+    tab = TABLEAUX.get(solver)
+    if tab is None:
+        raise MedShiftError(f"{solver!r} is not a fixed-step solver; choose one of "
+                            f"{', '.join(FIXED_SOLVERS)}")
+    ops_: list[StageOp] = []
+    have_acc = False
+    for i in range(tab.stages):
+        last = i == tab.stages - 1
+        if last:
+            ops_.append(StageOp(tab.c[i], tab.b[i], 0.0, have_acc, False, True))
+        else:
+            writes = tab.b[i] != 0.0
+            ops_.append(StageOp(tab.c[i], tab.a[i + 1], tab.b[i], have_acc, writes, False))
+            have_acc = have_acc or writes
+    return tuple(ops_)
 
 
 def check_solver(name: str) -> str:
@@ -35,32 +119,33 @@ def time_grid(t0: float, t1: float, steps: int) -> list[float]:
     return [t0 + (t1 - t0) * k / steps for k in range(steps)] + [t1]
 
 
-def _step(field: Field, solver: str, x: torch.Tensor, t: float, dt: float, w: float,
-          out: torch.Tensor | None = None) -> torch.Tensor:
-    gs = ops.guided_stage
-    if solver == "euler":
-        vc, vu = field(x, t)
-        return gs(x, vc, vu, w, dt, out=out)[0]
-    if solver == "midpoint":
-        vc, vu = field(x, t)
-        xm = gs(x, vc, vu, w, 0.5 * dt)[0]
-        vc, vu = field(xm, t + 0.5 * dt)
-        return gs(x, vc, vu, w, dt, out=out)[0]
-    if solver == "heun":
-        vc, vu = field(x, t)
-        xp, acc = gs(x, vc, vu, w, dt, c=0.5 * dt)
-        vc, vu = field(xp, t + dt)
-        return gs(acc, vc, vu, w, 0.5 * dt, out=out)[0]
-    if solver == "rk4":
-        vc, vu = field(x, t)
-        xs, acc = gs(x, vc, vu, w, 0.5 * dt, c=dt / 6.0)
-        vc, vu = field(xs, t + 0.5 * dt)
-        xs, acc = gs(x, vc, vu, w, 0.5 * dt, acc=acc, c=dt / 3.0, out=xs, acc_out=acc)
-        vc, vu = field(xs, t + 0.5 * dt)
-        xs, acc = gs(x, vc, vu, w, dt, acc=acc, c=dt / 3.0, out=xs, acc_out=acc)
-        vc, vu = field(xs, t + dt)
-        return gs(acc, vc, vu, w, dt / 6.0, out=out)[0]
-    raise MedShiftError(f"unknown fixed-step solver {solver!r}")
+def run_step(program: tuple[StageOp, ...], field, stage, x, t: float, dt: float, w: float):
+    """One step of ``program`` from (x, t) with step dt, for any executor.
+
+    Args:
+        program: ``stage_ops(solver)``.
+        field: ``field(point, time) -> (v_cond, v_uncond | None)``.
+        stage: ``stage(base, v_cond, v_uncond, w, h, acc, c) -> (new_point, new_acc | None)``
+            (``ops.guided_stage`` in PyTorch; ONNX nodes in the composer).
+        x: the state at t.
+
+    Returns:
+        The state at t + dt.
+    """
+    point, acc = x, None
+    for op in program:
+        vc, vu = field(point, t + op.t_frac * dt)
+        if op.last:
+            return stage(acc if op.uses_acc else x, vc, vu, w, op.h * dt, None, 0.0)[0]
+        point, new_acc = stage(x, vc, vu, w, op.h * dt, acc if op.uses_acc else None,
+                               op.c * dt)
+        if op.writes_acc:
+            acc = new_acc
+    raise MedShiftError("a solver program must end with its last stage")  # pragma: no cover
+
+
+def _torch_stage(base, vc, vu, w, h, acc, c):
+    return ops.guided_stage(base, vc, vu, w, h, acc=acc, c=c)
 
 
 @torch.no_grad()
@@ -95,16 +180,19 @@ def integrate(
         return x.clone()
     if solver == "dopri5":
         return _dopri5(field, x, t0, t1, w, rtol, atol, max_steps, steps)
+    program = stage_ops(solver)
     ts = time_grid(t0, t1, steps)
-    x = x.clone()
     for k in range(steps):
-        x = _step(field, solver, x, ts[k], ts[k + 1] - ts[k], w, out=x)
+        x = run_step(program, field, _torch_stage, x, ts[k], ts[k + 1] - ts[k], w)
     return x
 
 
 def nfe(solver: str, steps: int) -> int:
     """Velocity evaluations per fixed-step integration (each is one 2B forward when guided)."""
-    return _NFE[check_solver(solver)] * steps
+    check_solver(solver)
+    if solver == "dopri5":
+        raise MedShiftError("dopri5 is adaptive: its number of evaluations is not fixed")
+    return TABLEAUX[solver].stages * steps
 
 
 # Dormand-Prince 5(4) tableau.

@@ -8,13 +8,16 @@ tau gives more realism. Guidance scales for encode and decode are separate.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from .. import ops
 from ..errors import MedShiftError
 from .guidance import make_field
 from .paths import sb_sample_xt
-from .solvers import check_solver, integrate
+from .solvers import check_solver, integrate, time_grid
 
 
 def _labels(y, b: int, device, num_classes: int, what: str) -> torch.Tensor:
@@ -73,7 +76,10 @@ def translate(
     solver: str = "heun",
     **solver_kw,
 ) -> torch.Tensor:
-    """Translate images from the source domain to the target domain.
+    """Translate model-space tensors from the source domain to the target domain.
+
+    Pixel images go through :class:`medshift_fast.translator.Translator`, which adds the run's
+    codec, pixel I/O and the fast execution modes around this function.
 
     Args:
         model: class-conditional velocity field ``model(x, t, y)``.
@@ -90,11 +96,70 @@ def translate(
     check_solver(solver)
     if not 0.0 <= float(tau) <= 1.0:
         raise MedShiftError(f"translate: tau must be in [0, 1], got {tau}")
-    if float(tau) == 1.0:
-        _check_x(model, x, "translate")
+    _check_x(model, x, "translate")
+    b, k = x.shape[0], model.num_classes
+    y_src = _labels(source, b, x.device, k, "translate")
+    y_tgt = _labels(target, b, x.device, k, "translate")
+    return translate_unchecked(model, x, y_src, y_tgt, tau, guidance_encode, guidance_decode,
+                               steps, solver, **solver_kw)
+
+
+def translate_unchecked(model, x, y_src, y_tgt, tau, guidance_encode, guidance_decode, steps,
+                        solver, **solver_kw) -> torch.Tensor:
+    """``translate`` without input checks (traceable: no data-dependent control flow).
+
+    Args:
+        y_src, y_tgt: (B,) int64 label tensors on x's device.
+    """
+    tau = float(tau)
+    if tau == 1.0:
         return x.clone()
-    z = encode(model, x, source, tau, guidance_encode, steps, solver, **solver_kw)
-    return decode(model, z, target, tau, guidance_decode, steps, solver, **solver_kw)
+    z = integrate(make_field(model, y_src, guidance_encode), x, 1.0, tau, steps, solver,
+                  guidance_encode, **solver_kw)
+    return integrate(make_field(model, y_tgt, guidance_decode), z, tau, 1.0, steps, solver,
+                     guidance_decode, **solver_kw)
+
+
+@torch.no_grad()
+def sde_decode(model, z, y_tgt, tau, guidance, steps, noise, generator=None) -> torch.Tensor:
+    """Decode tau -> 1 with the stochastic bridge (Euler-Maruyama) instead of the ODE.
+
+    For the path x_t = t x_1 + (1 - t) x_0 the score follows from the velocity,
+    s(x, t) = (t v - x) / (1 - t) (SiT, Ma et al. 2024), and for any g(t) the SDE
+    dx = [v + g^2/2 s] dt + g dW has the ODE's marginals. With g(t)^2 = 2 noise (1 - t) the
+    drift correction is -noise (x - t v) and the injected noise vanishes at t = 1:
+
+        x <- x + [k - noise (x - t k)] dt + sqrt(2 noise (1 - t) dt) xi,  k the guided velocity.
+
+    ``noise = 0`` is the Euler ODE decode.
+
+    Args:
+        y_tgt: (B,) target labels; guidance: decode guidance scale; noise: the scale above.
+        generator: CPU generator for xi.
+    """
+    field = make_field(model, y_tgt, guidance)
+    ts = time_grid(float(tau), 1.0, steps)
+    x = z
+    for k in range(steps):
+        t, dt = ts[k], ts[k + 1] - ts[k]
+        vc, vu = field(x, t)
+        v = ops.guided_velocity(vc, vu, guidance)
+        x = x + dt * (v - noise * (x - t * v))
+        if noise > 0 and k < steps - 1:
+            xi = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+            x = x + math.sqrt(2.0 * noise * (1.0 - t) * dt) * xi
+    return x
+
+
+def sde_translate_unchecked(model, x, y_src, y_tgt, tau, guidance_encode, guidance_decode,
+                            steps, solver, noise, generator=None) -> torch.Tensor:
+    """ODE encode 1 -> tau (``solver``), then :func:`sde_decode` tau -> 1."""
+    tau = float(tau)
+    if tau == 1.0:
+        return x.clone()
+    z = integrate(make_field(model, y_src, guidance_encode), x, 1.0, tau, steps, solver,
+                  guidance_encode)
+    return sde_decode(model, z, y_tgt, tau, guidance_decode, steps, noise, generator)
 
 
 @torch.no_grad()

@@ -245,20 +245,19 @@ def guided_stage(
                 "pass tensors of one shape"
             )
     write_acc = acc is not None or c != 0.0
-    requested = backend if backend is not None else _backend.current_backend()
-    auto = requested == "auto"
+    preferred = backend if backend is not None else _backend.current_backend()
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, v_cond, v_uncond, acc)
     )
-    if auto and (needs_grad or _compiling()):
-        supported: tuple[str, ...] = ("reference",)
+    if (backend is None or preferred == "auto") and (needs_grad or _compiling()):
+        supported: tuple[str, ...] = ("reference",)  # the kernels have no autograd
     else:
         supported = supported_backends(x, v_cond, v_uncond, acc)
-    if requested in ("cpp", "cuda") and _backend.is_available(requested) and _ext_op() is None:
+    if backend in ("cpp", "cuda") and _backend.is_available(backend) and _ext_op() is None:
         raise BackendUnavailableError(
             "guided_stage: the compiled extension predates this op; rebuild it with `make ext`"
         )
-    name = _backend.resolve("guided_stage", x.device.type, supported, requested)
+    name = _backend.resolve("guided_stage", x.device.type, supported, backend)
 
     if name == "reference":
         x_new, acc_new = guided_stage_ref(x, v_cond, v_uncond, w, h, acc, c)

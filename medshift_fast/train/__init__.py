@@ -1,7 +1,11 @@
-"""Training: frozen configs, the loop, checkpoints."""
+"""Training: frozen configs, the one loop (``trainer``) and what it trains (flow, autoencoder).
 
-from .checkpoint import LoadedRun, load_run, save_run
+Imports ``run`` (the run directory format); nothing below ``train`` imports it.
+"""
+
 from .config import TrainConfig
-from .loop import Trainer, train
+from .flow import FlowTask, flow_trainer, train
+from .trainer import Task, Trainer, TrainingInterrupted
 
-__all__ = ["LoadedRun", "TrainConfig", "Trainer", "load_run", "save_run", "train"]
+__all__ = ["FlowTask", "Task", "TrainConfig", "Trainer", "TrainingInterrupted", "flow_trainer",
+           "train"]

@@ -21,7 +21,7 @@ RESUMABLE_CHANGES = frozenset({
     "data", "out", "steps", "num_workers", "data_mode", "compile", "device", "precision",
     "channels_last", "log_every", "ckpt_every", "keep_ckpts", "val_every", "val_images",
     "sample_every", "sample_steps", "sample_images", "tensorboard", "resume", "max_nonfinite",
-    "latent", "latent_diffusers", "skip_bad",
+    "latent", "latent_diffusers", "skip_bad", "overwrite",
 })
 
 
@@ -33,11 +33,11 @@ class TrainConfig:
         data: dataset root (ROOT/<domain>/*.png|tif|dcm [+ manifest.csv]).
         out: run directory.
         preset: model preset (tiny | small | base).
-        model_channels: overrides the preset's base width (None = preset).
+        model_channels: base width instead of the preset's.
         image_size: training resolution in pixels (images are resized/cropped to it).
-        domains: domain names to train on (label = index); None = all found.
-        domain_map: "folder=domain,..." renames/merges dataset folders (or manifest domains)
-            into domains (data.parse_domain_map); None = folder names as they are.
+        domains: comma-separated domain names to train on, label order (default: all found).
+        domain_map: FOLDER=DOMAIN,... renames/merges dataset folders (or manifest domains)
+            into domains (data.parse_domain_map); default: folder names as they are.
         skip_bad: log and skip unreadable image files instead of stopping at the first one.
         resize: how images that are not square at ``image_size`` are fitted: "crop" (short side
             to S, centre crop) or "pad" (long side to S, zero-pad).
@@ -47,8 +47,10 @@ class TrainConfig:
         grad_accum: micro-batches per optimizer step (gradient accumulation).
         balanced: class-balanced sampling (every domain equally often) instead of epochs of
             uniform random permutations.
-        lr, weight_decay, warmup_frac, grad_clip: AdamW + one-cycle cosine schedule; grad_clip
-            <= 0 disables clipping (the norm is still logged).
+        lr: AdamW peak learning rate (one-cycle cosine schedule).
+        weight_decay: AdamW weight decay.
+        warmup_frac: fraction of the steps spent warming the learning rate up.
+        grad_clip: gradient-norm clip; <= 0 disables clipping (the norm is still logged).
         sigma: Schrödinger-bridge noise (entropic eps = 2 sigma^2); 0 = OT-CFM.
         coupling: sinkhorn | exact | independent.
         plan_sampling: multinomial | conditional | assignment.
@@ -76,9 +78,12 @@ class TrainConfig:
         val_images: at most this many validation images.
         sample_every: PNG grid of samples per domain and translations of fixed validation
             images under RUN/samples/ every N steps (0 = off).
-        sample_steps, sample_images: solver steps and samples per domain for that grid.
+        sample_steps: solver steps per leg for that grid.
+        sample_images: samples per domain in that grid.
         tensorboard: also log to RUN/tb (needs the tensorboard package).
         resume: "last" (the run in ``out``) or a checkpoint directory to continue from.
+        overwrite: replace a run already in ``out`` (otherwise training into it is refused
+            unless resuming).
         latent: train in the latent space of an autoencoder run (`medshift train-autoencoder`).
         latent_diffusers: train in the latent space of a local diffusers AutoencoderKL folder.
         device: auto | cpu | cuda | cuda:N (under torchrun: the rank's local GPU).
@@ -124,6 +129,7 @@ class TrainConfig:
     sample_images: int = 4
     tensorboard: bool = False
     resume: str | None = None
+    overwrite: bool = False
     latent: str | None = None
     latent_diffusers: str | None = None
     device: str = "auto"
@@ -211,3 +217,4 @@ def check_resumable(saved: TrainConfig, current: TrainConfig) -> None:
                 f"cannot resume: the checkpoint was trained with {f.name}={a!r} but this run "
                 f"asks for {f.name}={b!r}; pass the same value (or start a new run with another "
                 "--out)")
+

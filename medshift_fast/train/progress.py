@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import MedShiftError
+from ..fileio import atomic_write_text
 
 log = logging.getLogger("medshift_fast.train")
 
@@ -23,8 +24,6 @@ HEADER = ["step", "loss", "lr", "grad_norm", "img_per_s", "val_loss", "skipped"]
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    from .checkpoint import atomic_write_text
-
     rows = list(csv.reader(path.read_text().splitlines()))
     if not rows:
         return
@@ -109,35 +108,38 @@ def tile(rows: list[torch.Tensor], gap: int = 2) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample_grid(model, codec, num_domains: int, x_src: torch.Tensor, y_src: torch.Tensor,
-                n: int, steps: int, seed: int, tau: float = 0.6, guidance: float = 2.0
-                ) -> np.ndarray:
+def sample_grid(run, x_src: torch.Tensor, y_src: torch.Tensor, n: int, steps: int, seed: int,
+                tau: float = 0.6, guidance: float = 2.0) -> np.ndarray:
     """Samples per domain (rows 1..K) and translations of fixed images (rows K+1..).
 
     Translation row of a source image: column k shows it translated to domain k (the source
     itself in its own column). Cheap: euler with ``steps`` steps per leg.
 
     Args:
-        model: EMA velocity field in model space; codec: pixel <-> model space.
+        run: the EMA model as a ``run.LoadedRun`` (its codec maps pixels <-> model space).
         x_src: (M, 1, S, S) pixel images (one per domain); y_src: (M,) their labels.
     """
-    from ..flow import sample, translate
+    from ..flow import sample
+    from ..translator import Translator
 
+    model, codec, k_dom = run.model, run.codec, len(run.domains)
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    z_src = codec.encode(x_src.to(dev))
-    shape = tuple(z_src.shape[1:])
-    labels = torch.arange(num_domains, device=dev).repeat_interleave(n)
+    shape = tuple(codec.encode(x_src[:1].to(dev)).shape[1:])
+    labels = torch.arange(k_dom, device=dev).repeat_interleave(n)
     xs = codec.decode(sample(model, labels, labels.numel(), shape, guidance=guidance,
                              steps=steps, solver="euler", generator=g, device=dev))
-    rows = [xs[d * n:(d + 1) * n] for d in range(num_domains)]
-    cols = []
-    for k in range(num_domains):
-        zk = translate(model, z_src, y_src.to(dev), k, tau=tau, guidance_encode=guidance,
-                       guidance_decode=guidance, steps=steps, solver="euler")
-        cols.append(codec.decode(zk))
+    rows = [xs[d * n:(d + 1) * n] for d in range(k_dom)]
+    x_src = x_src.to(dev)
+    out = {}
     for i in range(x_src.shape[0]):
         src = int(y_src[i])
-        rows.append(torch.stack([x_src[i].to(dev) if k == src else cols[k][i]
-                                 for k in range(num_domains)]))
+        for k in range(k_dom):
+            if k != src and (src, k) not in out:
+                idx = (y_src == src).nonzero().flatten().to(dev)
+                tr = Translator(run, src, k, tau=tau, guidance_encode=guidance,
+                                guidance_decode=guidance, steps=steps, solver="euler")
+                out[(src, k)] = dict(zip(idx.tolist(), tr.translate(x_src[idx])))
+        rows.append(torch.stack([x_src[i] if k == src else out[(src, k)][i]
+                                 for k in range(k_dom)]))
     return tile(rows)

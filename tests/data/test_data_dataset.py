@@ -118,18 +118,22 @@ def test_bad_pixels_mid_epoch(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     root = _folder(tmp_path, ["real_low", "real_normal"], n=3)
     tifffile.imwrite(root / "real_low" / "nan.tif", np.array([[0.0, np.nan]] * 4, np.float32))
-    good = root / "real_normal" / "img1.png"
-    good.write_bytes(good.read_bytes()[:-40])  # header intact, pixel data truncated
+    tifffile.imwrite(root / "real_normal" / "inf.tif", np.array([[0.0, np.inf]] * 4, np.float32))
     # headers are fine: construction succeeds (float TIFF beside 16-bit PNGs needs the flag)
     strict = FolderDataset(root, size=8, allow_mixed_depth=True)
     with pytest.raises(MedShiftError, match="nan.tif.*NaN"):
         [strict[i] for i in range(len(strict))]
     ds = FolderDataset(root, size=8, skip_bad=True, allow_mixed_depth=True)
     batch = [ds[i] for i in range(len(ds))]  # a whole epoch never crashes
-    assert len(batch) == 7 and ds.n_skipped == 2
+    assert len(batch) == 8 and ds.n_skipped == 2
     assert [y for _, y in batch] == ds.labels.tolist()  # substitutes keep the domain label
     assert all(torch.isfinite(x).all() for x, _ in batch)
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
-    assert sum(len(y) for _, y in loader) == 7
+    assert sum(len(y) for _, y in loader) == 8
+    # a PNG truncated inside its pixel data is caught by the header probe (every chunk's CRC)
+    good = root / "real_normal" / "img1.png"
+    good.write_bytes(good.read_bytes()[:-40])
+    with pytest.raises(MedShiftError, match="img1.png"):
+        FolderDataset(root, size=8, allow_mixed_depth=True)
     with pytest.raises(MedShiftError, match="resize"):
         FolderDataset(root, resize="stretch")

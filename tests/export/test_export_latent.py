@@ -51,10 +51,10 @@ def _one_thread():
 def latent_run(tmp_path_factory):
     """A latent-mode run directory (RUN/autoencoder/ inside), loaded with ``load_run``."""
     from medshift_fast.models import build_model
+    from medshift_fast.models.codec import AutoencoderCodec
+    from medshift_fast.run import load_run, save_run
     from medshift_fast.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
-    from medshift_fast.train.checkpoint import load_run, save_run
     from medshift_fast.train.config import TrainConfig
-    from medshift_fast.train.latent import AutoencoderCodec
 
     run_dir = tmp_path_factory.mktemp("latent_run")
     g = torch.Generator().manual_seed(0)
@@ -106,11 +106,12 @@ def _session(proto):
 
 
 def _library(run, x, s: ExportSettings) -> torch.Tensor:
-    """The eager library path: LoadedRun.translate_images (codec encode, translate, decode)."""
-    with torch.no_grad():
-        return run.translate_images(x, s.source, s.target, tau=s.tau, steps=s.steps,
-                                    solver=s.solver, guidance_encode=s.guidance_encode,
-                                    guidance_decode=s.guidance_decode).clamp(-1, 1)
+    """The eager library path: the Translator (codec encode, translate, decode, clamp)."""
+    from medshift_fast.translator import Translator
+
+    return Translator(run, s.source, s.target, tau=s.tau, steps=s.steps, solver=s.solver,
+                      guidance_encode=s.guidance_encode,
+                      guidance_decode=s.guidance_decode).translate(x)
 
 
 def test_translate_graph_matches_eager_codec_pipeline(latent_run, cores):
@@ -208,7 +209,7 @@ def test_size_not_divisible_by_the_factor_is_refused(latent_run, tmp_path):
 def test_diffusers_and_foreign_codecs_are_refused(latent_run, tmp_path):
     run = latent_run
 
-    class Diffusers:  # what train.latent.DiffusersCodec looks like to export
+    class Diffusers:  # what models.codec.DiffusersCodec looks like to export
         kind, factor, channels, scale, shift = "diffusers", 8, ZC, 0.18215, 0.0
         module = torch.nn.Identity()
 

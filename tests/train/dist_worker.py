@@ -14,11 +14,8 @@ torch.set_num_threads(1)
 
 from medshift_fast.cli import main  # noqa: E402
 from medshift_fast.flow.coupling import CouplingConfig  # noqa: E402
-from medshift_fast.train.distributed import (  # noqa: E402
-    global_couple_indices,
-    global_flow_batch,
-    init_from_env,
-)
+from medshift_fast.flow.matcher import SBFlowMatcher  # noqa: E402
+from medshift_fast.train.distributed import init_from_env  # noqa: E402
 
 MODES = {
     "sinkhorn_conditional": CouplingConfig("sinkhorn", 0.5, None, "conditional"),
@@ -29,16 +26,16 @@ MODES = {
 
 def coupling_dump(out: Path, info) -> None:
     g = torch.Generator().manual_seed(7)
-    x0 = torch.randn(8, 1, 8, 8, generator=g)
+    torch.randn(8, 1, 8, 8, generator=g)
     x1 = torch.randn(8, 1, 8, 8, generator=g)  # identical on every rank (same seed)
     y = torch.arange(8) % 3
     b = 8 // info.world
     s = slice(info.rank * b, (info.rank + 1) * b)
     res = {}
     for name, cfg in MODES.items():
-        i, j, _ = global_couple_indices(x0, x1[s], cfg, torch.Generator().manual_seed(11), info)
-        fb = global_flow_batch(x1[s], y[s], cfg, 3, 0.25, torch.Generator().manual_seed(5), info)
-        res[name] = {"i": i, "j": j, "t": fb.t, "x_t": fb.x_t, "u_t": fb.u_t, "y": fb.y}
+        fb = SBFlowMatcher(3, cfg, p_uncond=0.25)(x1[s], y[s], torch.Generator().manual_seed(5),
+                                                  group=info)
+        res[name] = {k: getattr(fb, k) for k in ("x0", "x1", "t", "x_t", "u_t", "y")}
     torch.save(res, out / f"coupling_rank{info.rank}.pt")
 
 

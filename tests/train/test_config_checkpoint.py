@@ -5,7 +5,8 @@ import torch
 
 from medshift_fast.errors import MedShiftError
 from medshift_fast.models import build_model
-from medshift_fast.train import TrainConfig, load_run, save_run
+from medshift_fast.run import load_run, save_run
+from medshift_fast.train import TrainConfig
 
 
 def test_config_json_round_trip():

@@ -6,10 +6,11 @@ from conftest import make_images
 
 from medshift_fast.cli import main
 from medshift_fast.errors import MedShiftError
-from medshift_fast.train import TrainConfig, load_run
+from medshift_fast.models.codec import PixelCodec
+from medshift_fast.run import load_run
+from medshift_fast.train import TrainConfig, train
 from medshift_fast.train.autoencoder import load_autoencoder, psnr, reconstruct
-from medshift_fast.train.latent import PixelCodec
-from medshift_fast.train.loop import train
+from medshift_fast.translator import Translator
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,15 @@ def test_flow_in_latent_space_decodes_transparently(ae_run, tmp_path, tiny_folde
                       sample_every=2, sample_steps=1, sample_images=1, log_every=1)
     train(cfg, progress=False)
     run = load_run(tmp_path / "run")
-    assert run.latent and run.raw["latent"]["path"] == "autoencoder"  # copied into the run
+    assert run.latent and run.config["latent"]["path"] == "autoencoder"  # copied into the run
     assert (tmp_path / "run" / "autoencoder" / "autoencoder.safetensors").is_file()
     assert run.model_config.in_channels == 4 and run.model_shape == (4, 8, 8)
     x, _ = make_images(3)
     z = run.encode_image(x)
     assert z.shape == (3, 4, 8, 8)
     assert psnr(run.decode_image(z), x) > 22.0
-    y = run.translate_images(x, "synthetic_low", "real_normal", tau=0.6, steps=1, solver="euler")
+    y = Translator(run, "synthetic_low", "real_normal", tau=0.6, steps=1,
+                   solver="euler").translate(x)
     assert y.shape == (3, 1, 16, 16) and torch.isfinite(y).all()
     assert run.sample_images("real_normal", 2, steps=1, solver="euler").shape == (2, 1, 16, 16)
     assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()

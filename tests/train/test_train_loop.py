@@ -10,10 +10,11 @@ from safetensors.torch import load_file
 
 from medshift_fast.cli import main
 from medshift_fast.errors import MedShiftError
-from medshift_fast.train import TrainConfig, load_run
+from medshift_fast.run import load_run
+from medshift_fast.train import TrainConfig, TrainingInterrupted, train
 from medshift_fast.train.data import IndexStream
 from medshift_fast.train.distributed import DistInfo
-from medshift_fast.train.loop import Trainer, TrainingInterrupted, train
+from medshift_fast.train.flow import flow_trainer as Trainer
 
 DATA = (*make_images(12), ("a", "b"))
 
@@ -40,7 +41,7 @@ def test_exact_resume_after_sigint(tmp_path):
     with pytest.raises(TrainingInterrupted):
         train(_cfg(tmp_path / "b"), progress=False, data=DATA, on_step=interrupt)
     assert len(part) == 3  # stopped right after the step that saw the signal
-    assert load_run(tmp_path / "b").raw["step"] == 3
+    assert load_run(tmp_path / "b").config["step"] == 3
     train(_cfg(tmp_path / "b", resume="last"), progress=False, data=DATA,
           on_step=lambda tr, m: part.append(m["loss"]))
     assert part == full and len(set(full)) == 6
@@ -53,7 +54,7 @@ def test_exact_resume_after_sigint(tmp_path):
     # checkpoints: last + retention 1 of every-2-steps + best + sample grids
     assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step_0000004"]
     best = load_run(tmp_path / "b" / "best")
-    assert best.raw["best_val"] is not None and best.raw["step"] in (2, 4, 6)
+    assert best.config["best_val"] is not None and best.config["step"] in (2, 4, 6)
     assert sorted(p.name for p in (tmp_path / "b" / "samples").iterdir()) == [
         "step_0000003.png", "step_0000006.png"]
 
@@ -74,7 +75,7 @@ def test_resume_from_step_checkpoint_and_refusal(tmp_path, tiny_folder, capsys):
     assert rc == 2 and "model_channels" in capsys.readouterr().err
     # a flag that does not change the math is accepted; the saved config fills in the rest
     assert main(["train", "--out", str(tmp_path), "--resume", "--steps", "3", "--no-progress"]) == 0
-    assert load_run(tmp_path).raw["step"] == 3
+    assert load_run(tmp_path).config["step"] == 3
     rows = (tmp_path / "log.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["1", "2", "3"]
     # resume from an older step checkpoint folder: the log is rewound to its step
@@ -105,7 +106,7 @@ def test_nonfinite_guard_skips_counts_and_stops(tmp_path, monkeypatch):
     with pytest.raises(MedShiftError, match="3 non-finite"):
         train(cfg, progress=False, data=DATA)
     monkeypatch.undo()
-    assert load_run(tmp_path).raw["n_skipped"] == 3
+    assert load_run(tmp_path).config["n_skipped"] == 3
 
 
 def test_atomic_checkpoint_survives_crash_mid_write(tmp_path, monkeypatch):
@@ -116,21 +117,21 @@ def test_atomic_checkpoint_survives_crash_mid_write(tmp_path, monkeypatch):
     tr.save_dir(tmp_path / "best")
     good = load_file(tmp_path / "model.safetensors")
     tr.train_step()
-    from medshift_fast.train import checkpoint as ckpt
+    import safetensors.torch
 
     def crash(sd, path, metadata=None):
         with open(path, "wb") as fh:
             fh.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_file", crash)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
     for save in (tr.save, lambda: tr.save_dir(tmp_path / "best")):
         with pytest.raises(OSError):
             save()
     monkeypatch.undo()
     for run_dir in (tmp_path, tmp_path / "best"):
         run = load_run(run_dir)
-        assert run.raw["step"] == 1
+        assert run.config["step"] == 1
         assert all(torch.equal(good[k], v) for k, v in run.model.state_dict().items())
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
     tr2 = Trainer(cfg, data=DATA)
@@ -218,4 +219,4 @@ def test_bad_val_file_is_an_error_not_a_silent_no_validation(tmp_path, tiny_fold
                         "synthetic_low=sim,real_normal=real", "--resize", "pad"]) == 0
     run = load_run(tmp_path / "run")
     assert set(run.domains) == {"sim", "real"}
-    assert run.train_config.resize == "pad" and run.train_config.skip_bad
+    assert run.train["resize"] == "pad" and run.train["skip_bad"]

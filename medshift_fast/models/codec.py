@@ -1,19 +1,23 @@
 """Model space <-> pixel space: identity (pixel mode) or an autoencoder's latent space.
 
 A codec maps images x (B, 1, S, S) in [-1, 1] to the space the flow is trained in and back:
-``encode(x) = scale * (mean(q(z|x)) - shift)`` and ``decode(z) = D(z / scale + shift)``. The run's
-config.json stores a reference (``"latent"``) so that ``load_run`` rebuilds the codec and
-translation / export decode transparently:
+``encode(x) = scale * (mean(q(z|x)) - shift)`` and ``decode(z) = D(z / scale + shift)``
+(clamped to [-1, 1]). A run's config.json stores a reference (``"latent"``) from which
+``codec_from_reference`` rebuilds the codec, so translation and export decode transparently:
 
 * ``{"kind": "medshift", "path": "autoencoder", ...}``: a `medshift train-autoencoder` run, copied
   into RUN/autoencoder/ (small) so the run directory is self-contained;
 * ``{"kind": "diffusers", "path": "/abs/dir", ...}``: a local diffusers AutoencoderKL folder
   (referenced, not copied: SD-VAE is 335 MB). Grayscale is repeated to RGB on the way in and the
-  RGB channels are averaged on the way out.
+  RGB channels are averaged on the way out. Never downloads.
+
+The autoencoder run format (``AE_FORMAT``: config.json + autoencoder.safetensors) is read and
+written here (``load_autoencoder`` / ``save_autoencoder``); ``train/autoencoder.py`` trains one.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,15 +25,70 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import MedShiftError
+from ..fileio import atomic_write_text, load_safetensors, save_safetensors
+from .autoencoder import AutoencoderConfig, KLAutoencoder
+
+__all__ = ["AE_FORMAT", "AE_WEIGHTS", "AutoencoderCodec", "DiffusersCodec", "PixelCodec",
+           "codec_for", "codec_from_reference", "copy_autoencoder", "load_autoencoder",
+           "save_autoencoder"]
+
+AE_FORMAT = "medshift_fast_autoencoder"
+AE_CONFIG = "config.json"
+AE_WEIGHTS = "autoencoder.safetensors"
 
 
+# ------------------------------------------------------------------------ autoencoder run files
+def save_autoencoder(out: str | Path, model: KLAutoencoder, meta: dict[str, Any]) -> Path:
+    """Write RUN_AE/autoencoder.safetensors, then RUN_AE/config.json (format, model, ``meta``)."""
+    out = Path(out)
+    save_safetensors(out / AE_WEIGHTS, model.state_dict(), {"step": str(meta.get("step", 0))})
+    full = {"format": AE_FORMAT, "format_version": 1, "medshift_fast_version": __version__,
+            "model": model.config.to_dict(), **meta}
+    atomic_write_text(out / AE_CONFIG, json.dumps(full, indent=2, sort_keys=True))
+    return out
+
+
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu"
+                     ) -> tuple[KLAutoencoder, dict[str, Any]]:
+    """Load RUN_AE (eval mode, no gradients) and its config.json (with ``latent_scale``)."""
+    path = Path(path)
+    cfg_path = path / AE_CONFIG
+    if not cfg_path.is_file():
+        raise MedShiftError(f"{path} is not an autoencoder run (no {AE_CONFIG}); train one with "
+                            "`medshift train-autoencoder --data DIR --out RUN_AE`")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedShiftError(f"{cfg_path} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != AE_FORMAT:
+        raise MedShiftError(f"{path} is not a medshift_fast autoencoder run (format "
+                            f"{meta.get('format') if isinstance(meta, dict) else None!r}); pass a "
+                            "folder written by `medshift train-autoencoder`")
+    if meta.get("latent_scale") is None:
+        raise MedShiftError(f"autoencoder run {path} is unfinished (no latent scale yet); let "
+                            "`medshift train-autoencoder` finish")
+    model = KLAutoencoder(AutoencoderConfig(**meta["model"]))
+    sd, _ = load_safetensors(path / AE_WEIGHTS, "autoencoder weights")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise MedShiftError(f"autoencoder weights in {path} do not match its config "
+                            f"({str(exc).splitlines()[0]})") from exc
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval(), meta
+
+
+# ----------------------------------------------------------------------------------- codecs
 class PixelCodec:
     """Identity codec (pixel mode)."""
 
     kind = "pixel"
     factor = 1
     scale = 1.0
+    image_channels: int | None = None  # pixel mode: the network's channels
 
     def __init__(self, channels: int = 1) -> None:
         self.channels = channels
@@ -68,11 +127,10 @@ class AutoencoderCodec(_ModuleCodec):
     kind = "medshift"
 
     def __init__(self, path: str | Path, device="cpu") -> None:
-        from .autoencoder import load_autoencoder
-
         model, meta = load_autoencoder(path, device)
         super().__init__(model, model.config.latent_channels, model.config.factor,
                          meta["latent_scale"])
+        self.image_channels = int(model.config.in_channels)
         self.path = Path(path)
 
     @torch.no_grad()
@@ -114,6 +172,7 @@ class DiffusersCodec(_ModuleCodec):
         super().__init__(vae, c.latent_channels, factor, getattr(c, "scaling_factor", 0.18215),
                          getattr(c, "shift_factor", None) or 0.0)
         self.in_channels = c.in_channels
+        self.image_channels = 1  # grayscale in (repeated to RGB), RGB averaged out
         self.path = path.resolve()
 
     @torch.no_grad()
@@ -133,12 +192,15 @@ class DiffusersCodec(_ModuleCodec):
                 "shift": self.shift, "channels": self.channels, "factor": self.factor}
 
 
-def codec_for_training(cfg, device) -> PixelCodec:
-    """The codec a TrainConfig asks for (``latent`` / ``latent_diffusers`` / pixels)."""
-    if cfg.latent:
-        return AutoencoderCodec(cfg.latent, device)
-    if cfg.latent_diffusers:
-        return DiffusersCodec(cfg.latent_diffusers, device)
+def codec_for(latent: str | None = None, latent_diffusers: str | None = None,
+              device="cpu") -> PixelCodec:
+    """The codec a training run asks for: an autoencoder run, a diffusers folder, or pixels."""
+    if latent and latent_diffusers:
+        raise MedShiftError("pass either --latent or --latent-diffusers, not both")
+    if latent:
+        return AutoencoderCodec(latent, device)
+    if latent_diffusers:
+        return DiffusersCodec(latent_diffusers, device)
     return PixelCodec()
 
 
@@ -165,14 +227,11 @@ def copy_autoencoder(codec: PixelCodec, run_dir: str | Path) -> None:
     """Copy a medshift autoencoder run into RUN/autoencoder/ (self-contained run directory)."""
     if codec.kind != "medshift":
         return
-    from .autoencoder import AE_WEIGHTS
-    from .checkpoint import CONFIG
-
     dst = Path(run_dir) / "autoencoder"
     if dst.resolve() == codec.path.resolve():
         return
     dst.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG, AE_WEIGHTS):
+    for name in (AE_CONFIG, AE_WEIGHTS):
         tmp = dst / f".{name}.tmp"
         shutil.copyfile(codec.path / name, tmp)
         tmp.replace(dst / name)

@@ -14,33 +14,59 @@ run is short.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import MedShiftError
+from .fileio import atomic_write_text
+from .translator import Recipe
 
-@dataclass(frozen=True)
-class DemoConfig:
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig(Recipe):
+    """``medshift demo``: simulate -> train -> evaluate -> export, on this machine.
+
+    Attributes:
+        out: output folder (data/, run/, eval_*/, translator.onnx, report.md).
+        size: image side in pixels.
+        subjects: simulated phantoms.
+        views: C-arm views per subject.
+        max_steps: most training steps.
+        train_minutes: training time budget; steps = min(max_steps, budget / measured s/step).
+        batch_size: training batch.
+        lr: training learning rate.
+        ema_decay: EMA decay (short runs need a short average).
+        seed: seed of the data, the training and the evaluation.
+        taus: translation times evaluated.
+        export: export the translator to ONNX and verify it in ONNX Runtime.
+        quick: a smoke run in about a minute (a tiny dataset and a few steps; not convincing).
+        progress: show progress.
+    """
+
     out: str = "runs/demo"
     size: int = 32
     subjects: int = 40
     views: int = 6
-    steps: int = 1500
+    max_steps: int = 1500
     train_minutes: float = 6.5
     batch_size: int = 32
     lr: float = 2e-3
     ema_decay: float = 0.995
     seed: int = 0
     taus: tuple[float, ...] = (0.3, 0.45, 0.6)
-    eval_steps: int = 10
-    guidance: float = 2.0
     export: bool = True
+    quick: bool = False
+    progress: bool = True
 
-    def quick(self) -> DemoConfig:
-        return dataclasses.replace(self, subjects=8, views=4, steps=40, taus=(0.6,), eval_steps=3,
-                                   train_minutes=1.0)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "taus", tuple(float(t) for t in self.taus))
+        if self.quick:
+            for k, v in dict(subjects=4, views=3, max_steps=30, taus=(0.6,), steps=2,
+                             train_minutes=0.5).items():
+                object.__setattr__(self, k, v)
 
 
 def calibrate(cfg: DemoConfig, n_domains: int = 5) -> tuple[int, float]:
@@ -52,7 +78,7 @@ def calibrate(cfg: DemoConfig, n_domains: int = 5) -> tuple[int, float]:
     """
     import torch
 
-    from ..models import build_model
+    from .models import build_model
 
     if torch.cuda.is_available():
         return torch.get_num_threads(), 0.0
@@ -76,10 +102,15 @@ def calibrate(cfg: DemoConfig, n_domains: int = 5) -> tuple[int, float]:
     return th, times[th] * 1.15
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
-    from ..data import simulate
-    from ..train import TrainConfig, load_run, train
-    from .evaluate import EvalConfig, evaluate
+def run_demo(cfg: DemoConfig, progress: bool | None = None) -> Path:
+    """Run the demo and write OUT/report.md; MedShiftError when the export or its check fails
+    (after the report is written)."""
+    from .data import simulate
+    from .eval.evaluate import EvalConfig, evaluate
+    from .run import load_run
+    from .train import TrainConfig, train
+
+    progress = cfg.progress if progress is None else progress
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,21 +139,23 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
     timing["simulate_s"] = time.perf_counter() - t
 
     threads, s_step = calibrate(cfg)
-    steps = cfg.steps
+    steps = cfg.max_steps
     if s_step > 0:
-        steps = max(50, min(cfg.steps, int(cfg.train_minutes * 60 / s_step)))
+        steps = max(min(50, cfg.max_steps), min(cfg.max_steps,
+                                                int(cfg.train_minutes * 60 / s_step)))
     log(f"calibrated: {threads} CPU thread(s), ~{s_step:.2f} s/step -> {steps} steps in a "
-        f"{cfg.train_minutes:g}-minute training budget (max {cfg.steps})")
-    cfg = dataclasses.replace(cfg, steps=steps)
+        f"{cfg.train_minutes:g}-minute training budget (max {cfg.max_steps})")
     timing["threads"] = float(threads)
+    timing["train_steps"] = float(steps)
     run_dir = out / "run"
     tcfg = TrainConfig(data=str(data), out=str(run_dir), preset="tiny", image_size=cfg.size,
-                       steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                       steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
                        ema_decay=cfg.ema_decay, seed=cfg.seed, precision="fp32",
-                       channels_last=True, ckpt_every=max(100, cfg.steps // 3), log_every=25,
-                       val_every=max(100, cfg.steps // 3), val_images=64,
-                       sample_every=max(100, cfg.steps // 2), sample_steps=8, sample_images=4)
-    log(f"training tiny preset for {cfg.steps} steps (batch {cfg.batch_size}) -> {run_dir}")
+                       channels_last=True, ckpt_every=max(100, steps // 3), log_every=25,
+                       val_every=max(100, steps // 3), val_images=64,
+                       sample_every=max(100, steps // 2), sample_steps=8, sample_images=4,
+                       overwrite=True)
+    log(f"training tiny preset for {steps} steps (batch {cfg.batch_size}) -> {run_dir}")
     t = time.perf_counter()
     train(tcfg, progress=progress)
     timing["train_s"] = time.perf_counter() - t
@@ -137,60 +170,49 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> Path:
         log(f"evaluating {src} -> {tgt} -> {ev_out}")
         t = time.perf_counter()
         res = evaluate(
-            EvalConfig(
-                checkpoint=str(run_dir),
-                data=str(data),
-                source=src,
-                target=tgt,
-                out=str(ev_out),
-                taus=cfg.taus,
-                guidance_encode=cfg.guidance,
-                guidance_decode=cfg.guidance,
-                steps=cfg.eval_steps,
-                solver="euler",
-                baselines=baselines,
-                seed=cfg.seed,
-                batch_size=64,
-            ),
-            progress=progress,
+            EvalConfig(checkpoint=str(run_dir), data=str(data), source=src, target=tgt,
+                       out=str(ev_out), taus=cfg.taus, baselines=baselines, seed=cfg.seed,
+                       batch_size=64, progress=progress, **cfg.recipe()),
             run=run,
         )
         timing[f"eval_{src}_to_{tgt}_s"] = time.perf_counter() - t
         evals[(src, tgt)] = (ev_out, res)
 
-    export_note = "export skipped"
+    export_note, export_ok = "export skipped", True
     if cfg.export:
         t = time.perf_counter()
-        export_note = _export_onnx(run_dir, out, cfg, log)
+        export_note, export_ok = _export_onnx(run, out, cfg, log)
         timing["export_s"] = time.perf_counter() - t
     timing["total_s"] = time.perf_counter() - t0
-    path = _write_report(out, cfg, evals, export_note, timing)
+    path = _write_report(out, cfg, steps, evals, export_note, timing)
     log(f"done in {timing['total_s']:.0f}s: {path}")
+    if not export_ok:
+        raise MedShiftError(f"the demo's {export_note} (the report is in {path})")
     return path
 
 
-def _export_onnx(run_dir: Path, out: Path, cfg: DemoConfig, log) -> str:
-    from ..export import ExportSettings, export_engine
-    from ..train import load_run
+def _export_onnx(run, out: Path, cfg: DemoConfig, log) -> tuple[str, bool]:
+    """(note for the report, whether the export and its verification succeeded)."""
+    from .export import export_engine
+    from .translator import Translator
 
-    run = load_run(run_dir)
     onnx_path = out / "translator.onnx"
-    log(f"exporting the synthetic_low -> real_normal translator (τ=0.6) to {onnx_path}")
-    settings = ExportSettings(what="translate", size=cfg.size, batch=2, dtype="fp32",
-                              source=run.label("synthetic_low"), target=run.label("real_normal"),
-                              tau=0.6, guidance_encode=cfg.guidance,
-                              guidance_decode=cfg.guidance, steps=cfg.eval_steps, solver="euler")
+    tau = max(cfg.taus)
+    log(f"exporting the synthetic_low -> real_normal translator (τ={tau:g}) to {onnx_path}")
+    tr = Translator(run, "synthetic_low", "real_normal", tau=tau, **cfg.recipe())
     try:
-        rep = export_engine(run, "onnx", onnx_path, settings, domains=run.domains,
-                            verify=True, extra_meta={"checkpoint": str(run_dir)})
+        rep = export_engine(tr, "onnx", onnx_path, size=cfg.size, batch=2,
+                            extra_meta={"checkpoint": str(run.path)})
     except Exception as exc:  # noqa: BLE001 - the demo reports, never loses the work done
-        return f"ONNX export FAILED: {exc}"
+        return f"ONNX export FAILED: {' '.join(str(exc).split())}", False
     v = rep.verify
     verdict = "verified" if rep.ok else "VERIFICATION FAILED"
     detail = "" if v is None else f" (max abs error {v.max_abs:.2e}, PSNR {v.psnr:.1f} dB)"
-    return (f"ONNX translator (τ=0.6, {cfg.eval_steps} Euler steps per leg, guidance unrolled) "
-            f"exported to `{onnx_path.name}` in {rep.seconds:.1f} s and {verdict} in ONNX "
-            f"Runtime against eager PyTorch{detail}")
+    s = tr.settings
+    return (f"ONNX translator (τ={tau:g}, {s.steps} {s.solver} steps per leg, w = "
+            f"{s.guidance_encode:g}/{s.guidance_decode:g}, guidance unrolled) exported to "
+            f"`{onnx_path.name}` in {rep.seconds:.1f} s and {verdict} in ONNX Runtime against "
+            f"eager PyTorch{detail}", rep.ok)
 
 
 def _row(res, kind, tau=None):
@@ -200,16 +222,17 @@ def _row(res, kind, tau=None):
     return None
 
 
-def _write_report(out: Path, cfg: DemoConfig, evals, export_note: str, timing) -> Path:
-    from .report import markdown_table, versions
+def _write_report(out: Path, cfg: DemoConfig, steps: int, evals, export_note: str,
+                  timing) -> Path:
+    from .eval.report import markdown_table, versions
 
     lines = [
         "# medshift_fast demo",
         "",
         f"Simulated X-DigiSkull-like data ({cfg.subjects} subjects × {cfg.views} views × 5 "
-        f"domains, {cfg.size}×{cfg.size}), `tiny` U-Net trained {cfg.steps} steps on this "
-        f"machine, translations with {cfg.eval_steps} Euler steps per leg and guidance "
-        f"w = {cfg.guidance}.",
+        f"domains, {cfg.size}×{cfg.size}), `tiny` U-Net trained {steps} steps on this "
+        f"machine, translations with {cfg.steps} {cfg.solver} steps per leg and guidance "
+        f"w = {cfg.guidance_encode:g} (encode) / {cfg.guidance_decode:g} (decode).",
         "",
     ]
     checks, sections = [], []
@@ -247,5 +270,5 @@ def _write_report(out: Path, cfg: DemoConfig, evals, export_note: str, timing) -
         "```",
     ]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

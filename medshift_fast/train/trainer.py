@@ -1,11 +1,19 @@
-"""The training loop: class-conditional SB flow matching with AdamW + one-cycle cosine + EMA.
+"""The one training loop, shared by the flow (``train``), the autoencoder and distillation.
 
-One optimizer step = ``grad_accum`` micro-steps; a micro-step draws this rank's share of a global
-micro-batch (x_1, y) -> ``distributed.global_flow_batch`` (noise, ONE OT/SB coupling over all
-ranks, t, x_t, u_t, label dropout) -> loss = ||v(x_t, t, y) - u_t||^2 -> backward (DDP averages
-over ranks). Then: clip, non-finite guard (skip + count, stop after ``max_nonfinite`` in a row),
-AdamW, schedule, EMA. All randomness comes from generators whose states are checkpointed, and the
-data order is a function of the micro-batch counter, so ``--resume`` continues exactly.
+A :class:`Task` says WHAT is trained: the network, the data of a micro-step, the loss, the
+validation score and what a checkpoint folder holds. The :class:`Trainer` does the rest the same
+way for all of them: fused AdamW + one-cycle cosine schedule with warm-up, gradient accumulation,
+gradient clipping, EMA, DDP (the loss is per rank; DDP averages the gradients), bf16 autocast,
+channels_last, torch.compile, a non-finite guard (skip + count, stop after ``max_nonfinite`` in a
+row), generators whose states are checkpointed, exact resume (the data order is a function of the
+micro-batch counter), SIGINT/SIGTERM checkpoint-and-stop, progress bar + log.csv (+ TensorBoard),
+checkpoints every ``ckpt_every`` steps (the newest ``keep_ckpts`` kept) and the best validation
+checkpoint in RUN/best/.
+
+The config object of a task must have the fields of the loop (all ``TrainConfig`` fields of the
+same name): out, steps, batch_size, grad_accum, lr, weight_decay, warmup_frac, grad_clip,
+ema_decay, seed, precision, channels_last, compile, max_nonfinite, log_every, ckpt_every,
+keep_ckpts, val_every, device, resume, tensorboard.
 """
 
 from __future__ import annotations
@@ -21,43 +29,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from ..data import write_png16
 from ..errors import MedShiftError
-from ..flow.coupling import CouplingConfig
-from ..flow.matcher import SBFlowMatcher
+from ..fileio import atomic_dir
 from ..models.ema import EMA
-from ..models.unet import UNet, UNetConfig, count_parameters, preset_config
+from ..models.unet import count_parameters
+from ..run import resolve_device
 from . import checkpoint as ckpt
-from . import data as D
-from .config import TrainConfig
-from .distributed import (
-    DistInfo,
-    all_reduce_sum,
-    global_flow_batch,
-    init_from_env,
-    no_sync,
-    shutdown,
-)
-from .latent import codec_for_training, copy_autoencoder
-from .progress import RunLogger, sample_grid
+from .distributed import DistInfo, all_reduce_sum, init_from_env, no_sync, shutdown
+from .progress import RunLogger
 
 log = logging.getLogger("medshift_fast.train")
+
+__all__ = ["Task", "Trainer", "TrainingInterrupted", "autocast_ctx", "make_scheduler",
+           "run_training"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM arrived; a checkpoint was written before stopping."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedShiftError(f"device {name!r} requested but no CUDA GPU is visible; use "
-                            "--device cpu")
-    return dev
 
 
 def autocast_ctx(precision: str, device: torch.device):
@@ -68,7 +58,7 @@ def autocast_ctx(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+def make_scheduler(opt: torch.optim.Optimizer, cfg):
     """One-cycle: linear warm-up over warmup_frac of the steps, then cosine decay to ~0."""
     warm = max(1, int(round(cfg.warmup_frac * cfg.steps))) if cfg.warmup_frac > 0 else 0
 
@@ -81,47 +71,74 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def load_training_data(cfg: TrainConfig):
-    """(images (N, C, S, S) fp32 in [-1, 1], labels (N,), domains) of the training split."""
-    ds = D.open_split(cfg, "train")
-    x, y = ds.to_tensors()
-    return x, y, tuple(ds.domains)
+class Task:
+    """What a :class:`Trainer` trains. Subclasses override the methods below.
+
+    ``setup`` runs first (data, model configuration); ``build_model`` right after
+    ``torch.manual_seed(cfg.seed)`` so initial weights depend on the seed alone.
+    """
+
+    desc = "train"
+
+    def setup(self, trainer: Trainer) -> None:
+        """Open the data (``trainer.dist`` is known); raise MedShiftError on bad input."""
+
+    def build_model(self, trainer: Trainer) -> nn.Module:
+        raise NotImplementedError
+
+    def batch(self, trainer: Trainer, m: int):
+        """This rank's micro-batch number ``m`` (any object ``loss`` understands)."""
+        raise NotImplementedError
+
+    def loss(self, trainer: Trainer, fwd: nn.Module, batch) -> torch.Tensor:
+        """The scalar loss of one micro-batch (forward through ``fwd``, under autocast)."""
+        raise NotImplementedError
+
+    def validate(self, trainer: Trainer) -> float | None:
+        """Validation score of ``trainer.ema.module`` (lower is better), or None."""
+        return None
+
+    def save(self, trainer: Trainer, run_dir: Path) -> None:
+        """Write a complete checkpoint (weights, config, ``trainer.training_state()``)."""
+        raise NotImplementedError
+
+    def check_resume(self, trainer: Trainer, src: Path) -> None:
+        """Refuse to resume from ``src`` unless it is compatible (MedShiftError naming why)."""
+
+    def on_start(self, trainer: Trainer, out: Path) -> None:
+        """Rank 0, before the first step (e.g. write train_config.json)."""
+
+    def on_step(self, trainer: Trainer, step: int, out: Path, logger: RunLogger) -> None:
+        """Rank 0, after every optimizer step (e.g. sample grids)."""
+
+    def finish(self, trainer: Trainer, out: Path) -> None:
+        """Rank 0, after the last step (the last checkpoint is written by ``save`` before)."""
+
+    def close(self) -> None:
+        """Release data workers."""
 
 
 class Trainer:
     """Model, EMA, optimizer, schedule, generators and data of one run (one rank of it).
 
     Args:
-        cfg: the run configuration.
-        data: optional (x (N, 1, S, S) pixels in [-1, 1], y (N,), domains) instead of cfg.data.
-        val_data: optional (x, y) validation images (default: the val split, or a fixed subset
-            of the training images when there is none).
+        cfg: the run configuration (see the module docstring for the fields it needs).
+        task: what is trained.
         dist_info: process group (default: one process on cfg.device).
     """
 
-    def __init__(self, cfg: TrainConfig, data=None, val_data=None,
-                 dist_info: DistInfo | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg, task: Task, dist_info: DistInfo | None = None) -> None:
+        self.cfg, self.task = cfg, task
         self.dist = info = dist_info or DistInfo(device=resolve_device(cfg.device))
         self.device = dev = info.device
-        if cfg.micro_batch % info.world:
-            raise MedShiftError(f"batch_size / grad_accum = {cfg.micro_batch} images per "
-                                f"micro-step must be divisible by the {info.world} processes")
-        self.local_batch = cfg.micro_batch // info.world
+        micro = cfg.batch_size // cfg.grad_accum
+        if micro % info.world:
+            raise MedShiftError(f"batch_size / grad_accum = {micro} images per micro-step must "
+                                f"be divisible by the {info.world} processes")
+        self.local_batch = micro // info.world
         torch.manual_seed(cfg.seed)
-        self.codec = codec_for_training(cfg, dev)
-        td = D.prepare_data(cfg, self.codec, info, data, val_data)
-        self.domains, self.stream, self._dataset = td.domains, td.stream, td.dataset
-        self.data_mode, self.x, self.y = td.mode, td.x, td.y
-        self.val_pixels, self.val_y, self.val_x = td.val_pixels, td.val_y, td.val_x
-        self._source = (D.MemorySource(td.x, td.y, td.stream, info) if td.mode == "memory"
-                        else None)
-        c, s = td.val_x.shape[1], td.val_x.shape[-1]
-        self.model_cfg = self._model_config(c, s)
-        self.model = UNet(self.model_cfg).to(dev)
-        if s % self.model.down_factor:
-            raise MedShiftError(f"model-space size {s} must be divisible by "
-                                f"{self.model.down_factor}; change --image-size")
+        task.setup(self)
+        self.model = task.build_model(self).to(dev)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, cfg.ema_decay)
@@ -131,12 +148,6 @@ class Trainer:
                                      weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
                                      fused=dev.type in ("cpu", "cuda"))
         self.sched = make_scheduler(self.opt, cfg)
-        self.matcher = SBFlowMatcher(
-            len(self.domains),
-            CouplingConfig(method=cfg.coupling, sigma=cfg.sigma, eps_relative=cfg.eps_relative,
-                           sampling=cfg.plan_sampling),
-            p_uncond=cfg.p_uncond,
-        )
         self.ddp = None
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -156,26 +167,12 @@ class Trainer:
         self.stop_requested = False
         self._stop_local = False
 
-    # ------------------------------------------------------------------------------- set-up
-    def _model_config(self, channels: int, size: int) -> UNetConfig:
-        over = {"model_channels": self.cfg.model_channels} if self.cfg.model_channels else {}
-        return preset_config(self.cfg.preset, in_channels=channels,
-                             num_classes=len(self.domains), image_size=size, **over)
-
-    @property
-    def source(self):
-        if self._source is None:  # streaming: start the workers at the current micro-batch
-            enc = self.codec.encode if self.codec.kind != "pixel" else None
-            self._source = D.StreamSource(self._dataset, self.stream, self.dist,
-                                          self.cfg.num_workers, self.micro, enc)
-        return self._source
-
     # ------------------------------------------------------------------------------- one step
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's next micro-batch (x_1 in model space, y) on the device."""
-        xb, yb = self.source.batch(self.micro)
+    def batch(self):
+        """This rank's next micro-batch."""
+        b = self.task.batch(self, self.micro)
         self.micro += 1
-        return xb, yb
+        return b
 
     def request_stop(self, *_: Any) -> None:
         """Ask the loop to checkpoint and stop after the current step (signal handler)."""
@@ -192,16 +189,9 @@ class Trainer:
         lr = self.opt.param_groups[0]["lr"]
         loss_sum = torch.zeros((), device=dev)
         for a in range(cfg.grad_accum):
-            x1, y = self.batch()
-            fb = global_flow_batch(x1, y, self.matcher.coupling, len(self.domains),
-                                   cfg.p_uncond, self.gen, self.dist, self.noise_gen)
-            xt = fb.x_t
-            if cfg.channels_last:
-                xt = xt.contiguous(memory_format=torch.channels_last)
+            batch = self.batch()
             with no_sync(self.ddp, a < cfg.grad_accum - 1):
-                with autocast_ctx(cfg.precision, dev):
-                    v = self.fwd(xt, fb.t, fb.y)
-                loss = F.mse_loss(v.float(), fb.u_t.float())
+                loss = self.task.loss(self, self.fwd, batch)
                 (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -225,22 +215,8 @@ class Trainer:
         return {"loss": stats[0] / self.dist.world, "grad_norm": float(gn), "lr": lr,
                 "skipped": 0.0}
 
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Flow-matching loss of the EMA model on the validation images, fixed generator."""
-        cfg, dev = self.cfg, self.device
-        g = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-        one = DistInfo(device=dev)
-        total, n = 0.0, 0
-        for k in range(0, self.val_x.shape[0], cfg.micro_batch):
-            xb = self.val_x[k:k + cfg.micro_batch].to(dev)
-            fb = global_flow_batch(xb, self.val_y[k:k + cfg.micro_batch], self.matcher.coupling,
-                                   len(self.domains), 0.0, g, one)
-            with autocast_ctx(cfg.precision, dev):
-                v = self.ema.module(fb.x_t, fb.t, fb.y)
-            total += F.mse_loss(v.float(), fb.u_t.float(), reduction="sum").item()
-            n += fb.u_t.numel()
-        return total / max(n, 1)
+    def autocast(self):
+        return autocast_ctx(self.cfg.precision, self.device)
 
     # ---------------------------------------------------------------------------- checkpoints
     def training_state(self) -> dict[str, Any]:
@@ -262,31 +238,23 @@ class Trainer:
             st["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return st
 
-    def _save_args(self):
-        extra = {"step": self.step, "latent": self.codec.reference(), "n_skipped": self.n_skipped,
-                 "best_val": None if math.isinf(self.best_val) else self.best_val}
-        return (self.cfg, self.model_cfg, self.domains, self.ema.state_dict(),
-                self.model.state_dict(), self.training_state()), {"extra": extra}
-
     def save(self, run_dir: str | Path | None = None) -> Path:
         """Write the last checkpoint into the run directory (file by file, each atomic)."""
-        args, kw = self._save_args()
-        return ckpt.save_run(run_dir or self.cfg.out, *args, **kw)
+        out = Path(run_dir or self.cfg.out)
+        self.task.save(self, out)
+        return out
 
     def save_dir(self, run_dir: str | Path) -> Path:
         """Write a complete checkpoint folder atomically (temporary folder + rename)."""
-        args, kw = self._save_args()
-        return ckpt.save_run_atomic_dir(run_dir, *args, **kw)
+        return atomic_dir(run_dir, lambda tmp: self.task.save(self, Path(tmp)))
 
     def load_state(self, run_dir: str | Path) -> Path:
         """Resume from a checkpoint folder; refuses one whose config is incompatible."""
         src = ckpt.resolve_resume(run_dir)
-        ckpt.check_compatible(src, self.cfg, self.model_cfg, self.domains, self.codec.kind)
+        self.task.check_resume(self, src)
         st = ckpt.load_training_state(src)
-        model_sd = st.get("model") or ckpt.load_weights(src / ckpt.RAW_WEIGHTS)
-        ema_sd = st.get("ema") or ckpt.load_weights(src / ckpt.WEIGHTS)
-        self.model.load_state_dict(model_sd)
-        self.ema.load_state_dict(ema_sd)
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.gen.set_state(st["generator"])
@@ -325,17 +293,12 @@ def _stop_on_signals(tr: Trainer):
             signal.signal(s, old[s])
 
 
-def train(cfg: TrainConfig, progress: bool = True, data=None, val_data=None,
-          on_step: Callable[[Trainer, dict], None] | None = None) -> Path:
-    """Train a run to ``cfg.steps`` and write the run directory ``cfg.out``; returns its path.
+def run_training(cfg, task: Task, progress: bool = True,
+                 on_step: Callable[[Trainer, dict], None] | None = None) -> Path:
+    """Train ``task`` to ``cfg.steps`` and write the run directory ``cfg.out``; returns its path.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 writes logs and checkpoints.
-
-    Args:
-        cfg: run configuration (``cfg.resume`` continues a checkpoint exactly).
-        progress: show a progress bar.
-        data, val_data: optional in-memory data (see :class:`Trainer`).
-        on_step: called as ``on_step(trainer, metrics)`` after every optimizer step.
+    ``cfg.resume`` ("last" or a checkpoint folder) continues a run exactly.
 
     Raises:
         TrainingInterrupted: after SIGINT/SIGTERM, once the checkpoint is written.
@@ -345,7 +308,7 @@ def train(cfg: TrainConfig, progress: bool = True, data=None, val_data=None,
     logger = None
     ok = False
     try:
-        tr = Trainer(cfg, data, val_data, dist_info=info)
+        tr = Trainer(cfg, task, dist_info=info)
         main = info.is_main
         out = Path(cfg.out)
         if cfg.resume:
@@ -354,18 +317,19 @@ def train(cfg: TrainConfig, progress: bool = True, data=None, val_data=None,
                 log.info("resumed from %s at step %d", src, tr.step)
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(out / "train_config.json", cfg.to_json())
-            copy_autoencoder(tr.codec, out)
-        logger = RunLogger(out, cfg, tr.step, main, progress)
+            task.on_start(tr, out)
+        logger = RunLogger(out, cfg, tr.step, main, progress, desc=task.desc)
         logger.bar.set_description(
-            f"train {cfg.preset} ({count_parameters(tr.model) / 1e6:.2f} M, {info.world} proc)")
+            f"{task.desc} ({count_parameters(tr.model) / 1e6:.2f} M, {info.world} proc)")
         _loop(tr, cfg, out, logger, on_step)
         if main:
             tr.save(out)
+            task.finish(tr, out)
         ok = True
     finally:
         if logger is not None:
             logger.close()
+        task.close()
         if ok:
             shutdown(info)
         elif info.owns_group:
@@ -376,7 +340,7 @@ def train(cfg: TrainConfig, progress: bool = True, data=None, val_data=None,
     return out
 
 
-def _loop(tr: Trainer, cfg: TrainConfig, out: Path, logger, on_step) -> None:
+def _loop(tr: Trainer, cfg, out: Path, logger: RunLogger, on_step) -> None:
     main = tr.dist.is_main
     t_last, n_last = time.perf_counter(), 0
     with _stop_on_signals(tr):
@@ -398,11 +362,12 @@ def _loop(tr: Trainer, cfg: TrainConfig, out: Path, logger, on_step) -> None:
                 step, last = tr.step, tr.step == cfg.steps
                 val = None
                 if cfg.val_every and (step % cfg.val_every == 0 or last) and main:
-                    val = tr.validate()
-                    logger.scalar("val/loss", val, step)
-                    if val < tr.best_val:
-                        tr.best_val = val
-                        tr.save_dir(out / "best")
+                    val = tr.task.validate(tr)
+                    if val is not None:
+                        logger.scalar("val/loss", val, step)
+                        if val < tr.best_val:
+                            tr.best_val = val
+                            tr.save_dir(out / "best")
                 if step % cfg.log_every == 0 or last or val is not None:
                     now = time.perf_counter()
                     ips = n_last / max(now - t_last, 1e-9)
@@ -412,21 +377,11 @@ def _loop(tr: Trainer, cfg: TrainConfig, out: Path, logger, on_step) -> None:
                     tr.save(out)
                     tr.save_dir(out / "checkpoints" / f"step_{step:07d}")
                     ckpt.prune_checkpoints(out / "checkpoints", cfg.keep_ckpts)
-                if cfg.sample_every and step % cfg.sample_every == 0 and main:
-                    grid = sample_grid(tr.ema.module, tr.codec, len(tr.domains),
-                                       *_fixed_sources(tr), n=cfg.sample_images,
-                                       steps=cfg.sample_steps, seed=cfg.seed)
-                    write_png16(out / "samples" / f"step_{step:07d}.png", grid)
-                    logger.image("samples", grid, step)
+                if main:
+                    tr.task.on_step(tr, step, out, logger)
             if tr.should_stop():
                 if main:
                     tr.save(out)
                     print(f"\ninterrupted at step {tr.step}: checkpoint written to {out}; continue "
                           "with --resume", flush=True)
                 raise TrainingInterrupted(f"interrupted at step {tr.step}")
-
-
-def _fixed_sources(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    """One validation image per domain (pixels) and its label, for translation grids."""
-    keep = D.pick_balanced(tr.val_y, len(tr.domains))
-    return tr.val_pixels[keep], tr.val_y[keep]

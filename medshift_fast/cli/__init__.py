@@ -1,0 +1,70 @@
+"""The ``medshift`` command line (also ``python -m medshift_fast``).
+
+One module per subcommand (``cli/<command>.py``): each names its frozen config dataclass, whose
+fields become the flags (``cli/_flags.py``: type, one-line description and default from the
+dataclass), and calls one library function; no logic here. Every command module is imported
+when the parser is built, so a broken one fails loudly instead of vanishing from ``--help``.
+User errors (``MedShiftError``) become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import MedShiftError
+from . import (
+    demo,
+    distill,
+    env,
+    evaluate,
+    export,
+    simulate,
+    train,
+    train_autoencoder,
+    translate,
+)
+
+COMMANDS = (env, simulate, train, train_autoencoder, distill, translate, evaluate, export, demo)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors: one line, exit 2 (argparse's own code)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="medshift",
+        description="Unpaired X-ray domain translation with one class-conditional flow-matching / "
+        "Schrödinger-bridge model (MedShift).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for mod in COMMANDS:
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.__doc__.strip())
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line on stderr)
+        return int(exc.code or 0)
+    try:
+        rc = args.func(args)
+    except MedShiftError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"medshift {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medshift {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""Translate image files and folders from one domain to another with a trained run."""
+
+from ._flags import add_config_flags, config_from_args
+
+NAME = "translate"
+HELP = "translate images (files or folders) from one domain to another"
+
+
+def add_arguments(p) -> None:
+    from ..translate_files import TranslateConfig
+
+    add_config_flags(p, TranslateConfig, skip=("progress",), required=("source", "target"),
+                     positional=("inputs",))
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args) -> int:
+    from ..translate_files import TranslateConfig, translate_files
+
+    print(translate_files(config_from_args(TranslateConfig, args)))
+    return 0

@@ -1,0 +1,165 @@
+"""Atomic file writes that honour the process umask: every file the package writes goes here.
+
+``atomic_write(path, write_fn)`` writes to a temporary file in the destination folder, fsyncs it,
+gives it the mode a plain ``open(path, "w")`` would have (0666 minus the umask; ``mkstemp``
+alone leaves 0600) and renames it into place, so a crash mid-write never leaves a half-written
+file and never loses the previous version. ``exclusive=True`` refuses to replace an existing
+file (the rename is then a hard link, which fails atomically when the name is taken).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import MedShiftError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "file_mode",
+           "check_writable_dir"]
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: do it once, at import (single-threaded), so that
+    # threads writing files later never race on it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
+
+
+def file_mode() -> int:
+    """The permission bits of a new regular file under the current umask (0666 & ~umask)."""
+    return 0o666 & ~_umask()
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None],
+                 exclusive: bool = False) -> Path:
+    """Write ``path`` atomically: ``write_fn(tmp_path)``, fsync, chmod to the umask, rename.
+
+    Args:
+        path: destination file (its parent folders are created).
+        write_fn: writes the whole content to the temporary path it is given.
+        exclusive: refuse (MedShiftError) when ``path`` already exists, atomically.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise MedShiftError(f"{path} already exists; it is not overwritten (remove it or "
+                                    "pass --overwrite)") from None
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, exclusive: bool = False) -> Path:
+    def w(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    return atomic_write(path, w, exclusive)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> Path:
+    def w(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    return atomic_write(path, w, exclusive)
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` if needed and check that files can be written into it, before any work.
+
+    Raises:
+        MedShiftError: it is a file, or cannot be created or written to.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MedShiftError(f"{what} {str(path)!r} is a file, not a folder; pass a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".medshift-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MedShiftError(f"{what} {str(path)!r} cannot be written ({exc.strerror or exc}); "
+                            "pick a folder you can write to") from None
+    return path
+
+
+def load_safetensors(path: str | os.PathLike, what: str = "checkpoint weights"):
+    """(tensors, metadata) of a safetensors file; MedShiftError when missing or damaged."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedShiftError(f"{what} {path} are missing; the run directory is incomplete - use "
+                            "another checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise MedShiftError(f"{what} {path} are corrupt or tampered ({exc}); use another "
+                            "checkpoint") from exc
+    return tensors, meta
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str]) -> Path:
+    """Write CPU-contiguous copies of ``tensors`` atomically as safetensors with ``metadata``."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda p: save_file(sd, p, metadata=metadata))
+
+
+def atomic_dir(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
+    """Write a whole folder atomically: ``write_fn(tmp_dir)``, then swap it into ``path``.
+
+    An existing ``path`` is first renamed to ``<name>.old`` and removed afterwards, so a crash
+    at any point leaves either the old or the new complete folder (``<name>.old`` at worst).
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f"{path.name}.old")
+    try:
+        tmp.mkdir()
+        write_fn(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

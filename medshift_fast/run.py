@@ -1,0 +1,351 @@
+"""The run directory format: what ``medshift train`` (and ``distill``) write and everything loads.
+
+A run directory holds::
+
+    config.json           format, version, kind, domains, model config, training config,
+                          latent codec reference, step ...  (written last)
+    model.safetensors     EMA weights (what is sampled, translated and exported); its metadata
+                          records the domains, image size and channels it was trained with
+    raw.safetensors       raw (non-EMA) weights
+    training_state.pt     optimizer / scheduler / RNG state (``torch.load(weights_only=True)``)
+    log.csv, checkpoints/step_N/, best/, samples/, autoencoder/ (latent mode)
+
+Weights are safetensors (never pickles). Every file is written atomically (``fileio``), so a
+crash mid-write leaves the previous checkpoint loadable. ``load_run`` checks the config against
+the weights (domain count, image size, channels, and the domain list recorded in the weights'
+metadata), so a hand-edited or mixed-up run is refused rather than translated with wrong labels.
+
+This module imports nothing from ``train/``: evaluation, export, deployment and the CLI's
+``translate`` load runs through it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import MedShiftError
+from .fileio import (
+    atomic_dir,
+    atomic_write,
+    atomic_write_text,
+    load_safetensors,
+    save_safetensors,
+)
+from .models.codec import PixelCodec, codec_from_reference
+from .models.unet import UNet, UNetConfig
+
+__all__ = ["CONFIG", "FORMAT_VERSION", "RAW_WEIGHTS", "STATE", "WEIGHTS", "LoadedRun",
+           "load_run", "load_weights", "read_run_config", "resolve_device", "save_run",
+           "save_run_atomic_dir", "run_exists"]
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+RAW_WEIGHTS = "raw.safetensors"
+STATE = "training_state.pt"
+KINDS = ("flow", "student")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """auto -> cuda when a GPU is visible, else cpu; an explicit cuda without a GPU is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name in ("auto", None, ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise MedShiftError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedShiftError(f"device {name!r} requested but no CUDA GPU is visible; use "
+                            "--device cpu")
+    return dev
+
+
+def _as_dict(cfg) -> dict[str, Any]:
+    return dict(cfg) if isinstance(cfg, dict) else cfg.to_dict()
+
+
+def _weights_meta(model_cfg: dict, domains, image_size) -> dict[str, str]:
+    return {"format": "medshift_fast", "format_version": str(FORMAT_VERSION),
+            "domains": json.dumps(list(domains)), "image_size": str(image_size),
+            "in_channels": str(model_cfg.get("in_channels"))}
+
+
+def save_run(
+    run_dir: str | Path,
+    train_cfg,
+    model_cfg,
+    domains,
+    ema_state: dict[str, torch.Tensor],
+    raw_state: dict[str, torch.Tensor] | None = None,
+    training_state: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    kind: str = "flow",
+) -> Path:
+    """Write (or overwrite) a checkpoint in ``run_dir``; weights first, config.json last.
+
+    Args:
+        run_dir: the run directory.
+        train_cfg: the training configuration (a config dataclass with ``to_dict`` or a dict).
+        model_cfg: the network's configuration (``UNetConfig`` or a dict).
+        domains: domain names, label order.
+        ema_state, raw_state: EMA and raw weights.
+        training_state: optimizer/scheduler/RNG state (saved with ``torch.save``, loaded back
+            with ``weights_only=True``).
+        extra: more config.json entries (step, latent reference, ...).
+        kind: "flow" (a velocity field) or "student" (a distilled one-step translator).
+    """
+    if kind not in KINDS:
+        raise MedShiftError(f"unknown run kind {kind!r}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tcfg, mcfg = _as_dict(train_cfg), _as_dict(model_cfg)
+    meta = _weights_meta(mcfg, domains, tcfg.get("image_size"))
+    save_safetensors(run_dir / WEIGHTS, ema_state, meta)
+    if raw_state is not None:
+        save_safetensors(run_dir / RAW_WEIGHTS, raw_state, meta)
+    if training_state is not None:
+        atomic_write(run_dir / STATE, lambda p: torch.save(training_state, p))
+    cfg = {
+        "format": "medshift_fast",
+        "format_version": FORMAT_VERSION,
+        "medshift_fast_version": __version__,
+        "kind": kind,
+        "domains": list(domains),
+        "model": mcfg,
+        "train": tcfg,
+        **(extra or {}),
+    }
+    atomic_write_text(run_dir / CONFIG, json.dumps(cfg, indent=2, sort_keys=True))
+    return run_dir
+
+
+def save_run_atomic_dir(run_dir: str | Path, *args, **kwargs) -> Path:
+    """``save_run`` into a temporary folder renamed to ``run_dir`` (``fileio.atomic_dir``)."""
+    return atomic_dir(run_dir, lambda tmp: save_run(tmp, *args, **kwargs))
+
+
+def run_exists(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` already holds a checkpoint (config.json or weights)."""
+    p = Path(run_dir)
+    return p.is_dir() and any((p / f).exists() for f in (CONFIG, WEIGHTS, STATE))
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The validated config.json of a run directory (or of a config.json path)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise MedShiftError(f"checkpoint {run_dir} does not exist; pass a run directory written "
+                            "by `medshift train`")
+    cfg_path = run_dir / CONFIG if run_dir.is_dir() else run_dir
+    if not cfg_path.is_file():
+        raise MedShiftError(f"checkpoint {run_dir} has no {CONFIG}; is it a run directory from "
+                            "`medshift train`?")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedShiftError(f"checkpoint config {cfg_path} is not valid JSON ({exc}); the run "
+                            "directory is damaged - use another checkpoint") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != "medshift_fast":
+        raise MedShiftError(f"{cfg_path} is not a medshift_fast checkpoint config")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise MedShiftError(
+            f"checkpoint {run_dir} has format version {cfg.get('format_version')}, this "
+            f"medshift_fast ({__version__}) reads version {FORMAT_VERSION}; re-export or retrain"
+        )
+    if cfg.get("kind", "flow") not in KINDS:
+        raise MedShiftError(f"checkpoint {run_dir} is of unknown kind {cfg.get('kind')!r}")
+    return cfg
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors weights file (MedShiftError when missing or damaged)."""
+    return load_safetensors(path)[0]
+
+
+@dataclass
+class LoadedRun:
+    """A loaded checkpoint: the network (EMA weights, eval mode), configs, domains and codec.
+
+    ``model`` works in *model space*: pixels in pixel mode, autoencoder latents in latent mode;
+    ``encode_image`` / ``decode_image`` map pixel images to model space and back (identity in
+    pixel mode). Translate through :class:`medshift_fast.translator.Translator`.
+
+    Attributes:
+        path: the run directory (None for a bare model wrapped with ``from_model``).
+        model: the network (a ``UNet``, or a distilled student for ``kind == "student"``).
+        model_config: its configuration.
+        domains: domain names (index = label).
+        config: the whole config.json (``config["train"]`` is the training configuration).
+        codec: pixel <-> model space.
+        kind: "flow" or "student".
+    """
+
+    path: Path | None
+    model: nn.Module
+    model_config: Any
+    domains: tuple[str, ...]
+    config: dict[str, Any]
+    codec: PixelCodec = field(default_factory=PixelCodec)
+    kind: str = "flow"
+
+    @classmethod
+    def from_model(cls, model: nn.Module, domains=None, codec=None,
+                   image_size: int | None = None) -> LoadedRun:
+        """Wrap a bare velocity model (labels 0..K-1 named "0".."K-1" unless ``domains``)."""
+        k = int(model.num_classes)
+        domains = tuple(domains) if domains is not None else tuple(str(i) for i in range(k))
+        if len(domains) != k:
+            raise MedShiftError(f"{len(domains)} domain names for a model of {k} domains")
+        cfg = getattr(model, "config", None)
+        kind = "student" if getattr(model, "is_student", False) else "flow"
+        return cls(None, model, cfg, domains, {"train": {"image_size": image_size}},
+                   codec or PixelCodec(), kind)
+
+    @property
+    def train(self) -> dict[str, Any]:
+        """The training configuration as saved (a dict)."""
+        return self.config.get("train") or {}
+
+    @property
+    def latent(self) -> bool:
+        """True when the model works in an autoencoder's latent space."""
+        return self.codec.kind != "pixel"
+
+    @property
+    def image_size(self) -> int | None:
+        """Pixel side S of the images the run was trained on (None for a bare model)."""
+        s = self.train.get("image_size")
+        return None if s is None else int(s)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model.in_channels)
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one training-size image in model space."""
+        if self.image_size is None:
+            raise MedShiftError("this model has no recorded image size; pass a size")
+        s = self.image_size // self.codec.factor
+        return (self.in_channels, s, s)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> LoadedRun:
+        self.model.to(device)
+        self.codec.to(device)
+        return self
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) pixels in [-1, 1] -> (B, C, h, w) model space (identity in pixels)."""
+        return self.codec.encode(x)
+
+    def decode_image(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) model space -> (B, 1, H, W) pixels (identity in pixel mode)."""
+        return self.codec.decode(z)
+
+    def sample_images(self, target, n: int, **kw) -> torch.Tensor:
+        """``flow.sample`` of n images of a domain, decoded to pixels: (n, 1, S, S)."""
+        from .flow import sample
+
+        if self.kind != "flow":
+            raise MedShiftError("a distilled student translates; it cannot sample from noise - "
+                                "sample with its teacher run")
+        z = sample(self.model, self.label_of(target), n, self.model_shape, device=self.device,
+                   **kw)
+        return self.decode_image(z)
+
+    def label_of(self, y):
+        """A domain name, index or label tensor -> what flow functions take."""
+        return y if isinstance(y, torch.Tensor) else self.label(y)
+
+    def label(self, name: str | int) -> int:
+        """Domain name (or index) -> label; MedShiftError for an unknown domain."""
+        if isinstance(name, int) or (isinstance(name, str) and name.isdigit()):
+            i = int(name)
+            if 0 <= i < len(self.domains):
+                return i
+        elif name in self.domains:
+            return self.domains.index(name)
+        raise MedShiftError(f"unknown domain {name!r}; this model knows: {', '.join(self.domains)}")
+
+
+def _verify(run_dir: Path, cfg: dict, meta: dict[str, str], model: nn.Module) -> None:
+    """The config must describe the weights: domains, image size, channels."""
+    domains = list(cfg["domains"])
+    k = int(model.num_classes)
+    if len(domains) != k or len(set(domains)) != len(domains):
+        raise MedShiftError(f"checkpoint {run_dir}: config.json lists {len(domains)} domain(s) "
+                            f"{domains} but the weights were trained on {k}; the config was edited "
+                            "or mixed up - use the run's original config.json")
+    if "domains" in meta and json.loads(meta["domains"]) != domains:
+        raise MedShiftError(f"checkpoint {run_dir}: config.json lists the domains {domains} but "
+                            f"the weights were trained with {json.loads(meta['domains'])} (the "
+                            "same labels would mean other domains); restore the original "
+                            "config.json")
+    size = (cfg.get("train") or {}).get("image_size")
+    if meta.get("image_size") not in (None, "None") and str(size) != meta["image_size"]:
+        raise MedShiftError(f"checkpoint {run_dir}: config.json says image_size {size} but the "
+                            f"weights were trained at {meta['image_size']}; restore the original "
+                            "config.json")
+    if meta.get("in_channels") not in (None, "None") and \
+            str(model.in_channels) != meta["in_channels"]:
+        raise MedShiftError(f"checkpoint {run_dir}: the model config has {model.in_channels} "
+                            f"input channel(s), the weights {meta['in_channels']}")
+
+
+def build_network(kind: str, model_cfg: dict) -> nn.Module:
+    """The network of a run kind from its config dict."""
+    if kind == "student":
+        from .models.student import Student, StudentConfig
+
+        return Student(StudentConfig.from_dict(model_cfg))
+    return UNet(UNetConfig(**model_cfg))
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
+             ema: bool = True) -> LoadedRun:
+    """Load a run directory's network (EMA weights by default) for translation and export.
+
+    Raises:
+        MedShiftError: missing/damaged/tampered files, a config that does not describe the
+            weights (domain count or order, image size, channels), NaN/Inf weights.
+    """
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    kind = cfg.get("kind", "flow")
+    try:
+        model = build_network(kind, cfg["model"])
+        domains = tuple(cfg["domains"])
+        cfg["train"]["image_size"]  # noqa: B018 - must exist
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MedShiftError(f"checkpoint config in {run_dir} is incomplete ({exc})") from exc
+    sd, meta = load_safetensors(run_dir / (WEIGHTS if ema else RAW_WEIGHTS))
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise MedShiftError(f"checkpoint weights in {run_dir} do not match its config ({first}); "
+                            "the files were mixed up or tampered with") from exc
+    for k, v in sd.items():
+        if not torch.isfinite(v).all():
+            raise MedShiftError(f"checkpoint weights in {run_dir} contain NaN/Inf ({k})")
+    _verify(run_dir, cfg, meta, model)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    codec = codec_from_reference(cfg.get("latent"), run_dir, dev)
+    return LoadedRun(run_dir, model, getattr(model, "config", cfg["model"]), domains, cfg, codec,
+                     kind)

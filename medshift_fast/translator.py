@@ -1,0 +1,460 @@
+"""The one Translator: fixed settings + an execution mode + the run's codec + pixel I/O.
+
+Every consumer translates through it: ``medshift translate`` (``translate_files``), ``medshift
+evaluate``, the demo, ``deploy.FrameTranslator`` (a fixed-shape streaming wrapper) and ``medshift
+export`` (which builds its graph from ``Translator.settings`` and ``pipeline``).
+
+    pixels (B, C, H, W) in [-1, 1]  --codec.encode-->  model space
+        --encode 1 -> tau (source label, w_enc) + decode tau -> 1 (target label, w_dec)-->
+    model space  --codec.decode, clamp to [-1, 1]-->  pixels
+
+Methods: ``medshift`` (the ODE translation above; ``decode="sde"`` decodes with the stochastic
+bridge instead, see ``flow.translate.sde_decode``), ``sdedit`` (the SDEdit-style baseline:
+noise the source to tau along the path with a fresh x_0, then decode). A distilled run
+(``kind == "student"``) does the whole translation in one network call.
+
+Execution modes (the same numbers, to the fp32 tolerance table):
+
+* ``eager``: ``flow.translate`` (solvers.integrate) -- every solver, dopri5 included;
+* ``fused``: the preallocated ``flow.sampler.Sampler`` (fused guided stages, no allocations);
+* ``compiled``: the Sampler with the forward through ``torch.compile`` and Inductor freezing
+  (a static batch: inputs are chunked to ``batch_size`` and the last chunk is padded);
+* ``cuda_graph``: the Sampler's whole loop captured as one CUDA graph (CUDA only).
+
+The defaults of every command (translate, evaluate, demo, export) and of this API are
+``RECIPE``; ``docs/recipe.md`` shows how they were chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import MedShiftError
+from .flow.solvers import FIXED_SOLVERS, SOLVERS, nfe
+
+__all__ = ["METHODS", "MODES", "RECIPE", "Recipe", "TranslateOptions", "TranslationSettings",
+           "Translator", "pipeline", "unit_to_uint16", "uint16_to_unit"]
+
+METHODS = ("medshift", "sdedit")
+MODES = ("eager", "fused", "compiled", "cuda_graph")
+DECODES = ("ode", "sde")
+
+# The defaults of the API and of every command (set from the measured recipe sweep).
+RECIPE: dict[str, Any] = {
+    "tau": 0.6,
+    "guidance_encode": 2.0,
+    "guidance_decode": 2.0,
+    "steps": 10,
+    "solver": "euler",
+    "decode": "ode",
+    "sde_noise": 1.0,
+}
+
+U16_MAX = 65535.0
+
+
+def uint16_to_unit(u: torch.Tensor) -> torch.Tensor:
+    """Raw 16-bit counts -> [-1, 1] float32 (x = u * 2/65535 - 1, as ``data.read_image``)."""
+    return u.to(torch.float32) * (2.0 / U16_MAX) - 1.0
+
+
+def unit_to_uint16(y: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint16 counts, rint((clamp(y) + 1) * 32767.5) (round half to even)."""
+    return torch.round((y.clamp(-1.0, 1.0) + 1.0) * (U16_MAX / 2.0)).to(torch.uint16)
+
+
+def _finite(name: str, v) -> float:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise MedShiftError(f"{name} must be a number, got {v!r}") from None
+    if not math.isfinite(v):
+        raise MedShiftError(f"{name} must be finite, got {v}")
+    return v
+
+
+@dataclass(frozen=True)
+class TranslationSettings:
+    """What one translation computes (the Translator's description; JSON round trip).
+
+    Attributes:
+        source, target: domain labels (0..K-1).
+        tau: translation time in [0, 1] (1 = identity, 0 = full inversion to noise).
+        guidance_encode, guidance_decode: classifier-free guidance scales of the two legs
+            (1 = the plain conditional field, 0 = the unconditional, domain-agnostic field).
+        steps: solver steps per leg (over the interval actually integrated).
+        solver: euler | midpoint | heun | rk4 | dopri5.
+        method: medshift | sdedit.
+        decode: ode | sde (medshift: decode with the stochastic bridge).
+        sde_noise: diffusion scale of the SDE decode (g(t) = sde_noise * sqrt(1 - t)).
+        seed: seed of the noise that sdedit and the SDE decode draw.
+    """
+
+    source: int
+    target: int
+    tau: float = RECIPE["tau"]
+    guidance_encode: float = RECIPE["guidance_encode"]
+    guidance_decode: float = RECIPE["guidance_decode"]
+    steps: int = RECIPE["steps"]
+    solver: str = RECIPE["solver"]
+    method: str = "medshift"
+    decode: str = RECIPE["decode"]
+    sde_noise: float = RECIPE["sde_noise"]
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        tau = _finite("tau", self.tau)
+        if not 0.0 <= tau <= 1.0:
+            raise MedShiftError(f"tau must be in [0, 1], got {self.tau}")
+        object.__setattr__(self, "tau", tau)
+        for name in ("guidance_encode", "guidance_decode", "sde_noise"):
+            object.__setattr__(self, name, _finite(name, getattr(self, name)))
+        if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
+            raise MedShiftError(f"steps must be an integer >= 1, got {self.steps!r}")
+        object.__setattr__(self, "steps", int(self.steps))
+        if self.solver not in SOLVERS:
+            raise MedShiftError(f"unknown solver {self.solver!r}; choose one of "
+                                f"{', '.join(SOLVERS)}")
+        if self.method not in METHODS:
+            raise MedShiftError(f"unknown method {self.method!r}; choose one of "
+                                f"{', '.join(METHODS)}")
+        if self.decode not in DECODES:
+            raise MedShiftError(f"unknown decode {self.decode!r}; choose ode or sde")
+        if self.sde_noise < 0:
+            raise MedShiftError(f"sde_noise must be >= 0, got {self.sde_noise}")
+        object.__setattr__(self, "source", int(self.source))
+        object.__setattr__(self, "target", int(self.target))
+
+    def nfe(self) -> int:
+        """Network evaluations of one translation (each a 2B forward when guided)."""
+        if self.tau == 1.0:
+            return 0
+        if self.solver == "dopri5":
+            raise MedShiftError("dopri5 is adaptive: its number of evaluations is not fixed")
+        legs = 1 if self.method == "sdedit" else 2
+        return legs * nfe(self.solver, self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TranslationSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """Translation settings shared by ``translate``, ``evaluate``, ``demo`` and ``export``.
+
+    Attributes:
+        guidance: guidance scale of both legs (overrides guidance_encode and guidance_decode).
+        guidance_encode: guidance scale of the encode leg (0 = the unconditional,
+            domain-agnostic field; 1 = the plain conditional field).
+        guidance_decode: guidance scale of the decode leg.
+        steps: solver steps per leg.
+        solver: euler | midpoint | heun | rk4 | dopri5.
+        decode: ode | sde (decode with the stochastic bridge).
+        sde_noise: diffusion scale of the SDE decode.
+    """
+
+    guidance: float | None = None
+    guidance_encode: float = RECIPE["guidance_encode"]
+    guidance_decode: float = RECIPE["guidance_decode"]
+    steps: int = RECIPE["steps"]
+    solver: str = RECIPE["solver"]
+    decode: str = RECIPE["decode"]
+    sde_noise: float = RECIPE["sde_noise"]
+
+    def __post_init__(self) -> None:
+        if self.guidance is not None:
+            g = _finite("guidance", self.guidance)
+            object.__setattr__(self, "guidance_encode", g)
+            object.__setattr__(self, "guidance_decode", g)
+        # every value checked now, before any work (the labels are checked by the Translator)
+        TranslationSettings(0, 0, 1.0, self.guidance_encode, self.guidance_decode, self.steps,
+                            self.solver, "medshift", self.decode, self.sde_noise)
+
+    def recipe(self) -> dict[str, Any]:
+        """The Translator keyword arguments of these settings (tau excluded)."""
+        return {"guidance_encode": self.guidance_encode, "guidance_decode": self.guidance_decode,
+                "steps": self.steps, "solver": self.solver, "decode": self.decode,
+                "sde_noise": self.sde_noise}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranslateOptions(Recipe):
+    """A recipe with its source and target domains.
+
+    Attributes:
+        source: source domain name.
+        target: target domain name.
+    """
+
+    source: str | None = None
+    target: str | None = None
+
+
+def _generator(s: TranslationSettings) -> torch.Generator:
+    return torch.Generator().manual_seed(int(s.seed))
+
+
+def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSettings,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """The flow part of a translation on model-space tensors (no input checks: traceable).
+
+    Args:
+        model: the run's network (velocity field, or a distilled student).
+        z: (B, C, h, w) model-space source images.
+        s: the settings.
+        generator: CPU generator for sdedit / SDE noise (default: seeded from ``s.seed``).
+    """
+    from .flow.translate import sde_translate_unchecked, sdedit, translate_unchecked
+
+    b = z.shape[0]
+    y_src = torch.full((b,), s.source, dtype=torch.long, device=z.device)
+    y_tgt = torch.full((b,), s.target, dtype=torch.long, device=z.device)
+    if getattr(model, "is_student", False):
+        return model.translate(z, s.tau, y_src, y_tgt)
+    if s.method == "sdedit":
+        return sdedit(model, z, y_tgt, tau=s.tau, guidance=s.guidance_decode, steps=s.steps,
+                      solver=s.solver, generator=generator or _generator(s))
+    if s.decode == "sde":
+        return sde_translate_unchecked(model, z, y_src, y_tgt, s.tau, s.guidance_encode,
+                                       s.guidance_decode, s.steps, s.solver, s.sde_noise,
+                                       generator or _generator(s))
+    return translate_unchecked(model, z, y_src, y_tgt, s.tau, s.guidance_encode,
+                               s.guidance_decode, s.steps, s.solver)
+
+
+def pipeline(model: nn.Module, codec, x: torch.Tensor, s: TranslationSettings,
+             dtype: torch.dtype | None = None, generator: torch.Generator | None = None
+             ) -> torch.Tensor:
+    """The whole translation on pixels: codec encode -> flow part -> codec decode -> clamp.
+
+    Args:
+        model: the run's network; codec: its codec (None or a pixel codec in pixel mode).
+        x: (B, C, H, W) float pixels in [-1, 1].
+        s: the settings.
+        dtype: compute dtype of the network and the ODE state (default: x's).
+        generator: noise generator (sdedit / SDE decode).
+
+    Returns:
+        (B, C, H, W) float32 pixels in [-1, 1].
+    """
+    x = x.to(torch.float32)
+    z = codec.encode(x) if codec is not None else x
+    z = translate_model_space(model, z.to(dtype or z.dtype), s, generator)
+    y = z.to(torch.float32)
+    if codec is not None:
+        y = codec.decode(y)
+    return y.clamp(-1.0, 1.0)
+
+
+class Translator:
+    """Translate pixel images between two domains of a run with fixed settings.
+
+    Args:
+        run: a loaded run (``run.load_run``), a run directory, or a bare velocity model
+            (labels are then ints).
+        source, target: domain names (or label ints).
+        tau, guidance_encode, guidance_decode, steps, solver, method, decode, sde_noise, seed:
+            see :class:`TranslationSettings` (defaults: ``RECIPE``).
+        mode: eager | fused | compiled | cuda_graph (module docstring).
+        device: where the network runs (default: where the run is).
+        bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes).
+        channels_last: channels_last network weights (fused/compiled/cuda_graph modes).
+        batch_size: chunk size of a call; the compiled mode pads the last chunk to it (one
+            static shape). Default: the whole input (compiled: the first call's batch).
+
+    ``translator(images)`` takes a tensor or NumPy array of shape (H, W), (C, H, W) or
+    (B, C, H, W), float in [-1, 1] or uint16 raw counts (mapped as ``data.read_image`` maps a
+    16-bit PNG), and returns the translation with the same shape, kind, dtype and device.
+
+    Raises:
+        MedShiftError: unknown domain, bad settings, an input of the wrong shape or dtype, NaN/Inf.
+    """
+
+    def __init__(self, run, source, target, *, tau: float = RECIPE["tau"],
+                 guidance_encode: float = RECIPE["guidance_encode"],
+                 guidance_decode: float = RECIPE["guidance_decode"],
+                 steps: int = RECIPE["steps"], solver: str = RECIPE["solver"],
+                 method: str = "medshift", decode: str = RECIPE["decode"],
+                 sde_noise: float = RECIPE["sde_noise"], seed: int = 0, mode: str = "eager",
+                 device: torch.device | str | None = None, bf16: bool = False,
+                 channels_last: bool = False, batch_size: int | None = None) -> None:
+        from .run import LoadedRun, load_run, resolve_device
+
+        if isinstance(run, (str, Path)):
+            run = load_run(run, device=device or "cpu")
+        elif isinstance(run, nn.Module):
+            run = LoadedRun.from_model(run)
+        if not isinstance(run, LoadedRun):
+            raise MedShiftError(f"Translator: pass a run directory, a loaded run or a model, not "
+                                f"{type(run).__name__}")
+        if mode not in MODES:
+            raise MedShiftError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if batch_size is not None and int(batch_size) < 1:
+            raise MedShiftError(f"batch_size must be >= 1, got {batch_size}")
+        self.run = run
+        self.settings = TranslationSettings(
+            run.label(source), run.label(target), tau, guidance_encode, guidance_decode, steps,
+            solver, method, decode, sde_noise, seed)
+        s = self.settings
+        if run.kind == "student":
+            run.model.check_request(s)
+        if mode != "eager":
+            if run.kind == "student":
+                mode = "eager"  # one network call: nothing to fuse
+            elif s.solver not in FIXED_SOLVERS:
+                raise MedShiftError(f"mode {mode!r} needs a fixed-step solver "
+                                    f"({', '.join(FIXED_SOLVERS)}), not {s.solver!r}")
+            elif s.method != "medshift" or s.decode != "ode":
+                raise MedShiftError(f"mode {mode!r} runs the ODE translation only; use "
+                                    "mode='eager' for sdedit or the SDE decode")
+        self.device = resolve_device(device) if device is not None else run.device
+        if mode == "cuda_graph" and self.device.type != "cuda":
+            raise MedShiftError("mode 'cuda_graph' needs a CUDA device")
+        run.to(self.device)
+        self.mode, self.bf16, self.channels_last = mode, bool(bf16), bool(channels_last)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.model, self.codec = run.model, run.codec
+        self.dtype = next(self.model.parameters()).dtype
+        self._gen = _generator(s)  # advances call after call (sdedit / SDE noise)
+        self._samplers: dict[tuple, Any] = {}
+
+    # ---------------------------------------------------------------------------- properties
+    @property
+    def domains(self) -> tuple[str, str]:
+        return self.run.domains[self.settings.source], self.run.domains[self.settings.target]
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of a pixel image (the codec's input in latent mode, else the network's)."""
+        return int(getattr(self.codec, "image_channels", None) or self.run.in_channels)
+
+    @property
+    def factor(self) -> int:
+        """Pixel sizes must be multiples of this (the U-Net's and the codec's downsampling)."""
+        return int(getattr(self.model, "down_factor", 1)) * int(self.codec.factor)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings with domain names, the run and the mode (for manifests and metadata)."""
+        src, tgt = self.domains
+        return {**self.settings.to_dict(), "source_domain": src, "target_domain": tgt,
+                "run": None if self.run.path is None else str(self.run.path),
+                "kind": self.run.kind, "mode": self.mode}
+
+    def check_size(self, h: int, w: int) -> None:
+        f = self.factor
+        if h % f or w % f:
+            raise MedShiftError(f"image size {h}x{w} must be divisible by {f} for this model; "
+                                f"resize, crop or pad it (e.g. to {max(f, h // f * f)}x"
+                                f"{max(f, w // f * f)})")
+
+    # ------------------------------------------------------------------------------ calling
+    def __call__(self, images):
+        """Translate images of any supported kind; see the class docstring."""
+        is_np = isinstance(images, np.ndarray)
+        if is_np:
+            a = images
+            if a.dtype == np.uint16:
+                t = torch.from_numpy(a.astype(np.int32)).to(torch.uint16)
+            else:
+                t = torch.from_numpy(np.ascontiguousarray(a))
+        elif isinstance(images, torch.Tensor):
+            t = images
+        else:
+            raise MedShiftError(f"Translator: images must be a torch tensor or a NumPy array, "
+                                f"got {type(images).__name__}")
+        shape, device = tuple(t.shape), t.device
+        c = self.image_channels
+        if t.dim() == 2:
+            x = t[None, None]
+        elif t.dim() == 3:
+            x = t[None]
+        elif t.dim() == 4:
+            x = t
+        else:
+            raise MedShiftError(f"Translator: expected (H, W), (C, H, W) or (B, C, H, W) images, "
+                                f"got shape {shape}")
+        if x.shape[1] != c or x.shape[0] == 0:
+            raise MedShiftError(f"Translator: expected {c} channel(s) and at least one image, got "
+                                f"shape {shape}")
+        u16 = x.dtype == torch.uint16
+        if u16:
+            x = uint16_to_unit(x)
+        elif not x.is_floating_point():
+            raise MedShiftError(f"Translator: images must be float in [-1, 1] or uint16 raw "
+                                f"counts, got {x.dtype}")
+        y = self.translate(x)
+        out = unit_to_uint16(y) if u16 else y.to(t.dtype)
+        out = out.reshape(shape)
+        if is_np:
+            out = out.cpu()
+            return out.to(torch.int32).numpy().astype(np.uint16) if u16 else out.numpy()
+        return out.to(device)
+
+    @torch.no_grad()
+    def translate(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float pixels in [-1, 1] -> translated float32 pixels (on the device)."""
+        if x.dim() != 4 or not x.is_floating_point():
+            raise MedShiftError(f"Translator.translate: expected a (B, C, H, W) float tensor, got "
+                                f"{tuple(x.shape)} {x.dtype}")
+        self.check_size(x.shape[-2], x.shape[-1])
+        if not bool(torch.isfinite(x).all()):
+            raise MedShiftError("Translator: input images contain NaN or Inf")
+        x = x.to(self.device, torch.float32)
+        if self.mode == "eager":
+            bs = self.batch_size or x.shape[0]
+            return torch.cat([pipeline(self.model, self.codec, x[k:k + bs], self.settings,
+                                       self.dtype, self._gen)
+                              for k in range(0, x.shape[0], bs)])
+        return self._translate_sampler(x)
+
+    # ------------------------------------------------------------------ sampler-based modes
+    def _sampler(self, shape: tuple[int, ...]):
+        from .flow.sampler import Sampler
+
+        sp = self._samplers.get(shape)
+        if sp is None:
+            s = self.settings
+            if len(self._samplers) >= 8:  # bounded: one per distinct shape
+                self._samplers.pop(next(iter(self._samplers)))
+            sp = Sampler(self.model, shape, s.source, s.target, s.tau, s.steps, s.solver,
+                         s.guidance_encode, s.guidance_decode, device=self.device,
+                         dtype=self.dtype, bf16=self.bf16, channels_last=self.channels_last,
+                         cuda_graph=self.mode in ("cuda_graph", "compiled")
+                         and self.device.type == "cuda",
+                         compile=self.mode == "compiled")
+            self._samplers[shape] = sp
+        return sp
+
+    def _translate_sampler(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "compiled" and self.batch_size is None:
+            self.batch_size = x.shape[0]  # one static shape from the first call on
+        bs = self.batch_size or x.shape[0]
+        outs = []
+        for k in range(0, x.shape[0], bs):
+            chunk = x[k:k + bs]
+            z = self.codec.encode(chunk).to(self.dtype)
+            n = z.shape[0]
+            if self.mode == "compiled" and n < bs:  # static shape: pad the short chunk
+                z = torch.cat([z, z[-1:].expand(bs - n, *z.shape[1:])])
+            y = self._sampler(tuple(z.shape)).translate(z, check_finite=False)[:n]
+            outs.append(self.codec.decode(y.to(torch.float32)).clamp(-1.0, 1.0))
+        return torch.cat(outs)
+
+    def sampler(self, shape: tuple[int, int, int, int]):
+        """The preallocated Sampler this translator uses for model-space batches of ``shape``."""
+        if self.mode == "eager":
+            raise MedShiftError("an eager Translator has no Sampler; use mode='fused'")
+        return self._sampler(tuple(int(v) for v in shape))
