@@ -7,8 +7,12 @@ SDPA-flash and >= 3x the einsum form; the fused block >= 1.5x the eager block.
 CPU: SDPA vs the einsum form at small shapes (fp32), so the file measures something here; the
 Triton path does not run on the CPU (only interpreted, which is a test mode).
 
-    pytest benchmarks/bench_attention.py                 # pytest-benchmark (JSON via make bench)
-    python benchmarks/bench_attention.py --out res.json  # one-shot table with ratios vs anchors
+    pytest benchmarks/bench_attention.py                   # pytest-benchmark (JSON via make bench)
+    python benchmarks/bench_attention.py --md res.md       # one-shot, interleaved, ratio tables
+    python benchmarks/bench_attention.py --device cuda --json OUT/attention_gpu.json
+
+Anchors: ``einsum`` (the attention of guided-diffusion / torchcfm) and, on the GPU, also
+``sdpa_flash``; the block's anchor is the ``eager`` block.
 
 FLOPs: attention forward 4 B H T^2 D, forward+backward 3.5x that (flash-attention convention);
 block adds the qkv (6 B T C^2) and projection (2 B T C^2) GEMMs.
@@ -19,9 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
-import time
 
+import _harness as H
 import pytest
 import torch
 
@@ -128,57 +131,9 @@ def block_flops(shape, mode):
     return f * (3.0 if mode == "fwd_bwd" else 1.0)
 
 
-# ----------------------------------------------------------------------------------- timing
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_step(step, device, warmup=3, reps=10):
-    """Median seconds per call (CUDA events on the GPU, perf_counter on the CPU)."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def machine_info(device):
-    info = {"torch": torch.__version__, "python": platform.python_version(), "device": device}
-    if device == "cuda":
-        info["device_name"] = torch.cuda.get_device_name()
-        import triton
-
-        info["triton"] = triton.__version__
-    else:
-        info["device_name"] = platform.processor() or platform.machine()
-        info["threads"] = torch.get_num_threads()
-    return info
-
-
 def _bench(benchmark, step, device, flops, **info):
-    def run():
-        out = step()
-        _sync(device)
-        return out
-
-    benchmark.extra_info.update(machine_info(device), **info)
-    benchmark.pedantic(run, warmup_rounds=2, rounds=10, iterations=1)
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
+    H.pedantic(benchmark, step, device, rounds=10, warmup_rounds=2,
+               per_second={"tflops": flops / 1e12}, **info)
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -186,108 +141,126 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="GPU benchmark: no CUDA dev
                                 "Triton kernels only run interpreted on the CPU, a test mode)")
 
 
+def _gpu_params():
+    out = [("attention", s, p, m) for s in GPU_SHAPES for p in ATTN_PROVIDERS for m in MODES]
+    out += [("attention_block", s, p, m) for s in BLOCK_SHAPES for p in BLOCK_PROVIDERS
+            for m in MODES]
+    return [pytest.param(*c, id=f"{c[0]}-{H.shape_str(c[1])}-{c[2]}-{c[3]}") for c in out]
+
+
 @needs_cuda
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", ATTN_PROVIDERS)
-@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_attention_gpu(benchmark, shape, provider, mode):
-    benchmark.group = f"attention {mode} {'x'.join(map(str, shape))} bf16"
+@pytest.mark.parametrize("op,shape,provider,mode", _gpu_params())
+def test_attention_gpu(benchmark, op, shape, provider, mode):
+    """bf16 attention (every provider) and the bf16-autocast attention block (every fusion)."""
+    dtype = "bf16" if op == "attention" else "bf16-autocast"
+    benchmark.group = f"{op} {mode} {H.shape_str(shape)} {dtype}"
     try:
-        step = attention_case(provider, shape, torch.bfloat16, mode, "cuda")
+        if op == "attention":
+            step = attention_case(provider, shape, torch.bfloat16, mode, "cuda")
+        else:
+            step = block_case(provider, shape, mode, "cuda")
         step()
     except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
         pytest.skip(f"{provider} cannot run this case: {str(e).splitlines()[0]}")
-    _bench(benchmark, step, "cuda", attention_flops(shape, mode), provider=provider,
-           shape=list(shape), dtype="bf16", mode=mode)
-
-
-@needs_cuda
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", BLOCK_PROVIDERS)
-@pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_attention_block_gpu(benchmark, shape, provider, mode):
-    benchmark.group = f"attention_block {mode} {'x'.join(map(str, shape))} bf16-autocast"
-    step = block_case(provider, shape, mode, "cuda")
-    _bench(benchmark, step, "cuda", block_flops(shape, mode), provider=provider,
-           shape=list(shape), dtype="bf16-autocast", mode=mode)
+    flops = (attention_flops if op == "attention" else block_flops)(shape, mode)
+    _bench(benchmark, step, "cuda", flops, provider=provider, shape=list(shape), dtype=dtype,
+           mode=mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", ["sdpa", "einsum"])
-@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=H.shape_str)
 def test_attention_cpu(benchmark, shape, provider, mode):
     """CPU: the reference path (SDPA) against the einsum form, fp32."""
-    benchmark.group = f"attention-cpu {mode} {'x'.join(map(str, shape))} fp32"
+    benchmark.group = f"attention-cpu {mode} {H.shape_str(shape)} fp32"
     step = attention_case(provider, shape, torch.float32, mode, "cpu")
     _bench(benchmark, step, "cpu", attention_flops(shape, mode), provider=provider,
            shape=list(shape), dtype="fp32", mode=mode)
 
 
 # ---------------------------------------------------------------------------- one-shot runner
-def run_all(device, reps):
-    rows = []
+def _cases(device):
+    """{(op, shape, mode): providers} timed together (interleaved) in the one-shot run."""
     if device == "cuda":
-        cases = [("attention", s, p, m) for s in GPU_SHAPES for m in MODES for p in ATTN_PROVIDERS]
-        cases += [("attention_block", s, p, m) for s in BLOCK_SHAPES for m in MODES
-                  for p in BLOCK_PROVIDERS]
-    else:
-        cases = [("attention", s, p, m) for s in CPU_SHAPES for m in MODES
-                 for p in ("sdpa", "einsum")]
-    for op, shape, prov, mode in cases:
-        row = {"op": op, "shape": list(shape), "provider": prov, "mode": mode}
-        try:
-            if op == "attention":
-                dt = torch.bfloat16 if device == "cuda" else torch.float32
-                step, flops = attention_case(prov, shape, dt, mode, device), attention_flops(
-                    shape, mode)
-            else:
-                step, flops = block_case(prov, shape, mode, device), block_flops(shape, mode)
-            sec = time_step(step, device, reps=reps)
-            row.update(ms=sec * 1e3, tflops=flops / sec / 1e12)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            row["error"] = str(e).splitlines()[0][:120]
+        out = {("attention", s, m): ATTN_PROVIDERS for s in GPU_SHAPES for m in MODES}
+        out.update({("attention_block", s, m): BLOCK_PROVIDERS for s in BLOCK_SHAPES
+                    for m in MODES})
+        return out
+    return {("attention", s, m): ("sdpa", "einsum") for s in CPU_SHAPES for m in MODES}
+
+
+def run_all(device, reps, dump=lambda rows: None):
+    rows = []
+    for (op, shape, mode), provs in _cases(device).items():
+        flops = (attention_flops if op == "attention" else block_flops)(shape, mode)
+        steps, errors = {}, {}
+        for prov in provs:
+            try:
+                if op == "attention":
+                    dt = torch.bfloat16 if device == "cuda" else torch.float32
+                    step = attention_case(prov, shape, dt, mode, device)
+                else:
+                    step = block_case(prov, shape, mode, device)
+                step()  # a provider that cannot run this case is left out of the timing
+                steps[prov] = step
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+                errors[prov] = str(e).splitlines()[0][:120]
+        res = H.time_interleaved(steps, device, reps, warmup=3) if steps else {}
+        group = [{"op": op, "shape": list(shape), "mode": mode, "provider": p,
+                  **(res[p].fields("ms") if p in res else {"error": errors.get(p)}),
+                  **({"tflops": flops / res[p].median / 1e12} if p in res else {})}
+                 for p in provs]
+        for anchor in ("einsum", "sdpa_flash", "eager"):
+            if any(r["provider"] == anchor for r in group):
+                H.add_ratios(group, anchor, ("op", "shape", "mode"))
+        rows += group
+        for r in group:
+            print(json.dumps({k: v for k, v in r.items() if not k.endswith("_samples")}),
+                  flush=True)
         if device == "cuda":
             torch.cuda.empty_cache()
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        dump(rows)
     return rows
 
 
-def ratio_table(rows, anchors):
-    """Markdown: per (op, shape, mode), each provider's speed as a ratio vs each anchor."""
-    head = "| op | shape | mode | provider | ms | TFLOP/s | "
-    out = [head + " | ".join(f"vs {a}" for a in anchors) + " |", "|" + "---|" * (6 + len(anchors))]
-    for r in rows:
-        if "ms" not in r:
-            continue
-        cells = []
-        for a in anchors:
-            same = (x for x in rows if x["provider"] == a and x["op"] == r["op"]
-                    and x["shape"] == r["shape"] and x["mode"] == r["mode"] and "ms" in x)
-            ref = next(same, None)
-            cells.append(f"{ref['ms'] / r['ms']:.2f}x" if ref else "-")
-        out.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['mode']} | "
-                   f"{r['provider']} | {r['ms']:.3f} | {r['tflops']:.2f} | " + " | ".join(cells)
-                   + " |")
-    return "\n".join(out)
+ABOUT = """Attention at U-Net shapes: the Triton flash kernel and SDPA's backends against the
+einsum form of guided-diffusion / torchcfm (the anchor; on the GPU also against SDPA-flash), and
+the attention block (GroupNorm + qkv + attention + projection, each Triton fusion) against the
+eager block. TFLOP/s from the FLOP convention in the module docstring (forward 4 B H T^2 D,
+forward + backward 3.5x that). On the CPU only the reference path (SDPA) and the einsum form run
+(the Triton kernels only run interpreted there, a test mode)."""
+
+
+def _fill(report, rows, device):
+    report.reset()
+    anchors = ("sdpa_flash", "einsum", "eager") if device == "cuda" else ("einsum",)
+    cols = [("op", "op", "{}"), ("shape", "shape", "{}"), ("mode", "mode", "{}"),
+            ("provider", "provider", "{}"), ("ms [IQR]", lambda r: H.spread(r, "ms", 3), "{}"),
+            ("TFLOP/s", "tflops", "{:.3f}")]
+    cols += [(f"vs {a} [IQR]", lambda r, a=a: H.ratio(r, f"vs_{a}"), "{}") for a in anchors]
+    cols.append(("error", "error", "{}"))
+    report.table(rows, cols)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--out", help="write machine info + rows as JSON here")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    H.add_common_args(ap, reps=10)
+    ap.add_argument("--out", help="same as --json (kept for older command lines)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = ("cuda" if HAS_CUDA else "cpu") if args.device == "auto" else args.device
-    rows = run_all(device, args.reps)
-    anchors = ("sdpa_flash", "einsum", "eager") if device == "cuda" else ("einsum",)
-    print(ratio_table(rows, anchors))
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"machine": machine_info(device), "rows": rows}, fh, indent=1)
+    H.apply_threads(args.threads)
+    device = H.resolve_device(args.device)
+    paths = (args.md, args.json or args.out)
+    report = H.Report(f"Attention ({device}): flash / SDPA / einsum, and the attention block",
+                      device, about=ABOUT, params={"reps": args.reps}, argv=argv)
+
+    def dump(rows):  # after every case: a cut-off run keeps what it measured
+        _fill(report, rows, device)
+        report.checkpoint(*paths)
+
+    rows = run_all(device, args.reps, dump)
+    _fill(report, rows, device)
+    report.note(H.RATIO_NOTE)
+    report.write(*paths)
 
 
 if __name__ == "__main__":

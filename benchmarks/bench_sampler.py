@@ -20,8 +20,11 @@ Groups:
 Note: torchdiffeq's "rk4" is the 3/8-rule variant (4 evaluations per step, like classical RK4).
 
     pytest benchmarks/bench_sampler.py                      # pytest-benchmark
-    python benchmarks/bench_sampler.py --md res.md          # one-shot, interleaved, ratios
-    python benchmarks/bench_sampler.py --gpu --json r.json  # GPU part (skips without CUDA)
+    python benchmarks/bench_sampler.py --reps 5 --md benchmarks/results/sampler_cpu.md
+    python benchmarks/bench_sampler.py --gpu --json OUT/sampler_gpu.json  # GPU part (needs CUDA)
+
+Anchors: ``torchdiffeq`` (e2e, overhead); for frame latency the plain fused FrameTranslator
+(CPU: vs ``compile+channels_last``; GPU: eager fp32 vs CUDA graph and bf16).
 
 On the CPU the default is one intra-op thread (``--threads``, MEDSHIFT_BENCH_THREADS): on a
 shared, loaded 2-core machine OpenMP spin-waits make 2-thread timings meaningless.
@@ -32,10 +35,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import time
 
+import _harness as H
 import pytest
 import torch
 from torch import nn
@@ -119,61 +120,12 @@ def e2e_steps(model, solver, size, batch=1, device="cpu", compiled=False):
     return steps
 
 
-# ---------------------------------------------------------------------------------- timing
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_interleaved(steps, device, reps, warmup=1):
-    """(median, min) seconds per call of each step; the steps take turns within every
-    repetition, so load drifts on a shared machine hit all of them alike."""
-    with torch.no_grad():
-        for s in steps.values():
-            for _ in range(warmup):
-                s()
-        _sync(device)
-        times = {k: [] for k in steps}
-        for _ in range(reps):
-            for k, s in steps.items():
-                t0 = time.perf_counter()
-                s()
-                _sync(device)
-                times[k].append(time.perf_counter() - t0)
-    return {k: (sorted(v)[len(v) // 2], min(v)) for k, v in times.items()}
-
-
-def frame_latency(preset, size, frames, device, cuda_graph=None, bf16=False, compiled=False):
-    """FrameTranslator latency stats over ``frames`` frames (after its warm-up)."""
+def frame_translator(preset, size, device, cuda_graph=None, bf16=False, compiled=False):
+    """A warmed-up ``deploy.FrameTranslator`` (euler, STEPS steps, w = W) of a preset model."""
     m = make_model(preset, device)
-    ft = FrameTranslator(m, 0, 2, TAU, STEPS, "euler", W, W, size=size, device=device,
-                         cuda_graph=cuda_graph, bf16=bf16, warmup=2, compile=compiled,
-                         channels_last=compiled)
-    f = torch.rand(size, size) * 2 - 1
-    for _ in range(frames):
-        ft(f)
-    return ft.latency_stats()
-
-
-def machine_info(device):
-    info = {"torch": torch.__version__, "python": platform.python_version(), "device": device}
-    if device == "cuda":
-        info["device_name"] = torch.cuda.get_device_name()
-    else:
-        info["device_name"] = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as fh:
-                info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in fh
-                                   if ln.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        info["threads"] = torch.get_num_threads()
-    try:
-        with open("/proc/loadavg") as fh:
-            info["loadavg"] = " ".join(fh.read().split()[:3])
-    except OSError:
-        pass
-    return info
+    return FrameTranslator(m, 0, 2, TAU, STEPS, "euler", W, W, size=size, device=device,
+                           cuda_graph=cuda_graph, bf16=bf16, warmup=2, compile=compiled,
+                           channels_last=compiled)
 
 
 # ------------------------------------------------------------------------- pytest-benchmark
@@ -182,23 +134,13 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="GPU benchmark: no CUDA dev
 
 @pytest.fixture(autouse=True)
 def _threads():
-    n = torch.get_num_threads()
-    if not HAS_CUDA:
-        torch.set_num_threads(int(os.environ.get("MEDSHIFT_BENCH_THREADS", "1")))
-    yield
-    torch.set_num_threads(n)
+    with H.num_threads(None if HAS_CUDA else H.bench_threads()):
+        yield
 
 
 def _bench(benchmark, step, device, rounds, **info):
-    def run():
-        with torch.no_grad():
-            step()
-        _sync(device)
-
-    benchmark.extra_info.update(machine_info(device), **info)
-    benchmark.pedantic(run, warmup_rounds=1, rounds=rounds, iterations=1)
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["images_per_s"] = info.get("batch", 1) / benchmark.stats.stats.median
+    H.pedantic(benchmark, step, device, rounds=rounds, no_grad=True,
+               per_second={"images_per_s": info.get("batch", 1)}, **info)
 
 
 @pytest.mark.parametrize("provider", ["torchdiffeq", "reference", "sampler", "sampler_compiled"])
@@ -221,11 +163,10 @@ def test_overhead_cpu(benchmark, solver, size, provider):
 @pytest.mark.parametrize("size,frames", CPU_FRAMES)
 def test_frame_latency_cpu(benchmark, size, frames):
     benchmark.group = "FrameTranslator latency cpu"
-    m = make_model("tiny")
-    ft = FrameTranslator(m, 0, 2, TAU, STEPS, "euler", W, W, size=size, warmup=1)
+    ft = frame_translator("tiny", size, "cpu")
     f = torch.rand(size, size) * 2 - 1
-    benchmark.extra_info.update(machine_info("cpu"), preset="tiny", size=size)
-    benchmark.pedantic(lambda: ft(f), rounds=frames, iterations=1)
+    H.pedantic(benchmark, lambda: ft(f), "cpu", rounds=frames, warmup_rounds=0,
+               per_second={"fps": 1}, preset="tiny", size=size)
     benchmark.extra_info.update(ft.latency_stats())
 
 
@@ -235,36 +176,60 @@ def test_frame_latency_cpu(benchmark, size, frames):
 @pytest.mark.parametrize("preset,size", GPU_FRAMES, ids=lambda v: str(v))
 def test_frame_latency_gpu(benchmark, preset, size, graph, bf16):
     benchmark.group = f"FrameTranslator latency {preset} {size}x{size} cuda"
-    m = make_model(preset, "cuda")
-    ft = FrameTranslator(m, 0, 2, TAU, STEPS, "euler", W, W, size=size, cuda_graph=graph,
-                         bf16=bf16, warmup=2)
+    ft = frame_translator(preset, size, "cuda", cuda_graph=graph, bf16=bf16)
     f = torch.rand(size, size) * 2 - 1
-    benchmark.extra_info.update(machine_info("cuda"), preset=preset, size=size, graph=graph,
-                                bf16=bf16)
-    benchmark.pedantic(lambda: ft(f), rounds=20, iterations=1)
+    H.pedantic(benchmark, lambda: ft(f), "cuda", rounds=20, warmup_rounds=0,
+               per_second={"fps": 1}, preset=preset, size=size, graph=graph, bf16=bf16)
     benchmark.extra_info.update(ft.latency_stats())
 
 
 # ---------------------------------------------------------------------------- one-shot runner
-def run_cpu(reps):
+def _group_rows(res, anchor, **fields):
+    """Rows of one interleaved group: timings, images/s and the ratio vs ``anchor``."""
+    batch = fields.get("batch", 1)
+    rows = [{**fields, "provider": p, **t.fields("ms"), "images_per_s": batch / t.median}
+            for p, t in res.items()]
+    return H.add_ratios(rows, anchor, (), name="vs_anchor")
+
+
+def _frame_group(variants, size, frames, device, dump, rows, **fields):
+    """Interleave single-frame calls of several FrameTranslators (the first is the anchor)."""
+    fts, errors = {}, {}
+    for name, kw in variants.items():
+        try:
+            fts[name] = frame_translator(fields["preset"], size, device, **kw)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            errors[name] = str(e).splitlines()[0][:200]
+    f = torch.rand(size, size) * 2 - 1
+    res = H.time_interleaved({k: (lambda ft=ft: ft(f)) for k, ft in fts.items()}, device,
+                             frames, warmup=1)
+    group = [{"group": "frame", **fields, "size": size, "provider": k, **t.fields("ms"),
+              "fps": 1 / t.median} for k, t in res.items()]
+    group += [{"group": "frame", **fields, "size": size, "provider": k, "error": e}
+              for k, e in errors.items()]
+    rows += H.add_ratios(group, next(iter(variants)), (), name="vs_anchor")
+    for r in group:
+        print(json.dumps({k: v for k, v in r.items() if not k.endswith("_samples")}), flush=True)
+    dump(rows)
+    del fts
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_cpu(reps, dump=lambda rows: None):
     rows = []
     for group, preset, cases in (("e2e", "tiny", CPU_E2E), ("overhead", "trivial", CPU_OVERHEAD)):
         m = make_model(preset)
         for solver, size in cases:
             r = reps if group == "e2e" else 4 * reps
-            res = time_interleaved(e2e_steps(m, solver, size, compiled=group == "e2e"), "cpu", r)
-            for prov, (med, mn) in res.items():
-                rows.append(dict(group=group, preset=preset, solver=solver, size=size, batch=1,
-                                 provider=prov, ms=med * 1e3, min_ms=mn * 1e3,
-                                 vs_torchdiffeq=res["torchdiffeq"][0] / med,
-                                 vs_torchdiffeq_min=res["torchdiffeq"][1] / mn))
-                print(json.dumps(rows[-1]), flush=True)
+            res = H.time_interleaved(e2e_steps(m, solver, size, compiled=group == "e2e"), "cpu",
+                                     r, no_grad=True)
+            rows += _group_rows(res, "torchdiffeq", group=group, preset=preset, solver=solver,
+                                size=size, batch=1)
+            dump(rows)
     for size, frames in CPU_FRAMES:
-        for compiled in (False, True):
-            st = frame_latency("tiny", size, frames, "cpu", compiled=compiled)
-            rows.append(dict(group="frame", preset="tiny", solver="euler", size=size,
-                             compiled=compiled, **st))
-            print(json.dumps(rows[-1]), flush=True)
+        _frame_group({"fused": {}, "compile+channels_last": {"compiled": True}}, size, frames,
+                     "cpu", dump, rows, preset="tiny", solver="euler")
     return rows
 
 
@@ -277,79 +242,83 @@ def run_gpu(reps, frames=10, dump=lambda rows: None):
             import torchdiffeq  # noqa: F401
         except ImportError:
             steps.pop("torchdiffeq")
-        res = time_interleaved(steps, "cuda", reps)
-        base = res.get("torchdiffeq", res["reference"])[0]
-        for prov, (med, mn) in res.items():
-            rows.append(dict(group="e2e", preset="tiny", solver="euler", size=256, batch=batch,
-                             provider=prov, ms=med * 1e3, min_ms=mn * 1e3,
-                             images_per_s=batch / med, vs_anchor=base / med))
-            print(json.dumps(rows[-1]), flush=True)
+        res = H.time_interleaved(steps, "cuda", reps, no_grad=True)
+        rows += _group_rows(res, "torchdiffeq" if "torchdiffeq" in res else "reference",
+                            group="e2e", preset="tiny", solver="euler", size=256, batch=batch)
         dump(rows)
+    variants = {f"{'graph' if g else 'eager'} {'bf16' if b else 'fp32'}":
+                {"cuda_graph": g, "bf16": b} for g in (False, True) for b in (False, True)}
     for preset, size in GPU_FRAMES:
-        for graph in (False, True):
-            for bf16 in (False, True):
-                try:
-                    st = frame_latency(preset, size, frames, "cuda", cuda_graph=graph, bf16=bf16)
-                    rows.append(dict(group="frame", preset=preset, size=size, graph=graph,
-                                     bf16=bf16, **st))
-                except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-                    rows.append(dict(group="frame", preset=preset, size=size, graph=graph,
-                                     bf16=bf16, error=str(e).splitlines()[0][:200]))
-                print(json.dumps(rows[-1]), flush=True)
-                dump(rows)
-                torch.cuda.empty_cache()
+        _frame_group(variants, size, frames, "cuda", dump, rows, preset=preset, solver="euler")
     return rows
 
 
-def markdown(rows, info):
-    out = [f"device: {info.get('device_name')} ({info.get('cpu', '')}), torch {info['torch']}, "
-           f"threads {info.get('threads', '-')}, load average at start {info.get('loadavg', '?')}",
-           "", "| group | preset | solver | size | provider | median ms | min ms | "
-           "speed-up vs torchdiffeq (median) | (min) |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["group"] == "frame":
-            continue
-        out.append(f"| {r['group']} | {r['preset']} | {r['solver']} | {r['size']} | "
-                   f"{r['provider']} | {r['ms']:.1f} | {r['min_ms']:.1f} | "
-                   f"{r['vs_torchdiffeq']:.2f}x | {r['vs_torchdiffeq_min']:.2f}x |")
-    out += ["", "| FrameTranslator | size | frames | p50 ms | p99 ms | fps |",
-            "|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["group"] == "frame":
-            how = " compile+channels_last" if r.get("compiled") else ""
-            out.append(f"| tiny euler {STEPS} steps w={W}{how} | {r['size']} | {r['frames']} | "
-                       f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['fps']:.2f} |")
-    return "\n".join(out) + "\n"
+ABOUT = """End-to-end translation (encode 1 -> tau with the source label, decode tau -> 1 with
+the target label) by the library's paths against an eager torchdiffeq loop with the same model,
+steps and time grids (the anchor), the solver loop's own cost around a near-free field, and
+`deploy.FrameTranslator` single-frame latency. Guidance is one 2B forward per evaluation in
+every provider. Compile time is excluded (warm-up)."""
+
+
+def _fill(report, rows):
+    report.reset()
+    loop = [r for r in rows if r["group"] != "frame"]
+    frame = [r for r in rows if r["group"] == "frame"]
+    if loop:
+        report.table(loop, [
+            ("group", "group", "{}"), ("preset", "preset", "{}"), ("solver", "solver", "{}"),
+            ("size", "size", "{}"), ("B", "batch", "{}"), ("provider", "provider", "{}"),
+            ("ms [IQR]", lambda r: H.spread(r, "ms"), "{}"), ("min ms", "ms_min", "{:.1f}"),
+            ("images/s", "images_per_s", "{:.2f}"),
+            ("vs anchor [IQR]", lambda r: H.ratio(r, "vs_anchor"), "{}")],
+            heading="Translation loop (anchor: torchdiffeq)",
+            intro="`e2e`: a whole translation with the tiny U-Net; `overhead`: the same loop "
+                  "around a trivial 1x1-conv field (the solver loop's own cost).")
+    if frame:
+        report.table(frame, [
+            ("preset", "preset", "{}"), ("size", "size", "{}"), ("variant", "provider", "{}"),
+            ("ms / frame [IQR]", lambda r: H.spread(r, "ms"), "{}"),
+            ("min ms", "ms_min", "{:.1f}"), ("fps", "fps", "{:.2f}"),
+            ("vs first variant [IQR]", lambda r: H.ratio(r, "vs_anchor"), "{}"),
+            ("error", "error", "{}")],
+            heading=f"FrameTranslator, euler {STEPS} steps, w = {W}, one frame per call",
+            intro="The variants of one size are built side by side and called in turns; the "
+                  "ratio is against the first variant of the size.")
+    comp = [r for r in loop if r["provider"] == "sampler_compiled"]
+    if comp:
+        report.text("Issue 7 target (CPU): end-to-end >= 1.3x torchdiffeq. `sampler_compiled`: "
+                    + "; ".join(f"{r['solver']} {r['size']} px {H.ratio(r, 'vs_anchor')}"
+                                for r in comp) + ".")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true", help="run the GPU part (needs CUDA)")
-    ap.add_argument("--reps", type=int, default=5)
+    H.add_common_args(ap, reps=5, threads=H.bench_threads(), device=False)
     ap.add_argument("--frames", type=int, default=10, help="timed frames per GPU latency case")
-    ap.add_argument("--threads", type=int,
-                    default=int(os.environ.get("MEDSHIFT_BENCH_THREADS", "1")))
-    ap.add_argument("--json", help="write rows + machine info as JSON")
-    ap.add_argument("--md", help="write the CPU table as markdown")
     a = ap.parse_args(argv)
     if a.gpu and not HAS_CUDA:
         print("no CUDA device: GPU part skipped")
         return 0
     device = "cuda" if a.gpu else "cpu"
     if device == "cpu":
-        torch.set_num_threads(a.threads)
-    info = machine_info(device)
+        H.apply_threads(a.threads)
+    report = H.Report(f"Sampler ({device}): translation vs an eager torchdiffeq loop, and frame "
+                      "latency", device, packages=("torchdiffeq",), about=ABOUT,
+                      params={"steps per leg": STEPS, "tau": TAU, "w": W, "reps": a.reps,
+                              **({"frames": a.frames} if a.gpu else {})},
+                      argv=argv)
 
     def dump(rows):  # after every case, so a cut-off run keeps what it measured
-        if a.json:
-            with open(a.json, "w") as fh:
-                json.dump({"machine": info, "rows": rows}, fh, indent=1)
+        _fill(report, rows)
+        report.checkpoint(a.md, a.json)
 
-    rows = run_gpu(a.reps, a.frames, dump) if a.gpu else run_cpu(a.reps)
-    dump(rows)
-    if a.md and not a.gpu:
-        with open(a.md, "w") as fh:
-            fh.write(markdown(rows, info))
+    rows = run_gpu(a.reps, a.frames, dump) if a.gpu else run_cpu(a.reps, dump)
+    _fill(report, rows)
+    report.note("torchdiffeq's rk4 is the 3/8-rule variant (4 evaluations per step, like "
+                "classical RK4).")
+    report.note(H.RATIO_NOTE)
+    report.write(a.md, a.json)
     return 0
 
 

@@ -10,18 +10,19 @@ Three measurements:
 * ``render``: projection + all five physics chains for a subject's views, no disk I/O.
 * ``simulate``: ``medshift_fast.data.simulate`` end to end (16-bit PNGs, manifest, json).
 
-    pytest benchmarks/bench_simulate.py                  # pytest-benchmark
-    python benchmarks/bench_simulate.py [--sizes 64 256] # one-shot table (process CPU + wall)
+    pytest benchmarks/bench_simulate.py                   # pytest-benchmark
+    python benchmarks/bench_simulate.py [--sizes 64 256] --md FILE   # one-shot (wall + CPU)
+
+Anchor: ``voxel_reference`` for the projection; render and simulate are reported as rates.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
-import time
 
+import _harness as H
 import pytest
 import torch
 
@@ -86,86 +87,88 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _rate(benchmark, key, n):
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info[key] = n / benchmark.stats.stats.median
-
-
-def _info(benchmark, size, views):
-    benchmark.extra_info.update(size=size, views=views, torch=torch.__version__,
-                                machine=platform.processor() or platform.machine())
-
-
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("provider", ["analytic", "voxel_reference"])
 def test_projection(benchmark, provider, size):
     benchmark.group = f"simulate_projection_{size}px"
-    fn = _projection_case(provider, size)
-    _info(benchmark, size, VIEWS)
-    benchmark.pedantic(fn, warmup_rounds=1, rounds=3, iterations=1)
-    _rate(benchmark, "views_per_s", VIEWS)
+    H.pedantic(benchmark, _projection_case(provider, size), rounds=3,
+               per_second={"views_per_s": VIEWS}, provider=provider, size=size, views=VIEWS)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_render(benchmark, size):
     benchmark.group = "simulate_render"
-    _info(benchmark, size, VIEWS)
-    benchmark.pedantic(_render_case(size), warmup_rounds=1, rounds=3, iterations=1)
-    _rate(benchmark, "images_per_s_per_domain", VIEWS)
+    H.pedantic(benchmark, _render_case(size), rounds=3,
+               per_second={"images_per_s_per_domain": VIEWS}, size=size, views=VIEWS)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_simulate_end_to_end(benchmark, size):
     benchmark.group = "simulate_end_to_end"
-    subjects = 4 if size <= 64 else 2
+    subjects = _subjects(size)
     run, tmp = _simulate_case(size, subjects)
-    _info(benchmark, size, VIEWS)
     try:
-        benchmark.pedantic(run, warmup_rounds=0, rounds=2, iterations=1)
+        H.pedantic(benchmark, run, rounds=2, warmup_rounds=0,
+                   per_second={"images_per_s_per_domain": subjects * VIEWS}, size=size,
+                   views=VIEWS, subjects=subjects)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    n = subjects * VIEWS
-    _rate(benchmark, "images_per_s_per_domain", n)
 
 
-def _time(fn, rounds=3):
-    fn()
-    best_wall, best_cpu = float("inf"), float("inf")
-    for _ in range(rounds):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        best_wall = min(best_wall, time.perf_counter() - w)
-        best_cpu = min(best_cpu, time.process_time() - c)
-    return best_wall, best_cpu
+def _subjects(size):
+    return 4 if size <= 64 else 2
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    args = ap.parse_args()
-    torch.set_num_threads(1)  # as simulate() does
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
-    print("| size | what | wall s | CPU s | images/s per domain (wall) | (CPU) |")
-    print("|---|---|---|---|---|---|")
-    for size in args.sizes:
-        rows = []
-        for prov in ("voxel_reference", "analytic"):
-            w, c = _time(_projection_case(prov, size))
-            rows.append((f"projection {prov}", w, c, VIEWS))
-        w, c = _time(_render_case(size))
-        rows.append(("render 5 domains", w, c, VIEWS))
-        subjects = 4 if size <= 64 else 2
+# ---------------------------------------------------------------------------- one-shot runner
+def run_all(sizes, reps):
+    rows = []
+    for size in sizes:
+        res = H.time_interleaved({p: _projection_case(p, size)
+                                  for p in ("voxel_reference", "analytic")}, reps=reps)
+        group = [{"size": size, "what": "projection", "provider": p, "images": VIEWS,
+                  **t.fields("s")} for p, t in res.items()]
+        H.add_ratios(group, "voxel_reference", ("size", "what"), key="s")
+        H.add_ratios(group, "voxel_reference", ("size", "what"), key="cpu_s",
+                     name="vs_voxel_reference_cpu")
+        rows += group
+        t = H.time_one(_render_case(size), reps=reps)
+        rows.append({"size": size, "what": "render 5 domains", "provider": "render",
+                     "images": VIEWS, **t.fields("s")})
+        subjects = _subjects(size)
         run, tmp = _simulate_case(size, subjects)
         try:
-            w, c = _time(run, rounds=2)
+            t = H.time_one(run, reps=max(1, reps - 1))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        rows.append(("simulate end to end", w, c, subjects * VIEWS))
-        for name, w, c, n in rows:
-            print(f"| {size} | {name} | {w:.3f} | {c:.3f} | {n / w:.1f} | {n / c:.1f} |")
-        ratio = rows[0][1] / rows[1][1]
-        print(f"| {size} | analytic vs voxel_reference projection | | | {ratio:.1f}x | |")
+        rows.append({"size": size, "what": "simulate end to end", "provider": "simulate",
+                     "images": subjects * VIEWS, **t.fields("s")})
+    for r in rows:
+        r["images_per_s"] = r["images"] / r["s"]
+        r["images_per_cpu_s"] = r["images"] / r["cpu_s"]
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    H.add_common_args(ap, reps=3, device=False)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # as simulate() does
+    about = __doc__.split("\n    pytest")[0].split("\n", 1)[1]  # the docstring's description
+    report = H.Report("Simulator throughput (CPU): images/s per domain", "cpu", about=about,
+                      params={"views": VIEWS, "reps": args.reps}, argv=argv)
+    rows = run_all(args.sizes, args.reps)
+    report.table(rows, [
+        ("size", "size", "{}"), ("what", "what", "{}"), ("provider", "provider", "{}"),
+        ("wall s [IQR]", lambda r: H.spread(r, "s", 3), "{}"), ("CPU s", "cpu_s", "{:.3f}"),
+        ("images/s per domain (wall)", "images_per_s", "{:.1f}"),
+        ("(CPU)", "images_per_cpu_s", "{:.1f}"),
+        ("vs voxel_reference (wall) [IQR]", lambda r: H.ratio(r, "vs_voxel_reference", 1), "{}"),
+        ("(CPU)", lambda r: H.ratio(r, "vs_voxel_reference_cpu", 1), "{}")])
+    report.note("Wall time includes time the scheduler gave to other jobs; the CPU column is "
+                "this process's CPU time (one intra-op thread; simulate's PNG writer pool runs "
+                "in threads of this process, so its CPU time is included).")
+    report.write(args.md, args.json)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,25 @@ GPU (skipped without CUDA): ``cuda`` and ``triton`` vs POT's torch backend on th
 reference backend, N = M in {256, 1024}, K = 1 and a K = 5 batch in one launch.
 
     pytest benchmarks/bench_sinkhorn.py                       # pytest-benchmark
-    python benchmarks/bench_sinkhorn.py --md benchmarks/results/sinkhorn_cpu.md   # ratio table
+    python benchmarks/bench_sinkhorn.py --threads 1 --clock cpu --reps 3 \
+        --md benchmarks/results/sinkhorn_cpu.md                # interleaved, ratio table
+
+The anchor of each group is POT ``sinkhorn_log`` on fp32 arrays (CPU; POT's torch backend on the
+GPU); the kernel's speed-up over every other provider is listed as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import platform
-import time
 import warnings
 
+import _harness as H
 import numpy as np
 import pytest
 import torch
 
-from medshift_fast import ops
+from medshift_fast import _backend, ops
 
 HAS_CUDA = torch.cuda.is_available()
 ITERS = 100
@@ -85,50 +87,10 @@ def step_fn(provider, cost, eps):
     raise ValueError(provider)
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_step(step, device, warmup=1, reps=5, clock=time.perf_counter):
-    """Best-of-reps time in seconds (min: the least disturbed run on a shared machine).
-
-    ``clock=time.process_time`` counts the CPU time of this process instead of wall time: with
-    one thread it is the most stable figure on a machine whose cores other jobs share."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    best = float("inf")
-    for _ in range(reps):
-        t = clock()
-        step()
-        _sync(device)
-        best = min(best, clock() - t)
-    return best
-
-
-def machine_info(device):
-    info = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor()
-            or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    try:
-        import ot
-
-        info["pot"] = ot.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return info
-
-
 # ----------------------------------------------------------------------------- pytest-benchmark
 def _bench(benchmark, step, device, rounds, **info):
-    def run():
-        step()
-        _sync(device)
-
-    benchmark.extra_info.update(machine_info(device), iterations=ITERS, **info)
-    benchmark.pedantic(run, warmup_rounds=1, rounds=rounds, iterations=1)
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["iters_per_s"] = ITERS / benchmark.stats.stats.median
+    H.pedantic(benchmark, step, device, rounds=rounds, per_second={"iters_per_s": ITERS},
+               packages=("pot",), iterations_per_solve=ITERS, **info)
 
 
 @pytest.mark.parametrize("provider", CPU_PROVIDERS)
@@ -157,65 +119,96 @@ def test_sinkhorn_gpu(benchmark, K, n, rel, provider):
 
 
 # ------------------------------------------------------------------------------------ one-shot
-def run_all(device, reps, clock=time.perf_counter):
-    rows = []
-    cases = CPU_CASES if device == "cpu" else GPU_CASES
-    for case in cases:
-        K, n, rel = (1, *case) if device == "cpu" else case
-        cost, eps = make_cost(K, n, rel, device=device)
-        providers = CPU_PROVIDERS if device == "cpu" else GPU_PROVIDERS
-        for p in providers:
-            if p == "cpp" and not _cpp_available():
+def _providers(device):
+    out = []
+    for p in CPU_PROVIDERS if device == "cpu" else GPU_PROVIDERS:
+        if (p == "cpp" and not _cpp_available()) or (
+                p in ("cuda", "triton") and not _backend.is_available(p)):
+            continue
+        if p.startswith("pot"):
+            try:
+                import ot  # noqa: F401
+            except ImportError:
                 continue
-            r = max(1, reps // 2) if p.startswith("pot") and n >= 1024 else reps
-            t = time_step(step_fn(p, cost, eps), device, reps=r, clock=clock)
-            rows.append({"K": K, "n": n, "rel_eps": rel, "provider": p, "seconds": t})
+        out.append(p)
+    return out
+
+
+def run_all(device, reps, clock="wall", big_reps=None, dump=lambda rows: None):
+    """Rows of every case, its providers interleaved; ``big_reps`` repetitions at N >= 1024."""
+    rows = []
+    provs = _providers(device)
+    cases = [(1, *c) for c in CPU_CASES] if device == "cpu" else GPU_CASES
+    anchor = "pot_log_fp32" if device == "cpu" else "pot_log_torch"
+    kernel = "cpp" if device == "cpu" else "cuda"
+    for K, n, rel in cases:
+        cost, eps = make_cost(K, n, rel, device=device)
+        r = big_reps if big_reps and n >= 1024 else reps
+        res = H.time_interleaved({p: step_fn(p, cost, eps) for p in provs}, device, r,
+                                 clock=clock)
+        group = [{"K": K, "n": n, "rel_eps": rel, "provider": p, **t.fields("ms"),
+                  "iters_per_s": ITERS / t.median} for p, t in res.items()]
+        H.add_ratios(group, anchor, ("K", "n", "rel_eps"), name="vs_anchor")
+        k = next((x for x in group if x["provider"] == kernel), None)
+        for x in group:  # the kernel's speed-up over each provider: its time / the kernel's
+            if k is not None and x is not k:
+                x["kernel_speedup"], x["kernel_speedup_iqr"] = H.paired_ratio(x, k)
+        rows += group
+        dump(rows)
     return rows
 
 
-def ratio_table(rows, kernel):
-    """Markdown: time per provider and the kernel's speed-up over each of the others."""
-    out = ["| K | N = M | eps / mean | provider | ms (best) | kernel speed-up |",
-           "|---|---|---|---|---|---|"]
-    for key in dict.fromkeys((r["K"], r["n"], r["rel_eps"]) for r in rows):
-        rs = [r for r in rows if (r["K"], r["n"], r["rel_eps"]) == key]
-        base = next((r["seconds"] for r in rs if r["provider"] == kernel), None)
-        for r in rs:
-            sp = "—" if base is None or r["provider"] == kernel else f"{r['seconds'] / base:.1f}x"
-            out.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {r['provider']} | "
-                       f"{1e3 * r['seconds']:.2f} | {sp} |")
-    return "\n".join(out)
+ABOUT = """Entropic OT (Sinkhorn) solves of the same problems by every provider, the same fixed
+work: 100 iterations, tol = 0, fp32 (POT also on fp64 arrays, as torchcfm ends up calling it).
+Problems: squared distances of two 16-d Gaussian clouds, uniform marginals, eps = rel x the mean
+cost. Anchor: POT `sinkhorn_log` on fp32 arrays (`vs anchor` > 1: faster than POT); the last
+column is the C++ / CUDA kernel's speed-up over the provider of that row. Goals (issue 6) at
+N = M = 1024: cpp >= 20x POT sinkhorn_log and >= 3x the reference backend."""
+
+
+def _fill(report, rows, device, kernel):
+    report.reset()
+    report.table(rows, [
+        ("K", "K", "{}"), ("N = M", "n", "{}"), ("eps / mean", "rel_eps", "{:g}"),
+        ("provider", "provider", "{}"), ("ms [IQR]", lambda r: H.spread(r, "ms", 2), "{}"),
+        ("vs anchor [IQR]", lambda r: H.ratio(r, "vs_anchor", 1), "{}"),
+        (f"{kernel} speed-up over it [IQR]", lambda r: H.ratio(r, "kernel_speedup", 1), "{}")])
+    goal = [r for r in rows if r["n"] == 1024 and r["K"] == 1
+            and r["provider"] in ("pot_log_fp32", "reference") and r.get("kernel_speedup")]
+    if goal:
+        report.text(f"Issue 6 at N = M = 1024: {kernel} is " + "; ".join(
+            f"{r['kernel_speedup']:.1f}x {r['provider']} (eps {r['rel_eps']:g} x mean)"
+            for r in goal) + " (targets: 20x POT, 3x reference).")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if HAS_CUDA else "cpu")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--md", default=None, help="write the table to this markdown file")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads for every provider (0: torch's default)")
+    H.add_common_args(ap, reps=5, device=False)
+    ap.add_argument("--big-reps", type=int, default=None,
+                    help="repetitions at N >= 1024 (default: --reps); POT takes seconds there")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (use with --threads 1)")
     args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    rows = run_all(args.device, args.reps, clock)
-    info = machine_info(args.device)
+    H.apply_threads(args.threads)
     kernel = "cpp" if args.device == "cpu" else "cuda"
-    text = (f"device: {info['device']}, {os.cpu_count()} CPUs, torch {info['torch']} "
-            f"({info['threads']} threads), POT {info.get('pot', '-')}; {ITERS} iterations, "
-            f"tol = 0, fp32, best of {args.reps} ({args.clock} clock)\n\n"
-            + ratio_table(rows, kernel))
-    ref_pot = [(r["n"], r["rel_eps"], r["seconds"]) for r in rows if r["provider"] == "reference"]
-    pot = {(r["n"], r["rel_eps"]): r["seconds"] for r in rows if r["provider"] == "pot_log_fp32"}
-    if pot:
-        text += "\n\nreference backend vs POT sinkhorn_log (fp32 arrays): " + ", ".join(
-            f"N={n} eps={e:g}*mean: {pot[(n, e)] / t:.1f}x" for n, e, t in ref_pot if (n, e) in pot)
-    print(text)
-    if args.md:
-        with open(args.md, "w") as fh:
-            fh.write(text + "\n")
+    report = H.Report(f"Sinkhorn ({args.device}): {kernel} vs POT sinkhorn_log vs the reference "
+                      "backend", args.device, packages=("pot",), about=ABOUT,
+                      params={"iterations": ITERS, "tol": 0, "reps": args.reps,
+                              "reps at N >= 1024": args.big_reps or args.reps,
+                              "clock": args.clock}, argv=argv)
+
+    def dump(rows):  # after every case: a cut-off run keeps what it measured
+        _fill(report, rows, args.device, kernel)
+        report.checkpoint(args.md, args.json)
+
+    rows = run_all(args.device, args.reps, args.clock, args.big_reps, dump)
+    _fill(report, rows, args.device, kernel)
+    report.note(H.RATIO_NOTE)
+    report.note("`--clock cpu` counts this process's CPU time, which excludes time the "
+                "scheduler gave to other jobs: with one thread the steadiest figure on a "
+                "shared machine.")
+    report.write(args.md, args.json)
 
 
 if __name__ == "__main__":

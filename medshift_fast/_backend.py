@@ -70,6 +70,17 @@ def _current_backend() -> str:
 _current_backend._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
+def check_preference() -> str:
+    """The preferred backend, raising now (before any work) when it is unknown or unavailable."""
+    name = current_backend()
+    if name != "auto" and not is_available(name):
+        raise BackendUnavailableError(
+            f"MEDSHIFT_FAST_BACKEND / use_backend prefers {name!r}, which is not available here "
+            f"({why_unavailable(name)}); unset it or choose one of "
+            f"{', '.join(n for n in BACKENDS if is_available(n))}")
+    return name
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[str]:
     """Run the enclosed ops with backend ``name`` (validated now, availability checked per op)."""

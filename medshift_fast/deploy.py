@@ -56,8 +56,9 @@ class FrameTranslator:
         source, target: domain names (runs) or label ints.
         tau, steps, solver, guidance_encode, guidance_decode: as ``Translator`` (fixed-step
             solvers only: euler | midpoint | heun | rk4; defaults ``translator.RECIPE``).
-        size: frame size S or (H, W) in pixels (default: the run's training size); any size
-            divisible by the model's downsampling factor (non-square frames included).
+        size: frame size S or (H, W) in pixels (default: the run's training size; another size,
+            non-square included, needs ``any_size=True``; it must be divisible by the model's
+            downsampling factor).
         device, dtype: where and in which dtype the model runs (default: the model's).
         input: "float" (frames in [-1, 1], returned as float) or "uint16" (raw 16-bit frames,
             mapped 0..65535 -> [-1, 1] and the result back to uint16, as ``data.io`` does).
@@ -69,6 +70,7 @@ class FrameTranslator:
         warmup: frames of zeros translated at construction (CUDA graph capture, first-call
             costs); they are not counted in the latency statistics.
         history: latencies kept for ``latency_stats`` (the most recent ones).
+        any_size: allow a frame size other than the run's training size.
 
     ``translator(frame)`` takes a (H, W), (1, H, W) or (1, 1, H, W) tensor or numpy array and
     returns the translated frame with the same shape, kind (tensor or numpy) and device.
@@ -99,6 +101,7 @@ class FrameTranslator:
         compile: bool = False,  # noqa: A002 - the Translator mode
         warmup: int = 1,
         history: int = 10_000,
+        any_size: bool = False,
     ) -> None:
         from .run import LoadedRun, load_run
 
@@ -117,6 +120,12 @@ class FrameTranslator:
         h, w = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if h < 1 or w < 1:
             raise MedShiftError(f"FrameTranslator: bad frame size {size}")
+        s0 = run.image_size
+        if s0 is not None and (h, w) != (s0, s0) and not any_size:
+            raise MedShiftError(f"FrameTranslator: this run was trained on {s0}x{s0} images but "
+                                f"the frames are {h}x{w}; resize frames to {s0}x{s0}, or pass "
+                                "any_size=True to run the fully convolutional network at that "
+                                "size (its quality there is not measured)")
         if dtype is not None:
             run.model.to(dtype)
         dev = torch.device(device) if device is not None else run.device

@@ -43,7 +43,7 @@ from .models.unet import UNet, UNetConfig
 
 __all__ = ["CONFIG", "FORMAT_VERSION", "RAW_WEIGHTS", "STATE", "WEIGHTS", "LoadedRun",
            "load_run", "load_weights", "read_run_config", "resolve_device", "save_run",
-           "save_run_atomic_dir", "run_exists"]
+           "save_run_atomic_dir", "run_exists", "clear_run"]
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -137,6 +137,23 @@ def run_exists(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` already holds a checkpoint (config.json or weights)."""
     p = Path(run_dir)
     return p.is_dir() and any((p / f).exists() for f in (CONFIG, WEIGHTS, STATE))
+
+
+RUN_ARTIFACTS = (CONFIG, WEIGHTS, RAW_WEIGHTS, STATE, "log.csv", "train_config.json",
+                 "checkpoints", "best", "samples", "autoencoder", "tb")
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove what a previous run wrote into ``run_dir`` (``--overwrite``); other files stay."""
+    import shutil
+
+    p = Path(run_dir)
+    for name in RUN_ARTIFACTS:
+        q = p / name
+        if q.is_dir():
+            shutil.rmtree(q)
+        elif q.exists():
+            q.unlink()
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:

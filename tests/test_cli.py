@@ -187,3 +187,28 @@ def test_translate_compile_and_skip_bad(tiny_data, tiny_run, tmp_path, capsys):
     rc = main(common + ["--mode", "compiled", "--solver", "dopri5", "--out", str(tmp_path / "x"),
                         str(src)])
     assert "fixed-step" in _one_line_error(capsys, rc)
+
+
+@pytest.mark.ext
+def test_backend_preference_for_a_whole_translate(tiny_data, tiny_run, tmp_path, monkeypatch):
+    """MEDSHIFT_FAST_BACKEND=cpp (attention has no C++ backend: it resolves by auto) and
+    =reference both translate, and agree to fp32 tolerance."""
+    outs = {}
+    for name in ("cpp", "reference"):
+        monkeypatch.setenv("MEDSHIFT_FAST_BACKEND", name)
+        rc = main(["translate", "--checkpoint", str(tiny_run), "--source", "synthetic_low",
+                   "--target", "real_normal", "--steps", "2", "--solver", "heun", "--no-progress",
+                   "--out", str(tmp_path / name), str(tiny_data / "synthetic_low")])
+        assert rc == 0, name
+        outs[name] = [read_image(p) for p in sorted((tmp_path / name).glob("*.png"))]
+    assert len(outs["cpp"]) == len(outs["reference"]) == 10
+    for a, b in zip(outs["cpp"], outs["reference"]):
+        np.testing.assert_allclose(a, b, atol=1e-4)  # 16-bit PNGs: one count is 3e-5
+    monkeypatch.setenv("MEDSHIFT_FAST_BACKEND", "cuda")  # not on this machine: one clear line
+    import torch
+
+    if not torch.cuda.is_available():
+        rc = main(["translate", "--checkpoint", str(tiny_run), "--source", "synthetic_low",
+                   "--target", "real_normal", "--out", str(tmp_path / "c"),
+                   str(tiny_data / "synthetic_low")])
+        assert rc == 2

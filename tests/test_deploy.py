@@ -156,3 +156,23 @@ def test_cuda_graph_frames_equal_translate():
     yd = ft(frame(0).cuda())
     assert yd.device.type == "cuda"
     assert ft.latency_stats()["frames"] == 4
+
+
+def test_frame_size_must_match_the_run_unless_asked(tmp_path, model):
+    save_run(tmp_path, TrainConfig(image_size=16), model.config, ("a", "b", "c"),
+             model.state_dict())
+    with pytest.raises(MedShiftError, match="any_size"):
+        FrameTranslator(str(tmp_path), "a", "b", size=32, steps=1)
+    ft = FrameTranslator(str(tmp_path), "a", "b", size=(16, 24), steps=1, any_size=True)
+    assert ft(frame(0, (16, 24))).shape == (16, 24)  # non-square frames, as translate does
+
+
+def test_monochrome1_frames_are_inverted_in_and_out(model):
+    raw = torch.randint(0, 65536, (16, 16), generator=torch.Generator().manual_seed(2))
+    raw = raw.to(torch.uint16)
+    kw = dict(size=16, input="uint16", steps=1, warmup=0)
+    plain = FrameTranslator(model, 0, 1, **kw)
+    mono1 = FrameTranslator(model, 0, 1, monochrome1=True, **kw)
+    inv = (65535 - raw.to(torch.int32)).to(torch.uint16)
+    want = 65535 - plain(inv).to(torch.int32)
+    assert int((mono1(raw).to(torch.int32) - want).abs().max()) <= 1

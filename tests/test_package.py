@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import medshift_fast
 from medshift_fast import _backend
@@ -33,13 +32,30 @@ def test_unknown_backend_name():
             pass
 
 
-def test_explicit_missing_backend_raises():
-    if not torch.cuda.is_available():
+def test_explicit_missing_backend_raises(monkeypatch):
+    # "cuda" made unavailable whatever the machine: the refusal is tested everywhere
+    monkeypatch.setattr(_backend, "is_available",
+                        lambda name: name in ("auto", "reference"))
+    with pytest.raises(BackendUnavailableError):
+        with medshift_fast.use_backend("cuda"):
+            pass
+    with pytest.raises(BackendUnavailableError):
+        _backend.resolve("x", "cpu", ("reference", "cuda"), "cuda")
+
+
+def test_preference_falls_back_to_auto_for_ops_without_it(monkeypatch):
+    """A pipeline-wide preference is used by the ops that have it; an op without it resolves by
+    auto; an explicit per-op request still raises; a preference missing on the machine raises."""
+    monkeypatch.setattr(_backend, "is_available", lambda name: name != "cuda")
+    with _backend.use_backend("cpp"):
+        assert _backend.resolve("a", "cpu", ("cpp", "reference")) == "cpp"
+        assert _backend.resolve("b", "cpu", ("triton", "reference")) == "reference"
+        assert _backend.resolve("c", "cuda", ("cpp", "reference")) == "reference"
         with pytest.raises(BackendUnavailableError):
-            with medshift_fast.use_backend("cuda"):
-                pass
-        with pytest.raises(BackendUnavailableError):
-            _backend.resolve("x", "cpu", ("reference", "cuda"), "cuda")
+            _backend.resolve("b", "cpu", ("triton", "reference"), "cpp")
+    monkeypatch.setenv("MEDSHIFT_FAST_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailableError, match="preferred"):
+        _backend.resolve("a", "cpu", ("cpp", "reference"))
 
 
 def test_auto_picks_reference_when_nothing_else():

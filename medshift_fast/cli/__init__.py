@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2, one line on stderr)
         return int(exc.code or 0)
     try:
+        if args.command != "env":  # `medshift env` shows a bad preference instead
+            from .._backend import check_preference
+
+            check_preference()
         rc = args.func(args)
     except MedShiftError as exc:
         msg = " ".join(str(exc).split())

@@ -62,7 +62,8 @@ class Engine:
 
     kind = "engine"
 
-    def __init__(self, path: str | Path, meta: dict) -> None:
+    def __init__(self, path: str | Path, meta: dict, monochrome1: bool = False) -> None:
+        self.monochrome1 = bool(monochrome1)
         self.path = Path(path)
         self.meta = meta
         self.settings = ExportSettings.from_dict(meta["settings"])
@@ -122,14 +123,24 @@ class Engine:
                 if x.numel() and (int(x.min()) < 0 or int(x.max()) > 65535):
                     raise MedShiftError("frame values must be in 0..65535 for a uint16 engine")
                 x = x.to(torch.int32).to(torch.uint16)
+            if self.monochrome1:  # raw MONOCHROME1 counts: high = dark; the model wants bone bright
+                x = (65535 - x.to(torch.int32)).to(torch.uint16)
         else:
             if not x.is_floating_point():
                 raise MedShiftError(f"this engine takes float images in [-1, 1] (io=float), got "
                                     f"{x.dtype}; map raw data first or export with --io uint16")
             x = x.to(torch.float32)
+            if x.numel() and not bool(torch.isfinite(x).all()):
+                raise MedShiftError("the images contain NaN or Inf; an engine translates finite "
+                                    "images in [-1, 1] only")
+            if self.monochrome1:
+                x = -x
         if not x.is_contiguous():
             x = x.contiguous()
         out = self._run({self.input_names[0]: x}).reshape(shape)
+        if self.monochrome1:
+            out = (65535 - out.to(torch.int32)).to(torch.uint16) if out.dtype == torch.uint16 \
+                else -out
         return _to_numpy(out) if from_np else out.to(device)
 
     def _step(self, x, t, y):
@@ -163,8 +174,9 @@ class OnnxEngine(Engine):
 
     kind = "onnx"
 
-    def __init__(self, path, meta, providers: list[str] | None = None, threads: int = 0) -> None:
-        super().__init__(path, meta)
+    def __init__(self, path, meta, providers: list[str] | None = None, threads: int = 0,
+                 monochrome1: bool = False) -> None:
+        super().__init__(path, meta, monochrome1)
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -208,8 +220,8 @@ class AotiEngine(Engine):
 
     kind = "aoti"
 
-    def __init__(self, path, meta, device_index: int = -1) -> None:
-        super().__init__(path, meta)
+    def __init__(self, path, meta, device_index: int = -1, monochrome1: bool = False) -> None:
+        super().__init__(path, meta, monochrome1)
         from .aoti import load_aoti
 
         self.device = torch.device(meta.get("device", "cpu"))
@@ -230,8 +242,8 @@ class TensorRTEngine(Engine):
 
     kind = "tensorrt"
 
-    def __init__(self, path, meta) -> None:
-        super().__init__(path, meta)
+    def __init__(self, path, meta, monochrome1: bool = False) -> None:
+        super().__init__(path, meta, monochrome1)
         from .trt_engine import TensorRTRunner
 
         self.runner = TensorRTRunner(self.path, meta)
@@ -248,7 +260,9 @@ def load_engine(path: str | Path, **kwargs) -> Engine:
 
     Args:
         path: the engine file (.onnx, .pt2, .plan/.engine/.trt) with its ``FILE.json`` sidecar.
-        **kwargs: runtime options (OnnxEngine: providers, threads; AotiEngine: device_index).
+        **kwargs: ``monochrome1=True`` for raw MONOCHROME1 frames (high = dark: inverted on
+            the way in and out); runtime options (OnnxEngine: providers, threads; AotiEngine:
+            device_index).
 
     Returns:
         An :class:`Engine`: ``engine(images)`` for translate, ``engine(x, t, y)`` for step.

@@ -24,7 +24,7 @@ from ..fileio import atomic_write
 from ..models.autoencoder import AutoencoderConfig, KLAutoencoder, kl_divergence
 from ..models.codec import load_autoencoder, save_autoencoder
 from ..run import STATE
-from .data import IndexStream, MemorySource, open_split, pick_balanced
+from .data import IndexStream, MemorySource, check_dataset, open_split, pick_balanced
 from .trainer import Task, Trainer, run_training
 
 __all__ = ["AutoencoderTrainConfig", "load_autoencoder", "psnr", "reconstruct",
@@ -190,6 +190,7 @@ class AutoencoderTask(Task):
         if self._data is not None:
             x, xv = self._data
         else:
+            check_dataset(cfg)
             ds = open_split(cfg, "train")
             x, y = ds.to_tensors()
             va = open_split(cfg, "val", ds.domains)

@@ -180,6 +180,18 @@ def open_split(cfg, split: str, domains=None):
         raise  # the split is complete but a file in it is bad
 
 
+def check_dataset(cfg) -> None:
+    """Probe EVERY file of the dataset, all splits, before the first step: a corrupt or refused
+    file in the val or test split fails now, naming the file, not at evaluation time
+    (``--skip-bad``: logged and left out)."""
+    from ..data import FolderDataset
+
+    if not cfg.data:
+        raise MedShiftError("no training data: pass --data ROOT (or run `medshift simulate`)")
+    FolderDataset(cfg.data, domains=cfg.domains, domain_map=getattr(cfg, "domain_map", None),
+                  skip_bad=getattr(cfg, "skip_bad", False), validate=True)
+
+
 def _split_exists(root, split: str, domain_map) -> bool:
     """Whether any image of the dataset belongs to ``split`` (a scan, no decoding)."""
     from ..data import FolderDataset
@@ -252,6 +264,7 @@ def prepare_data(cfg, codec, info: DistInfo, data=None, val_data=None) -> TrainD
         if val_data is not None:
             xv, yv = val_data
     else:
+        check_dataset(cfg)
         ds = open_split(cfg, "train")
         domains, y = tuple(ds.domains), ds.labels
         mode = choose_mode(cfg, len(ds))

@@ -22,7 +22,7 @@ from ..flow.coupling import CouplingConfig
 from ..flow.matcher import SBFlowMatcher
 from ..models.codec import codec_for, copy_autoencoder
 from ..models.unet import UNet, preset_config
-from ..run import LoadedRun, read_run_config, run_exists, save_run
+from ..run import LoadedRun, clear_run, read_run_config, run_exists, save_run
 from . import checkpoint as ckpt
 from . import data as D
 from .config import TrainConfig
@@ -128,6 +128,8 @@ class FlowTask(Task):
         ckpt.check_compatible(src, self.cfg, self.model_cfg, self.domains, self.codec.kind)
 
     def on_start(self, tr: Trainer, out: Path) -> None:
+        if self.cfg.overwrite and not self.cfg.resume:
+            clear_run(out)  # nothing of the replaced run survives to be mixed up with this one
         atomic_write_text(out / "train_config.json", self.cfg.to_json())
         copy_autoencoder(self.codec, out)
 

@@ -51,29 +51,19 @@ def _train_argv(data, tmp_path, *extra):
             "--no-progress", *extra]
 
 
-@pytest.fixture
-def has_train():
-    from medshift_fast.cli import build_parser
-
-    try:
-        build_parser().parse_args(["train", "--data", "x", "--out", "y"])
-    except SystemExit:
-        pytest.skip("no `medshift train` command in this build")
-
-
-def test_bad_data_folder_via_cli(tmp_path, capsys, has_train):
+def test_bad_data_folder_via_cli(tmp_path, capsys):
     _one_line_error(capsys, _train_argv(tmp_path / "missing", tmp_path), "does not exist")
     root = tmp_path / "data"
     (root / "real_low").mkdir(parents=True)
     _one_line_error(capsys, _train_argv(root, tmp_path), "contains no images")
 
 
-def test_unknown_domain_via_cli(sim_root, tmp_path, capsys, has_train):
+def test_unknown_domain_via_cli(sim_root, tmp_path, capsys):
     _one_line_error(capsys, _train_argv(sim_root, tmp_path, "--domains", "real_low,real_hi"),
                     "available: synthetic_low")
 
 
-def test_corrupt_file_via_cli(tmp_path, capsys, has_train):
+def test_corrupt_file_via_cli(tmp_path, capsys):
     from medshift_fast.data import simulate
 
     root = simulate(tmp_path / "d", subjects=1, views=1, size=16, progress=False)

@@ -55,6 +55,11 @@ def test_load_engine_calls_like_eager(model, onnx_engine):
         eng(torch.zeros(1, 1, SIZE * 2, SIZE * 2))
     with pytest.raises(MedShiftError, match="float"):
         eng(torch.zeros(1, 1, SIZE, SIZE, dtype=torch.int32))
+    with pytest.raises(MedShiftError, match="NaN"):
+        eng(torch.full((SIZE, SIZE), float("nan")))
+    # MONOCHROME1 frames (high = dark): inverted on the way in and out
+    mono1 = load_engine(onnx_engine[0], monochrome1=True)
+    assert (mono1(-x) - (-ref)).abs().max() < 1e-4
 
 
 def test_step_engine(model, cached_core, tmp_path):

@@ -220,3 +220,37 @@ def test_bad_val_file_is_an_error_not_a_silent_no_validation(tmp_path, tiny_fold
     run = load_run(tmp_path / "run")
     assert set(run.domains) == {"sim", "real"}
     assert run.train["resize"] == "pad" and run.train["skip_bad"]
+
+
+def test_every_split_is_checked_before_the_first_step(tmp_path, tiny_folder, capsys):
+    """A corrupt file that hashes into the TEST split stops training before any step."""
+    data = tmp_path / "data"
+    bad = _copy_with_corrupt_file(tiny_folder, data, "test")
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1",
+            "--batch-size", "4", "--image-size", "16", "--model-channels", "16",
+            "--val-every", "0", "--sample-every", "0", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and bad.name in err[0]
+    assert not (tmp_path / "run" / "config.json").exists()
+    assert main(args + ["--skip-bad"]) == 0  # logged and left out
+
+
+def test_an_existing_run_folder_is_not_overwritten(tmp_path, tiny_folder, capsys):
+    args = ["train", "--data", str(tiny_folder), "--out", str(tmp_path), "--steps", "2",
+            "--batch-size", "4", "--image-size", "16", "--model-channels", "16",
+            "--ckpt-every", "1", "--val-every", "0", "--sample-every", "0", "--no-progress"]
+    assert main(args) == 0
+    before = (tmp_path / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    again = ["train", "--data", str(tiny_folder), "--out", str(tmp_path), "--steps", "1",
+             "--batch-size", "4", "--image-size", "16", "--model-channels", "16",
+             "--ckpt-every", "5", "--val-every", "0", "--sample-every", "0", "--no-progress",
+             "--overwrite"]
+    assert main(again) == 0
+    assert load_run(tmp_path).config["step"] == 1
+    assert not (tmp_path / "checkpoints" / "step_0000001").exists()  # the old run's files went
