@@ -264,6 +264,8 @@ class StepModule(nn.Module):
         t = t.to(torch.float32)
         if self.w == 1.0:
             return self.model(x, t, y).to(torch.float32)
+        if self.w == 0.0:  # the unconditional field: a B forward with the null label
+            return self.model(x, t, torch.full_like(y, self.null)).to(torch.float32)
         b = x.shape[0]
         v = self.model(torch.cat([x, x]), torch.cat([t, t]),
                        torch.cat([y, torch.full_like(y, self.null)]))

@@ -116,9 +116,10 @@ class _Composer:
     def velocity(self, x: str, t: float, label: int, w: float, b: str) -> tuple[str, str | None]:
         """flow.guidance.make_field: (v_cond, v_uncond) in fp32, one 2B forward when guided."""
         f32 = 1
-        if float(w) == 1.0:
+        if float(w) in (0.0, 1.0):  # the conditional (w = 1) or unconditional field: B forward
             tt = self.op("Expand", [self.const([t], "float32"), b])
-            yy = self.op("Expand", [self.const([label], "int64"), b])
+            lab = label if float(w) == 1.0 else self.null
+            yy = self.op("Expand", [self.const([lab], "int64"), b])
             return self.cast(self.call_core(x, tt, yy), f32), None
         b2 = self.op("Mul", [b, self.const([2], "int64")])
         tt = self.op("Expand", [self.const([t], "float32"), b2])
@@ -193,6 +194,9 @@ class _Composer:
         w = float(s.guidance)
         if w == 1.0:
             v = self.cast(self.call_core(x, "t", "y"), tp.FLOAT)
+        elif w == 0.0:  # the unconditional field: a B forward with the null label
+            yn = self.op("Expand", [self.const([self.null], "int64"), self.op("Shape", ["y"])])
+            v = self.cast(self.call_core(x, "t", yn), tp.FLOAT)
         else:
             yn = self.op("Expand", [self.const([self.null], "int64"), self.op("Shape", ["y"])])
             v2 = self.call_core(self.op("Concat", [x, x], axis=0),

@@ -5,7 +5,7 @@ from .guidance import make_field
 from .matcher import FlowBatch, SBFlowMatcher
 from .paths import sample_t, sb_sample_xt, sb_target
 from .sampler import Sampler
-from .solvers import SOLVERS, integrate, nfe, time_grid
+from .solvers import SOLVERS, TABLEAUX, integrate, integrate_sde, nfe, stage_ops, time_grid
 from .translate import decode, encode, sample, sdedit, translate
 
 __all__ = [
@@ -19,7 +19,10 @@ __all__ = [
     "couple_indices",
     "decode",
     "encode",
+    "TABLEAUX",
     "integrate",
+    "integrate_sde",
+    "stage_ops",
     "make_field",
     "nfe",
     "sample",

@@ -69,7 +69,8 @@ class Sampler:
         tau: translation time in [0, 1].
         steps: fixed steps per leg.
         solver: euler | midpoint | heun | rk4 (dopri5 is adaptive: use ``flow.translate``).
-        guidance_encode, guidance_decode: CFG scales w of the two legs (1 = a B forward).
+        guidance_encode, guidance_decode: CFG scales w of the two legs (1 = the conditional
+            and 0 = the unconditional field: a B forward each).
         device, dtype: of the buffers and the ODE state (default: the model's parameters').
         bf16: run the forward under bf16 autocast (the ODE state stays in ``dtype``).
         channels_last: convert the model's weights to channels_last (in place; values unchanged).
@@ -203,7 +204,9 @@ class Sampler:
         single = len(program) == 1
         evals = []  # (guided, y, w, t, x, h, acc, c, out, acc_out)
         for y, w, t0, t1 in self._legs(mode):
-            g = w != 1.0
+            g = w not in (0.0, 1.0)  # w = 0: the unconditional field alone, a B forward
+            if w == 0.0:
+                y = y[b:]  # the second half of a label buffer holds the null label
             ts = time_grid(t0, t1, self.steps)
             for k in range(self.steps):
                 t, dt = ts[k], ts[k + 1] - ts[k]

@@ -187,6 +187,44 @@ def integrate(
     return x
 
 
+@torch.no_grad()
+def integrate_sde(field: Field, x: torch.Tensor, t0: float, t1: float, steps: int,
+                  noise: float, w: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Integrate, forwards in t (t0 < t1 <= 1), the SDE with the probability-flow ODE's marginals.
+
+    For the path x_t = t x_1 + (1 - t) x_0 (x_0 ~ N(0, I)) the score follows from the velocity,
+    s(x, t) = (t v - x) / (1 - t) (as in SiT, Ma et al. 2024), and for any g(t) the SDE
+    dx = [v + g^2 / 2 s] dt + g dW has the ODE's marginals. With g(t)^2 = 2 noise (1 - t) the
+    drift correction is -noise (x - t v) and the injected noise vanishes at t = 1:
+
+        x <- x + [k - noise (x - t k)] dt + sqrt(2 noise (1 - t) dt) xi,  k the guided velocity
+
+    (Euler-Maruyama; no noise is injected in the last step). ``noise = 0`` is the Euler ODE.
+
+    Args:
+        field: ``field(x, t) -> (v_cond, v_uncond | None)``; w: its guidance scale.
+        x: (B, ...) state at t0.
+        steps: Euler-Maruyama steps.
+        noise: the diffusion scale (>= 0).
+        generator: CPU generator of xi.
+    """
+    if noise < 0:
+        raise MedShiftError(f"the SDE's noise scale must be >= 0, got {noise}")
+    if not t0 < t1 <= 1.0:
+        raise MedShiftError(f"integrate_sde runs forwards in t with t1 <= 1, got {t0} -> {t1}")
+    ts = time_grid(t0, t1, steps)
+    for k in range(steps):
+        t, dt = ts[k], ts[k + 1] - ts[k]
+        vc, vu = field(x, t)
+        v = ops.guided_velocity(vc, vu, w)
+        x = x + dt * (v - noise * (x - t * v))
+        if noise > 0 and k < steps - 1:
+            xi = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+            x = x + math.sqrt(2.0 * noise * (1.0 - t) * dt) * xi.to(x.device, x.dtype)
+    return x
+
+
 def nfe(solver: str, steps: int) -> int:
     """Velocity evaluations per fixed-step integration (each is one 2B forward when guided)."""
     check_solver(solver)

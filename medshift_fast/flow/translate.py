@@ -8,16 +8,13 @@ tau gives more realism. Guidance scales for encode and decode are separate.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .. import ops
 from ..errors import MedShiftError
 from .guidance import make_field
 from .paths import sb_sample_xt
-from .solvers import check_solver, integrate, time_grid
+from .solvers import check_solver, integrate, integrate_sde
 
 
 def _labels(y, b: int, device, num_classes: int, what: str) -> torch.Tensor:
@@ -122,33 +119,14 @@ def translate_unchecked(model, x, y_src, y_tgt, tau, guidance_encode, guidance_d
 
 @torch.no_grad()
 def sde_decode(model, z, y_tgt, tau, guidance, steps, noise, generator=None) -> torch.Tensor:
-    """Decode tau -> 1 with the stochastic bridge (Euler-Maruyama) instead of the ODE.
-
-    For the path x_t = t x_1 + (1 - t) x_0 the score follows from the velocity,
-    s(x, t) = (t v - x) / (1 - t) (SiT, Ma et al. 2024), and for any g(t) the SDE
-    dx = [v + g^2/2 s] dt + g dW has the ODE's marginals. With g(t)^2 = 2 noise (1 - t) the
-    drift correction is -noise (x - t v) and the injected noise vanishes at t = 1:
-
-        x <- x + [k - noise (x - t k)] dt + sqrt(2 noise (1 - t) dt) xi,  k the guided velocity.
-
-    ``noise = 0`` is the Euler ODE decode.
+    """Decode tau -> 1 with the stochastic bridge (``solvers.integrate_sde``) instead of the ODE.
 
     Args:
-        y_tgt: (B,) target labels; guidance: decode guidance scale; noise: the scale above.
-        generator: CPU generator for xi.
+        y_tgt: (B,) target labels; guidance: decode guidance scale; noise: the SDE's diffusion
+            scale (0 = the Euler ODE decode); generator: CPU generator of the injected noise.
     """
-    field = make_field(model, y_tgt, guidance)
-    ts = time_grid(float(tau), 1.0, steps)
-    x = z
-    for k in range(steps):
-        t, dt = ts[k], ts[k + 1] - ts[k]
-        vc, vu = field(x, t)
-        v = ops.guided_velocity(vc, vu, guidance)
-        x = x + dt * (v - noise * (x - t * v))
-        if noise > 0 and k < steps - 1:
-            xi = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-            x = x + math.sqrt(2.0 * noise * (1.0 - t) * dt) * xi
-    return x
+    return integrate_sde(make_field(model, y_tgt, guidance), z, float(tau), 1.0, steps, noise,
+                         guidance, generator)
 
 
 def sde_translate_unchecked(model, x, y_src, y_tgt, tau, guidance_encode, guidance_decode,

@@ -41,6 +41,11 @@ class TrainConfig:
         skip_bad: log and skip unreadable image files instead of stopping at the first one.
         resize: how images that are not square at ``image_size`` are fitted: "crop" (short side
             to S, centre crop) or "pad" (long side to S, zero-pad).
+        crop: train on random crop x crop windows of the model-space images (one window per
+            image per micro-batch, drawn from the run's generator); default: whole images. The
+            U-Net is fully convolutional, so a model trained on crops translates whole images;
+            a translation keeps the source's layout, so local appearance is what it must learn
+            (cf. Patch Diffusion). Must divide by the U-Net's downsampling factor.
         steps: optimizer steps.
         batch_size: images per optimizer step, summed over ranks and accumulation micro-steps
             (the OT coupling is solved over batch_size / grad_accum images at a time).
@@ -98,6 +103,7 @@ class TrainConfig:
     domain_map: str | None = None
     skip_bad: bool = False
     resize: str = "crop"
+    crop: int | None = None
     steps: int = 1000
     batch_size: int = 32
     grad_accum: int = 1
@@ -145,6 +151,8 @@ class TrainConfig:
              f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"),
             (self.image_size >= 8, "image_size must be >= 8"),
             (self.resize in ("crop", "pad"), f"resize must be crop or pad, got {self.resize!r}"),
+            (self.crop is None or 8 <= self.crop,
+             f"crop must be >= 8 (or None for whole images), got {self.crop}"),
             (self.model_channels is None or self.model_channels >= 1,
              "model_channels must be >= 1"),
             (self.lr > 0, "lr must be > 0"),

@@ -78,6 +78,29 @@ class IndexStream:
         return self.global_batch(m)[info.rank * b:(info.rank + 1) * b]
 
 
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator,
+                info: DistInfo) -> torch.Tensor:
+    """One random ``size`` x ``size`` window per image of this rank's share of a micro-batch.
+
+    The window offsets of the whole global micro-batch (B_g = P b images) are drawn from
+    ``generator`` (a CPU generator in the same state on every rank, checkpointed with the run),
+    and rank r keeps its slice, so ranks stay in step and ``--resume`` continues exactly.
+
+    Args:
+        x: (b, C, H, W) this rank's micro-batch (model space), H, W >= size.
+        size: window side.
+    """
+    b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    if size > h or size > w:
+        raise MedShiftError(f"crop {size} is larger than the {h}x{w} training images")
+    bg = b * info.world
+    oy = torch.randint(0, h - size + 1, (bg,), generator=generator)
+    ox = torch.randint(0, w - size + 1, (bg,), generator=generator)
+    s = slice(info.rank * b, (info.rank + 1) * b)
+    return torch.stack([x[i, :, r:r + size, c:c + size]
+                        for i, (r, c) in enumerate(zip(oy[s].tolist(), ox[s].tolist()))])
+
+
 def pick_balanced(labels: torch.Tensor, n: int) -> torch.Tensor:
     """Up to n indices taking the domains in turn (first images of each domain first)."""
     pools = [torch.nonzero(labels == c).flatten().tolist() for c in range(int(labels.max()) + 1)]

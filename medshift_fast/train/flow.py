@@ -73,10 +73,13 @@ class FlowTask(Task):
 
     def build_model(self, tr: Trainer) -> UNet:
         model = UNet(self.model_cfg)
-        s = self.td.val_x.shape[-1]
+        s, crop = self.td.val_x.shape[-1], self.cfg.crop
         if s % model.down_factor:
             raise MedShiftError(f"model-space size {s} must be divisible by "
                                 f"{model.down_factor}; change --image-size")
+        if crop is not None and (crop > s or crop % model.down_factor):
+            raise MedShiftError(f"crop {crop} must be at most the model-space size {s} and "
+                                f"divisible by {model.down_factor}; change --crop")
         return model
 
     def source(self, tr: Trainer):
@@ -92,6 +95,9 @@ class FlowTask(Task):
 
     def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
         x1, y = batch
+        crop = self.cfg.crop
+        if crop is not None and crop < x1.shape[-1]:
+            x1 = D.random_crop(x1, crop, tr.gen, tr.dist)
         fb = self.matcher(x1, y, tr.gen, noise_generator=tr.noise_gen, group=tr.dist)
         xt = fb.x_t
         if self.cfg.channels_last:
