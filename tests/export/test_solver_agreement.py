@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-
 from medshift_fast.export.graphs import ExportSettings
 from medshift_fast.export.onnx_compose import compose
 from medshift_fast.flow import TABLEAUX, stage_ops, translate
