@@ -510,7 +510,8 @@ class Report:
     def table(self, rows: Sequence[dict], columns: Sequence[Column], heading: str | None = None,
               intro: str = "") -> str:
         """Add a table (and its rows to the JSON); returns the table's markdown."""
-        self.rows.extend(r for r in rows if not any(r is x for x in self.rows))
+        known = {id(x) for x in self.rows}
+        self.rows.extend(r for r in rows if id(r) not in known)
         text = md_table(rows, columns)
         self.sections.append((heading, (intro.strip() + "\n\n" if intro else "") + text))
         return text

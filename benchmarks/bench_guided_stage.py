@@ -73,11 +73,15 @@ def case(provider, stage, shape, dtype, device):
                                     backend=backend)
 
 
-def copy_bytes(shape, dtype):
+def _numel(shape):
     n = 1
     for s in shape:
         n *= s
-    return 2 * n * torch.empty((), dtype=dtype).element_size()
+    return n
+
+
+def copy_bytes(shape, dtype):
+    return 2 * _numel(shape) * torch.empty((), dtype=dtype).element_size()
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -97,7 +101,7 @@ def _param_cases():
                     gpu_only = prov in ("copy", "cuda", "cuda_out", "triton", "triton_out")
                     if (device == "cpu" and gpu_only) or (device == "cuda" and "cpp" in prov):
                         continue
-                    tag = f"{device}-{stage}-{'x'.join(map(str, shape))}-{str(dt)[6:]}-{prov}"
+                    tag = f"{device}-{stage}-{H.shape_str(shape)}-{str(dt)[6:]}-{prov}"
                     out.append(pytest.param(device, stage, shape, dt, prov, id=tag))
     return out
 
@@ -118,13 +122,6 @@ def test_guided_stage(benchmark, device, stage, shape, dtype, provider):
 
 
 # ---------------------------------------------------------------------------- one-shot runner
-def _numel(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 def run_all(device, reps, report=None, out=(None, None)):
     """Rows of every (shape, dtype, stage): the providers interleaved, ratios vs reference."""
     rows = []

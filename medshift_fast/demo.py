@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import MedShiftError
 from .fileio import atomic_write_text
-from .translator import Recipe
+from .translator import RECIPE, Recipe, resolve
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,13 +226,15 @@ def _write_report(out: Path, cfg: DemoConfig, steps: int, evals, export_note: st
                   timing) -> Path:
     from .eval.report import markdown_table, versions
 
+    rec = resolve(cfg.recipe(), RECIPE)
+
     lines = [
         "# medshift_fast demo",
         "",
         f"Simulated X-DigiSkull-like data ({cfg.subjects} subjects × {cfg.views} views × 5 "
         f"domains, {cfg.size}×{cfg.size}), `tiny` U-Net trained {steps} steps on this "
-        f"machine, translations with {cfg.steps} {cfg.solver} steps per leg and guidance "
-        f"w = {cfg.guidance_encode:g} (encode) / {cfg.guidance_decode:g} (decode).",
+        f"machine, translations with {rec['steps']} {rec['solver']} steps per leg and guidance "
+        f"w = {rec['guidance_encode']:g} (encode) / {rec['guidance_decode']:g} (decode).",
         "",
     ]
     checks, sections = [], []

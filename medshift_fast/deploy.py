@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import MedShiftError
 from .flow.solvers import FIXED_SOLVERS
-from .translator import RECIPE, Translator, uint16_to_unit, unit_to_uint16
+from .translator import Translator, uint16_to_unit, unit_to_uint16
 
 __all__ = ["FrameTranslator"]
 
@@ -55,7 +55,8 @@ class FrameTranslator:
             (then ``source``/``target`` are label ints and ``size`` is required).
         source, target: domain names (runs) or label ints.
         tau, steps, solver, guidance_encode, guidance_decode: as ``Translator`` (fixed-step
-            solvers only: euler | midpoint | heun | rk4; defaults ``translator.RECIPE``).
+            solvers only: euler | midpoint | heun | rk4; None = the run's defaults,
+            ``translator.RECIPE`` or a distilled student's own).
         size: frame size S or (H, W) in pixels (default: the run's training size; another size,
             non-square included, needs ``any_size=True``; it must be divisible by the model's
             downsampling factor).
@@ -85,11 +86,11 @@ class FrameTranslator:
         run_or_model,
         source,
         target,
-        tau: float = RECIPE["tau"],
-        steps: int = RECIPE["steps"],
-        solver: str = RECIPE["solver"],
-        guidance_encode: float = RECIPE["guidance_encode"],
-        guidance_decode: float = RECIPE["guidance_decode"],
+        tau: float | None = None,
+        steps: int | None = None,
+        solver: str | None = None,
+        guidance_encode: float | None = None,
+        guidance_decode: float | None = None,
         size: int | tuple[int, int] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -134,7 +135,7 @@ class FrameTranslator:
         mode = ("compiled" if compile else
                 "cuda_graph" if (cuda_graph is None and dev.type == "cuda") or cuda_graph
                 else "fused")
-        if solver not in FIXED_SOLVERS:
+        if solver is not None and solver not in FIXED_SOLVERS:
             raise MedShiftError(f"FrameTranslator: solver {solver!r} is adaptive; choose one of "
                                 f"{', '.join(FIXED_SOLVERS)}")
         self.translator = Translator(run, source, target, tau=tau, steps=steps, solver=solver,

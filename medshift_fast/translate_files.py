@@ -37,7 +37,7 @@ from .data.io import probe_image, read_image
 from .data.writers import new_series_uid, output_suffix, write_image
 from .errors import MedShiftError
 from .fileio import atomic_write_text, check_writable_dir
-from .translator import MODES, RECIPE, TranslateOptions
+from .translator import MODES, TranslateOptions
 
 __all__ = ["TranslateConfig", "TranslateSummary", "translate_files"]
 
@@ -75,7 +75,7 @@ class TranslateConfig(TranslateOptions):
     checkpoint: str
     inputs: tuple[str, ...]
     out: str
-    tau: float = RECIPE["tau"]
+    tau: float | None = None
     out_format: str = "same"
     size: str | None = None
     resize: str = "crop"

@@ -31,7 +31,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -155,6 +155,9 @@ class TranslationSettings:
 class Recipe:
     """Translation settings shared by ``translate``, ``evaluate``, ``demo`` and ``export``.
 
+    A field left at None takes the run's default: ``RECIPE`` for a flow run, the teacher's
+    settings for a distilled student (``SHOWN_DEFAULTS`` is what ``--help`` shows).
+
     Attributes:
         guidance: guidance scale of both legs (overrides guidance_encode and guidance_decode).
         guidance_encode: guidance scale of the encode leg (0 = the unconditional,
@@ -166,28 +169,39 @@ class Recipe:
         sde_noise: diffusion scale of the SDE decode.
     """
 
+    SHOWN_DEFAULTS: ClassVar[dict[str, Any]] = RECIPE
+
     guidance: float | None = None
-    guidance_encode: float = RECIPE["guidance_encode"]
-    guidance_decode: float = RECIPE["guidance_decode"]
-    steps: int = RECIPE["steps"]
-    solver: str = RECIPE["solver"]
-    decode: str = RECIPE["decode"]
-    sde_noise: float = RECIPE["sde_noise"]
+    guidance_encode: float | None = None
+    guidance_decode: float | None = None
+    steps: int | None = None
+    solver: str | None = None
+    decode: str | None = None
+    sde_noise: float | None = None
 
     def __post_init__(self) -> None:
         if self.guidance is not None:
             g = _finite("guidance", self.guidance)
             object.__setattr__(self, "guidance_encode", g)
             object.__setattr__(self, "guidance_decode", g)
-        # every value checked now, before any work (the labels are checked by the Translator)
-        TranslationSettings(0, 0, 1.0, self.guidance_encode, self.guidance_decode, self.steps,
-                            self.solver, "medshift", self.decode, self.sde_noise)
+        # every value given is checked now, before any work (labels: by the Translator)
+        TranslationSettings(0, 0, 1.0, **resolve(self.recipe(), RECIPE, tau=None))
 
     def recipe(self) -> dict[str, Any]:
-        """The Translator keyword arguments of these settings (tau excluded)."""
-        return {"guidance_encode": self.guidance_encode, "guidance_decode": self.guidance_decode,
-                "steps": self.steps, "solver": self.solver, "decode": self.decode,
-                "sde_noise": self.sde_noise}
+        """The Translator keyword arguments of these settings (tau excluded; None = default)."""
+        return {k: getattr(self, k) for k in ("guidance_encode", "guidance_decode", "steps",
+                                             "solver", "decode", "sde_noise")}
+
+
+def resolve(given: dict[str, Any], defaults: dict[str, Any], **extra) -> dict[str, Any]:
+    """``given`` with every None replaced by ``defaults`` (keys of ``extra`` with None dropped)."""
+    out = {k: (defaults[k] if v is None else v) for k, v in given.items()}
+    for k, v in extra.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,7 +281,8 @@ class Translator:
             (labels are then ints).
         source, target: domain names (or label ints).
         tau, guidance_encode, guidance_decode, steps, solver, method, decode, sde_noise, seed:
-            see :class:`TranslationSettings` (defaults: ``RECIPE``).
+            see :class:`TranslationSettings`; None takes the run's default (``RECIPE``, or a
+            distilled student's teacher settings).
         mode: eager | fused | compiled | cuda_graph (module docstring).
         device: where the network runs (default: where the run is).
         bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes).
@@ -283,12 +298,11 @@ class Translator:
         MedShiftError: unknown domain, bad settings, an input of the wrong shape or dtype, NaN/Inf.
     """
 
-    def __init__(self, run, source, target, *, tau: float = RECIPE["tau"],
-                 guidance_encode: float = RECIPE["guidance_encode"],
-                 guidance_decode: float = RECIPE["guidance_decode"],
-                 steps: int = RECIPE["steps"], solver: str = RECIPE["solver"],
-                 method: str = "medshift", decode: str = RECIPE["decode"],
-                 sde_noise: float = RECIPE["sde_noise"], seed: int = 0, mode: str = "eager",
+    def __init__(self, run, source, target, *, tau: float | None = None,
+                 guidance_encode: float | None = None, guidance_decode: float | None = None,
+                 steps: int | None = None, solver: str | None = None,
+                 method: str = "medshift", decode: str | None = None,
+                 sde_noise: float | None = None, seed: int = 0, mode: str = "eager",
                  device: torch.device | str | None = None, bf16: bool = False,
                  channels_last: bool = False, batch_size: int | None = None) -> None:
         from .run import LoadedRun, load_run, resolve_device
@@ -305,9 +319,14 @@ class Translator:
         if batch_size is not None and int(batch_size) < 1:
             raise MedShiftError(f"batch_size must be >= 1, got {batch_size}")
         self.run = run
-        self.settings = TranslationSettings(
-            run.label(source), run.label(target), tau, guidance_encode, guidance_decode, steps,
-            solver, method, decode, sde_noise, seed)
+        defaults = dict(RECIPE)
+        if run.kind == "student":  # a student's defaults are its teacher's settings
+            defaults.update(run.model.defaults())
+        vals = resolve(dict(tau=tau, guidance_encode=guidance_encode,
+                            guidance_decode=guidance_decode, steps=steps, solver=solver,
+                            decode=decode, sde_noise=sde_noise), defaults)
+        self.settings = TranslationSettings(run.label(source), run.label(target), method=method,
+                                            seed=seed, **vals)
         s = self.settings
         if run.kind == "student":
             run.model.check_request(s)

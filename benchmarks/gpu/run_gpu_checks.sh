@@ -22,10 +22,13 @@ for f in tests/ops/test_sinkhorn*.py tests/ops/test_guided_stage.py tests/ops/te
 done
 echo "=== elapsed $(( $(date +%s) - $(cat $OUT/t0) )) s"
 # Stage 2 (optional: `STAGE2=1`): the GPU benchmarks the issues ask for, each bounded in time and
-# writing its JSON into $OUT as it goes (a cut-off run keeps what it measured).
+# writing its JSON and markdown (benchmarks/_harness.py Report) into $OUT as it goes (a cut-off
+# run keeps what it measured, marked incomplete).
 if [ "${STAGE2:-0}" = "1" ]; then
   echo "=== bench_guided_stage (copy-bandwidth fraction)"
   timeout 90 python benchmarks/bench_guided_stage.py --device cuda --json "$OUT/guided_stage_gpu.json" 2>&1 | tail -12
+  echo "=== bench_sinkhorn (cuda / triton vs POT torch backend and the reference)"
+  timeout 60 python benchmarks/bench_sinkhorn.py --reps 5 --json "$OUT/sinkhorn_gpu.json" 2>&1 | tail -12
   echo "=== bench_attention (TFLOP/s vs SDPA backends and the einsum form)"
   timeout 150 python benchmarks/bench_attention.py --device cuda --reps 5 --out "$OUT/attention_gpu.json" 2>&1 | tail -30
   echo "=== bench_sampler --gpu (512x512 frame latency, CUDA graph, bf16)"

@@ -93,6 +93,7 @@ def add_config_flags(p: argparse.ArgumentParser, cls, *, skip=(), required=(),
         positional: fields taken as positional arguments (nargs="+" for tuples).
     """
     helps = {**field_help(cls), **(extra_help or {})}
+    shown_defaults = getattr(cls, "SHOWN_DEFAULTS", {})
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -108,7 +109,10 @@ def add_config_flags(p: argparse.ArgumentParser, cls, *, skip=(), required=(),
                 kw["nargs"] = "+"
             p.add_argument(f.name, **kw)
             continue
-        shown = f" (default: {_show(default)})" if has_default and default is not None else ""
+        if default is None and f.name in shown_defaults:  # None = the run's own default
+            shown = f" (default: {_show(shown_defaults[f.name])}, or a distilled run's own)"
+        else:
+            shown = f" (default: {_show(default)})" if has_default and default is not None else ""
         kw: dict[str, Any] = {"dest": f.name, "help": (desc + shown).strip() or None,
                               "default": None if none_defaults else default}
         names = [_flag(f.name), *((aliases or {}).get(f.name, []))]

@@ -1,14 +1,21 @@
-"""Distil a run's whole translation into a one-step student (``medshift distill``)."""
+"""Distil a teacher run's whole translation into a one-call student (``medshift distill``)."""
+
+from ._flags import add_config_flags, config_from_args
 
 NAME = "distill"
-HELP = "distil a run's translation into a one-network-call student (not built yet)"
+HELP = "distil a run's translation into a student: one network call, no guidance at run time"
 
 
 def add_arguments(p) -> None:
-    pass
+    from ..train.distill import DistillConfig
+
+    add_config_flags(p, DistillConfig, required=("teacher", "out"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-    from ..errors import MedShiftError
+    from ..train.distill import DistillConfig, distill
 
-    raise MedShiftError("medshift distill is not available yet")
+    out = distill(config_from_args(DistillConfig, args), progress=not args.no_progress)
+    print(f"student written to {out}")
+    return 0

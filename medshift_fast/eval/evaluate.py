@@ -202,6 +202,8 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
         res.images["target (true)"] = x_gt
     res.settings = {
         **asdict(cfg),
+        **{k: v for k, v in translator(cfg.taus[0]).__self__.settings.to_dict().items()
+           if k in cfg.recipe()},
         "n_images": int(x_src.shape[0]),
         "n_reference": int(x_ref.shape[0]),
         "image_size": size,

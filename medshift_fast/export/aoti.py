@@ -96,7 +96,7 @@ def export_aoti(model: nn.Module, settings: ExportSettings, out: str | Path,
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"device": device.type, "unet_calls": settings.nfe()}
+    return {"device": device.type, "unet_calls": settings.nfe(model)}
 
 
 def load_aoti(path: str | Path, device_index: int = -1):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import MedShiftError
-from ..translator import RECIPE, TranslateOptions
+from ..translator import TranslateOptions
 from .graphs import ExportSettings, check_model, export_codec, io_layout, model_size
 from .sidecar import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, FORMATS, SUFFIXES, write_sidecar
 from .verify import VerifyResult, verify_engine
@@ -188,6 +188,8 @@ def export_engine(
         finally:
             os.unlink(tmp)
     seconds = time.perf_counter() - t0
+    if getattr(model, "is_student", False):
+        info["student"] = model.config.method
     c, size = io_layout(model, settings, codec)
     inputs, outputs = _io_spec(settings, c, size)
     latent = codec is not None
@@ -237,9 +239,16 @@ def export_engine(
 
 
 def _describe(report: ExportReport, s: ExportSettings, codec=None) -> str:
-    what = (f"translate graph ({s.solver}, {s.steps} steps/leg, tau={s.tau}, "
-            f"w={s.guidance_encode}/{s.guidance_decode}, {s.nfe()} U-Net calls, io={s.io})"
-            if s.what == "translate" else f"step graph (guided velocity, w={s.guidance})")
+    calls = report.info.get("unet_calls", s.nfe())
+    if report.info.get("student"):
+        what = (f"translate graph of a distilled {report.info['student']} student ({calls} "
+                f"network call(s), tau={s.tau}, teacher {s.solver} x {s.steps} steps/leg, w="
+                f"{s.guidance_encode}/{s.guidance_decode}, io={s.io})")
+    elif s.what == "translate":
+        what = (f"translate graph ({s.solver}, {s.steps} steps/leg, tau={s.tau}, "
+                f"w={s.guidance_encode}/{s.guidance_decode}, {calls} U-Net calls, io={s.io})")
+    else:
+        what = f"step graph (guided velocity, w={s.guidance})"
     if codec is not None:
         f = int(codec.factor)
         what += (f" of a latent run (autoencoder encode/decode in the graph, U-Net at "
@@ -287,7 +296,7 @@ class ExportConfig(TranslateOptions):
     format: str
     out: str
     what: str = "translate"
-    tau: float = RECIPE["tau"]
+    tau: float | None = None
     size: int | None = None
     batch: int = 1
     max_batch: int | None = None
@@ -314,6 +323,9 @@ def export_run(cfg: ExportConfig, log: Callable[[str], None] | None = print) -> 
 
     dev = default_device(cfg.device)
     run = load_run(cfg.checkpoint, device=dev)
+    if run.kind == "student" and cfg.what == "step":
+        raise MedShiftError("a distilled student has no velocity field to export; export --what "
+                            "translate (or the teacher run's step graph)")
     dtype = cfg.dtype or ("fp16" if cfg.format == "tensorrt" else "fp32")
     src = cfg.source if cfg.what == "translate" else (cfg.source or run.domains[0])
     tgt = cfg.target if cfg.what == "translate" else (cfg.target or run.domains[0])

@@ -112,8 +112,11 @@ class ExportSettings:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-    def nfe(self) -> int:
-        """U-Net evaluations in the graph (each a 2B forward when guided)."""
+    def nfe(self, model: nn.Module | None = None) -> int:
+        """U-Net evaluations in the graph (each a 2B forward when guided); a distilled student
+        (``model``) makes its own number of calls."""
+        if model is not None and getattr(model, "is_student", False):
+            return int(model.calls) if self.what == "translate" else 0
         if self.what == "step" or float(self.tau) == 1.0:
             return 1 if self.what == "step" else 0
         return 2 * nfe(self.solver, int(self.steps))
@@ -343,6 +346,9 @@ def build_module(model: nn.Module, settings: ExportSettings, codec=None) -> nn.M
     codec = export_codec(codec)
     m = cast_model(model, settings)
     if settings.what == "step":
+        if getattr(model, "is_student", False):
+            raise MedShiftError("a distilled student has no velocity field to export; export "
+                                "--what translate (or the teacher run's step graph)")
         return StepModule(m, settings).eval()
     lc = None
     if codec is not None:

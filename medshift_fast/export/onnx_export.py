@@ -162,6 +162,24 @@ def _export(module: nn.Module, args: tuple, input_names: list[str], output_names
     raise MedShiftError(f"ONNX export of {what} failed (" + "; ".join(errors) + ")")
 
 
+def _export_student(mod: nn.Module, model: nn.Module, settings: ExportSettings, out,
+                    metadata, exporter: str, codec) -> dict:
+    """A distilled student's translate graph: the whole TranslateModule through the exporter."""
+    from .graphs import example_inputs, io_layout
+
+    onnx = _onnx()
+    c, size = io_layout(model, settings, codec)
+    dev = next(model.parameters()).device
+    args = example_inputs(settings, int(model.num_classes), c, max(2, settings.batch), dev,
+                          size=size)
+    m, which = _export(mod, args, ["image"], ["translated"], exporter, "the distilled student")
+    onnx.helper.set_model_props(m, metadata or {})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(m, str(out))
+    return {"exporter": which, "opset": OPSET, "unet_calls": int(model.calls)}
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' progress prints, warnings and registry log lines."""
@@ -195,7 +213,9 @@ def export_onnx(model: nn.Module, settings: ExportSettings, out: str | Path,
         "codec_exporter" for a latent translate graph).
     """
     onnx = _onnx()
-    build_module(model, settings, codec)  # validates settings against the model and codec
+    mod = build_module(model, settings, codec)  # validates settings against the model, codec
+    if getattr(model, "is_student", False):  # one (or two) calls: export the module itself
+        return _export_student(mod, model, settings, out, metadata, exporter, codec)
     codec = export_codec(codec)
     msize = model_size(settings, codec)  # the U-Net's side: S, or S / f in latent mode
     core, which = export_core(model, dataclasses.replace(settings, size=msize), exporter)

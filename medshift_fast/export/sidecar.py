@@ -7,13 +7,13 @@ wrong-version engine is refused with a clear :class:`MedShiftError` before any r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..errors import MedShiftError
+from ..fileio import sha256_file
 
 ENGINE_FORMAT = "medshift_fast-engine"
 ENGINE_FORMAT_VERSION = 1
@@ -27,17 +27,6 @@ def sidecar_path(path: str | Path) -> Path:
     """``FILE.json`` for engine ``FILE`` (e.g. translator.onnx -> translator.onnx.json)."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def engine_format_for(path: str | Path) -> str:

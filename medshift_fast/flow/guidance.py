@@ -30,13 +30,16 @@ def make_field(model: nn.Module, y: torch.Tensor, w: float):
     null = torch.full_like(y, null_label(model))
     yy = torch.cat([y, null]) if guided else (null if float(w) == 0.0 else y)
 
-    def field(x: torch.Tensor, t: float):
+    def field(x: torch.Tensor, t):
+        """t: a float, or a (B,) tensor of per-sample times."""
         b = x.shape[0]
+        if isinstance(t, torch.Tensor):
+            tb = t.to(x.device, torch.float32).reshape(-1).expand(b)
+        else:
+            tb = torch.full((b,), float(t), device=x.device, dtype=torch.float32)
         if guided:
-            tt = torch.full((2 * b,), float(t), device=x.device, dtype=torch.float32)
-            v = model(torch.cat([x, x]), tt, yy)
+            v = model(torch.cat([x, x]), torch.cat([tb, tb]), yy)
             return v[:b], v[b:]
-        tt = torch.full((b,), float(t), device=x.device, dtype=torch.float32)
-        return model(x, tt, yy), None
+        return model(x, tb, yy), None
 
     return field

@@ -238,8 +238,11 @@ class UNet(nn.Module):
             h = blk(h, emb) if isinstance(blk, ResBlock) else blk(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Args: x (B, C, H, W); t (B,) or scalar in [0, 1]; y (B,) int64 in 0..K (K = null)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                emb_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: x (B, C, H, W); t (B,) or scalar in [0, 1]; y (B,) int64 in 0..K (K = null);
+        emb_extra: optional (B, 4 * model_channels) added to the time + label embedding (the
+        distilled students' extra conditioning)."""
         if x.shape[-1] % self.down_factor or x.shape[-2] % self.down_factor:
             raise MedShiftError(
                 f"UNet: image size {tuple(x.shape[-2:])} must be divisible by {self.down_factor}"
@@ -248,6 +251,8 @@ class UNet(nn.Module):
             t = t.expand(x.shape[0])
         emb = self.time_mlp(timestep_embedding(t, self.config.model_channels).to(x.dtype))
         emb = emb + self.label_emb(y).to(emb.dtype)
+        if emb_extra is not None:
+            emb = emb + emb_extra.to(emb.dtype)
         h = self.input_conv(x)
         hs = [h]
         for blocks in self.down:

@@ -1,0 +1,203 @@
+"""Distilled students: a teacher's whole translation in one or two network calls, no guidance.
+
+Two routes, one module (``StudentConfig.method``), both initialised from the teacher's U-Net:
+
+* ``oneshot`` -- G(x, tau, y_src, y_tgt) = x + F(x; emb(tau) + label(y_tgt) + src(y_src)): the
+  translated image in ONE evaluation. tau enters through the time embedding, the target label
+  through the label embedding, the source label through an added embedding (zero-initialised);
+  the output convolution is zero-initialised, so the student starts as the identity (a
+  translation keeps the source's layout). Trained by regression on the teacher's own
+  translations (train/distill.py).
+* ``meanflow`` -- an average-velocity model u(z, s, e, y) (MeanFlow, Geng et al. 2025): the
+  teacher's trajectory through z at time s reaches z + (e - s) u at time e. A translation is two
+  jumps: encode z_tau = x + (tau - 1) u(x, 1, tau, y_enc) and decode
+  y = z_tau + (1 - tau) u(z_tau, tau, 1, y_tgt) -- any tau and any pair from one model. The span
+  e - s enters through an added embedding (zero-initialised, so u starts as the teacher's
+  velocity, its s = e limit), and a leg embedding tells the encode field (w_enc) from the decode
+  field (w_dec). Trained with the MeanFlow identity u = v + (e - s) du/ds on the teacher's
+  guided velocity v.
+
+The teacher's settings (guidance, solver, steps) are recorded in the config: a request outside
+what the student learned (another pair, tau outside its range, another solver setting) is a
+``MedShiftError`` naming the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import MedShiftError
+from .unet import UNet, UNetConfig, timestep_embedding
+
+__all__ = ["STUDENT_METHODS", "Student", "StudentConfig"]
+
+STUDENT_METHODS = ("oneshot", "meanflow")
+# teacher settings a student is bound to (TranslationSettings fields)
+BOUND = ("guidance_encode", "guidance_decode", "steps", "solver")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """A distilled student.
+
+    Attributes:
+        unet: the network's ``UNetConfig`` (the teacher's) as a dict.
+        method: oneshot | meanflow.
+        pairs: (source, target) label pairs it learned.
+        tau_min, tau_max: the translation times it learned.
+        teacher: the teacher's translation settings (guidance_encode, guidance_decode, steps,
+            solver) and its run.
+    """
+
+    unet: dict
+    method: str = "oneshot"
+    pairs: tuple[tuple[int, int], ...] = ()
+    tau_min: float = 0.3
+    tau_max: float = 0.6
+    teacher: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pairs", tuple((int(a), int(b)) for a, b in self.pairs))
+        if self.method not in STUDENT_METHODS:
+            raise MedShiftError(f"unknown student method {self.method!r}; choose one of "
+                                f"{', '.join(STUDENT_METHODS)}")
+        if not 0.0 <= self.tau_min <= self.tau_max < 1.0:
+            raise MedShiftError(f"student tau range must satisfy 0 <= tau_min <= tau_max < 1, got "
+                                f"{self.tau_min}..{self.tau_max}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["pairs"] = [list(p) for p in self.pairs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class Student(nn.Module):
+    """A distilled translator (see the module docstring); ``translate`` is what callers use."""
+
+    is_student = True
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = UNet(UNetConfig(**config.unet))
+        u = self.unet
+        self.in_channels, self.num_classes, self.down_factor = (u.in_channels, u.num_classes,
+                                                                u.down_factor)
+        ch = u.config.model_channels
+        emb = 4 * ch
+        if config.method == "oneshot":
+            self.src_emb = nn.Embedding(u.num_classes + 1, emb)
+            nn.init.zeros_(self.src_emb.weight)
+        else:
+            self.span_mlp = nn.Sequential(nn.Linear(ch, emb), nn.SiLU(), nn.Linear(emb, emb))
+            nn.init.zeros_(self.span_mlp[2].weight)
+            nn.init.zeros_(self.span_mlp[2].bias)
+            self.leg_emb = nn.Embedding(2, emb)
+            nn.init.zeros_(self.leg_emb.weight)
+
+    @property
+    def calls(self) -> int:
+        """Network evaluations per translation."""
+        return 1 if self.config.method == "oneshot" else 2
+
+    # ------------------------------------------------------------------------------ networks
+    def forward(self, *args):
+        """oneshot: (x, tau, y_src, y_tgt) -> G; meanflow: (z, s, e, y, leg) -> u."""
+        if self.config.method == "oneshot":
+            return self.oneshot(*args)
+        return self.average_velocity(*args)
+
+    def init_from_teacher(self, teacher: UNet) -> None:
+        """Copy the teacher's U-Net; a one-shot student's output convolution starts at zero."""
+        self.unet.load_state_dict(teacher.state_dict())
+        if self.config.method == "oneshot":
+            with torch.no_grad():
+                for p in self.unet.out[-1].parameters():
+                    p.zero_()
+
+    def oneshot(self, x: torch.Tensor, tau: torch.Tensor, y_src: torch.Tensor,
+                y_tgt: torch.Tensor) -> torch.Tensor:
+        """G(x, tau, y_src, y_tgt): (B, C, H, W) model-space sources -> translations."""
+        return x + self.unet(x, tau, y_tgt, self.src_emb(y_src))
+
+    def average_velocity(self, z: torch.Tensor, s: torch.Tensor, e: torch.Tensor,
+                         y: torch.Tensor, leg: torch.Tensor) -> torch.Tensor:
+        """u(z, s, e, y): the mean velocity from time s (where the trajectory is at z) to e."""
+        span = timestep_embedding(e - s, self.unet.config.model_channels).to(z.dtype)
+        return self.unet(z, s, y, self.span_mlp(span) + self.leg_emb(leg))
+
+    def encode_label(self, y_src: torch.Tensor) -> torch.Tensor:
+        """The label of the encode field: the null label when the teacher encoded with w = 0."""
+        if float(self.config.teacher.get("guidance_encode", 1.0)) == 0.0:
+            return torch.full_like(y_src, self.num_classes)
+        return y_src
+
+    def translate(self, z: torch.Tensor, tau: float, y_src: torch.Tensor,
+                  y_tgt: torch.Tensor) -> torch.Tensor:
+        """The whole translation of model-space images z (B, C, h, w) at time tau."""
+        b = z.shape[0]
+        t = torch.full((b,), float(tau), device=z.device, dtype=torch.float32)
+        if self.config.method == "oneshot":
+            return self.oneshot(z, t, y_src, y_tgt)
+        one = torch.ones_like(t)
+        enc = torch.zeros(b, dtype=torch.long, device=z.device)
+        zt = z + (t - 1.0).view(-1, 1, 1, 1).to(z.dtype) * self.average_velocity(
+            z, one, t, self.encode_label(y_src), enc)
+        return zt + (1.0 - t).view(-1, 1, 1, 1).to(z.dtype) * self.average_velocity(
+            zt, t, one, y_tgt, enc + 1)
+
+    # ----------------------------------------------------------------------------- requests
+    def defaults(self) -> dict[str, Any]:
+        """The Translator settings a request to this student may omit (the teacher's)."""
+        d = {k: self.config.teacher[k] for k in BOUND if k in self.config.teacher}
+        lo, hi = self.config.tau_min, self.config.tau_max
+        d["tau"] = 0.6 if lo <= 0.6 <= hi else hi
+        return d
+
+    def check_request(self, s) -> None:
+        """Refuse (MedShiftError, naming the allowed values) what the student did not learn."""
+        cfg, eps = self.config, 1e-6
+        if cfg.pairs and (s.source, s.target) not in cfg.pairs:
+            known = ", ".join(f"{a}->{b}" for a, b in cfg.pairs)
+            raise MedShiftError(f"this distilled student never learned the pair {s.source} -> "
+                                f"{s.target}; it knows {known} (labels); distil it for that pair "
+                                "or use the teacher run")
+        if not cfg.tau_min - eps <= s.tau <= cfg.tau_max + eps:
+            raise MedShiftError(f"this distilled student learned tau in [{cfg.tau_min:g}, "
+                                f"{cfg.tau_max:g}], not {s.tau:g}; choose a tau in that range or "
+                                "translate with the teacher run")
+        for k in BOUND:
+            want = cfg.teacher.get(k)
+            if want is not None and getattr(s, k) != want:
+                raise MedShiftError(f"{k}={getattr(s, k)!r} does not apply to a distilled student: "
+                                    f"it reproduces its teacher's {k}={want!r} in {self.calls} "
+                                    "network call(s); leave it out (or pass "
+                                    f"{k}={want!r})")
+        if s.method != "medshift" or s.decode != "ode":
+            raise MedShiftError("a distilled student reproduces the ODE translation only (no "
+                                "sdedit, no SDE decode); use the teacher run for those")
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"method={c.method}, calls={self.calls}, tau=[{c.tau_min:g}, {c.tau_max:g}], "
+                f"pairs={len(c.pairs)}")
+
+
+def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float | None = None) -> torch.Tensor:
+    """sqrt(||pred - target||^2 + c^2) - c per sample, averaged (Song & Dhariwal 2023's loss;
+    c = 0.00054 sqrt(d) by default, d the number of elements of one sample)."""
+    d = pred[0].numel()
+    c = 0.00054 * math.sqrt(d) if c is None else float(c)
+    diff = (pred.float() - target.float()).flatten(1)
+    return (torch.sqrt(diff.pow(2).sum(1) + c * c) - c).mean()
