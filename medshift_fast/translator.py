@@ -329,7 +329,7 @@ class Translator:
                                             seed=seed, **vals)
         s = self.settings
         if run.kind == "student":
-            run.model.check_request(s)
+            run.model.check_request(s, run.domains)
         if mode != "eager":
             if run.kind == "student":
                 mode = "eager"  # one network call: nothing to fuse

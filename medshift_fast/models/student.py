@@ -165,14 +165,23 @@ class Student(nn.Module):
         d["tau"] = 0.6 if lo <= 0.6 <= hi else hi
         return d
 
-    def check_request(self, s) -> None:
-        """Refuse (MedShiftError, naming the allowed values) what the student did not learn."""
+    def check_request(self, s, domains=None) -> None:
+        """Refuse (MedShiftError, naming the allowed values) what the student did not learn.
+
+        Args:
+            s: the requested ``TranslationSettings``.
+            domains: domain names (index = label) to name the pairs with.
+        """
         cfg, eps = self.config, 1e-6
+
+        def name(i):
+            return domains[i] if domains is not None else str(i)
+
         if cfg.pairs and (s.source, s.target) not in cfg.pairs:
-            known = ", ".join(f"{a}->{b}" for a, b in cfg.pairs)
-            raise MedShiftError(f"this distilled student never learned the pair {s.source} -> "
-                                f"{s.target}; it knows {known} (labels); distil it for that pair "
-                                "or use the teacher run")
+            known = ", ".join(f"{name(a)} -> {name(b)}" for a, b in cfg.pairs)
+            raise MedShiftError(f"this distilled student never learned {name(s.source)} -> "
+                                f"{name(s.target)}; it knows {known}; distil it for that pair "
+                                "(--pairs) or use the teacher run")
         if not cfg.tau_min - eps <= s.tau <= cfg.tau_max + eps:
             raise MedShiftError(f"this distilled student learned tau in [{cfg.tau_min:g}, "
                                 f"{cfg.tau_max:g}], not {s.tau:g}; choose a tau in that range or "

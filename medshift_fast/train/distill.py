@@ -201,8 +201,8 @@ class DistillTask(Task):
 
     desc = "distill"
 
-    def __init__(self, cfg: DistillConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: DistillConfig, progress: bool = True) -> None:
+        self.cfg, self.progress = cfg, progress
 
     # ------------------------------------------------------------------------------ set-up
     def setup(self, tr: Trainer) -> None:
@@ -306,7 +306,7 @@ class DistillTask(Task):
                 jobs += [(int(i), src, tgt, float(tau)) for i, tau in zip(idx, taus)]
         rows: dict[str, list] = {"x": [], "t": [], "s": [], "g": [], "tau": []}
         bar = tqdm(total=len(jobs), desc="teacher translations", unit="img",
-                   disable=not tr.dist.is_main)
+                   disable=not (tr.dist.is_main and self.progress))
         # one translation per job: each has its own tau (the Sampler is per settings)
         for i, src, tgt, tau in jobs:
             z = self.x[i:i + 1]
@@ -422,7 +422,8 @@ class DistillTask(Task):
     # ---------------------------------------------------------------------------- checkpoints
     def save(self, tr: Trainer, run_dir: Path) -> None:
         t = self.teacher
-        train_dict = {**self.cfg.to_dict(), "image_size": t.image_size, "data": self.data_root}
+        train_dict = {**self.cfg.to_dict(), "image_size": t.image_size,
+                      "dataset": str(self.data_root)}
         extra = {"step": tr.step, "latent": t.codec.reference(), "teacher": str(t.path),
                  "best_val": None if math.isinf(tr.best_val) else tr.best_val}
         save_run(run_dir, train_dict, self.student_cfg.to_dict(), self.domains,
@@ -445,5 +446,5 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
     from .flow import check_fresh_out
 
     check_fresh_out(cfg)
-    return run_training(cfg, DistillTask(cfg), progress)
+    return run_training(cfg, DistillTask(cfg, progress), progress)
 
