@@ -98,7 +98,8 @@ def test_refused_requests_exit_2_with_one_line(teacher, tmp_path, tiny_folder, c
     img = next((tiny_folder / "synthetic_low").glob("*.png"))
     base = ["translate", "--checkpoint", str(out), "--out", str(tmp_path / "o"),
             "--no-progress", str(img)]
-    for extra, needle in ((["--source", "real_normal", "--target", "synthetic_low"], "never learned"),
+    for extra, needle in ((["--source", "real_normal", "--target", "synthetic_low"],
+                           "never learned"),
                           (["--source", "synthetic_low", "--target", "real_normal", "--tau",
                             "0.9"], "0.3, 0.6"),
                           (["--source", "synthetic_low", "--target", "real_normal", "--solver",
