@@ -29,12 +29,24 @@ __all__ = [
     "eval",
     "export",
     "deploy",
+    "load_run",
+    "LoadedRun",
+    "Translator",
+    "RECIPE",
+    "FrameTranslator",
+    "load_engine",
 ]
 
-_LAZY = {"ops", "flow", "models", "data", "train", "eval", "export", "deploy", "cli"}
+_LAZY = {"ops", "flow", "models", "data", "train", "eval", "export", "deploy", "cli", "run",
+         "translator"}
+# the everyday names, importable from the top level without loading torch-heavy modules early
+_NAMES = {"load_run": "run", "LoadedRun": "run", "Translator": "translator",
+          "RECIPE": "translator", "FrameTranslator": "deploy", "load_engine": "deploy"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'medshift_fast' has no attribute {name!r}")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write_text
+
 COLUMNS = [
     ("method", "method", "{}"),
     ("ssim_src", "SSIM↑ (src)", "{:.3f}"),
@@ -44,11 +46,14 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    keys = list(rows[0].keys())
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    import io
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def versions() -> dict:
@@ -107,39 +112,70 @@ def save_grid(
     plt.close(fig)
 
 
+# The two planes of the trade-off figure: (x key, x label, higher x is better, y key, y label,
+# higher y is better).
+PLANES = (
+    ("ssim_src", "SSIM vs source (structure) →", True, "fid_enl0",
+     "FID-ENL0 to the target domain (realism) ↓", False),
+    ("psnr_tgt", "PSNR vs the true target, dB (accuracy) →", True, "nps_dist",
+     "NPS distance to the target domain (noise texture) ↓", False),
+)
+_SWEEPS = (("medshift", "o-", "MedShift"), ("sdedit", "s--", "SDEdit"),
+           ("student", "^:", "MedShift 1-step"))
+
+
+def _better(a: dict, b: dict, plane) -> bool:
+    """a Pareto-dominates b on ``plane``: no worse on both axes, strictly better on one."""
+    xk, _, xhi, yk, _, yhi = plane
+    dx = (a[xk] - b[xk]) * (1 if xhi else -1)
+    dy = (a[yk] - b[yk]) * (1 if yhi else -1)
+    return dx >= 0 and dy >= 0 and (dx > 0 or dy > 0)
+
+
+def dominance(rows: list[dict], a: str = "medshift", b: str = "sdedit") -> list[str]:
+    """One plain sentence per plane: does the ``a`` sweep Pareto-dominate the ``b`` sweep?"""
+    out = []
+    ra = [r for r in rows if r["kind"] == a]
+    rb = [r for r in rows if r["kind"] == b]
+    if not ra or not rb:
+        return out
+    for plane in PLANES:
+        name = f"{plane[0].replace('_', ' ')} vs {plane[3].replace('_', ' ')}"
+        loose = [r for r in rb if not any(_better(m, r, plane) for m in ra)]
+        wins = [r for r in ra if not any(_better(s, r, plane) for s in rb)]
+        if not loose:
+            out.append(f"{name}: MedShift's τ-sweep Pareto-dominates SDEdit's (every SDEdit "
+                       "point is beaten on both axes by some MedShift point).")
+        else:
+            taus = ", ".join(f"τ={r['tau']:g}" for r in loose)
+            out.append(f"{name}: MedShift does NOT dominate SDEdit everywhere: SDEdit {taus} "
+                       f"is not beaten by any MedShift point; {len(wins)} of {len(ra)} MedShift "
+                       "points are not beaten by any SDEdit point.")
+    return out
+
+
 def save_tradeoff(path: Path, rows: list[dict], title: str | None = None) -> None:
+    """Two panels: structure vs realism and accuracy vs noise texture, every sweep on both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, label in (
-        (axes[0], "fid_enl0", "FID-ENL0 to target domain ↓"),
-        (axes[1], "nps_dist", "NPS distance to target domain ↓"),
-    ):
-        for kind, marker in (("medshift", "o-"), ("sdedit", "s--")):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (xk, xl, _, yk, yl, _) in zip(axes, PLANES):
+        for kind, marker, label in _SWEEPS:
             rs = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["tau"])
-            if rs:
-                ax.plot(
-                    [r["ssim_src"] for r in rs],
-                    [r[key] for r in rs],
-                    marker,
-                    label="MedShift" if kind == "medshift" else "SDEdit",
-                )
-                for r in rs:
-                    ax.annotate(
-                        f"τ={r['tau']:g}",
-                        (r["ssim_src"], r[key]),
-                        fontsize=7,
-                        xytext=(3, 3),
-                        textcoords="offset points",
-                    )
+            if not rs:
+                continue
+            ax.plot([r[xk] for r in rs], [r[yk] for r in rs], marker, label=label)
+            for r in rs:
+                ax.annotate(f"τ={r['tau']:g}", (r[xk], r[yk]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
         for r in rows:
-            if r["kind"] in ("baseline", "inversion", "oracle"):
-                ax.plot([r["ssim_src"]], [r[key]], "x", label=r["method"])
-        ax.set_xlabel("SSIM vs source (structure) →")
-        ax.set_ylabel(label)
+            if r["kind"] in ("baseline", "inversion", "oracle") and r[xk] < 90:
+                ax.plot([r[xk]], [r[yk]], "x", label=r["method"])
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     if title:
@@ -157,6 +193,7 @@ def write_all(out: Path, res) -> None:
     cols = (
         ["source"]
         + [r["method"] for r in res.rows if r["kind"] == "medshift"]
+        + [r["method"] for r in res.rows if r["kind"] == "student"]
         + [r["method"] for r in res.rows if r["kind"] in ("sdedit", "inversion")]
         + ["target (true)"]
     )
@@ -184,6 +221,8 @@ def write_all(out: Path, res) -> None:
         "",
         "![tradeoff](tradeoff.png)",
         "",
+        *[f"- {line}" for line in dominance(res.rows)],
+        "",
         "## Settings",
         "```json",
         json.dumps(s, indent=2, default=str),
@@ -197,4 +236,4 @@ def write_all(out: Path, res) -> None:
         json.dumps({k: round(v, 2) for k, v in res.timing.items()}, indent=2),
         "```",
     ]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
