@@ -41,7 +41,8 @@ class EvalConfig(TranslateOptions):
         max_images: at most this many source images (default: all).
         batch_size: images per network batch.
         seed: seed of the SDEdit baseline's noise and the KID subsets.
-        baselines: also score identity, SDEdit-style and full inversion (tau = 0).
+        baselines: also score the SDEdit-style baseline at every tau.
+        inversion: also score full inversion (tau = 0) as a baseline.
         grid_rows: source images shown in grid.png.
         progress: show progress bars and per-method lines.
     """
@@ -56,6 +57,7 @@ class EvalConfig(TranslateOptions):
     batch_size: int = 32
     seed: int = 0
     baselines: bool = True
+    inversion: bool = True
     grid_rows: int = 6
     progress: bool = True
 
@@ -85,8 +87,9 @@ def _load_domain(data, domain, split, size, max_images=None):
 
     ds = FolderDataset(data, size=size, split=split, domains=(domain,))
     idx = list(range(len(ds)))
-    if max_images is not None:
-        idx = idx[:max_images]
+    if max_images is not None and max_images < len(idx):  # spread over subjects and views
+        idx = sorted({round(k * (len(idx) - 1) / max(1, max_images - 1))
+                      for k in range(max_images)})
     x = torch.stack([ds[i][0] for i in idx])
     keys = [(ds.samples[i].subject, ds.samples[i].view_id) for i in idx]
     return x, keys
@@ -148,7 +151,8 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
     if cfg.baselines:
         methods += [(f"SDEdit τ={tau:g}", "sdedit", tau, translator(tau, "sdedit"))
                     for tau in cfg.taus]
-        methods.append(("inversion τ=0", "inversion", 0.0, translator(0.0)))
+        if cfg.inversion:
+            methods.append(("inversion τ=0", "inversion", 0.0, translator(0.0)))
 
     fx = E.ENL0Features(batch_size=64)
     f_ref = fx(x_ref, progress="ENL0 features (reference)" if progress else False)
