@@ -342,11 +342,12 @@ def add_ratios(rows: list[dict], anchor: str, by: Sequence[str], provider: str =
     """Add every row's speed-up over the anchor of its group, in place.
 
     Rows sharing the values of ``by`` form a group; its anchor is the row whose ``provider``
-    field equals ``anchor``. Each row of the group gets ``name`` (default ``vs_<anchor>``) =
-    anchor[key] / row[key] (a time: > 1 means faster than the anchor) and, when both rows
-    carry ``<key>_samples`` of the same length (timed in the same interleaved repetitions),
-    ``<name>_iqr`` = [q1, q3] of the per-repetition ratios. Rows without ``key`` (errors) or
-    groups without the anchor get None.
+    field equals ``anchor``. Each row of the group gets ``name`` (default ``vs_<anchor>``), the
+    anchor's time over the row's (> 1 means faster than the anchor): when both rows carry
+    ``<key>_samples`` of the same length (timed in the same interleaved repetitions) it is the
+    median of the per-repetition ratios, with ``<name>_iqr`` = their [q1, q3] -- a load drift
+    hits both sides of each ratio alike --, else anchor[key] / row[key]. Rows without ``key``
+    (errors) or groups without the anchor get None.
     """
     name = name or f"vs_{anchor}"
     groups: dict[tuple, list[dict]] = {}
@@ -363,16 +364,16 @@ def add_ratios(rows: list[dict], anchor: str, by: Sequence[str], provider: str =
 
 def paired_ratio(num: Mapping, den: Mapping, key: str = "ms"
                  ) -> tuple[float | None, list[float] | None]:
-    """(num[key] / den[key], [q1, q3] of the per-repetition ratios or None): e.g. the anchor's
-    time over a provider's. None when either value is missing or zero."""
+    """num over den, e.g. the anchor's time over a provider's: (median of the per-repetition
+    ratios, [q1, q3] of them) when both carry ``<key>_samples`` of the same length, else
+    (num[key] / den[key], None); (None, None) when either value is missing or zero."""
     if not num.get(key) or not den.get(key):
         return None, None
     sa, sr = num.get(f"{key}_samples"), den.get(f"{key}_samples")
-    iqr = None
     if sa and sr and len(sa) == len(sr):
         s = summary([x / y for x, y in zip(sa, sr)])
-        iqr = [s["q1"], s["q3"]]
-    return num[key] / den[key], iqr
+        return s["median"], [s["q1"], s["q3"]]
+    return num[key] / den[key], None
 
 
 def _hashable(v):
@@ -593,10 +594,11 @@ def _fmt_param(v) -> str:
     return str(v)
 
 
-RATIO_NOTE = ("Ratios are the anchor's median time / the provider's (> 1: faster than the "
-              "anchor), every provider of a group timed in the same interleaved repetitions; "
-              "brackets are the interquartile range of the per-repetition ratios. Absolute "
-              "times on a shared, loaded CPU are inflated and noisy: quote the ratios.")
+RATIO_NOTE = ("Every provider of a group is timed in the same interleaved repetitions; a "
+              "ratio is the median over repetitions of the anchor's time / the provider's in "
+              "that repetition (> 1: faster than the anchor), the bracket their interquartile "
+              "range. Times are medians [IQR] over repetitions; absolute times on a shared, "
+              "loaded CPU are inflated and noisy: quote the ratios.")
 
 
 def add_output_args(ap) -> None:

@@ -207,7 +207,7 @@ def test_train_step(benchmark, provider, preset):
 
 
 # ------------------------------------------------------------------------------------ one-shot
-def run_preset(preset, names, steps, rounds, peak):
+def run_preset(preset, names, steps, rounds, peak, clock="wall"):
     size, batch = SHAPES[DEVICE][preset]
     cases = {}
     for name in names:
@@ -222,7 +222,7 @@ def run_preset(preset, names, steps, rounds, peak):
         if c.countable and key not in flops:
             flops[key] = count_flops(c.step)
     res = H.time_interleaved({n: c.step for n, c in cases.items()}, DEVICE, rounds, warmup=0,
-                             inner=steps)
+                             inner=steps, clock=clock)
     rows = []
     for name, t in res.items():
         c, net = cases[name], name.endswith("_net")
@@ -250,7 +250,7 @@ def run_preset(preset, names, steps, rounds, peak):
     return rows
 
 
-def conclusions(rows, peak) -> list[str]:
+def conclusions(rows, peak, clock="wall") -> list[str]:
     """Sentences computed from the rows: what 2x the anchor would take at this CPU's peak."""
     out = []
     for preset in dict.fromkeys(r["preset"] for r in rows):
@@ -261,7 +261,7 @@ def conclusions(rows, peak) -> list[str]:
         if not (ours.get("gflops_cpu") and cfm.get("gflops_cpu")):
             continue
         need = 2 * ours["gflop"] * 1e3 / cfm["cpu_ms"]  # our FLOPs in half torchcfm's time
-        s = (f"{preset}: medshift {ours['images_per_s']:.1f} images/s = "
+        s = (f"{preset}: medshift {ours['images_per_s']:.1f} images/s ({clock} clock) = "
              f"{H.ratio(ours, 'vs_anchor')} torchcfm; one step is {ours['gflop']:.1f} GFLOP "
              f"(torchcfm's {cfm['gflop']:.1f}), run at {ours['gflops_cpu']:.0f} GFLOP per "
              f"CPU-second = {ours['pct_peak']:.0%} of one core's estimated fp32 peak "
@@ -290,6 +290,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=3, help="steps per provider per repetition")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved repetitions (median)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time steps by wall clock or this process's CPU time (with --threads "
+                         "1: the steadiest figure on a shared machine)")
     H.add_output_args(ap)
     args = ap.parse_args(argv)
     H.apply_threads(args.threads)
@@ -298,13 +301,13 @@ def main(argv=None) -> None:
     report = H.Report(f"Training throughput vs torchcfm SB-CFM ({DEVICE})", DEVICE,
                       packages=("torchcfm", "pot"), about=ABOUT,
                       params={"steps per repetition": args.steps, "repetitions": args.rounds,
-                              "domains": K, "sigma": SIGMA},
+                              "clock": args.clock, "domains": K, "sigma": SIGMA},
                       argv=argv)
     if peak:
         report.info["fp32_peak"] = peak
     rows = []
     for preset in args.presets.split(","):
-        rows += run_preset(preset, names, args.steps, args.rounds, peak)
+        rows += run_preset(preset, names, args.steps, args.rounds, peak, args.clock)
         _fill(report, rows, peak)
         report.checkpoint(args.md, args.json)
     _fill(report, rows, peak)
@@ -312,18 +315,20 @@ def main(argv=None) -> None:
 
 
 def _fill(report, rows, peak):
+    clock = report.params.get("clock", "wall")
     report.reset()
     report.table(rows, [
         ("preset", "preset", "{}"), ("shape", lambda r: f"{r['image_size']}px x {r['batch']}",
                                      "{}"),
         ("provider", "provider", "{}"), ("what", "kind", "{}"),
         ("params", lambda r: r["params"] / 1e6, "{:.2f} M"),
-        ("ms [IQR]", lambda r: H.spread(r, "ms", 0), "{}"),
-        ("images/s", "images_per_s", "{:.1f}"),
+        (f"ms [IQR] ({clock} clock)", lambda r: H.spread(r, "ms", 0), "{}"),
+        ("images/s" if clock == "wall" else "images / CPU-s", "images_per_s", "{:.1f}"),
         ("vs anchor [IQR]", lambda r: H.ratio(r, "vs_anchor"), "{}"),
-        ("GFLOP", "gflop", "{:.1f}"), ("GFLOP/s (wall)", "gflops", "{:.0f}"),
+        ("GFLOP", "gflop", "{:.1f}"),
+        *([("GFLOP/s (wall)", "gflops", "{:.0f}")] if clock == "wall" else []),
         ("GFLOP / CPU-s", "gflops_cpu", "{:.0f}"), ("% of core fp32 peak", "pct_peak", "{:.0%}")])
-    for s in conclusions(rows, peak):
+    for s in conclusions(rows, peak, clock):
         report.text(s)
     if peak:
         report.note(f"fp32 peak estimate (one core): {peak['formula']} = "

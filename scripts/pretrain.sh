@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Reproduce the demo's shipped checkpoints (pretrained/demo128, pretrained/demo128_student):
+# the demo's data (same simulator seed), the recorded `medshift train` and `medshift distill`
+# commands, then only what the demo needs is copied into pretrained/ (EMA weights, config.json,
+# log.csv, data.json = the data's fingerprint). Hours on a 2-core CPU; minutes on a GPU.
+#   usage: scripts/pretrain.sh [WORK_DIR]   (default runs/pretrain)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+W=${1:-runs/pretrain}
+mkdir -p "$W"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one thread: on a shared 2-core VM two spin
+$PY -m medshift_fast simulate --out "$W/data" --subjects 40 --views 6 --size 128 --seed 0 \
+    --overwrite --no-progress
+# the teacher (the recipe: docs/recipe.md)
+TRAIN_ARGS=(--data "$W/data" --out "$W/teacher" --image-size 128 --crop 32 --preset tiny
+            --steps 5000 --batch-size 32 --lr 2e-3 --ema-decay 0.999 --precision fp32
+            --sample-every 1000 --val-every 500 --seed 0)
+if [ -f "$W/teacher/training_state.pt" ]; then
+  $PY -m medshift_fast train "${TRAIN_ARGS[@]}" --resume
+else
+  $PY -m medshift_fast train "${TRAIN_ARGS[@]}"
+fi
+# the one-step student of the demo's two pairs (docs/distill.md)
+DISTILL_ARGS=(--teacher "$W/teacher" --out "$W/student"
+              --pairs synthetic_low:real_normal,real_low:real_exposure
+              --tau-min 0.3 --tau-max 0.6 --taus-per-image 2 --crop 64 --steps 3000
+              --batch-size 16 --lr 3e-4 --seed 0)
+if [ -f "$W/student/training_state.pt" ]; then
+  $PY -m medshift_fast distill "${DISTILL_ARGS[@]}" --resume
+else
+  $PY -m medshift_fast distill "${DISTILL_ARGS[@]}"
+fi
+$PY scripts/publish_pretrained.py "$W"
