@@ -1,6 +1,9 @@
 """Datasets, image I/O (PNG/TIFF/DICOM -> [-1, 1]) and the X-DigiSkull-like X-ray simulator.
 
-* :func:`read_image`, :func:`write_png16`, :func:`to_uint16` - file I/O (``io.py``).
+* :func:`read_image`, :func:`probe_image` (vetting), :func:`write_png16`, :func:`to_uint16` -
+  reading (``io.py`` with one module per format); :func:`write_image` - results in the input's
+  own kind (``writers.py``); :func:`plan_fit` - geometry to the network and back
+  (``geometry.py``).
 * :class:`FolderDataset` - ROOT/<domain>/* with optional manifest.csv (``dataset.py``).
 * :func:`simulate` - writes a five-domain, pixel-aligned synthetic dataset (``simulator.py``).
 """
@@ -20,10 +23,26 @@ from .dataset import (
     order_domains,
     parse_domain_map,
 )
-from .io import IMAGE_EXT, image_format, probe_image, read_image, to_uint16, write_png16
+from .geometry import Fit, plan_fit
+from .io import (
+    IMAGE_EXT,
+    ImageSource,
+    image_format,
+    probe_image,
+    read_image,
+    to_uint16,
+    write_png16,
+)
+from .writers import new_series_uid, output_suffix, write_image
 
 __all__ = [
     "DOMAINS",
+    "Fit",
+    "ImageSource",
+    "new_series_uid",
+    "output_suffix",
+    "plan_fit",
+    "write_image",
     "IMAGE_EXT",
     "SPLITS",
     "FolderDataset",
