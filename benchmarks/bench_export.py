@@ -6,7 +6,8 @@ All providers run the SAME ``translate`` graph (export.graphs.TranslateModule: f
                   anchor
     compile       ``torch.compile(module)`` (inductor, default mode) of the eager module; the
                   row records how many graphs dynamo compiled and how many graph breaks it hit
-    compile_export  ``torch.compile`` of the ``torch.export``-ed graph (no graph breaks)
+    compile_export  ``torch.compile`` of the ``torch.export``-ed program's module (its row also
+                  records graphs and graph breaks)
     onnxruntime   the exported ONNX graph in ONNX Runtime (CPU provider; CUDA provider on GPU)
     aoti          the AOTInductor package (.pt2) through ``torch._inductor.aoti_load_package``
 Figures: per-image latency (B = 1) and throughput in images/s (B = 4), median [IQR] and min of
@@ -85,7 +86,7 @@ def build_provider(name, model, settings, device, workdir: Path, threads: int):
         # compiled rather than silently eager. The row records graphs and breaks.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         return _compiled(build_module(model, settings).to(device), model, settings, device)
-    if name == "compile_export":  # the same graph without graph breaks: compile(torch.export)
+    if name == "compile_export":  # torch.compile of the torch.export-ed program
         from medshift_fast.export.aoti import export_program
 
         t0 = time.perf_counter()

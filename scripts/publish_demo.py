@@ -1,0 +1,35 @@
+"""Publish a ``make demo`` run into docs/demo/ (what README.md and docs/ show), then update README.
+
+Copies OUT/report.md (image links rewritten), each pair's metrics.csv, grid.png and tradeoff.png
+(renamed by pair) into docs/demo/, and runs scripts/update_readme.py.
+Usage: ``python scripts/publish_demo.py runs/demo``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(run: str) -> int:
+    src, dst = Path(run), ROOT / "docs" / "demo"
+    dst.mkdir(parents=True, exist_ok=True)
+    for old in dst.iterdir():
+        old.unlink()
+    report = (src / "report.md").read_text()
+    for ev in sorted(src.glob("eval_*")):
+        pair = ev.name[len("eval_"):]
+        shutil.copyfile(ev / "metrics.csv", dst / f"metrics_{pair}.csv")
+        for fig in ("grid", "tradeoff"):
+            shutil.copyfile(ev / f"{fig}.png", dst / f"{fig}_{pair}.png")
+            report = report.replace(f"{ev.name}/{fig}.png", f"{fig}_{pair}.png")
+    (dst / "report.md").write_text(report)
+    return subprocess.call([sys.executable, str(ROOT / "scripts" / "update_readme.py")])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))
