@@ -106,10 +106,6 @@ def _cpuinfo() -> dict[str, Any]:
     return out
 
 
-def cpu_model() -> str:
-    return _cpuinfo()["model"]
-
-
 def simd_fp32_lanes(flags: Iterable[str] | None = None) -> tuple[int, str]:
     """(fp32 lanes of the widest FMA unit, the flag that says so): avx512f 16, avx2/fma 8."""
     f = set(_cpuinfo()["flags"] if flags is None else flags)

@@ -18,7 +18,7 @@ Providers, per model preset (tiny, small):
 Target (issue 5): >= 2x torchcfm on the CPU, >= 3x on a GPU with bf16 + fused kernels.
 
     pytest benchmarks/bench_train.py                       # pytest-benchmark (make bench)
-    python benchmarks/bench_train.py --threads 1 --md benchmarks/results/train_cpu.md
+    python benchmarks/bench_train.py --threads 1 --clock cpu --md benchmarks/results/train_cpu.md
 
 Derived figures, all computed by this script: images/s = batch / median step time; FLOPs of
 one step counted by ``torch.utils.flop_counter.FlopCounterMode`` (forward + backward of the
@@ -246,7 +246,7 @@ def run_preset(preset, names, steps, rounds, peak, clock="wall"):
     for r in steps_rows:  # the share of the step that is the network's forward + backward
         n = nets.get(r["family"])
         if n is not None and not r["provider"].endswith(("_bf16", "_compile", "_no_cl")):
-            r["net_share"] = n["ms"] / r["ms"]
+            r["net_share"], r["net_share_iqr"] = H.paired_ratio(n, r)
     return rows
 
 
@@ -261,7 +261,8 @@ def conclusions(rows, peak, clock="wall") -> list[str]:
         if not (ours.get("gflops_cpu") and cfm.get("gflops_cpu")):
             continue
         need = 2 * ours["gflop"] * 1e3 / cfm["cpu_ms"]  # our FLOPs in half torchcfm's time
-        s = (f"{preset}: medshift {ours['images_per_s']:.1f} images/s ({clock} clock) = "
+        per = "images/s" if clock == "wall" else "images per CPU-second"
+        s = (f"{preset}: medshift {ours['images_per_s']:.1f} {per} = "
              f"{H.ratio(ours, 'vs_anchor')} torchcfm; one step is {ours['gflop']:.1f} GFLOP "
              f"(torchcfm's {cfm['gflop']:.1f}), run at {ours['gflops_cpu']:.0f} GFLOP per "
              f"CPU-second = {ours['pct_peak']:.0%} of one core's estimated fp32 peak "
@@ -269,8 +270,9 @@ def conclusions(rows, peak, clock="wall") -> list[str]:
              f"throughput would need our whole step at {need:.0f} GFLOP per CPU-second = "
              f"{need / peak['gflops']:.0%} of that peak")
         if ours.get("net_share"):
-            s += (f"; the U-Net's forward + backward alone is {ours['net_share']:.0%} of our "
-                  "step")
+            lo, hi = ours.get("net_share_iqr") or (ours["net_share"],) * 2
+            s += (f"; the U-Net's forward + backward alone takes {ours['net_share']:.0%} "
+                  f"[{lo:.0%}-{hi:.0%}] of our step's time")
         out.append(s + ".")
     return out
 
