@@ -319,6 +319,42 @@ def _verdicts(cfg: DemoConfig, evals) -> list[str]:
     return lines
 
 
+def student_vs_teacher(res) -> list[dict]:
+    """Per tau: the student's PSNR against the teacher's translations of the same images, and
+    its metrics relative to the teacher's (1.00 = equal)."""
+    from .eval import psnr
+
+    rows = []
+    for r in res.rows:
+        if r["kind"] != "student":
+            continue
+        t = next((q for q in res.rows if q["kind"] == "medshift"
+                  and abs(float(q["tau"]) - float(r["tau"])) < 1e-9), None)
+        if t is None:
+            continue
+        row = {"tau": r["tau"], "psnr_vs_teacher": float(psnr(res.images[r["method"]],
+                                                               res.images[t["method"]]))}
+        for k in ("ssim_src", "psnr_tgt", "fid_enl0", "nps_dist"):
+            row[f"{k}_ratio"] = r[k] / t[k] if t[k] else float("nan")
+        row["ok"] = row["psnr_vs_teacher"] >= 35.0 and all(
+            abs(row[f"{k}_ratio"] - 1.0) <= 0.05 for k in ("ssim_src", "psnr_tgt", "fid_enl0",
+                                                            "nps_dist"))
+        rows.append(row)
+    return rows
+
+
+def _student_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    out = ["| τ | PSNR vs teacher (dB, ≥ 35) | SSIM src ÷ teacher | PSNR tgt ÷ teacher | "
+           "FID-ENL0 ÷ teacher | NPS ÷ teacher | within targets |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['tau']:g} | {r['psnr_vs_teacher']:.1f} | {r['ssim_src_ratio']:.3f} | "
+                   f"{r['psnr_tgt_ratio']:.3f} | {r['fid_enl0_ratio']:.3f} | "
+                   f"{r['nps_dist_ratio']:.3f} | {'yes' if r['ok'] else '**no**'} |")
+    return out
+
+
 def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_dir, evals,
                   notes: list[str], timing) -> Path:
     from .eval.report import dominance, markdown_table, versions
@@ -352,8 +388,11 @@ def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_di
         "",
     ]
     for (src, tgt), (ev_out, res) in evals.items():
+        sv = _student_table(student_vs_teacher(res))
         lines += [f"## {src} → {tgt}", "", markdown_table(res.rows), "",
                   *[f"- {d}" for d in dominance(res.rows)], "",
+                  *(["The one-step student against the teacher (same images, same τ):", "", *sv,
+                     ""] if sv else []),
                   f"![grid]({ev_out.name}/grid.png)", "",
                   f"![tradeoff]({ev_out.name}/tradeoff.png)", ""]
     lines += ["## Timing (s)", "```json",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import types
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -295,7 +296,10 @@ class DistillTask(Task):
         if path.is_file():
             tensors, saved = load_safetensors(path, "teacher cache")
             if all(saved.get(k) == v for k, v in meta.items()):
+                self.cache_info = {"items": int(tensors["x"].shape[0]),
+                                   "seconds": float(saved.get("seconds", "nan"))}
                 return tensors
+        t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed + 7_919)
         jobs = []
         for src, tgt in self.pairs:
@@ -318,8 +322,10 @@ class DistillTask(Task):
             bar.update(1)
         bar.close()
         cache = {k: torch.cat(v) for k, v in rows.items()}
+        seconds = time.perf_counter() - t0
+        self.cache_info = {"items": len(jobs), "seconds": seconds}
         if tr.dist.is_main:
-            save_safetensors(path, cache, meta)
+            save_safetensors(path, cache, {**meta, "seconds": f"{seconds:.1f}"})
         return cache
 
     def build_model(self, tr: Trainer) -> Student:
@@ -425,7 +431,8 @@ class DistillTask(Task):
         train_dict = {**self.cfg.to_dict(), "image_size": t.image_size,
                       "dataset": str(self.data_root)}
         extra = {"step": tr.step, "latent": t.codec.reference(), "teacher": str(t.path),
-                 "best_val": None if math.isinf(tr.best_val) else tr.best_val}
+                 "best_val": None if math.isinf(tr.best_val) else tr.best_val,
+                 "teacher_cache": getattr(self, "cache_info", None)}
         save_run(run_dir, train_dict, self.student_cfg.to_dict(), self.domains,
                  tr.ema.state_dict(), tr.model.state_dict(), tr.training_state(), extra=extra,
                  kind="student")
