@@ -94,7 +94,7 @@ class TranslationSettings:
         solver: euler | midpoint | heun | rk4 | dopri5.
         method: medshift | sdedit.
         decode: ode | sde (medshift: decode with the stochastic bridge).
-        sde_noise: diffusion scale of the SDE decode (g(t) = sde_noise * sqrt(1 - t)).
+        sde_noise: diffusion scale of the SDE decode (g(t)^2 = 2 sde_noise (1 - t)^2).
         seed: seed of the noise that sdedit and the SDE decode draw.
     """
 

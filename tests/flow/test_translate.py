@@ -89,3 +89,45 @@ def test_sample_and_sdedit_shapes(model):
     e = sdedit(model, torch.zeros(2, 1, 8, 8), 2, tau=0.5, steps=2, solver="euler", generator=g)
     assert e.shape == (2, 1, 8, 8)
     model.double()
+
+
+@pytest.mark.parametrize("noise", [1.0, 4.0])
+def test_sde_decode_keeps_the_marginals_of_a_gaussian(noise):
+    """Data N(m, s^2), path x_t = t x1 + (1 - t) x0: the exact velocity is linear in x; the SDE
+    started from samples of p_tau must end at N(m, s^2), like the ODE, and forget its start."""
+    from medshift_fast.flow import integrate_sde
+
+    m, s, tau = 0.7, 0.3, 0.3
+
+    def field(x, t):
+        var = t * t * s * s + (1 - t) ** 2
+        ex1 = m + t * s * s / var * (x - t * m)
+        return (ex1 - x) / (1 - t), None
+
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    x0 = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    x1 = m + s * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    xt = tau * x1 + (1 - tau) * x0
+    out = integrate_sde(field, xt, tau, 1.0, steps=200, noise=noise, generator=g)
+    assert abs(float(out.mean()) - m) < 0.01
+    assert abs(float(out.std()) - s) < 0.01
+    ode = integrate_sde(field, xt, tau, 1.0, steps=200, noise=0.0)
+    c_sde = float(torch.corrcoef(torch.cat([xt, out], 1).T)[0, 1])
+    c_ode = float(torch.corrcoef(torch.cat([xt, ode], 1).T)[0, 1])
+    assert c_sde < c_ode - 0.01 and c_ode > 0.99  # the ODE is a bijection; the SDE forgets
+
+
+def test_sde_translation_zero_noise_is_euler_and_is_seeded(model):
+    from medshift_fast.translator import Translator
+
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    kw = dict(tau=0.4, steps=4, solver="euler")
+    ode = Translator(model, 0, 1, **kw).translate(x)
+    torch.testing.assert_close(Translator(model, 0, 1, decode="sde", sde_noise=0.0,
+                                          **kw).translate(x), ode)
+    a = Translator(model, 0, 1, decode="sde", sde_noise=1.0, seed=5, **kw).translate(x)
+    b = Translator(model, 0, 1, decode="sde", sde_noise=1.0, seed=5, **kw).translate(x)
+    assert torch.equal(a, b) and (a - ode).abs().max() > 1e-3
+    with pytest.raises(MedShiftError):
+        Translator(model, 0, 1, decode="sde", sde_noise=-1.0)
