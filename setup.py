@@ -46,22 +46,13 @@ def _find_cuda_home() -> str | None:
 
 
 def _sources_digest() -> str | None:
-    """The same digest medshift_fast._backend.sources_digest computes at run time."""
-    import hashlib
-
-    csrc = os.path.join(ROOT, "csrc")
-    if not os.path.isdir(csrc):
-        return None
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(csrc):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if f.endswith((".cpp", ".cu", ".h", ".cuh", ".hpp")) and "tests" not in dirpath:
-                path = os.path.join(dirpath, f)
-                h.update(os.path.relpath(path, csrc).encode())
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
+    """The digest medshift_fast._backend.sources_digest compares at run time (one definition)."""
+    sys.path.insert(0, ROOT)
+    try:
+        from medshift_fast._backend import sources_digest
+    finally:
+        sys.path.pop(0)
+    return sources_digest(ROOT)
 
 
 def _record(info: dict, build_lib: str | None = None) -> None:

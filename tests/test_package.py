@@ -87,3 +87,31 @@ def test_auto_never_picks_interpreted_triton_on_cpu(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     name = _backend.resolve("x", "cpu", ("triton", "reference"), "auto")
     assert name == "reference"
+
+
+def test_extension_status_reports_not_built_and_stale(tmp_path, monkeypatch):
+    """`medshift env` says why the extension is missing, or that it is older than the sources."""
+    import json
+
+    pkg = tmp_path / "medshift_fast"
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "csrc" / "op.cpp").write_text("int f() { return 1; }\n")
+    pkg.mkdir()
+    monkeypatch.setattr(_backend, "_PKG", str(pkg))
+    monkeypatch.setattr(_backend, "BUILD_INFO", str(pkg / "_C_build.json"))
+
+    def status():
+        _backend.extension_status.cache_clear()
+        return _backend.extension_status()
+
+    (pkg / "_C_build.json").write_text(json.dumps({"error": "the build failed (no compiler)"}))
+    st = status()
+    assert st["state"] == "not built" and "no compiler" in st["detail"]
+    (pkg / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    digest = _backend.sources_digest(str(tmp_path))
+    (pkg / "_C_build.json").write_text(json.dumps({"sources_sha256": digest, "error": None}))
+    assert status()["state"] == "built"
+    (tmp_path / "csrc" / "op.cpp").write_text("int f() { return 2; }\n")  # sources changed
+    st = status()
+    assert st["state"] == "stale" and "make ext" in st["detail"]
+    _backend.extension_status.cache_clear()

@@ -12,7 +12,7 @@ quality is reported as PSNR (data range 2 for images in [-1, 1]) on the validati
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..models.autoencoder import AutoencoderConfig, KLAutoencoder, kl_divergence
 from ..models.codec import load_autoencoder, save_autoencoder
 from ..run import STATE
 from .data import IndexStream, MemorySource, check_dataset, open_split, pick_balanced
+from .loop_config import LoopConfig, resume_check
 from .trainer import Task, Trainer, run_training
 
 __all__ = ["AutoencoderTrainConfig", "load_autoencoder", "psnr", "reconstruct",
@@ -36,9 +37,10 @@ _RESUMABLE = frozenset({"data", "out", "steps", "device", "precision", "log_ever
                         "max_nonfinite", "skip_bad", "overwrite", "compile", "channels_last"})
 
 
-@dataclass(frozen=True)
-class AutoencoderTrainConfig:
-    """Training of the KL autoencoder (``medshift train-autoencoder``).
+@dataclass(frozen=True, kw_only=True)
+class AutoencoderTrainConfig(LoopConfig):
+    """Training of the KL autoencoder (``medshift train-autoencoder``; loop fields:
+    ``LoopConfig``).
 
     Attributes:
         data: dataset root (ROOT/<domain>/*.png|tif|dcm [+ manifest.csv]).
@@ -52,29 +54,9 @@ class AutoencoderTrainConfig:
         channels: base width.
         channel_mult: width multiplier per level (downsampling factor 2^(levels - 1)).
         num_res_blocks: residual blocks per level.
-        steps: optimizer steps.
-        batch_size: images per optimizer step (over all processes and accumulation steps).
-        grad_accum: gradient accumulation micro-steps per optimizer step.
-        lr: AdamW learning rate (one-cycle cosine schedule).
-        weight_decay: AdamW weight decay.
-        warmup_frac: fraction of the steps spent warming the learning rate up.
-        grad_clip: gradient-norm clip (<= 0: off).
         kl_weight: weight of the KL term (small: the latent stays informative).
-        ema_decay: EMA decay of the saved weights (0: the raw weights).
-        seed: RNG seed.
-        precision: auto (bf16 autocast on CUDA) | fp32 | bf16.
-        channels_last: channels_last weights and inputs.
-        compile: torch.compile the model.
-        max_nonfinite: stop after this many non-finite steps in a row.
-        log_every: log.csv / progress interval in steps.
-        ckpt_every: checkpoint interval in steps.
-        keep_ckpts: step checkpoints kept (0: all).
         val_every: validation L1 every N steps, best kept in RUN_AE/best (0: off).
         val_images: validation images for the reconstruction PSNR.
-        tensorboard: also log to RUN_AE/tb.
-        resume: continue exactly: "last" (the run in out) or a checkpoint folder.
-        overwrite: replace an existing run in out.
-        device: auto | cpu | cuda | cuda:N.
     """
 
     data: str = ""
@@ -90,67 +72,37 @@ class AutoencoderTrainConfig:
     num_res_blocks: int = 1
     steps: int = 2000
     batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
     warmup_frac: float = 0.05
-    grad_clip: float = 1.0
     kl_weight: float = 1e-6
     ema_decay: float = 0.0
-    seed: int = 0
-    precision: str = "auto"
     channels_last: bool = False
-    compile: bool = False
-    max_nonfinite: int = 20
-    log_every: int = 10
-    ckpt_every: int = 500
     keep_ckpts: int = 1
     val_every: int = 0
     val_images: int = 64
-    tensorboard: bool = False
-    resume: str | None = None
-    overwrite: bool = False
-    device: str = "auto"
+
+    def checks(self) -> list[tuple[bool, str]]:
+        f = 2 ** (len(self.channel_mult) - 1)
+        return super().checks() + [
+            (self.kl_weight >= 0, "kl_weight must be >= 0"),
+            (self.image_size >= 8 and self.image_size % f == 0,
+             f"image_size must be >= 8 and divisible by the downsampling factor {f}"),
+            (self.resize in ("crop", "pad"), f"resize must be crop or pad, got {self.resize!r}"),
+            (self.val_images >= 1, "val_images must be >= 1"),
+        ]
 
     def __post_init__(self) -> None:
         if self.domains is not None:
             object.__setattr__(self, "domains", tuple(self.domains))
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        f = 2 ** (len(self.channel_mult) - 1)
-        checks = [
-            (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),
-            (self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
-             "batch_size must be a multiple of grad_accum >= 1"),
-            (self.lr > 0 and self.kl_weight >= 0, "lr must be > 0 and kl_weight >= 0"),
-            (0.0 <= self.warmup_frac < 1.0 and 0.0 <= self.ema_decay < 1.0,
-             "warmup_frac and ema_decay must be in [0, 1)"),
-            (self.image_size >= 8 and self.image_size % f == 0,
-             f"image_size must be >= 8 and divisible by the downsampling factor {f}"),
-            (self.resize in ("crop", "pad"), f"resize must be crop or pad, got {self.resize!r}"),
-            (self.log_every >= 1 and self.ckpt_every >= 1 and self.val_images >= 1,
-             "log_every, ckpt_every and val_images must be >= 1"),
-            (self.max_nonfinite >= 1 and self.keep_ckpts >= 0 and self.val_every >= 0,
-             "max_nonfinite must be >= 1, keep_ckpts and val_every >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise MedShiftError(f"AutoencoderTrainConfig: {msg}")
-
-    @property
-    def micro_batch(self) -> int:
-        return self.batch_size // self.grad_accum
+        super().__post_init__()
 
     def model_config(self) -> AutoencoderConfig:
         return AutoencoderConfig(1, self.latent_channels, self.channels, self.channel_mult,
                                  self.num_res_blocks)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AutoencoderTrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> AutoencoderTrainConfig:
+        return super().from_dict(d, strict)
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -240,13 +192,7 @@ class AutoencoderTask(Task):
         import json
 
         saved = json.loads((src / "config.json").read_text()).get("train", {})
-        now = self.cfg.to_dict()
-        for k, v in now.items():
-            if k in _RESUMABLE or k not in saved:
-                continue
-            if (tuple(saved[k]) if isinstance(saved[k], list) else saved[k]) != v:
-                raise MedShiftError(f"cannot resume: the checkpoint was trained with {k}="
-                                    f"{saved[k]!r} but this run asks for {k}={v!r}")
+        resume_check(saved, self.cfg, _RESUMABLE)
 
     def finish(self, tr: Trainer, out: Path) -> None:
         model = tr.ema.module.eval()

@@ -24,7 +24,7 @@ import json
 import math
 import time
 import types
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from ..models.student import STUDENT_METHODS, Student, StudentConfig, pseudo_hub
 from ..run import load_run, save_run
 from ..translator import RECIPE, Translator
 from .data import IndexStream, open_split, random_crop
+from .loop_config import LoopConfig, resume_check
 from .trainer import Task, Trainer, run_training
 
 __all__ = ["DistillConfig", "distill"]
@@ -48,9 +49,10 @@ _RESUMABLE = frozenset({"out", "steps", "device", "precision", "log_every", "ckp
                         "overwrite", "compile", "channels_last"})
 
 
-@dataclass(frozen=True)
-class DistillConfig:
-    """``medshift distill``: distil a teacher run's translation into a student.
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(LoopConfig):
+    """``medshift distill``: distil a teacher run's translation into a student (loop fields:
+    ``LoopConfig``).
 
     Attributes:
         teacher: the teacher run directory (``medshift train``).
@@ -68,29 +70,10 @@ class DistillConfig:
         solver: the teacher's solver (default: translator.RECIPE).
         solver_steps: the teacher's solver steps per leg (default: translator.RECIPE).
         crop: train on random crop x crop windows (default: whole images).
-        steps: optimizer steps.
-        batch_size: images per optimizer step.
-        grad_accum: gradient accumulation micro-steps per optimizer step.
-        lr: AdamW peak learning rate (one-cycle cosine schedule).
-        weight_decay: AdamW weight decay.
-        warmup_frac: fraction of the steps spent warming the learning rate up.
-        grad_clip: gradient-norm clip (<= 0: off).
-        ema_decay: EMA decay of the saved weights.
-        seed: RNG seed (taus, data order, noise, crops).
-        precision: auto (bf16 autocast on CUDA) | fp32 | bf16.
         channels_last: channels_last weights and inputs (oneshot; meanflow runs contiguous:
             forward-mode GroupNorm needs it).
-        compile: torch.compile the student.
-        max_nonfinite: stop after this many non-finite steps in a row.
-        log_every: log.csv / progress interval in steps.
-        ckpt_every: checkpoint interval in steps.
-        keep_ckpts: step checkpoints kept (0: all).
         val_every: validation against the teacher every N steps, best kept in RUN/best (0: off).
         val_images: held-out images per pair for validation.
-        tensorboard: also log to RUN/tb.
-        resume: continue exactly: "last" (the run in out) or a checkpoint folder.
-        overwrite: replace an existing run in out.
-        device: auto | cpu | cuda | cuda:N.
     """
 
     teacher: str = ""
@@ -109,31 +92,15 @@ class DistillConfig:
     crop: int | None = None
     steps: int = 2000
     batch_size: int = 16
-    grad_accum: int = 1
     lr: float = 3e-4
-    weight_decay: float = 0.0
     warmup_frac: float = 0.05
-    grad_clip: float = 1.0
     ema_decay: float = 0.995
-    seed: int = 0
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    max_nonfinite: int = 20
-    log_every: int = 10
-    ckpt_every: int = 500
     keep_ckpts: int = 1
     val_every: int = 250
     val_images: int = 6
-    tensorboard: bool = False
-    resume: str | None = None
-    overwrite: bool = False
-    device: str = "auto"
 
-    def __post_init__(self) -> None:
-        if self.method == "meanflow":
-            object.__setattr__(self, "channels_last", False)
-        checks = [
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
             (bool(self.teacher), "pass --teacher RUN (a run written by `medshift train`)"),
             (self.method in STUDENT_METHODS, f"method must be one of {STUDENT_METHODS}"),
             (0.0 <= self.tau_min <= self.tau_max < 1.0,
@@ -141,23 +108,13 @@ class DistillConfig:
             (self.taus_per_image >= 1, "taus_per_image must be >= 1"),
             (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
             (self.crop is None or self.crop >= 8, "crop must be >= 8"),
-            (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1"),
-            (self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
-             "batch_size must be a multiple of grad_accum >= 1"),
-            (self.lr > 0 and 0.0 <= self.warmup_frac < 1.0 and 0.0 <= self.ema_decay < 1.0,
-             "lr must be > 0; warmup_frac and ema_decay in [0, 1)"),
-            (self.log_every >= 1 and self.ckpt_every >= 1 and self.val_images >= 1,
-             "log_every, ckpt_every and val_images must be >= 1"),
-            (self.max_nonfinite >= 1 and self.keep_ckpts >= 0 and self.val_every >= 0,
-             "max_nonfinite must be >= 1, keep_ckpts and val_every >= 0"),
+            (self.val_images >= 1, "val_images must be >= 1"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise MedShiftError(f"DistillConfig: {msg}")
 
-    @property
-    def micro_batch(self) -> int:
-        return self.batch_size // self.grad_accum
+    def __post_init__(self) -> None:
+        if self.method == "meanflow":
+            object.__setattr__(self, "channels_last", False)
+        super().__post_init__()
 
     def teacher_settings(self) -> dict[str, Any]:
         """The teacher's translation settings (None fields: translator.RECIPE)."""
@@ -168,13 +125,9 @@ class DistillConfig:
                 "solver": self.solver or RECIPE["solver"],
                 "steps": int(self.solver_steps or RECIPE["steps"])}
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> DistillConfig:
+        return super().from_dict(d, strict)
 
 
 def _pairs(spec: str | None, domains: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
@@ -440,12 +393,7 @@ class DistillTask(Task):
 
     def check_resume(self, tr: Trainer, src: Path) -> None:
         saved = json.loads((src / "config.json").read_text()).get("train", {})
-        for k, v in self.cfg.to_dict().items():
-            if k in _RESUMABLE or k not in saved:
-                continue
-            if saved[k] != v:
-                raise MedShiftError(f"cannot resume: the checkpoint was distilled with {k}="
-                                    f"{saved[k]!r} but this run asks for {k}={v!r}")
+        resume_check(saved, self.cfg, _RESUMABLE)
 
 
 def distill(cfg: DistillConfig, progress: bool = True) -> Path:
