@@ -50,7 +50,7 @@ DECODES = ("ode", "sde")
 # The defaults of the API and of every command (set from the measured recipe sweep).
 RECIPE: dict[str, Any] = {
     "tau": 0.6,
-    "guidance_encode": 2.0,
+    "guidance_encode": 0.0,
     "guidance_decode": 2.0,
     "steps": 10,
     "solver": "euler",

@@ -14,8 +14,8 @@ $PY -m medshift_fast simulate --out "$W/data" --subjects 40 --views 6 --size 128
     --overwrite --no-progress
 # the teacher (the recipe: docs/recipe.md)
 TRAIN_ARGS=(--data "$W/data" --out "$W/teacher" --image-size 128 --crop 32 --preset tiny
-            --steps 5000 --batch-size 32 --lr 2e-3 --ema-decay 0.999 --precision fp32
-            --sample-every 1000 --val-every 500 --seed 0)
+            --steps 4000 --batch-size 32 --lr 2e-3 --ema-decay 0.999 --sigma 0.1
+            --precision fp32 --sample-every 0 --val-every 500 --seed 0)
 if [ -f "$W/teacher/training_state.pt" ]; then
   $PY -m medshift_fast train "${TRAIN_ARGS[@]}" --resume
 else
@@ -24,8 +24,8 @@ fi
 # the one-step student of the demo's two pairs (docs/distill.md)
 DISTILL_ARGS=(--teacher "$W/teacher" --out "$W/student"
               --pairs synthetic_low:real_normal,real_low:real_exposure
-              --tau-min 0.3 --tau-max 0.6 --taus-per-image 2 --crop 64 --steps 3000
-              --batch-size 16 --lr 3e-4 --seed 0)
+              --tau-min 0.3 --tau-max 0.6 --taus-per-image 1 --max-images 80 --crop 64
+              --steps 800 --batch-size 16 --lr 5e-4 --val-every 200 --seed 0)
 if [ -f "$W/student/training_state.pt" ]; then
   $PY -m medshift_fast distill "${DISTILL_ARGS[@]}" --resume
 else
