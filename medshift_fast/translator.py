@@ -51,7 +51,7 @@ DECODES = ("ode", "sde")
 RECIPE: dict[str, Any] = {
     "tau": 0.6,
     "guidance_encode": 0.0,
-    "guidance_decode": 2.0,
+    "guidance_decode": 1.5,
     "steps": 10,
     "solver": "euler",
     "decode": "ode",

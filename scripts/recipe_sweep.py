@@ -44,6 +44,9 @@ def settings_grid() -> list[tuple[str, dict]]:
     g += [("solver", {**BASE, "solver": "euler", "steps": 5}),
           ("solver", {**BASE, "solver": "heun", "steps": 5})]
     g += [("SDE decode", {**BASE, "decode": "sde", "sde_noise": e}) for e in (0.5, 2.0)]
+    # the default tau: its decode guidance (w = 2 there is the tau group's own row)
+    g += [("decode guidance at τ=0.6", {**BASE, "tau": 0.6, "guidance_decode": w})
+          for w in (1.0, 1.5)]
     return g
 
 
@@ -53,13 +56,16 @@ def name_of(s: dict) -> str:
     return n + (f" sde={s['sde_noise']:g}" if s["decode"] == "sde" else "")
 
 
-def sweep_run(run_dir: str, data: str, n: int, out: Path, label: str, full: bool) -> list[dict]:
-    """Score one run on both pairs; ``full``: the whole settings grid, else the base only."""
+def sweep_run(run_dir: str, data: str, n: int, out: Path, label: str, full: bool,
+              only: set[str] | None = None) -> list[dict]:
+    """Score one run on both pairs; ``full``: the whole settings grid, else the base only;
+    ``only``: just these groups of the grid."""
     run = load_run(run_dir)
     rows = []
     for src, tgt in PAIRS:
         extra, seen = [], set()
-        grid = settings_grid() if full else []
+        grid = [(g, s) for g, s in settings_grid() if only is None or g in only] \
+            if (full or only) else []
         for _group, s in grid:
             name = name_of(s)
             if name in seen:
@@ -70,8 +76,9 @@ def sweep_run(run_dir: str, data: str, n: int, out: Path, label: str, full: bool
         t0 = time.perf_counter()
         res = evaluate(EvalConfig(checkpoint=str(run_dir), data=data, source=src, target=tgt,
                                   out=str(out / f"{label}_{src}_to_{tgt}"),
-                                  taus=(0.3, 0.45, 0.6) if full else (BASE["tau"],),
-                                  baselines=full, inversion=False, max_images=n,
+                                  taus=(0.3, 0.45, 0.6) if full and not only
+                                  else (BASE["tau"],),
+                                  baselines=full and not only, inversion=False, max_images=n,
                                   progress=False, batch_size=16, **{k: BASE[k] for k in (
                                       "guidance_encode", "guidance_decode", "steps",
                                       "solver")}),
@@ -80,6 +87,8 @@ def sweep_run(run_dir: str, data: str, n: int, out: Path, label: str, full: bool
         for r in res.rows:
             group = groups.get(r["method"], "tau" if r["kind"] == "medshift" else r["kind"])
             if not full and r["kind"] != "medshift":
+                continue
+            if only and group not in only:
                 continue
             rows.append({"run": label, "pair": f"{src}->{tgt}", "group": group, **r})
         print(f"{label} {src}->{tgt}: {len(res.rows)} rows in {time.perf_counter() - t0:.0f} s",
@@ -143,24 +152,39 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="", help="LABEL=RUN,... other runs at the base setting")
     ap.add_argument("--n", type=int, default=12, help="test images per pair")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--groups", default="",
+                    help="GROUP,... run only these groups of the grid on --run and add their "
+                         "rows to the existing sweep.csv (replacing rows of the same name)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     work = ROOT / "runs" / "recipe_sweep"
-    rows = sweep_run(a.run, a.data, a.n, work, "main", full=True)
+    only = set(filter(None, a.groups.split(","))) or None
+    cmd = "python scripts/recipe_sweep.py " + " ".join(argv or __import__("sys").argv[1:])
+    rows = sweep_run(a.run, a.data, a.n, work, "main", full=True, only=only)
     for item in filter(None, a.runs.split(",")):
         label, path = item.split("=", 1)
         rows += sweep_run(path, a.data, a.n, work, label, full=False)
+    commands = [cmd]
+    if only:  # merge into the last full sweep
+        new = {(r["run"], r["pair"], r["method"]) for r in rows}
+        old = list(csv.DictReader((OUT / "sweep.csv").open()))
+        rows = [r for r in old if (r["run"], r["pair"], r["method"]) not in new] + rows
+        cj = OUT / "commands.json"
+        first = (json.loads(cj.read_text()) if cj.is_file() else
+                 re.findall(r"`([^`]+)`", (OUT / "sweep.md").read_text())[:1])
+        commands = first + [cmd]
+    atomic_write_text(OUT / "commands.json", json.dumps(commands, indent=1))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(OUT / "sweep.csv", buf.getvalue())
-    meta = {"command": "python scripts/recipe_sweep.py " + " ".join(argv or __import__(
-        "sys").argv[1:]), "run": a.run, "n": a.n, "base": BASE, "recipe": RECIPE}
-    body = (f"Produced by `{meta['command']}` ({a.n} test images per pair, held-out subjects; "
-            f"base setting {json.dumps(BASE)}).\n\n" + tables(rows))
+    made = "; then ".join(f"`{c}`" for c in commands)
+    body = (f"Produced by {made} ({a.n} test images per pair, held-out subjects; base setting "
+            f"{json.dumps(BASE)}; the recipe when written: {json.dumps(RECIPE)}).\n\n"
+            + tables(rows))
     atomic_write_text(OUT / "sweep.md", body)
     figure(rows, OUT / "sweep.png")
     doc = ROOT / "docs" / "recipe.md"
@@ -168,7 +192,7 @@ def main(argv=None) -> int:
         text = doc.read_text()
         pat = re.compile(r"(<!-- sweep:begin -->\n).*?(\n<!-- sweep:end -->)", re.S)
         if pat.search(text):
-            doc.write_text(pat.sub(lambda m: m.group(1) + body + m.group(2), text))
+            atomic_write_text(doc, pat.sub(lambda m: m.group(1) + body + m.group(2), text))
     print(f"wrote {OUT / 'sweep.csv'}, sweep.md, sweep.png ({len(rows)} rows)")
     return 0
 
