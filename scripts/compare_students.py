@@ -38,7 +38,8 @@ def summary(label: str, run: Path) -> dict:
     vals = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss")]
     cache = (cfg.get("teacher_cache") or {}).get("seconds") or 0.0
     return {"label": label, "method": train["method"],
-            "calls": 1 if train["method"] == "oneshot" else 2, "steps": int(train["steps"]),
+            "calls": 1 if train["method"] == "oneshot" else 2,
+            "steps": f"{prev} of {train['steps']}" if prev < int(train["steps"]) else str(prev),
             "cache_s": float(cache), "train_s": seconds,
             "val": [(s, 10 * math.log10(4.0 / v)) for s, v in vals]}
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rs = [summary(label, Path(path)) for label, path in (i.split("=", 1) for i in a.runs)]
     lines = [f"Written by `python scripts/compare_students.py {' '.join(a.runs)}`.", "",
-             "| student | method | calls / translation | steps | teacher cache (min) | "
+             "| student | method | calls / translation | steps done | teacher cache (min) | "
              "training (min) | total (min) | PSNR vs teacher, held-out (dB) by step |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rs:

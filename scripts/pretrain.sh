@@ -2,7 +2,7 @@
 # Reproduce the demo's shipped checkpoints (pretrained/demo128, pretrained/demo128_student):
 # the demo's data (same simulator seed), the recorded `medshift train` and `medshift distill`
 # commands, then only what the demo needs is copied into pretrained/ (EMA weights, config.json,
-# log.csv, data.json = the data's fingerprint). Hours on a 2-core CPU; minutes on a GPU.
+# log.csv, data.json = the data's fingerprint). About 1.5 hours of one core here; minutes on a GPU.
 #   usage: scripts/pretrain.sh [WORK_DIR]   (default runs/pretrain)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,8 @@ fi
 DISTILL_ARGS=(--teacher "$W/teacher" --out "$W/student"
               --pairs synthetic_low:real_normal,real_low:real_exposure
               --tau-min 0.3 --tau-max 0.6 --taus-per-image 1 --max-images 80 --crop 64
-              --steps 800 --batch-size 16 --lr 5e-4 --val-every 200 --seed 0)
+              --steps 400 --batch-size 16 --lr 5e-4 --val-every 100 --seed 0
+              --guidance-encode 0 --guidance-decode 1.5 --solver euler --solver-steps 10)
 if [ -f "$W/student/training_state.pt" ]; then
   $PY -m medshift_fast distill "${DISTILL_ARGS[@]}" --resume
 else

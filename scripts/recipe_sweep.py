@@ -19,6 +19,8 @@ import csv
 import io
 import json
 import re
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -125,12 +127,19 @@ def figure(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 4.2 * len(pairs)), squeeze=False)
     for i, pair in enumerate(pairs):
         rs = [r for r in rows if r["pair"] == pair]
+        for r in rs:  # the swept run by group; every other run is its own series
+            r["series"] = r["group"] if r["run"] == "main" else f"run {r['run']} (base setting)"
         for j, (xk, yk) in enumerate((("ssim_src", "fid_enl0"), ("psnr_tgt", "nps_dist"))):
             ax = axes[i, j]
-            for group in dict.fromkeys(r["group"] for r in rs):
-                g = [r for r in rs if r["group"] == group]
-                ax.plot([float(r[xk]) for r in g], [float(r[yk]) for r in g], "o",
-                        label=group, alpha=0.8)
+            # the true target's PSNR against itself is infinite (99): off this plane
+            pts = [r for r in rs if not (xk == "psnr_tgt" and float(r[xk]) >= 90)]
+            for k, group in enumerate(dict.fromkeys(r["series"] for r in rs)):
+                if group not in {r["series"] for r in pts}:
+                    continue
+                g = [r for r in pts if r["series"] == group]
+                ax.plot([float(r[xk]) for r in g], [float(r[yk]) for r in g],
+                        "s" if group.startswith("run ") else "o", label=group, alpha=0.8,
+                        color=plt.get_cmap("tab20")(k % 20))
                 for r in g:
                     ax.annotate(r["method"].replace("MedShift ", "")[:28],
                                 (float(r[xk]), float(r[yk])), fontsize=5, xytext=(2, 2),
@@ -145,6 +154,22 @@ def figure(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def write_docs(rows: list[dict], commands: list[str], n: int) -> None:
+    """sweep.md, sweep.png and the table section of docs/recipe.md from the sweep's rows."""
+    made = "; then ".join(f"`{c}`" for c in commands)
+    body = (f"Produced by {made} ({n} test images per pair, held-out subjects; base setting "
+            f"{json.dumps(BASE)}; the recipe when written: {json.dumps(RECIPE)}).\n\n"
+            + tables(rows))
+    atomic_write_text(OUT / "sweep.md", body)
+    figure(rows, OUT / "sweep.png")
+    doc = ROOT / "docs" / "recipe.md"
+    if doc.is_file():
+        text = doc.read_text()
+        pat = re.compile(r"(<!-- sweep:begin -->\n).*?(\n<!-- sweep:end -->)", re.S)
+        if pat.search(text):
+            atomic_write_text(doc, pat.sub(lambda m: m.group(1) + body + m.group(2), text))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="the run whose settings are swept")
@@ -152,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="", help="LABEL=RUN,... other runs at the base setting")
     ap.add_argument("--n", type=int, default=12, help="test images per pair")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw sweep.md / sweep.png / docs/recipe.md from sweep.csv")
     ap.add_argument("--groups", default="",
                     help="GROUP,... run only these groups of the grid on --run and add their "
                          "rows to the existing sweep.csv (replacing rows of the same name)")
@@ -159,8 +186,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     work = ROOT / "runs" / "recipe_sweep"
+    if a.replot:
+        rows = list(csv.DictReader((OUT / "sweep.csv").open()))
+        commands = json.loads((OUT / "commands.json").read_text())
+        write_docs(rows, commands, a.n)
+        return 0
     only = set(filter(None, a.groups.split(","))) or None
-    cmd = "python scripts/recipe_sweep.py " + " ".join(argv or __import__("sys").argv[1:])
+    cmd = "python scripts/recipe_sweep.py " + shlex.join(argv or sys.argv[1:])
     rows = sweep_run(a.run, a.data, a.n, work, "main", full=True, only=only)
     for item in filter(None, a.runs.split(",")):
         label, path = item.split("=", 1)
@@ -181,18 +213,7 @@ def main(argv=None) -> int:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(OUT / "sweep.csv", buf.getvalue())
-    made = "; then ".join(f"`{c}`" for c in commands)
-    body = (f"Produced by {made} ({a.n} test images per pair, held-out subjects; base setting "
-            f"{json.dumps(BASE)}; the recipe when written: {json.dumps(RECIPE)}).\n\n"
-            + tables(rows))
-    atomic_write_text(OUT / "sweep.md", body)
-    figure(rows, OUT / "sweep.png")
-    doc = ROOT / "docs" / "recipe.md"
-    if doc.is_file():
-        text = doc.read_text()
-        pat = re.compile(r"(<!-- sweep:begin -->\n).*?(\n<!-- sweep:end -->)", re.S)
-        if pat.search(text):
-            atomic_write_text(doc, pat.sub(lambda m: m.group(1) + body + m.group(2), text))
+    write_docs(rows, commands, a.n)
     print(f"wrote {OUT / 'sweep.csv'}, sweep.md, sweep.png ({len(rows)} rows)")
     return 0
 
