@@ -15,10 +15,9 @@ import argparse
 import csv
 import json
 import math
-import re
 from pathlib import Path
 
-from medshift_fast.fileio import atomic_write_text
+from _blocks import fill_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "distill.md"
@@ -59,11 +58,7 @@ def main(argv=None) -> int:
                      f"{r['cache_s'] / 60:.1f} | {r['train_s'] / 60:.1f} | "
                      f"{(r['cache_s'] + r['train_s']) / 60:.1f} | {curve} |")
     body = "\n".join(lines)
-    if DOC.is_file():
-        text = DOC.read_text()
-        pat = re.compile(r"(<!-- students:begin -->\n).*?(\n<!-- students:end -->)", re.S)
-        if pat.search(text):
-            atomic_write_text(DOC, pat.sub(lambda m: m.group(1) + body + m.group(2), text))
+    fill_block(DOC, "students", body)
     print(body)
     return 0
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _blocks import fill_block
 
 from medshift_fast.eval.evaluate import EvalConfig, evaluate
 from medshift_fast.fileio import atomic_write_text
@@ -162,12 +163,7 @@ def write_docs(rows: list[dict], commands: list[str], n: int) -> None:
             + tables(rows))
     atomic_write_text(OUT / "sweep.md", body)
     figure(rows, OUT / "sweep.png")
-    doc = ROOT / "docs" / "recipe.md"
-    if doc.is_file():
-        text = doc.read_text()
-        pat = re.compile(r"(<!-- sweep:begin -->\n).*?(\n<!-- sweep:end -->)", re.S)
-        if pat.search(text):
-            atomic_write_text(doc, pat.sub(lambda m: m.group(1) + body + m.group(2), text))
+    fill_block(ROOT / "docs" / "recipe.md", "sweep", body)
 
 
 def main(argv=None) -> int:

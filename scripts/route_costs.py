@@ -11,11 +11,11 @@ one-step student's single forward. Timed in interleaved repetitions; ratios are 
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 import torch
+from _blocks import fill_block
 
 from medshift_fast.fileio import atomic_write_text
 from medshift_fast.models import build_model
@@ -79,11 +79,7 @@ def main(argv=None) -> int:
     out = ROOT / "docs" / "recipe"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "route_costs.md", body + "\n")
-    if DOC.is_file():
-        text = DOC.read_text()
-        pat = re.compile(r"(<!-- route:begin -->\n).*?(\n<!-- route:end -->)", re.S)
-        if pat.search(text):
-            atomic_write_text(DOC, pat.sub(lambda m: m.group(1) + body + m.group(2), text))
+    fill_block(DOC, "route", body)
     print(body)
     return 0
 

@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+from _blocks import fill_block
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "docs" / "demo"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,7 +46,8 @@ def demo_block() -> str:
     verdict += (f"\n- ONNX exports (translator and student) verified in ONNX Runtime against "
                 f"eager PyTorch: {ok} of {len(exports)}")
     out = [intro, "",
-           f"`make demo` on this 2-core CPU: **{timing['total_s'] / 60:.1f} minutes** (after the one-time set-up) "
+           f"`make demo` on this 2-core CPU: **{timing['total_s'] / 60:.1f} minutes** "
+           "(after the one-time set-up) "
            f"(simulate {timing['simulate_s']:.0f} s, own training {timing['train_s']:.0f} s, "
            f"evaluation {sum(v for k, v in timing.items() if k.startswith('eval_')):.0f} s, "
            f"export {timing.get('export_s', 0):.0f} s). Verdict against the targets:", "",
@@ -117,22 +120,14 @@ def status_block() -> str:
     return "\n".join(rows)
 
 
-def replace(text: str, name: str, block: str) -> str:
-    pat = re.compile(rf"(<!-- {name}:begin -->\n).*?(\n<!-- {name}:end -->)", re.S)
-    if not pat.search(text):
-        raise SystemExit(f"README.md has no {name} markers")
-    return pat.sub(lambda m: m.group(1) + block + m.group(2), text)
-
-
 def main() -> int:
     readme = ROOT / "README.md"
-    text = readme.read_text()
     if (DEMO / "report.md").is_file():
-        text = replace(text, "demo", demo_block())
+        fill_block(readme, "demo", demo_block(), required=True)
     else:
         print("no docs/demo/report.md: the demo block is left as it is", file=sys.stderr)
-    text = replace(text, "status", status_block())
-    readme.write_text(text)
+    fill_block(readme, "status", status_block(), required=True)
+    text = readme.read_text()
     print(f"README.md: {len(text.split())} words")
     return 0
 
