@@ -64,7 +64,8 @@ def main(work: str) -> None:
     lines = ["# Shipped checkpoints (written by scripts/publish_pretrained.py)", "",
              "The demo evaluates these (same simulated data: `data.json` holds its fingerprint, "
              "which the demo checks). `scripts/pretrain.sh` reruns the commands below from "
-             "scratch (hours on this 2-core CPU, minutes on a GPU); a resumed run continues "
+             "scratch (about 1.5 hours of one core here, minutes on a GPU); a resumed run "
+             "continues "
              "exactly where it stopped.", ""]
     specs = ((work / "teacher", "demo128", "train", TrainConfig,
               {"data": "runs/pretrain/data", "out": "runs/pretrain/teacher"}),
