@@ -39,11 +39,14 @@ from ..run import load_run, save_run
 from ..translator import RECIPE, Translator
 from .data import IndexStream, open_split, random_crop
 from .loop_config import LoopConfig, resume_check
+from .meanflow import meanflow_loss
 from .trainer import Task, Trainer, run_training
 
 __all__ = ["DistillConfig", "distill"]
 
 CACHE = "teacher_cache.safetensors"
+# how a student is trained; ``adversarial`` trains the ``oneshot`` network (models.student)
+DISTILL_METHODS = (*STUDENT_METHODS, "adversarial")
 _RESUMABLE = frozenset({"out", "steps", "device", "precision", "log_every", "ckpt_every",
                         "keep_ckpts", "val_every", "tensorboard", "resume", "max_nonfinite",
                         "overwrite", "compile", "channels_last"})
@@ -60,7 +63,9 @@ class DistillConfig(LoopConfig):
         data: dataset root (default: the one the teacher was trained on).
         pairs: source:target domain pairs, comma-separated (default: all ordered pairs).
         method: oneshot (regression onto the teacher's translations, one call) | meanflow
-            (average velocity, two calls).
+            (average velocity, two calls) | adversarial (one call: a discriminator on real
+            target-domain images, the teacher's translations as a low-pass anchor and a
+            structure term against the source; train/adversarial.py).
         tau_min: smallest translation time learned.
         tau_max: largest translation time learned.
         taus_per_image: teacher translations per training image and pair (oneshot).
@@ -74,6 +79,23 @@ class DistillConfig(LoopConfig):
             forward-mode GroupNorm needs it).
         val_every: validation against the teacher every N steps, best kept in RUN/best (0: off).
         val_images: held-out images per pair for validation.
+        init: a one-call student run to start from (default: the teacher's U-Net with a zero
+            output layer, i.e. the identity).
+        adv_weight: adversarial: weight of the generator's hinge loss.
+        anchor_weight: adversarial: weight of the L1 distance to the teacher's translation.
+        anchor_sigma: adversarial: the anchor compares Gaussian low-passes of this std in
+            pixels (0: the full band), so the student may differ from the teacher in texture.
+        structure_weight: adversarial: weight of 1 - SSIM between the low-passed translation
+            and the low-passed source (the anatomy stays).
+        structure_sigma: adversarial: std in pixels of that low-pass.
+        disc_lr: adversarial: discriminator learning rate (Adam, betas 0 / 0.99, constant).
+        disc_channels: adversarial: first-layer width of each discriminator scale.
+        disc_scales: adversarial: resolutions the discriminator judges (1, 1/2, 1/4, ...).
+        disc_gain: adversarial: the discriminator's input scale (its spectral norm bounds its
+            gain at 1, so a faint noise grain needs a larger input).
+        anchor_run: adversarial: a one-call student run (e.g. the --init one) whose
+            translation stands in for the teacher's as the anchor, computed on the fly at any
+            tau in range on every training image (no teacher cache).
     """
 
     teacher: str = ""
@@ -98,17 +120,37 @@ class DistillConfig(LoopConfig):
     keep_ckpts: int = 1
     val_every: int = 250
     val_images: int = 6
+    init: str | None = None
+    adv_weight: float = 0.1
+    anchor_weight: float = 1.0
+    anchor_sigma: float = 2.0
+    structure_weight: float = 1.0
+    structure_sigma: float = 1.0
+    disc_lr: float = 2e-4
+    disc_channels: int = 32
+    disc_scales: int = 3
+    disc_gain: float = 1.0
+    anchor_run: str | None = None
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
             (bool(self.teacher), "pass --teacher RUN (a run written by `medshift train`)"),
-            (self.method in STUDENT_METHODS, f"method must be one of {STUDENT_METHODS}"),
+            (self.method in DISTILL_METHODS, f"method must be one of {DISTILL_METHODS}"),
             (0.0 <= self.tau_min <= self.tau_max < 1.0,
              f"need 0 <= tau_min <= tau_max < 1, got {self.tau_min}..{self.tau_max}"),
             (self.taus_per_image >= 1, "taus_per_image must be >= 1"),
             (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
             (self.crop is None or self.crop >= 8, "crop must be >= 8"),
             (self.val_images >= 1, "val_images must be >= 1"),
+            (min(self.adv_weight, self.anchor_weight, self.anchor_sigma, self.structure_weight,
+                 self.structure_sigma) >= 0, "adversarial weights and sigmas must be >= 0"),
+            (self.disc_lr > 0 and self.disc_gain > 0 and min(self.disc_channels,
+                                                              self.disc_scales) >= 1,
+             "disc_lr and disc_gain must be > 0, disc_channels and disc_scales >= 1"),
+            (self.init is None or self.method != "meanflow",
+             "--init starts a one-call student; meanflow students start from the teacher"),
+            (self.anchor_run is None or self.method == "adversarial",
+             "--anchor-run applies to --method adversarial"),
         ]
 
     def __post_init__(self) -> None:
@@ -186,12 +228,14 @@ class DistillTask(Task):
                             for k in range(0, x.shape[0], 64)])
         self.y = y
         self.val = self._val_set(tr, xv, yv)
-        if cfg.method == "oneshot":
-            self.cache = self._cache(tr)
-            n = self.cache["x"].shape[0]
-        else:
-            n = self.x.shape[0]
-        self.stream = IndexStream(n, cfg.micro_batch, cfg.seed)
+        self.stream = IndexStream(self._items(tr), cfg.micro_batch, cfg.seed)
+
+    def _items(self, tr: Trainer) -> int:
+        """How many items the data stream draws from: the teacher cache's, or the images."""
+        if self.cfg.method == "meanflow":
+            return self.x.shape[0]
+        self.cache = self._cache(tr)
+        return self.cache["x"].shape[0]
 
     def _translator(self, src: int, tgt: int, tau: float) -> Translator:
         return Translator(self.teacher, src, tgt, tau=tau, mode="fused", batch_size=16,
@@ -283,13 +327,16 @@ class DistillTask(Task):
 
     def build_model(self, tr: Trainer) -> Student:
         t = self.teacher
-        scfg = StudentConfig(unet=t.model.config.to_dict(), method=self.cfg.method,
+        method = "meanflow" if self.cfg.method == "meanflow" else "oneshot"
+        scfg = StudentConfig(unet=t.model.config.to_dict(), method=method,
                              pairs=self.pairs, tau_min=self.cfg.tau_min,
                              tau_max=self.cfg.tau_max,
                              teacher={**self.settings, "run": str(t.path)})
         self.student_cfg = scfg
         st = Student(scfg)
         st.init_from_teacher(t.model)
+        if self.cfg.init:
+            _init_from(st, self.cfg.init)
         s = self.x.shape[-1]
         if self.cfg.crop is not None and (self.cfg.crop > s or self.cfg.crop % st.down_factor):
             raise MedShiftError(f"crop {self.cfg.crop} must be at most the model-space size {s} "
@@ -299,7 +346,7 @@ class DistillTask(Task):
     # ------------------------------------------------------------------------------ one step
     def batch(self, tr: Trainer, m: int):
         idx = self.stream.rank_batch(m, tr.dist)
-        if self.cfg.method == "oneshot":
+        if self.cfg.method != "meanflow":
             c = self.cache
             return tuple(c[k][idx].to(tr.device) for k in ("x", "t", "s", "g", "tau"))
         return self.x[idx].to(tr.device), self.y[idx].to(tr.device)
@@ -313,7 +360,7 @@ class DistillTask(Task):
 
     def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
         if self.cfg.method == "meanflow":
-            return self._meanflow_loss(tr, batch)
+            return meanflow_loss(self, tr, batch)
         x, target, ys, yt, tau = batch
         x, target = self._crop_pair(tr, x, target)
         if self.cfg.channels_last:
@@ -321,51 +368,6 @@ class DistillTask(Task):
         with tr.autocast():
             pred = fwd(x, tau, ys, yt)  # Student.forward = oneshot (through DDP / compile)
         return pseudo_huber(pred, target)
-
-    def _meanflow_loss(self, tr: Trainer, batch) -> torch.Tensor:
-        """The MeanFlow identity u = v + (e - s) du/ds with the teacher's guided velocity v."""
-        from ..flow.guidance import make_field
-        from ..ops import guided_velocity
-
-        x1, y_img = batch
-        cfg, st, dev = self.cfg, tr.model, tr.device
-        b = x1.shape[0]
-        g = tr.gen
-        srcs = torch.tensor(sorted({a for a, _ in self.pairs}))
-        tgts = torch.tensor(sorted({c for _, c in self.pairs}))
-        leg = (torch.rand(b, generator=g) < 0.5).long()  # 1 = decode leg, 0 = encode leg
-        tau = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * torch.rand(b, generator=g)
-        diag = torch.rand(b, generator=g) < 0.25  # s = e: plain flow matching on the teacher
-        y_tgt = tgts[torch.randint(0, len(tgts), (b,), generator=g)]
-        y_src = srcs[torch.randint(0, len(srcs), (b,), generator=g)]
-        # encode: from s = 1 (the image itself) to e = tau; decode: from s = tau to e = 1
-        s = torch.where(leg == 1, tau, torch.ones(b))
-        e = torch.where(leg == 1, torch.ones(b), tau)
-        e = torch.where(diag, s, e)
-        x1 = self._crop_pair(tr, x1, x1)[0]
-        x0 = torch.randn(x1.shape, generator=g).to(dev, x1.dtype)
-        sb = s.to(dev).view(-1, 1, 1, 1).to(x1.dtype)
-        z = sb * x1 + (1.0 - sb) * x0
-        w_enc, w_dec = self.settings["guidance_encode"], self.settings["guidance_decode"]
-        y_enc = st.encode_label(y_src.to(dev))
-        y_field = torch.where(leg.to(dev) == 1, y_tgt.to(dev), y_enc)
-        del y_img
-        with torch.no_grad():  # the teacher's guided velocity at (z, s), per leg's guidance
-            v = torch.empty_like(z)
-            for lg, w in ((0, w_enc), (1, w_dec)):
-                m = (leg == lg).to(dev)
-                if bool(m.any()):
-                    vc, vu = make_field(self.teacher.model, y_field[m], w)(z[m], s.to(dev)[m])
-                    v[m] = guided_velocity(vc, vu, w).to(z.dtype)
-        s_d, e_d, lg_d = s.to(dev), e.to(dev), leg.to(dev)
-
-        def u_fn(zz, ss):
-            return st.average_velocity(zz, ss, e_d, y_field, lg_d)
-
-        with tr.autocast():
-            u, dudt = torch.func.jvp(u_fn, (z, s_d), (v, torch.ones_like(s_d)))
-        target = (v + (e_d - s_d).view(-1, 1, 1, 1) * dudt).detach()
-        return F.mse_loss(u.float(), target.float())
 
     @torch.no_grad()
     def validate(self, tr: Trainer) -> float:
@@ -401,5 +403,28 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
     from .flow import check_fresh_out
 
     check_fresh_out(cfg)
+    if cfg.method == "adversarial":
+        from .adversarial import AdversarialTask
+
+        return run_training(cfg, AdversarialTask(cfg, progress), progress)
     return run_training(cfg, DistillTask(cfg, progress), progress)
+
+
+def one_call_student(path: str, flag: str, like: StudentConfig, device=None) -> Student:
+    """The network of a one-call student run, checked to be ``like``'s (MedShiftError if not)."""
+    run = load_run(path, device=device)
+    m = run.model
+    if run.kind != "student" or m.config.method != "oneshot":
+        raise MedShiftError(f"{flag} {path}: not a one-call student run (it is a {run.kind} "
+                            f"run{'' if run.kind != 'student' else ', ' + m.config.method}); "
+                            "pass a run written by `medshift distill --method oneshot`")
+    if json.dumps(m.config.unet, sort_keys=True) != json.dumps(like.unet, sort_keys=True):
+        raise MedShiftError(f"{flag} {path}: its network differs from the teacher's "
+                            f"({m.config.unet} vs {like.unet})")
+    return m
+
+
+def _init_from(st: Student, path: str) -> None:
+    """Load a one-call student run's (EMA) weights into ``st`` (same network, same domains)."""
+    st.load_state_dict(one_call_student(path, "--init", st.config).state_dict())
 

@@ -105,6 +105,15 @@ class Task:
     def check_resume(self, trainer: Trainer, src: Path) -> None:
         """Refuse to resume from ``src`` unless it is compatible (MedShiftError naming why)."""
 
+    def state(self, trainer: Trainer) -> dict[str, Any] | None:
+        """Training state the task owns beyond the model, EMA and optimizer (e.g. a
+        discriminator and its optimizer): saved in the training state, given back to
+        ``load_state`` on resume. None: nothing."""
+        return None
+
+    def load_state(self, trainer: Trainer, state: dict[str, Any] | None) -> None:
+        """Restore what ``state`` returned (None when the checkpoint holds nothing)."""
+
     def on_start(self, trainer: Trainer, out: Path) -> None:
         """Rank 0, before the first step (e.g. write train_config.json)."""
 
@@ -234,6 +243,9 @@ class Trainer:
         }
         if self.noise_gen is not self.gen:
             st["noise_generator"] = self.noise_gen.get_state()
+        task_state = self.task.state(self)
+        if task_state is not None:
+            st["task"] = task_state
         if self.device.type == "cuda":
             st["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return st
@@ -263,6 +275,7 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"])
         if "cuda_rng" in st and self.device.type == "cuda":
             torch.cuda.set_rng_state(st["cuda_rng"], self.device)
+        self.task.load_state(self, st.get("task"))
         self.step = int(st["step"])
         self.micro = int(st.get("micro", self.step * self.cfg.grad_accum))
         self.n_skipped = int(st.get("n_skipped", 0))

@@ -1,0 +1,289 @@
+"""``medshift distill --method adversarial``: a one-call student that may beat its teacher.
+
+The student is the one-call network of ``--method oneshot`` (``models.student``: Translator,
+export and the deployment path take it unchanged), started from a regression student
+(``--init``) or from the teacher, and trained by the shared loop (``train.trainer``: progress,
+exact resume, EMA, the non-finite guard) with the sum of
+
+* an **adversarial** term (``adv_weight``): the hinge generator loss of a multi-scale patch
+  discriminator (``models.discriminator``: spectral norm, projection conditioning on the target
+  domain) that is trained, one Adam step per micro-step, to tell crops of the student's
+  translations from random crops of REAL training images of the same target domain (unpaired:
+  another subject, another view, another window). It judges noise grain, edge sharpness,
+  contrast and the scatter floor -- what the teacher's translations lacked;
+* an **anchor** to the teacher (``anchor_weight``): L1 between Gaussian low-passes (std
+  ``anchor_sigma`` px; 0 = the full band) of the student's and the teacher's translation of the
+  same image at the same tau (the teacher cache of ``--method oneshot``; or, with
+  ``anchor_run``, a regression student's translation -- the teacher's map distilled, one call
+  instead of 30, so computed on the fly for every training image at any tau), so the student
+  keeps the teacher's tau-dependent mapping where it is right and is free where the teacher is
+  wrong in texture;
+* a **structure** term against the source (``structure_weight``): 1 - SSIM between low-passes
+  (std ``structure_sigma``) of the translation and of the source image: the anatomy stays.
+
+Nothing uses the evaluation's feature network (EfficientNet-Lite0) or any pretrained network.
+The discriminator, its optimizer state and its skipped-step count travel in the training state
+(``Task.state``), so ``--resume`` continues exactly; its weights are also written to
+RUN/discriminator.safetensors. Validation: the mean NPS distance (eval.physics, dB) between the
+EMA student's translations of held-out (val) images and the target domain's training images.
+Per-term losses go to RUN/adversarial.csv every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import MedShiftError
+from ..fileio import save_safetensors
+from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from .data import random_crop
+from .distill import DistillTask, one_call_student
+from .trainer import Trainer
+
+__all__ = ["AdversarialTask", "DISC_WEIGHTS", "lowpass"]
+
+DISC_WEIGHTS = "discriminator.safetensors"
+TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake")
+
+
+def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (std ``sigma`` px, radius ceil(3 sigma), reflect padding) of every
+    channel of x (B, C, H, W); sigma 0 returns x."""
+    if sigma <= 0:
+        return x
+    r = max(1, math.ceil(3.0 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    y = F.pad(x, (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    return ssim(a, b, data_range=2.0, kernel_size=11, sigma=1.5)
+
+
+def _mean(logits: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([m.detach().float().mean() for m in logits]).mean()
+
+
+class AdversarialTask(DistillTask):
+    """The one-call student against a discriminator on real target-domain images."""
+
+    desc = "distill (adversarial)"
+
+    # ------------------------------------------------------------------------------ set-up
+    def setup(self, tr: Trainer) -> None:
+        super().setup(tr)  # teacher, data, teacher cache, validation images
+        tgts = sorted({b for _, b in self.pairs})
+        self.real = {g: self.x[self.y == g] for g in tgts}
+        for g, imgs in self.real.items():
+            if imgs.shape[0] == 0:
+                raise MedShiftError(f"no training images of the target domain "
+                                    f"{self.domains[g]!r}: the discriminator needs real ones")
+        from ..eval.physics import noise_power_spectrum
+
+        self.ref_nps = {g: noise_power_spectrum(self._pixels(imgs)) for g, imgs in
+                        self.real.items()}
+        self.d_skipped = 0
+        self._terms = None
+
+    def _pixels(self, z: torch.Tensor) -> torch.Tensor:
+        codec = self.teacher.codec
+        if getattr(codec, "kind", "pixel") == "pixel":
+            return z.float().cpu()
+        return torch.cat([codec.decode(z[k:k + 16].to(self.teacher.device)).float().cpu()
+                          for k in range(0, z.shape[0], 16)])
+
+    def _items(self, tr: Trainer) -> int:
+        """The teacher cache's items, or (``anchor_run``) every (training image, pair)."""
+        cfg = self.cfg
+        if not cfg.anchor_run:
+            self.anchor = None
+            return super()._items(tr)
+        from ..models.student import StudentConfig
+
+        like = StudentConfig(unet=self.teacher.model.config.to_dict())
+        self.anchor = one_call_student(cfg.anchor_run, "--anchor-run", like, tr.device)
+        self.anchor.requires_grad_(False).eval()
+        a = self.anchor.config
+        missing = [p for p in self.pairs if a.pairs and p not in a.pairs]
+        if missing or a.tau_min > cfg.tau_min + 1e-9 or a.tau_max < cfg.tau_max - 1e-9:
+            raise MedShiftError(f"--anchor-run {cfg.anchor_run} learned pairs {list(a.pairs)} "
+                                f"at tau {a.tau_min:g}..{a.tau_max:g}; this run needs "
+                                f"{list(self.pairs)} at {cfg.tau_min:g}..{cfg.tau_max:g}")
+        jobs = [(int(i), src, tgt) for src, tgt in self.pairs
+                for i in torch.nonzero(self.y == src).flatten()[:cfg.max_images]]
+        self.jobs = torch.tensor(jobs, dtype=torch.long)
+        return len(jobs)
+
+    def batch(self, tr: Trainer, m: int):
+        if self.anchor is None:
+            return super().batch(tr, m)
+        idx = self.stream.rank_batch(m, tr.dist)
+        b, info, cfg = idx.shape[0], tr.dist, self.cfg
+        u = torch.rand(b * info.world, generator=tr.gen)[info.rank * b:(info.rank + 1) * b]
+        tau = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * u
+        j = self.jobs[idx]
+        return (self.x[j[:, 0]].to(tr.device), None, j[:, 1].to(tr.device),
+                j[:, 2].to(tr.device), tau.to(tr.device))
+
+    def _val_set(self, tr: Trainer, xv: torch.Tensor, yv: torch.Tensor) -> dict:
+        """Held-out sources per pair and tau (no teacher translations: scored by the NPS)."""
+        cfg = self.cfg
+        taus = sorted({cfg.tau_min, (cfg.tau_min + cfg.tau_max) / 2, cfg.tau_max})
+        rows: dict[str, list] = {"x": [], "s": [], "g": [], "tau": []}
+        for src, tgt in self.pairs:
+            xs = xv[yv == src][:cfg.val_images]
+            if xs.shape[0] == 0:
+                continue
+            z = self.teacher.codec.encode(xs.to(tr.device)).float().cpu()
+            for tau in taus:
+                rows["x"].append(z)
+                rows["s"].append(torch.full((z.shape[0],), src))
+                rows["g"].append(torch.full((z.shape[0],), tgt))
+                rows["tau"].append(torch.full((z.shape[0],), tau))
+        if not rows["x"]:
+            raise MedShiftError("no validation images for the requested pairs")
+        return {k: torch.cat(v) for k, v in rows.items()}
+
+    def build_model(self, tr: Trainer):
+        st = super().build_model(tr)
+        cfg = self.cfg
+        self.disc = PatchDiscriminator(len(self.domains), in_channels=st.in_channels,
+                                       channels=cfg.disc_channels,
+                                       scales=cfg.disc_scales,
+                                       gain=cfg.disc_gain).to(tr.device)
+        size = cfg.crop or self.x.shape[-1]
+        if size < self.disc.min_size:
+            raise MedShiftError(f"the discriminator's {cfg.disc_scales} scales need crops of at "
+                                f"least {self.disc.min_size} px, got {size}; raise --crop or "
+                                "lower --disc-scales")
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.0, 0.99))
+        return st
+
+    # ------------------------------------------------------------------------------ one step
+    def _real_batch(self, tr: Trainer, y: torch.Tensor) -> torch.Tensor:
+        """Random real images (random windows) of the domains y (this rank's share)."""
+        b, info = y.shape[0], tr.dist
+        u = torch.rand(b * info.world, generator=tr.gen)[info.rank * b:(info.rank + 1) * b]
+        imgs = torch.stack([self.real[int(g)][int(v * self.real[int(g)].shape[0])]
+                            for g, v in zip(y.tolist(), u)])
+        if self.cfg.crop is not None and self.cfg.crop < imgs.shape[-1]:
+            imgs = random_crop(imgs, self.cfg.crop, tr.gen, info)
+        return imgs.to(tr.device)
+
+    def _disc_step(self, tr: Trainer, real, fake, y) -> torch.Tensor:
+        """One Adam step of the discriminator (skipped when its loss is not finite)."""
+        d = self.disc.requires_grad_(True).train()
+        with tr.autocast():
+            lr_, lf_ = d(real, y), d(fake, y)
+            loss = hinge_d_loss(lr_, lf_)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        if tr.dist.enabled:  # the discriminator is not wrapped in DDP: average its gradients
+            import torch.distributed as dist
+
+            for p in d.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= tr.dist.world
+        if bool(torch.isfinite(loss)):
+            self.opt_d.step()
+        else:
+            self.d_skipped += 1
+            self.opt_d.zero_grad(set_to_none=True)
+        d.requires_grad_(False)  # the generator's loss does not train it
+        return torch.stack([loss.detach().float(), _mean(lr_), _mean(lf_)])
+
+    def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
+        cfg = self.cfg
+        x, target, ys, yt, tau = batch
+        if target is None:  # the anchor run's translation of the same window
+            x = self._crop_pair(tr, x, x)[0]
+            with torch.no_grad():
+                target = self.anchor(x, tau, ys, yt)
+        else:
+            x, target = self._crop_pair(tr, x, target)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with tr.autocast():
+            fake = fwd(x, tau, ys, yt)
+        zero = torch.zeros((), device=fake.device)
+        if cfg.adv_weight > 0:
+            d_stats = self._disc_step(tr, self._real_batch(tr, yt), fake.detach(), yt)
+            with tr.autocast():
+                adv = hinge_g_loss(self.disc(fake, yt)).float()
+        else:
+            d_stats, adv = torch.zeros(3, device=fake.device), zero
+        f32, x32 = fake.float(), x.float()
+        anchor = ((lowpass(f32, cfg.anchor_sigma) - lowpass(target.float(), cfg.anchor_sigma))
+                  .abs().mean() if cfg.anchor_weight > 0 else zero)
+        structure = (1.0 - _ssim(lowpass(f32, cfg.structure_sigma),
+                                 lowpass(x32, cfg.structure_sigma))
+                     if cfg.structure_weight > 0 else zero)
+        self._terms = torch.cat([torch.stack([adv.detach(), anchor.detach(),
+                                              structure.detach()]), d_stats])
+        return (cfg.adv_weight * adv + cfg.anchor_weight * anchor
+                + cfg.structure_weight * structure)
+
+    @torch.no_grad()
+    def validate(self, tr: Trainer) -> float:
+        """Mean NPS distance (dB) to the target domain over the validation pairs and taus."""
+        from ..eval.physics import nps_distance
+
+        st, v, dev = tr.ema.module.eval(), self.val, tr.device
+        scores = []
+        keys = torch.stack([v["s"], v["g"], (v["tau"] * 1e6).round()], 1)
+        for key in torch.unique(keys, dim=0):
+            m = (keys == key).all(1)
+            tau = float(key[2]) / 1e6
+            pred = torch.cat([st.translate(v["x"][m][k:k + 8].to(dev), tau,
+                                           v["s"][m][k:k + 8].to(dev), v["g"][m][k:k + 8].to(dev))
+                              for k in range(0, int(m.sum()), 8)])
+            scores.append(nps_distance(self._pixels(pred).clamp(-1, 1),
+                                       self.ref_nps[int(key[1])]))
+        return float(sum(scores) / len(scores))
+
+    def on_step(self, tr: Trainer, step: int, out: Path, logger) -> None:
+        if self._terms is None or step % self.cfg.log_every:
+            return
+        path = out / "adversarial.csv"
+        new = not path.is_file()
+        with path.open("a", newline="") as fh:
+            w = csv.writer(fh)
+            if new:
+                w.writerow(("step", *TERMS, "d_skipped"))
+            w.writerow((step, *(f"{float(t):.6g}" for t in self._terms.cpu()), self.d_skipped))
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def state(self, tr: Trainer) -> dict:
+        return {"disc": {k: t.detach().cpu() for k, t in self.disc.state_dict().items()},
+                "disc_opt": self.opt_d.state_dict(), "disc_skipped": self.d_skipped}
+
+    def load_state(self, tr: Trainer, state) -> None:
+        if not state or "disc" not in state:
+            raise MedShiftError("this checkpoint holds no discriminator state: it was not "
+                                "written by `medshift distill --method adversarial`; resume it "
+                                "with its own --method")
+        self.disc.load_state_dict(state["disc"])
+        self.opt_d.load_state_dict(state["disc_opt"])
+        self.d_skipped = int(state.get("disc_skipped", 0))
+
+    def save(self, tr: Trainer, run_dir: Path) -> None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_safetensors(run_dir / DISC_WEIGHTS,
+                         {k: t.detach().cpu().contiguous() for k, t in
+                          self.disc.state_dict().items()},
+                         {"config": json.dumps(self.disc.config), "step": str(tr.step)})
+        super().save(tr, run_dir)
