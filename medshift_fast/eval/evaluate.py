@@ -1,17 +1,24 @@
 """``medshift evaluate``: score a trained model's translations on the test split.
 
 For each tau: MedShift translation (encode with the source label to tau, decode with the target
-label). Baselines on the same model and images: identity (the source itself), SDEdit-style
-(noise the source to tau along the path, decode with the target label) and full inversion
-(tau = 0). Each row is scored for
+label). Baselines on the same images: identity (the source itself), the classical filters of
+``baselines.CLASSICAL`` (Gaussian, TV, BM3D; each parameter tuned on the validation split, never
+the test split), and on the same model SDEdit-style (noise the source to tau along the path,
+decode with the target label) and full inversion (tau = 0). Each row is scored for
   * structure vs the source image: SSIM, PSNR;
   * accuracy vs the pixel-aligned true target (same subject and view; the simulator provides
     it): SSIM, PSNR;
-  * distribution vs the target domain (train split as the reference set): FID-ENL0, KID,
-    coverage, density and an RBF MMD on EfficientNet-Lite0 ImageNet features;
+  * distribution vs the target domain (train split as the reference set): FID-ENL0, KID (mean ±
+    std over subsets), coverage, density and an RBF MMD on EfficientNet-Lite0 ImageNet
+    features (computed once per row);
   * X-ray physics: noise power spectrum distance, intensity-histogram distance and the noise
     level relative to the target domain's.
 A "true target" row scores the real target images themselves: the floor every metric can reach.
+Paired bootstrap intervals (``stats``) compare every learned row with every baseline row.
+
+FID-ENL0 and KID are refused below ``MIN_N_FID`` images unless ``allow_small_n``: with n images
+the feature covariance has rank <= n - 1 (of 1280 dimensions), so FID is dominated by its O(1/n)
+bias, and KID's subsets (half the set) hold fewer than 8 images per side below 16.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import torch
 from ..errors import MedShiftError
 from ..translator import TranslateOptions, Translator
 
+MIN_N_FID = 16  # fewest images FID-ENL0 / KID are computed on without allow_small_n
+
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig(TranslateOptions):
@@ -34,15 +43,21 @@ class EvalConfig(TranslateOptions):
     Attributes:
         checkpoint: run directory written by ``medshift train``.
         data: dataset root (ROOT/<domain>/... with manifest.csv for the aligned ground truth).
-        out: report folder (report.md, metrics.csv, grid.png, tradeoff.png).
+        out: report folder (report.md, metrics.csv, paired_bootstrap.csv, grid.png, tradeoff.png).
         taus: translation times to score (comma-separated).
         split: split whose source images are translated.
         reference_split: split of the target domain used as the reference distribution.
         max_images: at most this many source images (default: all).
         batch_size: images per network batch.
-        seed: seed of the SDEdit baseline's noise and the KID subsets.
+        seed: seed of the SDEdit baseline's noise, the KID subsets and the bootstrap.
         baselines: also score the SDEdit-style baseline at every tau.
         inversion: also score full inversion (tau = 0) as a baseline.
+        classical: classical baselines, comma-separated (gaussian, tv, bm3d) or none.
+        tune_split: split the classical baselines are tuned on (never the test split).
+        tune_images: source images of the tuning split used to tune them (BM3D: at most 6).
+        bootstrap: paired bootstrap resamples for the method-vs-baseline intervals (0: none).
+        allow_small_n: compute FID-ENL0 / KID on fewer than 16 images (noise, not evidence).
+        domain_map: FOLDER=DOMAIN,... as given to train (default: the run's stored map).
         grid_rows: source images shown in grid.png.
         progress: show progress bars and per-method lines.
     """
@@ -58,10 +73,18 @@ class EvalConfig(TranslateOptions):
     seed: int = 0
     baselines: bool = True
     inversion: bool = True
+    classical: str = "gaussian,tv,bm3d"
+    tune_split: str = "val"
+    tune_images: int = 12
+    bootstrap: int = 1000
+    allow_small_n: bool = False
+    domain_map: str | None = None
     grid_rows: int = 6
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from .baselines import parse_classical
+
         super().__post_init__()
         object.__setattr__(self, "taus", tuple(float(t) for t in self.taus))
         if not self.source or not self.target:
@@ -72,32 +95,24 @@ class EvalConfig(TranslateOptions):
             raise MedShiftError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_images is not None and self.max_images < 1:
             raise MedShiftError(f"max_images must be >= 1, got {self.max_images}")
+        if self.tune_images < 1 or self.bootstrap < 0:
+            raise MedShiftError(f"tune_images must be >= 1 and bootstrap >= 0, got "
+                                f"{self.tune_images}, {self.bootstrap}")
+        parse_classical(self.classical)  # unknown names fail now, before any work
+        if parse_classical(self.classical) and self.tune_split == self.split:
+            raise MedShiftError(f"--tune-split {self.tune_split} is the evaluated split: the "
+                                "classical baselines must be tuned on another (e.g. val)")
 
 
 @dataclass
 class EvalResult:
+    """Rows (one dict per method), images per method, settings, timing and bootstrap intervals."""
+
     rows: list[dict] = field(default_factory=list)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
-
-
-def _load_domain(data, domain, split, size, max_images=None):
-    from ..data import FolderDataset
-
-    ds = FolderDataset(data, size=size, split=split, domains=(domain,))
-    idx = list(range(len(ds)))
-    if max_images is not None and max_images < len(idx):  # spread over subjects and views
-        idx = sorted({round(k * (len(idx) - 1) / max(1, max_images - 1))
-                      for k in range(max_images)})
-    x = torch.stack([ds[i][0] for i in idx])
-    keys = [(ds.samples[i].subject, ds.samples[i].view_id) for i in idx]
-    return x, keys
-
-
-def _view_key(subject, view_id):
-    # Views are named per subject (e.g. s003_v02) and are shared across domains.
-    return view_id if view_id is not None else None
+    bootstrap: list[dict] = field(default_factory=list)
 
 
 def _translate_all(fn, x, batch_size, progress, desc):
@@ -109,19 +124,38 @@ def _translate_all(fn, x, batch_size, progress, desc):
     return torch.cat(outs)
 
 
+def check_sample_size(n: int, n_reference: int, allow_small_n: bool) -> None:
+    """Refuse FID-ENL0 / KID on fewer than ``MIN_N_FID`` images unless allowed."""
+    m = min(n, n_reference)
+    if m < MIN_N_FID and not allow_small_n:
+        which = "test images" if n <= n_reference else "reference images"
+        raise MedShiftError(f"FID-ENL0/KID on n = {m} {which} would be noise (minimum "
+                            f"{MIN_N_FID}); score more images or pass --allow-small-n "
+                            "(allow_small_n=True) to compute them anyway")
+
+
+def _kid_subset(n: int, n_ref: int) -> int:
+    # half the smaller set, so the subset std reflects the sampling of both sets
+    return max(2, min(1000, min(n, n_ref) // 2))
+
+
 def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
              extra_methods=()) -> EvalResult:
-    """Run the evaluation and write OUT/report.md, metrics.csv, grid.png, tradeoff.png.
+    """Run the evaluation and write OUT/report.md, metrics.csv, paired_bootstrap.csv, grid.png,
+    tradeoff.png.
 
     Args:
         cfg: the settings.
         progress: override ``cfg.progress``.
         run: an already loaded run (default: load ``cfg.checkpoint``).
-        extra_methods: more rows: (name, kind, tau, Translator-like callable on pixel batches).
+        extra_methods: more rows: (name, kind, tau, Translator-like callable on pixel batches);
+            kind "student" rows are judged like the MedShift rows (Pareto verdicts, bootstrap).
     """
     from .. import eval as E
+    from ..recipe import RECIPE
     from ..run import load_run
-    from . import report
+    from . import _data, report, stats
+    from .baselines import parse_classical, tune_all
 
     progress = cfg.progress if progress is None else progress
     t_start = time.perf_counter()
@@ -130,14 +164,25 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
     if src == tgt:
         raise MedShiftError("source and target domains are the same; pick two different ones")
     size = run.image_size
-    x_src, src_keys = _load_domain(cfg.data, cfg.source, cfg.split, size, cfg.max_images)
-    x_tgt_test, tgt_keys = _load_domain(cfg.data, cfg.target, cfg.split, size)
-    x_ref, _ = _load_domain(cfg.data, cfg.target, cfg.reference_split, size)
-    # pixel-aligned ground truth: same view id in the target domain
-    by_key = {_view_key(*k): i for i, k in enumerate(tgt_keys) if _view_key(*k) is not None}
-    aligned = [by_key.get(_view_key(*k)) for k in src_keys]
-    has_gt = all(a is not None for a in aligned)
-    x_gt = x_tgt_test[torch.tensor(aligned)] if has_gt else None
+    dmap = cfg.domain_map if cfg.domain_map is not None else run.train.get("domain_map")
+    classical = parse_classical(cfg.classical)
+    n_src = _data.count_split(cfg.data, cfg.source, cfg.split, dmap)
+    check_sample_size(min(n_src, cfg.max_images or n_src),
+                      _data.count_split(cfg.data, cfg.target, cfg.reference_split, dmap),
+                      cfg.allow_small_n)
+    s_set = _data.load_domain(cfg.data, cfg.source, cfg.split, size, cfg.max_images, dmap)
+    x_src = s_set.x
+    x_gt = _data.align(s_set, _data.load_domain(cfg.data, cfg.target, cfg.split, size,
+                                                domain_map=dmap))
+    has_gt = x_gt is not None
+    x_ref = _data.load_domain(cfg.data, cfg.target, cfg.reference_split, size,
+                              domain_map=dmap).x
+    nps_ref = E.noise_power_spectrum(x_ref)
+    t0 = time.perf_counter()
+    tuned = tune_all(classical, cfg.data, cfg.source, cfg.target, split=cfg.tune_split,
+                     size=size, max_images=cfg.tune_images, domain_map=dmap, reference=nps_ref,
+                     progress=progress)
+    t_tune = time.perf_counter() - t0
 
     def translator(tau, method="medshift"):
         return Translator(run, src, tgt, tau=tau, method=method, seed=cfg.seed,
@@ -148,6 +193,7 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
     ]
     methods += [(f"MedShift τ={tau:g}", "medshift", tau, translator(tau)) for tau in cfg.taus]
     methods += list(extra_methods)
+    methods += [(t.method, "classical", None, t.translate) for t in tuned]
     if cfg.baselines:
         methods += [(f"SDEdit τ={tau:g}", "sdedit", tau, translator(tau, "sdedit"))
                     for tau in cfg.taus]
@@ -156,63 +202,84 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
 
     fx = E.ENL0Features(batch_size=64)
     f_ref = fx(x_ref, progress="ENL0 features (reference)" if progress else False)
-    nps_ref = E.noise_power_spectrum(x_ref)
     noise_ref = float(E.noise_level(x_ref, reduction="mean"))
+    n, n_ref = int(x_src.shape[0]), int(x_ref.shape[0])
     res = EvalResult()
-    timing = {}
-    rows = []
+    timing = {"classical_tuning": t_tune}
+    rows, samples = [], {}
     candidates = [("true target", "oracle", None, None)] if has_gt else []
+    kinds = {t.method: t.baseline.key for t in tuned}
     for name, kind, tau, fn in methods + candidates:
         t0 = time.perf_counter()
-        if kind == "oracle":
-            y = x_gt
-        else:
-            y = _translate_all(fn, x_src, cfg.batch_size, progress, name)
+        y = x_gt if kind == "oracle" else _translate_all(fn, x_src, cfg.batch_size, progress,
+                                                         name)
         dt = time.perf_counter() - t0
         timing[name] = dt
         res.images[name] = y
         f_y = fx(y)
-        fm = E.feature_metrics(
-            f_y, f_ref, seed=cfg.seed, kid_subset_size=min(1000, len(f_y), len(f_ref))
-        )
+        fm = _feature_metrics(f_y, f_ref, cfg.seed)
+        ssim_src = E.ssim(y, x_src, reduction="none")
+        psnr_tgt = E.psnr(y, x_gt, reduction="none") if has_gt else None
+        nps_img = stats.per_image_nps(y)
         row = {
             "method": name,
             "kind": kind,
             "tau": "" if tau is None else tau,
-            "ssim_src": float(E.ssim(y, x_src)),
+            "n": n,
+            "ssim_src": float(ssim_src.mean()),
             "psnr_src": _finite(E.psnr(y, x_src)),
             "ssim_tgt": float(E.ssim(y, x_gt)) if has_gt else float("nan"),
-            "psnr_tgt": _finite(E.psnr(y, x_gt)) if has_gt else float("nan"),
-            "fid_enl0": fm["fid_enl0"],
-            "kid": fm["kid"],
-            "coverage": fm["coverage"],
-            "density": fm["density"],
-            "mmd": fm["mmd"],
+            "psnr_tgt": _finite(psnr_tgt.mean()) if has_gt else float("nan"),
+            **fm,
             "nps_dist": float(E.nps_distance(y, nps_ref)),
             "hist_dist": float(E.histogram_distance(y, x_ref)),
             "noise_ratio": float(E.noise_level(y, reduction="mean")) / max(noise_ref, 1e-12),
             "sec_per_image": dt / max(1, y.shape[0]) if kind != "oracle" else 0.0,
         }
+        if kind == "classical":
+            row["baseline"] = kinds[name]
         rows.append(row)
+        if cfg.bootstrap and kind != "oracle":
+            samples[name] = {
+                "psnr_tgt": psnr_tgt.double().numpy() if has_gt else None,
+                "ssim_src": ssim_src.double().numpy(),
+                "fid_enl0": stats.FIDStat(f_y, f_ref) if n >= 2 else None,
+                "kid": stats.KIDStat(f_y, f_ref) if n >= 2 else None,
+                "nps_dist": stats.NPSStat(nps_img, nps_ref.nps.numpy()),
+            }
         if progress:
             print(
                 f"  {name:18s} SSIM(src) {row['ssim_src']:.3f}  FID-ENL0 {row['fid_enl0']:.3f}"
-                f"  NPS-dist {row['nps_dist']:.3f}  noise x{row['noise_ratio']:.2f}",
+                f"  NPS-dist {row['nps_dist']:.3f}  noise x{row['noise_ratio']:.2f}"
+                f"  {row['sec_per_image']:.3f} s/img",
                 flush=True,
             )
     res.rows = rows
     res.images["source"] = x_src
     if has_gt:
         res.images["target (true)"] = x_gt
+    if cfg.bootstrap:
+        t0 = time.perf_counter()
+        learned = [r["method"] for r in rows if r["kind"] in ("medshift", "student")]
+        rivals = [r["method"] for r in rows
+                  if r["kind"] in ("baseline", "classical", "sdedit", "inversion")]
+        res.bootstrap = stats.paired_bootstrap(samples, [(a, b) for a in learned for b in rivals],
+                                               resamples=cfg.bootstrap, seed=cfg.seed)
+        timing["bootstrap"] = time.perf_counter() - t0
     res.settings = {
         **asdict(cfg),
         **{k: v for k, v in translator(cfg.taus[0]).__self__.settings.to_dict().items()
            if k in cfg.recipe()},
-        "n_images": int(x_src.shape[0]),
-        "n_reference": int(x_ref.shape[0]),
+        "n_images": n,
+        "n_reference": n_ref,
+        "min_n_fid": MIN_N_FID,
+        "kid_subset_size": _kid_subset(n, n_ref),
         "image_size": size,
         "domains": list(run.domains),
+        "domain_map_used": dmap,
         "aligned_ground_truth": has_gt,
+        "default_tau": float(RECIPE["tau"]),
+        "classical_tuning": [t.to_dict() for t in tuned],
         "preset": run.train.get("preset"),
         "train_steps": run.config.get("step", run.train.get("steps")),
     }
@@ -220,6 +287,17 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
     res.timing = timing
     report.write_all(Path(cfg.out), res)
     return res
+
+
+def _feature_metrics(f_y: torch.Tensor, f_ref: torch.Tensor, seed: int) -> dict:
+    from .distribution import feature_metrics
+
+    keys = ("fid_enl0", "kid", "kid_std", "coverage", "density", "mmd")
+    if f_y.shape[0] < 2:  # only reachable with allow_small_n: nothing to fit a covariance to
+        return dict.fromkeys(keys, float("nan"))
+    fm = feature_metrics(f_y, f_ref, seed=seed,
+                         kid_subset_size=_kid_subset(f_y.shape[0], f_ref.shape[0]))
+    return {k: fm[k] for k in keys}
 
 
 def _finite(v) -> float:

@@ -1,15 +1,44 @@
-"""Evaluation outputs: metrics.csv, report.md (a Table-1-style table), grid.png, tradeoff.png."""
+"""Evaluation outputs: metrics.csv, paired_bootstrap.csv, report.md (a Table-1-style table with
+n and KID ± std, the tuned classical baselines, the Pareto verdicts and the bootstrap intervals),
+grid.png, tradeoff.png.
+
+The figures live in :mod:`.figures` and the Pareto logic in :mod:`.pareto`; both are re-exported
+here (``report.dominance``, ``report.dominated_by``, ``report.save_zoom_grid``, ...).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 from pathlib import Path
 
 import torch
 
 from ..fileio import atomic_write_text
+from .figures import save_grid, save_tradeoff, save_zoom_grid, zoom_mosaic  # noqa: F401
+from .pareto import (  # noqa: F401
+    PLANES,
+    VERDICT_PLANES,
+    dominance,
+    dominated_by,
+    plane_name,
+    verdict_lines,
+)
+from .stats import METRICS
+
+# FID-ENL0/KID are refused below MIN_N_FID images (see evaluate.MIN_N_FID); below
+# RELIABLE_N_FID the report warns that FID is biased and noisy.
+RELIABLE_N_FID = 50
+
+
+def _kid(r: dict) -> str:
+    k, s = r.get("kid"), r.get("kid_std")
+    if not isinstance(k, float) or not math.isfinite(k):
+        return "–"
+    return f"{k:.4f} ± {s:.4f}" if isinstance(s, float) and math.isfinite(s) else f"{k:.4f}"
+
 
 COLUMNS = [
     ("method", "method", "{}"),
@@ -18,7 +47,7 @@ COLUMNS = [
     ("ssim_tgt", "SSIM↑ (true tgt)", "{:.3f}"),
     ("psnr_tgt", "PSNR↑ (true tgt)", "{:.2f}"),
     ("fid_enl0", "FID-ENL0↓", "{:.3f}"),
-    ("kid", "KID↓", "{:.4f}"),
+    ("kid", "KID↓ ± std", _kid),
     ("coverage", "Cov↑", "{:.2f}"),
     ("density", "Dens", "{:.2f}"),
     ("mmd", "MMD↓", "{:.4f}"),
@@ -27,9 +56,12 @@ COLUMNS = [
     ("noise_ratio", "noise ×tgt", "{:.2f}"),
     ("sec_per_image", "s/img", "{:.3f}"),
 ]
+_DISTRIBUTION = ("fid_enl0", "kid", "coverage", "density", "mmd")
 
 
-def _fmt(v, f):
+def _fmt(v, f, row=None):
+    if callable(f):
+        return f(row)
     try:
         if isinstance(v, float) and v != v:
             return "–"
@@ -39,9 +71,13 @@ def _fmt(v, f):
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(c[1] for c in COLUMNS) + " |"
+    """The metrics table; distribution columns carry n (images per row) in their header."""
+    ns = sorted({r["n"] for r in rows if isinstance(r.get("n"), int)})
+    tag = f" (n={'/'.join(map(str, ns))})" if ns else ""
+    head = "| " + " | ".join(c[1] + (tag if c[0] in _DISTRIBUTION else "") for c in COLUMNS) + " |"
     sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_fmt(r.get(k, ""), f) for k, _, f in COLUMNS) + " |" for r in rows]
+    body = ["| " + " | ".join(_fmt(r.get(k, ""), f, r) for k, _, f in COLUMNS) + " |"
+            for r in rows]
     return "\n".join([head, sep, *body])
 
 
@@ -76,129 +112,102 @@ def versions() -> dict:
     return v
 
 
-def save_grid(
-    path: Path,
-    images: dict[str, torch.Tensor],
-    columns: list[str],
-    n_rows: int,
-    title: str | None = None,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = [c for c in columns if c in images]
-    n = min(n_rows, min(images[c].shape[0] for c in cols))
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n + 0.4), squeeze=False)
-    for j, c in enumerate(cols):
-        for i in range(n):
-            ax = axes[i, j]
-            ax.imshow(
-                images[c][i, 0].float().cpu().numpy(),
-                cmap="gray",
-                vmin=-1,
-                vmax=1,
-                interpolation="nearest",
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(c, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def small_n_lines(n: int, n_reference: int) -> list[str]:
+    """The sample-size caveats printed above the table."""
+    lines = [f"n = {n} translated images per row (the same source images for every row); "
+             f"reference set n = {n_reference}. KID is the mean ± std over random subsets."]
+    if min(n, n_reference) < RELIABLE_N_FID:
+        lines.append(f"**Warning:** FID-ENL0 on {min(n, n_reference)} images is biased and "
+                     f"noisy (reliable from about {RELIABLE_N_FID}); compare with KID ± std and "
+                     "the bootstrap intervals below before concluding anything.")
+    return lines
 
 
-# The two planes of the trade-off figure: (x key, x label, higher x is better, y key, y label,
-# higher y is better).
-PLANES = (
-    ("ssim_src", "SSIM vs source (structure) →", True, "fid_enl0",
-     "FID-ENL0 to the target domain (realism) ↓", False),
-    ("psnr_tgt", "PSNR vs the true target, dB (accuracy) →", True, "nps_dist",
-     "NPS distance to the target domain (noise texture) ↓", False),
-)
-_SWEEPS = (("medshift", "o-", "MedShift"), ("sdedit", "s--", "SDEdit"),
-           ("student", "^:", "MedShift 1-step"))
-
-
-def _better(a: dict, b: dict, plane) -> bool:
-    """a Pareto-dominates b on ``plane``: no worse on both axes, strictly better on one."""
-    xk, _, xhi, yk, _, yhi = plane
-    dx = (a[xk] - b[xk]) * (1 if xhi else -1)
-    dy = (a[yk] - b[yk]) * (1 if yhi else -1)
-    return dx >= 0 and dy >= 0 and (dx > 0 or dy > 0)
-
-
-def dominance(rows: list[dict], a: str = "medshift", b: str = "sdedit") -> list[str]:
-    """One plain sentence per plane: does the ``a`` sweep Pareto-dominate the ``b`` sweep?"""
+def classical_lines(tuned: list[dict]) -> list[str]:
+    """One line per tuned classical baseline: value, objective, curve."""
     out = []
-    ra = [r for r in rows if r["kind"] == a]
-    rb = [r for r in rows if r["kind"] == b]
-    if not ra or not rb:
-        return out
-    for plane in PLANES:
-        name = f"{plane[0].replace('_', ' ')} vs {plane[3].replace('_', ' ')}"
-        loose = [r for r in rb if not any(_better(m, r, plane) for m in ra)]
-        wins = [r for r in ra if not any(_better(s, r, plane) for s in rb)]
-        if not loose:
-            out.append(f"{name}: MedShift's τ-sweep Pareto-dominates SDEdit's (every SDEdit "
-                       "point is beaten on both axes by some MedShift point).")
-        else:
-            taus = ", ".join(f"τ={r['tau']:g}" for r in loose)
-            out.append(f"{name}: MedShift does NOT dominate SDEdit everywhere: SDEdit {taus} "
-                       f"is not beaten by any MedShift point; {len(wins)} of {len(ra)} MedShift "
-                       "points are not beaten by any SDEdit point.")
+    for t in tuned:
+        better = "max" if t["objective"] == "psnr_tgt" else "min"
+        curve = ", ".join(f"{v:g}: {s:.3f}" for v, s in t["curve"])
+        edge = " (at the grid's edge: the optimum may lie outside the grid)" \
+            if t["at_grid_edge"] else ""
+        out.append(f"{t['method']}: {t['param']} = {t['value']:g}{edge}, chosen by {better} "
+                   f"{t['objective']} against {t['against']} on {t['n_images']} `{t['split']}` "
+                   f"images in {t['tune_seconds']:.1f} s; curve {{{curve}}}.")
     return out
 
 
-def save_tradeoff(path: Path, rows: list[dict], title: str | None = None) -> None:
-    """Two panels: structure vs realism and accuracy vs noise texture, every sweep on both."""
-    import matplotlib
+def _cell(b: dict | None) -> str:
+    if b is None:
+        return "–"
+    mark = {"method better": " ▲", "baseline better": " ▼"}.get(b["verdict"], "")
+    p = 4 if b["metric"] == "kid" else 2 if b["metric"] != "ssim_src" else 3
+    return f"{b['diff']:+.{p}f} [{b['lo']:+.{p}f}, {b['hi']:+.{p}f}]{mark}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (xk, xl, _, yk, yl, _) in zip(axes, PLANES):
-        for kind, marker, label in _SWEEPS:
-            rs = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["tau"])
-            if not rs:
-                continue
-            ax.plot([r[xk] for r in rs], [r[yk] for r in rs], marker, label=label)
-            for r in rs:
-                ax.annotate(f"τ={r['tau']:g}", (r[xk], r[yk]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-        for r in rows:
-            if r["kind"] in ("baseline", "inversion", "oracle") and r[xk] < 90:
-                ax.plot([r[xk]], [r[yk]], "x", label=r["method"])
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def bootstrap_table(boot: list[dict], methods: list[str] | None = None) -> str:
+    """Markdown table: one row per (method, baseline), one column per metric."""
+    pairs = list(dict.fromkeys((b["method"], b["baseline"]) for b in boot
+                               if methods is None or b["method"] in methods))
+    if not pairs:
+        return ""
+    by = {(b["method"], b["baseline"], b["metric"]): b for b in boot}
+    keys = [m for m in METRICS if any(b["metric"] == m[0] for b in boot)]
+    head = "| method | − baseline | " + " | ".join(f"Δ {m[1]} {'↑' if m[2] else '↓'}"
+                                                 for m in keys) + " |"
+    sep = "|---|---|" + "|".join("---" for _ in keys) + "|"
+    body = [f"| {a} | {b} | " + " | ".join(_cell(by.get((a, b, m[0]))) for m in keys) + " |"
+            for a, b in pairs]
+    return "\n".join([head, sep, *body])
+
+
+def _bootstrap_section(res) -> list[str]:
+    boot = getattr(res, "bootstrap", None) or []
+    if not boot:
+        return []
+    s = res.settings
+    tau = s.get("default_tau")
+    chosen = [r["method"] for r in res.rows if r["kind"] in ("student", "medshift")
+              and (tau is None or r["tau"] == "" or abs(float(r["tau"]) - tau) < 1e-9)]
+    shown = chosen if any(b["method"] in chosen for b in boot) else None
+    scope = (f"the rows at the default τ = {tau:g}; every τ is in `paired_bootstrap.csv`"
+             if shown is not None and len(shown) < len({b['method'] for b in boot})
+             else "every learned row; also in `paired_bootstrap.csv`")
+    return [
+        "## Paired bootstrap: method − baseline",
+        "",
+        f"Difference of the metric (method minus baseline) with its {boot[0]['level']:.0%} "
+        f"percentile interval over {boot[0]['resamples']} paired resamples of the "
+        f"{boot[0]['n']} test images (seed {s.get('seed', 0)}; set metrics recomputed on each "
+        f"resample against the fixed reference set), for {scope}. ▲: the interval excludes 0 "
+        "in the method's favour; ▼: in the baseline's; no mark: not resolved at this n.",
+        "",
+        bootstrap_table(boot, shown),
+        "",
+    ]
 
 
 def write_all(out: Path, res) -> None:
+    """Write every output of an :class:`~medshift_fast.eval.evaluate.EvalResult` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     s = res.settings
     write_csv(out / "metrics.csv", res.rows)
+    boot = getattr(res, "bootstrap", None) or []
+    if boot:
+        write_csv(out / "paired_bootstrap.csv", boot)
     title = f"{s['source']} → {s['target']}"
     cols = (
         ["source"]
         + [r["method"] for r in res.rows if r["kind"] == "medshift"]
         + [r["method"] for r in res.rows if r["kind"] == "student"]
+        + [r["method"] for r in res.rows if r["kind"] == "classical"]
         + [r["method"] for r in res.rows if r["kind"] in ("sdedit", "inversion")]
         + ["target (true)"]
     )
     save_grid(out / "grid.png", res.images, cols, s.get("grid_rows", 6), title)
     save_tradeoff(out / "tradeoff.png", res.rows, title)
+    tuned = s.get("classical_tuning") or []
+    verdicts = verdict_lines(res.rows)
     lines = [
         f"# Evaluation: {title}",
         "",
@@ -207,6 +216,7 @@ def write_all(out: Path, res) -> None:
         f"Solver {s['solver']}, {s['steps']} steps per leg, guidance "
         f"w_enc = {s['guidance_encode']}, w_dec = {s['guidance_decode']}.",
         "",
+        *[f"{line}\n" for line in small_n_lines(s["n_images"], s["n_reference"])],
         markdown_table(res.rows),
         "",
         "SSIM/PSNR (src): structure kept from the source image. SSIM/PSNR (true tgt): accuracy "
@@ -223,6 +233,15 @@ def write_all(out: Path, res) -> None:
         "",
         *[f"- {line}" for line in dominance(res.rows)],
         "",
+    ]
+    if tuned:
+        lines += ["## Classical baselines (tuned on the validation split, never the test split)",
+                  "", *[f"- {line}" for line in classical_lines(tuned)], ""]
+    if verdicts:
+        lines += ["## Pareto verdicts against the classical baselines and SDEdit", "",
+                  *[f"- {line}" for line in verdicts], ""]
+    lines += _bootstrap_section(res)
+    lines += [
         "## Settings",
         "```json",
         json.dumps(s, indent=2, default=str),

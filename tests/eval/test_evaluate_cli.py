@@ -23,9 +23,10 @@ def test_evaluate_writes_report(sim_run, tmp_path):
     out = tmp_path / "ev"
     rc = main(["evaluate", "--checkpoint", str(sim_run / "run"), "--data", str(sim_run / "data"),
                "--source", "synthetic_low", "--target", "real_normal", "--taus", "0.5",
-               "--steps", "1", "--out", str(out), "--no-progress"])
+               "--steps", "1", "--out", str(out), "--no-progress", "--allow-small-n",
+               "--tune-images", "2", "--bootstrap", "200"])
     assert rc == 0
-    for f in ("report.md", "metrics.csv", "grid.png", "tradeoff.png"):
+    for f in ("report.md", "metrics.csv", "paired_bootstrap.csv", "grid.png", "tradeoff.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     names = [r["method"] for r in rows]
@@ -40,3 +41,26 @@ def test_evaluate_unknown_domain_exit_2(sim_run, tmp_path, capsys):
                "--source", "synthetic_low", "--target", "moon", "--out", str(tmp_path)])
     assert rc == 2
     assert "moon" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_fid_on_too_few_images_before_any_work(sim_run, tmp_path, capsys):
+    out = tmp_path / "ev"
+    rc = main(["evaluate", "--checkpoint", str(sim_run / "run"), "--data", str(sim_run / "data"),
+               "--source", "synthetic_low", "--target", "real_normal", "--taus", "0.5",
+               "--steps", "1", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "n = 2" in err[0] and "--allow-small-n" in err[0] and "16" in err[0]
+    assert not out.exists()  # refused before translating or writing anything
+
+
+def test_evaluate_config_refuses_tuning_on_the_evaluated_split():
+    from medshift_fast.errors import MedShiftError
+    from medshift_fast.eval.evaluate import EvalConfig
+
+    kw = dict(checkpoint="c", data="d", out="o", source="a", target="b")
+    with pytest.raises(MedShiftError, match="tune-split"):
+        EvalConfig(**kw, tune_split="test")
+    with pytest.raises(MedShiftError, match="median"):
+        EvalConfig(**kw, classical="median")
+    assert EvalConfig(**kw, tune_split="test", classical="none").classical == "none"
