@@ -106,10 +106,13 @@ def save_zoom_grid(path, images: dict[str, torch.Tensor], columns: list[str], ro
         canvas = Image.new("L", (body.shape[1], body.shape[0] + head_h), 255)
         canvas.paste(Image.fromarray(body), (0, head_h))
         draw = ImageDraw.Draw(canvas)
+        font = _font()
         wz = crop[3] * zoom
         for j, c in enumerate(columns):
-            label = c if len(c) * 6 <= wz else c[: max(1, wz // 6 - 1)] + "…"
-            draw.text((j * (wz + gap) + 1, 1), label, fill=0)
+            label = c
+            while len(label) > 1 and draw.textlength(label, font=font) > wz:
+                label = label[:-2] + "…"
+            draw.text((j * (wz + gap) + 1, 1), label, fill=0, font=font)
     else:
         canvas = Image.fromarray(body)
     import io
@@ -117,6 +120,19 @@ def save_zoom_grid(path, images: dict[str, torch.Tensor], columns: list[str], ro
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _font():
+    """DejaVu Sans from matplotlib (it has σ, τ), else Pillow's built-in bitmap font."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True),
+                                  10)
+    except (ImportError, OSError, ValueError):
+        return ImageFont.load_default()
 
 
 def _finite(v) -> bool:
