@@ -24,7 +24,7 @@ ext: install
 	flock /tmp/medshift_fast_build.lock $(PY) setup.py -q build_ext --inplace
 
 demo: install
-	$(PY) -m medshift_fast demo --out runs/demo
+	$(PY) -m medshift_fast demo --out runs/demo --overwrite
 
 test: install
 	$(PY) -m pytest -q tests

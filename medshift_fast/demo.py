@@ -18,14 +18,16 @@ says so. ``--quick``: 32 px, a tiny dataset, 30 steps, its own run only (about a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import __version__
 from .errors import MedShiftError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_output_folder, folder_entries
 from .translator import RECIPE, Recipe, resolve
 
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
@@ -44,7 +46,8 @@ class DemoConfig(Recipe):
         seed: seed of the data, the training and the evaluation.
         crop: the demo's own run trains on random crop x crop windows (0: whole images).
         max_steps: most training steps of the demo's own run.
-        train_minutes: the own run's time budget; steps = min(max_steps, budget / s per step).
+        train_minutes: the own run's wall-clock budget (training stops on time, at most
+            max_steps steps; TrainConfig.minutes).
         batch_size: training batch.
         lr: training learning rate.
         ema_decay: EMA decay (short runs need a short average).
@@ -55,6 +58,8 @@ class DemoConfig(Recipe):
         student: the shipped distilled student (auto: pretrained/demo128_student; none: skip).
         export: export the translators to ONNX and verify them in ONNX Runtime.
         quick: a smoke run in about a minute (32 px, a tiny dataset; not convincing).
+        overwrite: replace a previous demo's output in out (a folder holding anything else
+            is refused even then).
         progress: show progress.
     """
 
@@ -75,6 +80,7 @@ class DemoConfig(Recipe):
     student: str = "auto"
     export: bool = True
     quick: bool = False
+    overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -154,15 +160,54 @@ def _check_fingerprint(run_dir: Path, data: Path) -> None:
                             "--size/--subjects/--views/--seed, or pass --pretrained none")
 
 
+DEMO_MARKER = "demo.json"  # written first: the folder is a demo's output from then on
+
+
+def _demo_entry(out: Path, name: str) -> bool:
+    return name in (DEMO_MARKER, "data", "run", "report.md") or (
+        name.startswith("eval_") and (out / name).is_dir()) or (
+        name.split(".")[0] in ("translator", "student") and name.endswith((".onnx", ".onnx.json")))
+
+
+def _is_previous_demo(out: Path) -> bool:
+    """A previous demo's output: only names the demo writes, and its marker (or, for a folder
+    from before the marker, its report)."""
+    if not all(_demo_entry(out, n) for n in folder_entries(out)):
+        return False
+    report = out / "report.md"
+    return (out / DEMO_MARKER).is_file() or (
+        report.is_file() and report.read_text(errors="replace").startswith("# medshift_fast demo"))
+
+
+def _clear_previous_demo(out: Path) -> None:
+    import shutil
+
+    for name in folder_entries(out):
+        if _demo_entry(out, name):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def run_demo(cfg: DemoConfig, progress: bool | None = None) -> Path:
     """Run the demo and write OUT/report.md; MedShiftError when an export or its check fails
-    (after the report is written)."""
+    (after the report is written).
+
+    Output safety (fileio.check_output_folder), before any work: OUT must be new or empty, or
+    hold a previous demo's output, which is replaced only with ``cfg.overwrite``; any other
+    non-empty folder is refused, even with ``overwrite`` (the demo's files would be mixed into
+    it). ``make demo`` passes --overwrite: runs/demo is the demo's own folder."""
     from .data import simulate
     from .run import load_run
 
     progress = cfg.progress if progress is None else progress
     out = Path(cfg.out)
+    if check_output_folder(out, command="demo", is_previous=_is_previous_demo,
+                           overwrite=cfg.overwrite):
+        _clear_previous_demo(out)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / DEMO_MARKER, json.dumps(
+        {"medshift_fast_demo": __version__, "config": dataclasses.asdict(cfg)}, indent=1,
+        sort_keys=True, default=str))
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -217,31 +262,29 @@ def _train_own(cfg: DemoConfig, data: Path, run_dir: Path, log, timing, progress
 
     crop = cfg.crop or None
     threads, s_step = calibrate(cfg.batch_size, crop or cfg.size)
-    steps = cfg.max_steps
-    if s_step > 0:
-        steps = max(min(50, cfg.max_steps), min(cfg.max_steps,
-                                                int(cfg.train_minutes * 60 / s_step)))
-    log(f"calibrated: {threads} CPU thread(s), ~{s_step:.2f} s/step -> {steps} steps in a "
-        f"{cfg.train_minutes:g}-minute training budget (max {cfg.max_steps})")
+    log(f"{threads} CPU thread(s) (~{s_step:.2f} s/step measured now); training stops on the "
+        f"wall clock after {cfg.train_minutes:g} minutes (or {cfg.max_steps} steps)")
     timing["threads"] = float(threads)
-    timing["train_steps"] = float(steps)
     tcfg = TrainConfig(data=str(data), out=str(run_dir), preset="tiny", image_size=cfg.size,
-                       crop=crop, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                       ema_decay=cfg.ema_decay, seed=cfg.seed, precision="fp32",
-                       channels_last=True, ckpt_every=max(100, steps // 3), log_every=25,
-                       val_every=max(100, steps // 3), val_images=16,
-                       sample_every=steps, sample_steps=8, sample_images=2, overwrite=True)
-    log(f"training tiny preset for {steps} steps (batch {cfg.batch_size}"
-        f"{f', {crop}-px crops' if crop else ''}) -> {run_dir}")
+                       crop=crop, steps=cfg.max_steps, minutes=cfg.train_minutes,
+                       batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay,
+                       seed=cfg.seed, precision="fp32", channels_last=True,
+                       ckpt_every=max(100, cfg.max_steps // 3), log_every=25,
+                       val_every=min(100, cfg.max_steps), val_images=16, sample_every=0,
+                       overwrite=True)  # no sample grid: at 128 px it costs ~130 steps
+    log(f"training tiny preset (batch {cfg.batch_size}{f', {crop}-px crops' if crop else ''}) "
+        f"-> {run_dir}")
     t = time.perf_counter()
     train(tcfg, progress=progress)
     timing["train_s"] = time.perf_counter() - t
+    steps = int(json.loads((run_dir / "config.json").read_text())["step"])
+    timing["train_steps"] = float(steps)
     rows = list(csv.DictReader(open(run_dir / "log.csv")))
     losses = [float(r["loss"]) for r in rows if r["loss"]]
     vals = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
     return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1],
             "val_loss": vals[-1] if vals else None, "crop": crop, "seconds": timing["train_s"],
-            "samples": f"run/samples/step_{steps:07d}.png"}
+            "samples": None}
 
 
 def _evaluate(cfg, teacher, student, data, src, tgt, ev_out, progress):
@@ -378,7 +421,7 @@ def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_di
         f"{own['seconds']:.0f} s "
         f"(loss {own['first_loss']:.3f} → {own['last_loss']:.3f}"
         + (f", validation loss {own['val_loss']:.4f}" if own['val_loss'] is not None else "")
-        + f"; samples: `{own['samples']}`).",
+        + (f"; samples: `{own['samples']}`" if own.get("samples") else "") + ").",
         "",
         "## Verdict",
         "",

@@ -5,19 +5,28 @@ gives it the mode a plain ``open(path, "w")`` would have (0666 minus the umask; 
 alone leaves 0600) and renames it into place, so a crash mid-write never leaves a half-written
 file and never loses the previous version. ``exclusive=True`` refuses to replace an existing
 file (the rename is then a hard link, which fails atomically when the name is taken).
+
+The output-safety rule every writing command follows (docs/data.md, "Output safety"): never
+replace a file it did not write in this run unless ``--overwrite``; never write onto (or into)
+an input (:func:`check_not_inside`); never read its own outputs back as inputs. A command that
+writes a whole folder of its own (``demo``, ``simulate``) checks it with
+:func:`check_output_folder` before any work: a new or empty folder is used, a previous output of
+the same command is replaced only with ``--overwrite``, and any other non-empty folder is refused
+(even with ``--overwrite``: its files would be replaced or mixed with the command's).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import MedShiftError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "file_mode",
-           "check_writable_dir"]
+           "check_not_inside", "check_output_folder", "check_writable_dir", "folder_entries",
+           "is_within"]
 
 
 def _read_umask() -> int:
@@ -177,3 +186,97 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+# --- the output-safety rule ------------------------------------------------------------------
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved: symlinks, ``..``)."""
+    try:
+        a, b = Path(path).resolve(), Path(folder).resolve()
+    except (OSError, RuntimeError):
+        return False
+    return a == b or b in a.parents
+
+
+def check_not_inside(out: str | os.PathLike, inputs: Iterable, *, out_flag: str = "--out",
+                     command: str = "") -> None:
+    """Refuse an output path that is one of ``inputs`` or lies inside an input folder.
+
+    Args:
+        out: the output file or folder.
+        inputs: ``(flag, path)`` pairs (or bare paths) the command reads; None entries are
+            ignored.
+        out_flag: the output's flag, for the message.
+        command: the command's name, prefixed to the message.
+
+    Raises:
+        MedShiftError: naming both paths: the command would write onto its input (and, for a
+            folder, read its own outputs back as inputs the next time).
+    """
+    pre = f"{command}: " if command else ""
+    for item in inputs:
+        flag, path = item if isinstance(item, tuple) else ("the input", item)
+        if path is None or str(path) == "":
+            continue
+        if is_within(out, path):
+            same = Path(out).resolve() == Path(path).resolve()
+            where = "is" if same else "lies inside"
+            raise MedShiftError(f"{pre}{out_flag} {str(out)!r} {where} {flag} {str(path)!r}: "
+                                "the outputs would be written into the input (and read back as "
+                                f"inputs next time); choose an {out_flag} outside it")
+
+
+def _ours_tmp(name: str) -> bool:
+    """Temporary names this package writes (atomic_write, check_writable_dir, atomic_dir)."""
+    return name.startswith(".") and (name.endswith(".tmp") or name.startswith(".medshift")
+                                     or ".tmp-" in name)
+
+
+def folder_entries(path: str | os.PathLike) -> list[str]:
+    """Sorted names in ``path`` (none if it does not exist), without this package's temporaries."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    return sorted(e.name for e in p.iterdir() if not _ours_tmp(e.name))
+
+
+def check_output_folder(out: str | os.PathLike, *, command: str,
+                        is_previous: Callable[[Path], bool], overwrite: bool,
+                        out_flag: str = "--out") -> bool:
+    """The output-safety rule for a command that writes a whole folder of its own, before work.
+
+    Args:
+        out: the output folder.
+        command: the command's name ("demo", "simulate"), for the messages.
+        is_previous: whether a non-empty ``out`` holds a previous output of this command and
+            nothing else the command would replace or mix with (the caller's definition).
+        overwrite: the user passed ``--overwrite``.
+        out_flag: the output's flag, for the messages.
+
+    Returns:
+        True when ``out`` holds a previous output to be replaced (``overwrite`` given: the
+        caller removes what that run wrote before writing); False for a new or empty folder.
+
+    Raises:
+        MedShiftError: ``out`` is a file; holds a previous output and ``overwrite`` is False;
+            or is not empty and not a previous output (refused even with ``overwrite``).
+    """
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise MedShiftError(f"{command}: {out_flag} {str(p)!r} exists and is not a folder; pass a "
+                            "folder path")
+    names = folder_entries(p)
+    if not names:
+        return False
+    if not is_previous(p):
+        shown = ", ".join(names[:4]) + (f", ... ({len(names)} entries)" if len(names) > 4 else "")
+        raise MedShiftError(f"{command}: {out_flag} {str(p)!r} is not empty ({shown}) and does "
+                            f"not hold a previous `medshift {command}` output; {command} writes "
+                            "only into a new or empty folder or over its own previous output "
+                            "(never mixed into other files, even with --overwrite) - choose "
+                            f"another {out_flag}")
+    if not overwrite:
+        raise MedShiftError(f"{command}: {out_flag} {str(p)!r} already holds a previous "
+                            f"`medshift {command}` output; pass --overwrite to replace it, or "
+                            f"choose another {out_flag}")
+    return True

@@ -15,6 +15,12 @@ crash mid-write leaves the previous checkpoint loadable. ``load_run`` checks the
 the weights (domain count, image size, channels, and the domain list recorded in the weights'
 metadata), so a hand-edited or mixed-up run is refused rather than translated with wrong labels.
 
+Integrity: ``save_run`` records the SHA-256 of each weights file in config.json
+(``"sha256": {"model.safetensors": ..., "raw.safetensors": ...}``) and ``load_run`` checks the
+file it loads against it before reading a byte of it as weights, so a flipped bit or a replaced
+file is refused ("damaged or tampered"). Runs saved before the hashes were recorded (no
+``sha256`` entry) still load; :func:`record_weight_hashes` adds the entry to such a run.
+
 This module imports nothing from ``train/``: evaluation, export, deployment and the CLI's
 ``translate`` load runs through it.
 """
@@ -37,13 +43,15 @@ from .fileio import (
     atomic_write_text,
     load_safetensors,
     save_safetensors,
+    sha256_file,
 )
 from .models.codec import PixelCodec, codec_from_reference
 from .models.unet import UNet, UNetConfig
 
 __all__ = ["CONFIG", "FORMAT_VERSION", "RAW_WEIGHTS", "STATE", "WEIGHTS", "LoadedRun",
-           "load_run", "load_weights", "read_run_config", "resolve_device", "save_run",
-           "save_run_atomic_dir", "run_exists", "clear_run"]
+           "check_weights_hash", "load_run", "load_weights", "read_run_config",
+           "record_weight_hashes", "resolve_device", "save_run", "save_run_atomic_dir",
+           "run_exists", "clear_run"]
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -110,8 +118,10 @@ def save_run(
     tcfg, mcfg = _as_dict(train_cfg), _as_dict(model_cfg)
     meta = _weights_meta(mcfg, domains, tcfg.get("image_size"))
     save_safetensors(run_dir / WEIGHTS, ema_state, meta)
+    hashes = {WEIGHTS: sha256_file(run_dir / WEIGHTS)}
     if raw_state is not None:
         save_safetensors(run_dir / RAW_WEIGHTS, raw_state, meta)
+        hashes[RAW_WEIGHTS] = sha256_file(run_dir / RAW_WEIGHTS)
     if training_state is not None:
         atomic_write(run_dir / STATE, lambda p: torch.save(training_state, p))
     cfg = {
@@ -123,9 +133,43 @@ def save_run(
         "model": mcfg,
         "train": tcfg,
         **(extra or {}),
+        "sha256": hashes,
     }
     atomic_write_text(run_dir / CONFIG, json.dumps(cfg, indent=2, sort_keys=True))
     return run_dir
+
+
+def check_weights_hash(run_dir: str | Path, cfg: dict[str, Any], name: str = WEIGHTS) -> None:
+    """Refuse a weights file whose SHA-256 differs from the one config.json records.
+
+    A run without a recorded hash for ``name`` (saved before hashes were recorded) passes;
+    a missing file is left to the loader's own message.
+
+    Raises:
+        MedShiftError: the file is damaged or was replaced since the run was saved.
+    """
+    want = (cfg.get("sha256") or {}).get(name) if isinstance(cfg.get("sha256"), dict) else None
+    path = Path(run_dir) / name
+    if want is None or not path.is_file():
+        return
+    if sha256_file(path) != want:
+        raise MedShiftError(f"checkpoint weights {path} are corrupt or tampered: their SHA-256 "
+                            f"differs from the one recorded in {CONFIG} when the run was saved; "
+                            "restore the file from a backup, or retrain (or use another "
+                            "checkpoint)")
+
+
+def record_weight_hashes(run_dir: str | Path) -> dict[str, str]:
+    """Add the SHA-256 of a run's weights files to its config.json (for runs saved before the
+    hashes were recorded); the run is loaded (and so verified) first. Returns the hashes."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    load_run(run_dir)  # the weights must match the config before they are vouched for
+    hashes = {n: sha256_file(run_dir / n) for n in (WEIGHTS, RAW_WEIGHTS)
+              if (run_dir / n).is_file()}
+    cfg["sha256"] = hashes
+    atomic_write_text(run_dir / CONFIG, json.dumps(cfg, indent=2, sort_keys=True))
+    return hashes
 
 
 def save_run_atomic_dir(run_dir: str | Path, *args, **kwargs) -> Path:
@@ -336,8 +380,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
     """Load a run directory's network (EMA weights by default) for translation and export.
 
     Raises:
-        MedShiftError: missing/damaged/tampered files, a config that does not describe the
-            weights (domain count or order, image size, channels), NaN/Inf weights.
+        MedShiftError: missing/damaged/tampered files (weights checked against the SHA-256
+            recorded in config.json), a config that does not describe the weights (domain
+            count or order, image size, channels), NaN/Inf weights.
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -348,6 +393,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
         cfg["train"]["image_size"]  # noqa: B018 - must exist
     except (KeyError, TypeError, ValueError) as exc:
         raise MedShiftError(f"checkpoint config in {run_dir} is incomplete ({exc})") from exc
+    check_weights_hash(run_dir, cfg, WEIGHTS if ema else RAW_WEIGHTS)
     sd, meta = load_safetensors(run_dir / (WEIGHTS if ema else RAW_WEIGHTS))
     try:
         model.load_state_dict(sd, strict=True)

@@ -34,11 +34,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = _Parser(
         prog="medshift",
         description="Unpaired X-ray domain translation with one class-conditional flow-matching / "
         "Schrödinger-bridge model (MedShift).",
     )
+    parser.add_argument("--version", action="version", version=f"medshift_fast {__version__}",
+                        help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for mod in COMMANDS:

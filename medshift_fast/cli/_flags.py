@@ -1,7 +1,8 @@
 """Command-line flags generated from a frozen config dataclass: one flag per field.
 
 ``--field-name`` per field; the type comes from the field's annotation; the help text is the
-field's line in the class docstring's ``Attributes:`` section plus its default; booleans get
+field's whole entry in the class docstring's ``Attributes:`` section (every sentence and
+continuation line; never cut at an abbreviation such as "e.g.") plus its default; booleans get
 ``--flag / --no-flag``; tuples are comma-separated. ``config_from_args`` builds the config back
 from the parsed namespace, so a command module only names its dataclass and calls the library.
 """
@@ -36,15 +37,14 @@ def _attributes(doc: str) -> dict[str, str]:
         elif line.strip() and names:
             text.append(line.strip())
     for names, text in entries:
-        desc = " ".join(" ".join(text).split()).replace("``", "")
-        first = re.split(r"(?<=[a-z0-9)\]'])\. ", desc, maxsplit=1)[0].rstrip(".")
-        out.update(dict.fromkeys(names, first))
+        desc = " ".join(" ".join(text).split()).replace("``", "").rstrip(".")
+        out.update(dict.fromkeys(names, desc))
     return out
 
 
 def field_help(cls) -> dict[str, str]:
-    """{field: first sentence of its description} from the docstrings' ``Attributes:`` sections
-    (of the class and its bases; the class's own entry wins)."""
+    """{field: its whole description} from the docstrings' ``Attributes:`` sections (of the
+    class and its bases; the class's own entry wins)."""
     out: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         out.update(_attributes(klass.__doc__ or ""))
@@ -104,7 +104,7 @@ def add_config_flags(p: argparse.ArgumentParser, cls, *, skip=(), required=(),
         kind, typ = _kind(str(f.type))
         desc = helps.get(f.name, "")
         if f.name in positional:
-            kw = {"help": desc, "metavar": f.name.upper()}
+            kw = {"help": desc.replace("%", "%%"), "metavar": f.name.upper()}
             if kind == "tuple":
                 kw["nargs"] = "+"
             p.add_argument(f.name, **kw)
@@ -113,7 +113,9 @@ def add_config_flags(p: argparse.ArgumentParser, cls, *, skip=(), required=(),
             shown = f" (default: {_show(shown_defaults[f.name])}, or a distilled run's own)"
         else:
             shown = f" (default: {_show(default)})" if has_default and default is not None else ""
-        kw: dict[str, Any] = {"dest": f.name, "help": (desc + shown).strip() or None,
+        # argparse %-formats help strings: a literal % in a description must be doubled
+        kw: dict[str, Any] = {"dest": f.name,
+                              "help": (desc + shown).strip().replace("%", "%%") or None,
                               "default": None if none_defaults else default}
         names = [_flag(f.name), *((aliases or {}).get(f.name, []))]
         if kind == "bool":

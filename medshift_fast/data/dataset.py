@@ -3,7 +3,16 @@
 The domain of an image is its class label y (index into ``FolderDataset.domains``). A manifest
 (columns ``path, domain, split, view_id, subject``; ``path`` relative to ROOT) fixes the file list,
 splits and view ids; without one every non-hidden sub-folder of ROOT is a domain, files are found
-recursively, and ``split`` is assigned by a stable hash of the relative path (70/15/15).
+recursively (by extension or content: ``io.find_images``; what is left out is logged once), and
+``split`` is assigned by a stable hash of the relative path (70/15/15).
+
+Domains without a manifest. A top-level folder whose images lie in two or more different
+sub-folders (ROOT/Real/Low/*, ROOT/Real/High/*) is refused unless its name is one of
+``DOMAINS`` (then the sub-folders are cases of that domain): one domain per top-level folder
+would merge them silently. The error names the sub-folders and the ``domain_map``
+(``--domain-map``) that splits them, or keeps them merged ("Real=Real"). A domain map reads only
+the folders it names; a key that is not a folder (or, with a manifest, not a domain of it), or
+two keys of which one contains the other, is refused.
 
 Bad files. At construction every file's *header* is probed (fast: no pixel decode), which catches
 non-image files, DICOMs without pixel data, header-level truncation and mixed bit depths within a
@@ -21,7 +30,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MedShiftError
-from .io import image_format, probe_image, read_image
+from ._layout import check_map_keys, nested_error, report_skipped
+from .io import find_images, probe_image, read_image
 
 log = logging.getLogger("medshift_fast.data")
 
@@ -128,19 +137,6 @@ def fit_square(img: torch.Tensor, size: int, resize: str = "crop") -> torch.Tens
     return x.reshape(1, size, size).clamp_(-1.0, 1.0).contiguous()
 
 
-def _image_files(folder: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if f.startswith("."):
-                continue
-            p = Path(dirpath) / f
-            if image_format(p) is not None:
-                out.append(p)
-    return out
-
-
 class FolderDataset(torch.utils.data.Dataset):
     """Multi-domain X-ray images; ``ds[i] -> (image (1, S, S) float32 in [-1, 1], label int)``.
 
@@ -151,7 +147,8 @@ class FolderDataset(torch.utils.data.Dataset):
         domains: domain names to use, in label order (None: all found, DOMAINS order first).
         domain_map: {folder or manifest domain name: domain name}, e.g. for the X-DigiSkull
             release. Without a manifest only the mapped folders are read (keys may be nested
-            paths such as "Real/Low").
+            paths such as "Real/Low"; each must exist, none inside another); with one, every
+            key must be a domain of the manifest.
         skip_bad: log and skip unreadable files instead of raising (see module docstring).
         resize: "crop" or "pad".
         validate: probe every file header at construction (recommended; cheap).
@@ -179,12 +176,16 @@ class FolderDataset(torch.utils.data.Dataset):
                                 "folder; point --data at ROOT/<domain>/*.png "
                                 "(or run `medshift simulate`)")
         dmap = parse_domain_map(domain_map) or {}
-        recs = self._scan(dmap)  # list of (path, domain, split, view_id, subject)
+        if isinstance(domains, str):
+            domains = tuple(d.strip() for d in domains.split(",") if d.strip())
+        self.skipped_files: list[tuple[Path, str]] = []
+        # list of (path, domain, split, view_id, subject)
+        recs = self._scan(dmap, None if domains is None else set(domains))
         available = order_domains({r[1] for r in recs})
         if domains is None:
             self.domains = available
         else:
-            domains = tuple(domains.split(",")) if isinstance(domains, str) else tuple(domains)
+            domains = tuple(domains)
             unknown = [d for d in domains if d not in available]
             if unknown:
                 raise MedShiftError(f"unknown domain(s) {', '.join(unknown)} in "
@@ -207,17 +208,19 @@ class FolderDataset(torch.utils.data.Dataset):
             raise MedShiftError(f"no usable images for domain(s) {', '.join(empty)}{where} "
                                 f"under {str(self.root)!r}; add images or leave the domain out "
                                 "(--domains)")
+        report_skipped(self.root, self.skipped_files)  # once the dataset stands (no 2nd line)
         self.samples = samples
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         self._by_label = {i: [j for j, s in enumerate(samples) if s.label == i]
                           for i in range(len(self.domains))}
 
     # --- discovery -------------------------------------------------------------------------
-    def _scan(self, dmap: dict[str, str]):
+    def _scan(self, dmap: dict[str, str], wanted: set[str] | None):
         man = self.root / MANIFEST
         if man.is_file():
             return self._read_manifest(man, dmap)
         if dmap:
+            dmap = check_map_keys(self.root, dmap)
             folders = list(dmap)
         else:
             folders = sorted(p.name for p in self.root.iterdir()
@@ -225,20 +228,28 @@ class FolderDataset(torch.utils.data.Dataset):
         if not folders:
             raise MedShiftError(f"no domain folders in {str(self.root)!r}; expected "
                                 "ROOT/<domain>/*.png|tif|dcm (e.g. from `medshift simulate`)")
-        recs = []
+        recs, nested = [], {}
         for folder in folders:
             fpath = self.root / folder
-            if not fpath.is_dir():
-                raise MedShiftError(f"domain folder {str(fpath)!r} (from the domain map) does not "
-                                    "exist; fix the map or the data folder")
-            files = _image_files(fpath)
+            files, skipped = find_images(fpath)
+            self.skipped_files += skipped
             if not files:
-                raise MedShiftError(f"domain folder {str(fpath)!r} contains no images "
-                                    "(.png/.tif/.tiff/.dcm); add images or remove the folder")
+                left = (f"; {len(skipped)} other file(s) left out, e.g. "
+                        f"{skipped[0][0].name}: {skipped[0][1]}" if skipped else "")
+                raise MedShiftError(f"domain folder {str(fpath)!r} contains no images (PNG, "
+                                    f"TIFF or DICOM, by extension or content{left}); add images "
+                                    "or remove the folder")
             dom = dmap.get(folder, folder)
+            groups = sorted({p.relative_to(fpath).parts[0] if len(p.relative_to(fpath).parts) > 1
+                             else "" for p in files})
+            if (not dmap and len(groups) > 1 and folder not in DOMAINS
+                    and (wanted is None or dom in wanted)):
+                nested[folder] = groups
             for p in files:
                 rel = p.relative_to(self.root).as_posix()
                 recs.append((p, dom, hash_split(rel), None, None))
+        if nested:
+            raise nested_error(self.root, folders, nested)
         return recs
 
     def _read_manifest(self, man: Path, dmap: dict[str, str]):
@@ -250,16 +261,23 @@ class FolderDataset(torch.utils.data.Dataset):
         if not rows or "path" not in rows[0]:
             raise MedShiftError(f"manifest {str(man)!r} is empty or has no 'path' column; "
                                 "expected columns path,domain,split,view_id,subject")
-        recs = []
+        recs, seen = [], set()
         for n, row in enumerate(rows, start=2):
             rel = (row.get("path") or "").strip()
             if not rel:
                 raise MedShiftError(f"manifest {str(man)!r} line {n}: empty path")
             dom = (row.get("domain") or "").strip() or Path(rel).parts[0]
+            seen.add(dom)
             dom = dmap.get(dom, dom)
             split = (row.get("split") or "").strip() or hash_split(rel)
             recs.append((self.root / rel, dom, split, (row.get("view_id") or "").strip() or None,
                          (row.get("subject") or "").strip() or None))
+        unknown = [k for k in dmap if k not in seen]
+        if unknown:
+            raise MedShiftError(f"--domain-map key(s) {', '.join(map(repr, unknown))} match no "
+                                f"domain of {str(man)!r} (its domains: "
+                                f"{', '.join(order_domains(seen))}); with a manifest the keys "
+                                "are its domain names - fix the map")
         return recs
 
     def _bad(self, path, msg: str) -> None:

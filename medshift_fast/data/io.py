@@ -18,6 +18,8 @@ one radiograph: non-radiographic DICOM modalities, 1-bit masks, multi-frame file
 ``frame``, colour without ``allow_rgb``, PNGs with a bad chunk CRC, compressed DICOM without a
 decoder. Every failure a user can cause raises :class:`~medshift_fast.errors.MedShiftError`
 naming the file and what to do (the cases are tabulated in docs/io_errors.md).
+Discovery (:func:`find_images`) finds image files by extension or, for any other name, by
+content (PNG / TIFF signature, ``DICM`` at byte 128) and lists what it leaves out, with why.
 ``read_image(..., with_source=True)`` also returns an :class:`ImageSource`, everything
 ``data.writers.write_image`` needs to write a result in the input's own kind and geometry.
 """
@@ -49,8 +51,12 @@ from ._records import (
 from ._tiff import _probe_tiff, _read_tiff, _vet_tiff
 
 __all__ = ["DICOM_EXT", "IMAGE_EXT", "PNG_EXT", "RADIOGRAPHIC_MODALITIES", "TIFF_EXT",
-           "DicomMapping", "ImageInfo", "ImageSource", "image_format", "is_dicom_file",
-           "probe_image", "read_image", "to_uint16", "write_png16"]
+           "DicomMapping", "ImageInfo", "ImageSource", "find_images", "image_format",
+           "is_dicom_file", "probe_image", "read_image", "sniff_format", "to_uint16",
+           "write_png16"]
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -63,25 +69,114 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def image_format(path: str | os.PathLike) -> str | None:
-    """The format a path is read as, by extension (DICOM also by magic); None if not an image."""
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The format a file's content declares: "png" (PNG signature), "tiff" (``II*\\0``,
+    ``MM\\0*`` or BigTIFF), "dicom" (``DICM`` at byte 128), or None (none of these).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head[:4] in _TIFF_MAGIC:
+        return "tiff"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def _by_extension(path) -> str | None:
     ext = Path(path).suffix.lower()
     if ext in PNG_EXT:
         return "png"
     if ext in TIFF_EXT:
         return "tiff"
-    if ext in DICOM_EXT or (ext == "" and is_dicom_file(path)):
+    if ext in DICOM_EXT:
         return "dicom"
     return None
 
 
+def image_format(path: str | os.PathLike) -> str | None:
+    """The format a path is read as: by its extension (.png, .tif/.tiff, .dcm/.dicom), else by
+    its content (:func:`sniff_format`: extensionless PACS exports such as ``IM0001``, or
+    names like ``1.2.840.5.3``); None if it is neither, or cannot be read."""
+    fmt = _by_extension(path)
+    if fmt is not None:
+        return fmt
+    try:
+        return sniff_format(path)
+    except OSError:
+        return None
+
+
+def _skip_reason(path: Path) -> str | None:
+    """None if ``path`` is an image file, else why it is left out."""
+    if _by_extension(path) is not None:
+        return None
+    try:
+        if sniff_format(path) is not None:
+            return None
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    ext = path.suffix.lower()
+    return (f"not an image ({ext or 'no extension'}; no PNG, TIFF or DICOM signature)")
+
+
+def find_images(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every image file under ``folder``, found by extension or by content.
+
+    A file counts as an image when its extension is .png, .tif/.tiff or .dcm/.dicom, or, for
+    any other name (none, ``.1``, ``.IMA``, ...), when its first bytes carry a PNG or TIFF
+    signature or the DICOM marker ``DICM`` at byte 128 (:func:`sniff_format`). Hidden files
+    and folders (names starting with ".") are passed over silently; every other file that is
+    not an image is returned in ``skipped`` with the reason, for the caller to report.
+
+    Args:
+        folder: a folder (searched recursively, symlinked folders not followed) or one file.
+
+    Returns:
+        ``(found, skipped)``: image paths in a stable order (depth first; in each folder its
+        files, sorted, before its sub-folders, sorted), and ``(path, reason)`` of the files
+        left out, in the same order.
+
+    Raises:
+        MedShiftError: ``folder`` does not exist.
+    """
+    root = Path(folder)
+    if root.is_file():
+        why = _skip_reason(root)
+        return ([root], []) if why is None else ([], [(root, why)])
+    if not root.is_dir():
+        raise MedShiftError(f"{str(root)!r} does not exist; pass an existing folder or file")
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if not p.is_file():  # a broken link, a socket, ...
+                skipped.append((p, "not a regular file"))
+                continue
+            why = _skip_reason(p)
+            if why is None:
+                found.append(p)
+            else:
+                skipped.append((p, why))
+    return found, skipped
+
+
 # --- public --------------------------------------------------------------------------------
 def _vet(path, frame, allow_modality, allow_rgb, verify_crc=True) -> _Header:
-    fmt = image_format(path)
-    if fmt is None:
-        raise _fail(path, "unsupported extension (use .png, .tif/.tiff or .dcm)")
     if not os.path.isfile(path):
         raise _fail(path, "no such file")
+    fmt = image_format(path)
+    if fmt is None:
+        raise _fail(path, "unsupported: not a PNG, TIFF or DICOM file by extension or content "
+                    "(use .png, .tif/.tiff or .dcm)")
     if os.path.getsize(path) == 0:
         raise _fail(path, "file is empty")
     try:
@@ -118,7 +213,8 @@ def probe_image(path: str | os.PathLike, *, frame: int | None = None,
     DICOM pixel data are not read.
 
     Args:
-        path: a .png, .tif/.tiff or .dcm file (or an extensionless DICOM).
+        path: a .png, .tif/.tiff or .dcm file (or a file of any other name whose content is
+            one: :func:`image_format`).
         frame, allow_modality, allow_rgb: as for :func:`read_image`.
         verify_crc: PNG: verify every chunk's CRC (reads the whole file, fast, no
             decompression); False reads only the header chunks (truncation is still caught).
@@ -131,16 +227,19 @@ def probe_image(path: str | os.PathLike, *, frame: int | None = None,
             (see :func:`read_image`); the message names the file and what to do.
     """
     h = _vet(path, frame, allow_modality, allow_rgb, verify_crc)
-    return ImageInfo(h.format, h.depth, h.shape, h.frames, h.color, h.modality)
+    return ImageInfo(h.format, h.depth, h.shape, h.frames, h.color, h.modality,
+                     h.extra.get("spacing_mm"), h.extra.get("significant_bits"))
 
 
 def read_image(path: str | os.PathLike, *, frame: int | None = None,
                allow_modality: bool | str | Collection[str] = False, allow_rgb: bool = False,
-               with_source: bool = False, verify_crc: bool = True):
+               with_source: bool = False, verify_crc: bool = True,
+               input_bits: int | None = None):
     """Decode one X-ray image to a float32 array in [-1, 1] (bone bright).
 
     Args:
-        path: a .png (8/16-bit), .tif/.tiff or .dcm file (or an extensionless DICOM).
+        path: a .png (8/16-bit), .tif/.tiff or .dcm file (or a file of any other name whose
+            content is one: :func:`image_format`).
         frame: 0-based frame to read from a multi-frame DICOM, multi-page TIFF or animated PNG
             (required for those; ignored for single-frame files).
         allow_modality: DICOM modalities beyond the radiographic ones (CR, DX, RF, XA, MG, IO,
@@ -151,6 +250,10 @@ def read_image(path: str | os.PathLike, *, frame: int | None = None,
         with_source: also return the :class:`ImageSource` needed to write the result back.
         verify_crc: PNG: verify every chunk CRC first (as :func:`probe_image`); False skips
             it, e.g. for files already vetted by a probe.
+        input_bits: treat grey integer samples as this many significant bits (0 .. 2**b - 1
+            mapped to the full range), overriding what the file declares (PNG sBIT, TIFF
+            BitsPerSample / SMaxSampleValue, DICOM BitsStored for files without a VOI window);
+            values above 2**b - 1 are refused.
 
     Returns:
         float32 array of shape (H, W), values in [-1, 1]; with ``with_source`` the tuple
@@ -163,6 +266,7 @@ def read_image(path: str | os.PathLike, *, frame: int | None = None,
             DICOM without a decoder. The message names the file and what to do.
     """
     hdr = _vet(path, frame, allow_modality, allow_rgb, verify_crc)
+    hdr.extra["input_bits"] = None if input_bits is None else int(input_bits)
     k = int(frame) if hdr.frames > 1 else None
     try:
         img, meta = {"png": _read_png, "tiff": _read_tiff, "dicom": _read_dicom}[hdr.format](

@@ -17,8 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
+import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedShiftError
+from ..fileio import atomic_write_text, check_output_folder, folder_entries
 from . import physics
 from .dataset import DOMAINS, MANIFEST, SPLITS
 from .io import write_png16
@@ -218,23 +219,33 @@ def render_subject(cfg: SimConfig, subject: int, noise: bool = True) -> dict:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
+
+
+_OWN_PNG = re.compile(r"s\d+_v\d+\.png")
+
+
+def _is_previous(out: Path) -> bool:
+    """Whether ``out`` holds only what ``simulate`` writes (a dataset, or one cut short)."""
+    for name in folder_entries(out):
+        p = out / name
+        if name in (MANIFEST, SIM_JSON):
+            if not p.is_file():
+                return False
+        elif name not in DOMAINS or not p.is_dir() or \
+                not all(_OWN_PNG.fullmatch(f) for f in folder_entries(p)):
+            return False
+    return True
 
 
 def _prepare_out(out: Path, cfg: SimConfig, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise MedShiftError(f"simulate: --out {str(out)!r} exists and is not a folder")
-    ours = [out / MANIFEST, out / SIM_JSON] + [out / d for d in DOMAINS]
-    if any(p.exists() for p in ours):
-        if not overwrite:
-            raise MedShiftError(f"simulate: {str(out)!r} already holds a dataset; choose another "
-                                "--out or pass --overwrite")
-        for d in DOMAINS:  # remove only files this command writes
-            for f in (out / d).glob("s*_v*.png") if (out / d).is_dir() else ():
-                f.unlink()
+    """The output-safety rule (fileio.check_output_folder): a new or empty folder, or a previous
+    dataset with ``overwrite`` (then removed first); any other non-empty folder is refused."""
+    if check_output_folder(out, command="simulate", is_previous=_is_previous,
+                           overwrite=overwrite):
+        for d in DOMAINS:  # only what a previous simulate wrote is here (_is_previous)
+            if (out / d).is_dir():
+                shutil.rmtree(out / d)
         for p in (out / MANIFEST, out / SIM_JSON):
             if p.exists():
                 p.unlink()
@@ -249,7 +260,8 @@ def simulate(out, subjects: int = 10, views: int = 6, size: int = 64, seed: int 
         out: output folder (created).
         subjects, views, size, seed: dataset shape and seed.
         progress: show a tqdm progress bar (stderr).
-        overwrite: replace a dataset already in ``out``.
+        overwrite: replace a dataset a previous ``simulate`` wrote in ``out`` (a folder
+            holding anything else is refused even then: fileio.check_output_folder).
         **params: any other SimConfig field (e.g. geometry="parallel", domains=(...)).
 
     Returns:
@@ -338,7 +350,8 @@ class SimulateOptions:
         geometry: cone | parallel beam.
         domains: comma-separated subset of the five domains (default: all).
         supersample: sub-pixels per side (0 = auto: 2 up to 128 px, else 1).
-        overwrite: replace a dataset already in out.
+        overwrite: replace a dataset a previous simulate wrote in out (a non-empty folder
+            holding anything else is refused, even with --overwrite).
         progress: show a progress bar.
     """
 

@@ -93,6 +93,7 @@ def export_engine(
     extra_meta: dict | None = None,
     log: Callable[[str], None] | None = None,
     codec=None,
+    overwrite: bool = False,
     **settings_kw,
 ) -> ExportReport:
     """Export ``model`` for ``settings`` as an ONNX graph, AOTI package or TensorRT engine.
@@ -122,6 +123,9 @@ def export_engine(
         log: progress callback (e.g. print), or None.
         codec: the run's codec (``LoadedRun.codec``) for a latent-mode run; None (or a pixel
             codec) for pixel mode. Diffusers autoencoders are refused with a MedShiftError.
+        overwrite: replace an existing engine file and its sidecar; without it either one
+            existing is refused before any work. The engine is written to a temporary file
+            and renamed into place, so a failed export leaves an existing engine as it was.
         **settings_kw: with a Translator: what, size, batch, dtype, io, guidance of
             ``ExportSettings.from_translator``.
 
@@ -164,29 +168,17 @@ def export_engine(
         if settings.io == "uint16":
             raise MedShiftError("TensorRT has no uint16 tensors: export with --io float")
     meta_str = package_metadata(settings, model, domains, codec)
+    _check_targets(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    final, out = out, out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
     t0 = time.perf_counter()
-    if fmt == "onnx":
-        from .onnx_export import export_onnx
-
-        info = export_onnx(model, settings, out, meta_str, exporter, codec)
-    elif fmt == "aoti":
-        from .aoti import export_aoti
-
-        info = export_aoti(model, settings, out, meta_str, codec)
-    else:
-        from .onnx_export import export_onnx
-        from .trt_engine import build_plan
-
-        # TensorRT gets the fp32 graph and lowers it itself (fp16 with fp32 normalisation).
-        fp32 = dataclasses.replace(settings, dtype="fp32")
-        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
-        os.close(fd)
-        try:
-            info = export_onnx(model, fp32, tmp, meta_str, exporter, codec)
-            info.update(build_plan(tmp, out, settings.dtype, settings.batch, max_batch))
-        finally:
-            os.unlink(tmp)
+    try:
+        info = _write_engine(model, settings, fmt, out, meta_str, exporter, codec, max_batch)
+        _place(out, final, overwrite)
+    finally:
+        if out.exists():
+            out.unlink()
+    out = final
     seconds = time.perf_counter() - t0
     if getattr(model, "is_student", False):
         info["student"] = model.config.method
@@ -236,6 +228,59 @@ def export_engine(
                                       codec=codec)
         say(str(report.verify))
     return report
+
+
+def _check_targets(out: Path, overwrite: bool) -> None:
+    """The output-safety rule for an engine: an existing engine or sidecar is replaced only
+    with ``overwrite`` (checked before any work)."""
+    from .sidecar import sidecar_path
+
+    if out.exists() and not out.is_file():
+        raise MedShiftError(f"engine path {out} is a folder; pass a file name")
+    taken = [p for p in (out, sidecar_path(out)) if p.exists()]
+    if taken and not overwrite:
+        raise MedShiftError(f"{' and '.join(str(p) for p in taken)} already exist"
+                            f"{'s' if len(taken) == 1 else ''}; the engine and its sidecar are "
+                            "not replaced - pass --overwrite (overwrite=True), or choose another "
+                            "--out")
+
+
+def _place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished engine into place (exclusively unless ``overwrite``)."""
+    if overwrite:
+        os.replace(tmp, out)
+        return
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise MedShiftError(f"{out} appeared while exporting; it is not replaced - pass "
+                            "--overwrite, or choose another --out") from None
+
+
+def _write_engine(model, settings, fmt: str, out: Path, meta_str, exporter, codec,
+                  max_batch) -> dict:
+    """Write the engine file ``out`` of format ``fmt``; returns the backend's info."""
+    if fmt == "onnx":
+        from .onnx_export import export_onnx
+
+        return export_onnx(model, settings, out, meta_str, exporter, codec)
+    if fmt == "aoti":
+        from .aoti import export_aoti
+
+        return export_aoti(model, settings, out, meta_str, codec)
+    from .onnx_export import export_onnx
+    from .trt_engine import build_plan
+
+    # TensorRT gets the fp32 graph and lowers it itself (fp16 with fp32 normalisation).
+    fp32 = dataclasses.replace(settings, dtype="fp32")
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    try:
+        info = export_onnx(model, fp32, tmp, meta_str, exporter, codec)
+        info.update(build_plan(tmp, out, settings.dtype, settings.batch, max_batch))
+    finally:
+        os.unlink(tmp)
+    return info
 
 
 def _describe(report: ExportReport, s: ExportSettings, codec=None) -> str:
@@ -290,6 +335,8 @@ class ExportConfig(TranslateOptions):
             torchscript.
         verify: compare the engine with eager PyTorch (exit 1 beyond the tolerance).
         tolerance: verification max abs error (default 1e-3 fp32, 5e-2 fp16, 1e-1 bf16).
+        overwrite: replace an existing engine file and its sidecar (otherwise refused before
+            any work).
     """
 
     checkpoint: str
@@ -306,6 +353,7 @@ class ExportConfig(TranslateOptions):
     exporter: str = "auto"
     verify: bool = True
     tolerance: float | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -321,6 +369,7 @@ def export_run(cfg: ExportConfig, log: Callable[[str], None] | None = print) -> 
     from ..run import load_run
     from ..translator import Translator
 
+    _check_targets(Path(cfg.out), cfg.overwrite)  # before the run is even loaded
     dev = default_device(cfg.device)
     run = load_run(cfg.checkpoint, device=dev)
     if run.kind == "student" and cfg.what == "step":
@@ -337,7 +386,7 @@ def export_run(cfg: ExportConfig, log: Callable[[str], None] | None = print) -> 
     return export_engine(tr, cfg.format, cfg.out, domains=run.domains, verify=cfg.verify,
                          tolerance=cfg.tolerance, exporter=cfg.exporter, max_batch=cfg.max_batch,
                          extra_meta=extra, log=log, what=cfg.what, size=cfg.size,
-                         batch=cfg.batch, dtype=dtype, io=cfg.io,
+                         batch=cfg.batch, dtype=dtype, io=cfg.io, overwrite=cfg.overwrite,
                          guidance=cfg.guidance if cfg.guidance is not None else None)
 
 

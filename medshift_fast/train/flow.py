@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 from ..data import write_png16
 from ..errors import MedShiftError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_not_inside
 from ..flow.coupling import CouplingConfig
 from ..flow.matcher import SBFlowMatcher
 from ..models.codec import codec_for, copy_autoencoder
 from ..models.unet import UNet, preset_config
-from ..run import LoadedRun, clear_run, read_run_config, run_exists, save_run
+from ..run import RUN_ARTIFACTS, LoadedRun, clear_run, read_run_config, run_exists, save_run
 from . import checkpoint as ckpt
 from . import data as D
 from .config import TrainConfig
@@ -57,6 +57,7 @@ class FlowTask(Task):
         self.codec = codec_for(cfg.latent, cfg.latent_diffusers, tr.device)
         td = D.prepare_data(cfg, self.codec, info, self._data, self._val)
         self.td = td
+        self.learned = D.learned_record(cfg, td) if info.is_main else None
         self.domains = td.domains
         if td.mode == "memory":
             self._source = D.MemorySource(td.x, td.y, td.stream, info)
@@ -125,7 +126,8 @@ class FlowTask(Task):
     # ---------------------------------------------------------------------------- checkpoints
     def save(self, tr: Trainer, run_dir: Path) -> None:
         extra = {"step": tr.step, "latent": self.codec.reference(), "n_skipped": tr.n_skipped,
-                 "best_val": None if tr.best_val == float("inf") else tr.best_val}
+                 "best_val": None if tr.best_val == float("inf") else tr.best_val,
+                 "learned": self.learned}
         save_run(run_dir, self.cfg, self.model_cfg, self.domains, tr.ema.state_dict(),
                  tr.model.state_dict(), tr.training_state(), extra=extra)
         copy_autoencoder(self.codec, run_dir)
@@ -176,15 +178,52 @@ def config_for_run(given: dict[str, Any], resume: str | None = None) -> TrainCon
 
 
 def check_fresh_out(cfg) -> None:
-    """Refuse to train into a folder that already holds a run (unless resuming/overwriting)."""
-    if not cfg.resume and not getattr(cfg, "overwrite", False) and run_exists(cfg.out):
+    """The output-safety rule of ``train``, ``train-autoencoder`` and ``distill``, before any work.
+
+    ``--out`` must not be (or lie inside) an input: the dataset (``--data``) or the teacher run
+    (``--teacher``), even with ``--overwrite``. A folder that already holds anything a run writes
+    (config.json, weights, log.csv, checkpoints/, samples/, ...: ``run.RUN_ARTIFACTS``) is
+    continued only with ``--resume`` and replaced only with ``--overwrite`` (which removes those
+    names and nothing else); other files in the folder are never touched.
+    """
+    inputs = [(flag, getattr(cfg, name, None)) for flag, name in (("--data", "data"),
+                                                                  ("--teacher", "teacher"))]
+    check_not_inside(cfg.out, inputs)
+    if cfg.resume or getattr(cfg, "overwrite", False):
+        return
+    found = [n for n in RUN_ARTIFACTS if (Path(cfg.out) / n).exists()]
+    if run_exists(cfg.out):
         raise MedShiftError(f"{cfg.out} already holds a run; continue it with --resume, pass "
                             "--overwrite to replace it, or choose another --out")
+    if found:
+        raise MedShiftError(f"{str(cfg.out)!r} already holds {', '.join(found)} of an earlier "
+                            "run; pass --overwrite to replace them, or choose another --out")
+
+
+def check_domains(cfg, data=None) -> None:
+    """A translator needs two domains or more: refuse a dataset (or ``--domains``) with fewer,
+    naming what was found, before any image is decoded (a scan, no pixel reads)."""
+    if data is not None:
+        names = tuple(data[2])
+    elif cfg.data:
+        from ..data import FolderDataset
+
+        names = FolderDataset(cfg.data, domains=cfg.domains, domain_map=cfg.domain_map,
+                              validate=False).domains
+    else:
+        return
+    if len(names) < 2:
+        where = f"under {cfg.data!r}" if data is None else "in the data given"
+        raise MedShiftError(f"only one domain ({', '.join(names) or 'none'}) {where}: a "
+                            "translator learns to map between domains and needs at least two - "
+                            "add another domain folder (ROOT/<domain>/...), list two or more "
+                            "with --domains, or split the folders with --domain-map")
 
 
 def train(cfg: TrainConfig, progress: bool = True, data=None, val_data=None,
           on_step=None) -> Path:
-    """Train a run to ``cfg.steps`` and write the run directory ``cfg.out``; returns its path.
+    """Train a run to ``cfg.steps`` (or for ``cfg.minutes``) and write the run directory
+    ``cfg.out``; returns its path.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 writes logs and checkpoints.
 
@@ -196,8 +235,10 @@ def train(cfg: TrainConfig, progress: bool = True, data=None, val_data=None,
 
     Raises:
         TrainingInterrupted: after SIGINT/SIGTERM, once the checkpoint is written.
-        MedShiftError: bad input, incompatible resume, an existing run in ``cfg.out``, or
+        MedShiftError: bad input, fewer than two domains, incompatible resume, an existing
+            run in ``cfg.out`` or ``cfg.out`` inside ``cfg.data`` (``check_fresh_out``), or
             ``max_nonfinite`` bad steps in a row.
     """
     check_fresh_out(cfg)
+    check_domains(cfg, data)
     return run_training(cfg, FlowTask(cfg, data, val_data), progress, on_step)

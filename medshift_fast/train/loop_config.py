@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -47,6 +48,11 @@ class LoopConfig:
         overwrite: replace a run already in out (otherwise training into it is refused unless
             resuming).
         device: auto | cpu | cuda | cuda:N (under torchrun: the rank's local GPU).
+        minutes: wall-clock budget of the run in minutes (all resumes together, data loading
+            included): training stops with a checkpoint when the next step would end past it,
+            whatever the load on the machine. steps is then the most steps, and the LR
+            schedule follows the clock (warm-up and cosine over the budget, or over the steps
+            if they run out first), so such a run is not bit-reproducible. Default: no budget.
     """
 
     out: str = "runs/run"
@@ -71,6 +77,7 @@ class LoopConfig:
     resume: str | None = None
     overwrite: bool = False
     device: str = "auto"
+    minutes: float | None = None
 
     def checks(self) -> list[tuple[bool, str]]:
         """(condition, message) pairs; subclasses add theirs."""
@@ -87,6 +94,8 @@ class LoopConfig:
             (self.max_nonfinite >= 1, "max_nonfinite must be >= 1"),
             (self.log_every >= 1 and self.ckpt_every >= 1, "log_every/ckpt_every must be >= 1"),
             (min(self.keep_ckpts, self.val_every) >= 0, "keep_ckpts/val_every must be >= 0"),
+            (self.minutes is None or 0 < self.minutes < math.inf,
+             f"minutes must be a positive number of minutes, got {self.minutes}"),
         ]
 
     def __post_init__(self) -> None:
@@ -117,10 +126,15 @@ class LoopConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+# Loop fields every task may change on resume: they change neither the model nor a step's math.
+LOOP_RESUMABLE = frozenset({"minutes"})
+
+
 def resume_check(saved: dict[str, Any], current: LoopConfig, resumable: frozenset[str]) -> None:
-    """Refuse to resume when a field outside ``resumable`` differs (naming it and both values)."""
+    """Refuse to resume when a field outside ``resumable`` (and ``LOOP_RESUMABLE``) differs,
+    naming it and both values."""
     for f in fields(current):
-        if f.name in resumable or f.name not in saved:
+        if f.name in resumable or f.name in LOOP_RESUMABLE or f.name not in saved:
             continue
         a, b = saved[f.name], getattr(current, f.name)
         if (tuple(a) if isinstance(a, list) else a) != b:

@@ -10,10 +10,17 @@ micro-batch counter), SIGINT/SIGTERM checkpoint-and-stop, progress bar + log.csv
 checkpoints every ``ckpt_every`` steps (the newest ``keep_ckpts`` kept) and the best validation
 checkpoint in RUN/best/.
 
+Wall-clock budget (``minutes``, ``train.budget.WallClock``): after every step the loop stops,
+as at its last step (validation, log row, samples, checkpoint), when a next step like the one
+just taken would end past the budget; all ranks stop at the same step (the flag travels in the
+step's one all-reduce). The schedule then runs on the clock: its position is
+``max(step, steps * loop time / loop time available)``, so warm-up and cosine decay fit the
+budget instead of being cut off.
+
 The config object of a task must have the fields of the loop (all ``TrainConfig`` fields of the
 same name): out, steps, batch_size, grad_accum, lr, weight_decay, warmup_frac, grad_clip,
 ema_decay, seed, precision, channels_last, compile, max_nonfinite, log_every, ckpt_every,
-keep_ckpts, val_every, device, resume, tensorboard.
+keep_ckpts, val_every, device, resume, tensorboard (and optionally minutes).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from ..models.ema import EMA
 from ..models.unet import count_parameters
 from ..run import resolve_device
 from . import checkpoint as ckpt
+from .budget import WallClock
 from .distributed import DistInfo, all_reduce_sum, init_from_env, no_sync, shutdown
 from .progress import RunLogger
 
@@ -58,11 +66,17 @@ def autocast_ctx(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg):
-    """One-cycle: linear warm-up over warmup_frac of the steps, then cosine decay to ~0."""
+def make_scheduler(opt: torch.optim.Optimizer, cfg, clock: Callable[[], float] | None = None):
+    """One-cycle: linear warm-up over warmup_frac of the steps, then cosine decay to ~0.
+
+    ``clock`` (a time budget): the schedule's position in steps according to the clock; the
+    schedule follows ``max(step, clock())``.
+    """
     warm = max(1, int(round(cfg.warmup_frac * cfg.steps))) if cfg.warmup_frac > 0 else 0
 
     def factor(step: int) -> float:
+        if clock is not None:
+            step = max(step, clock())
         if warm and step < warm:
             return (step + 1) / warm
         prog = (step - warm) / max(1, cfg.steps - warm)
@@ -137,6 +151,8 @@ class Trainer:
     """
 
     def __init__(self, cfg, task: Task, dist_info: DistInfo | None = None) -> None:
+        self.clock = WallClock(getattr(cfg, "minutes", None))  # data loading counts
+        self.out_of_time = False
         self.cfg, self.task = cfg, task
         self.dist = info = dist_info or DistInfo(device=resolve_device(cfg.device))
         self.device = dev = info.device
@@ -156,7 +172,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
                                      fused=dev.type in ("cpu", "cuda"))
-        self.sched = make_scheduler(self.opt, cfg)
+        self.sched = make_scheduler(self.opt, cfg, (lambda: cfg.steps * self.clock.position())
+                                    if self.clock.enabled else None)
         self.ddp = None
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -193,6 +210,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step (grad_accum micro-steps); returns loss, grad_norm, lr, skipped."""
         cfg, dev = self.cfg, self.device
+        t_start = self.clock.now()
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         lr = self.opt.param_groups[0]["lr"]
@@ -207,10 +225,13 @@ class Trainer:
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         loss_mean = loss_sum / cfg.grad_accum
         bad = (~torch.isfinite(loss_mean)) | (~torch.isfinite(gn.to(dev)))
+        late = torch.tensor(float(self.clock.late(t_start)), device=dev)
         stats = torch.stack([torch.nan_to_num(loss_mean, nan=0.0, posinf=0.0, neginf=0.0),
-                             bad.float(), torch.tensor(float(self._stop_local), device=dev)])
+                             bad.float(), torch.tensor(float(self._stop_local), device=dev),
+                             late])
         stats = all_reduce_sum(stats, self.dist).tolist()  # one collective, one host sync
         self.stop_requested = stats[2] > 0
+        self.out_of_time = self.out_of_time or stats[3] > 0
         if stats[1] > 0:
             self.opt.zero_grad(set_to_none=True)
             self.n_nonfinite += 1
@@ -240,6 +261,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()},
+            **self.clock.state(),
         }
         if self.noise_gen is not self.gen:
             st["noise_generator"] = self.noise_gen.get_state()
@@ -280,6 +302,7 @@ class Trainer:
         self.micro = int(st.get("micro", self.step * self.cfg.grad_accum))
         self.n_skipped = int(st.get("n_skipped", 0))
         self.best_val = float(st.get("best_val", math.inf))
+        self.clock.load(st)
         return src
 
 
@@ -308,7 +331,8 @@ def _stop_on_signals(tr: Trainer):
 
 def run_training(cfg, task: Task, progress: bool = True,
                  on_step: Callable[[Trainer, dict], None] | None = None) -> Path:
-    """Train ``task`` to ``cfg.steps`` and write the run directory ``cfg.out``; returns its path.
+    """Train ``task`` to ``cfg.steps`` (or until ``cfg.minutes`` are spent) and write the run
+    directory ``cfg.out``; returns its path.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 writes logs and checkpoints.
     ``cfg.resume`` ("last" or a checkpoint folder) continues a run exactly.
@@ -356,8 +380,9 @@ def run_training(cfg, task: Task, progress: bool = True,
 def _loop(tr: Trainer, cfg, out: Path, logger: RunLogger, on_step) -> None:
     main = tr.dist.is_main
     t_last, n_last = time.perf_counter(), 0
+    tr.out_of_time = tr.clock.start_loop()
     with _stop_on_signals(tr):
-        while tr.step < cfg.steps:
+        while tr.step < cfg.steps and not tr.out_of_time:
             m = tr.train_step()
             if on_step is not None:
                 on_step(tr, m)
@@ -372,7 +397,7 @@ def _loop(tr: Trainer, cfg, out: Path, logger: RunLogger, on_step) -> None:
             else:
                 logger.advance()
                 n_last += cfg.batch_size
-                step, last = tr.step, tr.step == cfg.steps
+                step, last = tr.step, tr.step == cfg.steps or tr.out_of_time
                 val = None
                 if cfg.val_every and (step % cfg.val_every == 0 or last) and main:
                     val = tr.task.validate(tr)
@@ -398,3 +423,7 @@ def _loop(tr: Trainer, cfg, out: Path, logger: RunLogger, on_step) -> None:
                     print(f"\ninterrupted at step {tr.step}: checkpoint written to {out}; continue "
                           "with --resume", flush=True)
                 raise TrainingInterrupted(f"interrupted at step {tr.step}")
+    if tr.out_of_time and main:
+        print(f"\ntime budget of {cfg.minutes:g} min reached after {tr.clock.elapsed():.0f} s "
+              f"at step {tr.step} (of at most {cfg.steps}); the run is saved at that step",
+              flush=True)

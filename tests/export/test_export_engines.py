@@ -155,7 +155,7 @@ def test_cli_export_onnx(model, cached_core, tmp_path, capsys, monkeypatch):
     real = api.verify_engine
     monkeypatch.setattr(api, "verify_engine", lambda *a, **k: real(*a, **{**k, "tolerance": -1}))
     rc = main(["export", "--checkpoint", str(run), "--format", "onnx", "--out", str(out),
-               "--what", "step", "--device", "cpu"])
+               "--what", "step", "--device", "cpu", "--overwrite"])
     assert rc == 1 and out.exists()
     assert "verification failed" in capsys.readouterr().err
 

@@ -239,10 +239,10 @@ def test_cli_export_latent_run(latent_run, cached, tmp_path, capsys):
     assert meta["space"] == "latent" and meta["size"] == SIZE and meta["in_channels"] == 1
     assert meta["checkpoint"] == str(run.path) and meta["latent"]["path"] == "autoencoder"
     rc = main(["export", "--checkpoint", str(run.path), "--format", "onnx", "--out", str(out),
-               "--what", "step", "--device", "cpu"])
+               "--what", "step", "--device", "cpu", "--overwrite"])
     assert rc == 0 and read_sidecar(out)["size"] == SIZE // FACTOR
     rc = main(["export", "--checkpoint", str(run.path), "--format", "onnx", "--out", str(out),
-               "--what", "step", "--size", "15", "--device", "cpu"])
+               "--what", "step", "--size", "15", "--device", "cpu", "--overwrite"])
     err = capsys.readouterr().err
     assert rc == 2 and "divisible" in err and len(err.strip().splitlines()) == 1
 
