@@ -9,39 +9,66 @@ modality (radiographs only unless ``allow_modality``), frames (``frame``), colou
 input on stderr and leaves it out instead.
 
 Then inputs are decoded lazily, translated in batches of equal working shape and written one by
-one, atomically, as soon as their batch is done (``manifest.csv`` is rewritten after every
-batch), so a failure later never loses the outputs already written.
+one, atomically, as soon as their batch is done (the run's manifest, ``manifest-<run id>.csv``,
+is rewritten after every batch), so a failure later never loses the outputs already written.
 
 Outputs are in the input's own kind and geometry by default (``out_format="same"``): a DICOM
 becomes a derived DICOM of the same Rows/Columns, bit depth and photometric interpretation (new
 SOP Instance UIDs, ONE new series per command run, ImageType DERIVED\\SECONDARY, a
 DerivationDescription naming the model, tau and domains), an 8/16-bit PNG or TIFF one of the same
-depth and size. The network runs at the run's training size (``size``), or at ``size="native"``,
-and the result is mapped back through the exact inverse of the resize and pad
-(``data.geometry``). Relative paths of input folders are kept under ``out``, as
-``<stem>_<target>.<ext>``.
+depth and size (12-bit data in a 16-bit container stays 12-bit). Relative paths of input folders
+are kept under ``out``, as ``<stem>_<target>.<ext>``.
+
+Working scale (``size``): by default the grid the run learned (``learned.Learned``): a model
+trained on native-resolution crops translates on the input's own grid (resampled to the learned
+pixel spacing when both are known); a model trained on images resized to S px resizes the short
+side to S (a one-line warning when that is more than 2x from the input); ``size="native"`` or
+``size=N`` choose explicitly. Large working grids are translated in tiles (``tile``), within a
+memory budget (``max_memory``) planned before any work. The working size, scale and tiles are
+written into every output's DerivationDescription and the manifest.
+
+Intensity: integer samples are mapped by the bits the file declares (PNG sBIT, TIFF
+BitsPerSample / SMaxSampleValue, DICOM BitsStored) or ``input_bits``; an image whose values lie
+far outside what the run saw for the source domain is refused (``Translator.check_intensity``).
+
+Output safety (docs/data.md): ``out`` may not be (or lie inside) an input folder, no output may
+replace an input (even with ``overwrite``), and every run writes its own manifest, so a second run
+into the same folder, or a dataset root, never replaces another run's (or the dataset's)
+``manifest.csv``. Files in input folders are found by extension or content (extensionless PACS
+DICOMs); what is left out is listed, with the reason, in the summary and the manifest. SDE /
+SDEdit noise is seeded per image from ``seed`` and the input's relative path, so an output does
+not depend on what else is in the folder.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .data.geometry import RESIZE_MODES, plan_fit
-from .data.io import probe_image, read_image
+from .data.io import find_images, probe_image, read_image
 from .data.writers import new_series_uid, output_suffix, write_image
 from .errors import MedShiftError
-from .fileio import atomic_write_text, check_writable_dir
+from .fileio import atomic_write_text, check_not_inside, check_writable_dir
 from .translator import MODES, TranslateOptions
 
 __all__ = ["TranslateConfig", "TranslateSummary", "translate_files"]
 
 OUT_FORMATS = ("same", "png", "tiff", "dicom")
+#: DICOM Modality defined terms (PS3.3 C.7.3.1.1.1, current and retired), for --allow-modality.
+DICOM_MODALITIES = frozenset(
+    "AR ASMT AU BDUS BI BMD CD CF CP CR CS CT DD DF DG DM DOC DS DX EC ECG EPS ES FA FID FS GM "
+    "HC HD IO IOL IVOCT IVUS KER KO LEN LP LS M3D MA MG MR MS NM OAM OCT OP OPM OPR OPT OPTBSV "
+    "OPTENF OPV OSS OT PLAN POS PR PT PX REG RESP RF RG RTDOSE RTIMAGE RTPLAN RTRECORD "
+    "RTSTRUCT RWV SEG SM SMR SR SRF ST STAIN TEXTUREMAP TG US VA VF XA XC".split())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,15 +77,24 @@ class TranslateConfig(TranslateOptions):
 
     Attributes:
         checkpoint: run directory written by ``medshift train`` (or ``medshift distill``).
-        inputs: image files or folders (searched recursively for .png/.tif/.tiff/.dcm).
-        out: output folder (relative paths of input folders are kept).
+        inputs: image files or folders (searched recursively; files found by extension or by
+            content, e.g. extensionless DICOMs).
+        out: output folder (relative paths of input folders are kept; not inside an input).
         tau: translation time in [0, 1] (larger keeps more structure).
         out_format: same (the input's own kind) | png | tiff | dicom.
-        size: working size in pixels (default: the run's training size), or native (the
-            input's own size; memory grows with the image).
+        size: working grid: default the scale the run learned (its native grid or pixel
+            spacing; a run trained on resized images resizes the short side to its size),
+            native (the input's own grid, in tiles), or N (short side resized to N pixels).
         resize: crop (short side to size; the whole image is translated) | pad (long side to
             size, padded with air); the result is mapped back to the input's geometry.
-        batch_size: images per network batch.
+        tile: tile side in pixels for large images (auto: the tile the run was trained on;
+            none: the whole image at once, global attention).
+        overlap: tile overlap in pixels (default: a quarter of the tile).
+        max_memory: memory budget, e.g. 4G (default: half of the memory available).
+        input_bits: treat integer samples as this many significant bits (e.g. 12 for 12-bit
+            data in 16-bit PNG / TIFF files that do not declare it).
+        seed: seed of the SDE / SDEdit noise (per image: with the input's relative path).
+        batch_size: images per network batch (the memory plan may take fewer).
         mode: eager | fused | compiled | cuda_graph (fixed-step solvers for the last three).
         device: auto | cpu | cuda | cuda:N.
         backend: op backend preference for the whole pipeline (auto | reference | cpp |
@@ -79,6 +115,11 @@ class TranslateConfig(TranslateOptions):
     out_format: str = "same"
     size: str | None = None
     resize: str = "crop"
+    tile: str = "auto"
+    overlap: int | None = None
+    max_memory: str | None = None
+    input_bits: int | None = None
+    seed: int = 0
     batch_size: int = 16
     mode: str = "eager"
     device: str = "auto"
@@ -104,18 +145,36 @@ class TranslateConfig(TranslateOptions):
                                 f"{', '.join(OUT_FORMATS)}")
         if self.resize not in RESIZE_MODES:
             raise MedShiftError(f"unknown --resize {self.resize!r}; choose crop or pad")
-        if self.size is not None and self.size != "native":
+        if self.size is not None and str(self.size).lower() not in ("native", "auto"):
             try:
-                ok = int(self.size) >= 8
+                ok = str(int(str(self.size))) == str(self.size).strip() and int(self.size) >= 8
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise MedShiftError(f"--size must be a number of pixels >= 8 or 'native', got "
-                                    f"{self.size!r}")
+                raise MedShiftError(f"--size must be a whole number of pixels >= 8, 'native' or "
+                                    f"'auto', got {self.size!r}")
+        if str(self.tile).lower() not in ("auto", "none"):
+            try:
+                ok = int(str(self.tile)) >= 8
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise MedShiftError(f"--tile must be a number of pixels >= 8, 'auto' or 'none', "
+                                    f"got {self.tile!r}")
+        if self.overlap is not None and int(self.overlap) < 0:
+            raise MedShiftError(f"--overlap must be >= 0, got {self.overlap}")
+        if self.max_memory is not None:
+            from .memory import parse_bytes
+
+            parse_bytes(self.max_memory)
+        if self.input_bits is not None and not 1 <= int(self.input_bits) <= 16:
+            raise MedShiftError(f"--input-bits must be between 1 and 16, got {self.input_bits}")
         if self.frame is not None and int(self.frame) < 0:
             raise MedShiftError(f"--frame must be >= 0, got {self.frame}")
         if not self.inputs:
             raise MedShiftError("no inputs: pass image files or folders")
+
+        self.modalities()  # unknown modality codes are refused now
 
     def modalities(self):
         """The ``allow_modality`` argument of ``data.read_image``."""
@@ -123,7 +182,19 @@ class TranslateConfig(TranslateOptions):
             return False
         if self.allow_modality.strip().lower() == "all":
             return True
-        return {m.strip().upper() for m in self.allow_modality.split(",") if m.strip()}
+        codes = {m.strip().upper() for m in self.allow_modality.split(",") if m.strip()}
+        unknown = sorted(codes - DICOM_MODALITIES)
+        if unknown:
+            raise MedShiftError(f"--allow-modality: unknown DICOM Modality code(s) "
+                                f"{', '.join(unknown)}; use codes of PS3.3 C.7.3.1.1.1 such as "
+                                "CT, MR, US, NM, PT (comma-separated) or 'all'")
+        return codes
+
+    def working_size(self):
+        """The ``size`` argument of ``Translator.working_scale``: None, "native" or an int."""
+        if self.size is None or str(self.size).lower() == "auto":
+            return None
+        return "native" if str(self.size).lower() == "native" else int(self.size)
 
 
 @dataclass
@@ -136,59 +207,91 @@ class TranslateSummary:
     out: Path | None = None
     manifest: Path | None = None
     outputs: list[Path] = field(default_factory=list)
+    left_out: list[tuple[Path, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
+        extra = (f"; {len(self.left_out)} file(s) in the input folders are not images (listed "
+                 "in the manifest)" if self.left_out else "")
         return (f"wrote {self.written} image(s) to {self.out} ({self.skipped} skipped, "
-                f"{self.failed} failed); manifest: {self.manifest}")
+                f"{self.failed} failed){extra}; manifest: {self.manifest}")
 
 
-def _collect(inputs) -> list[tuple[Path, Path]]:
-    """[(file, its output path relative to out, before the suffix)] in a stable order."""
-    from .data import IMAGE_EXT
-
+def _collect(inputs, out: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """[(file, its output path relative to out, before the suffix)] in a stable order, and the
+    files of input folders left out, with why."""
     files: list[tuple[Path, Path]] = []
+    left: list[tuple[Path, str]] = []
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file()
-                           and f.suffix.lower() in IMAGE_EXT
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            check_not_inside(out, [("input folder", p)], command="translate")
+            found, skipped = find_images(p)
             if not found:
-                raise MedShiftError(f"input folder {s!r} contains no images (.png/.tif/.dcm)")
+                why = f" ({len(skipped)} other file(s), e.g. {skipped[0][0].name}: " \
+                      f"{skipped[0][1]})" if skipped else ""
+                raise MedShiftError(f"input folder {s!r} contains no images (PNG, TIFF or "
+                                    f"DICOM, by extension or content){why}")
             files += [(f, f.relative_to(p)) for f in found]
+            left += skipped
         elif p.is_file():
             files.append((p, Path(p.name)))
         else:
             raise MedShiftError(f"input {s!r} does not exist")
-    return files
+    return files, left
 
 
 def _say(msg: str) -> None:
     print(f"medshift translate: {' '.join(msg.split())}", file=sys.stderr)
 
 
+def _image_seed(seed: int, rel: Path) -> int:
+    """The noise seed of one input: a hash of --seed and its relative path (not its position)."""
+    h = hashlib.sha256(f"{int(seed)}:{rel.as_posix()}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def _run_id() -> str:
+    """A run id for the manifest's name: UTC time and 4 random hex digits."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(2).hex()
+
+
 class _Manifest:
-    COLS = ["input", "output", "status", "source", "target", "tau", "guidance_encode",
-            "guidance_decode", "steps", "solver", "decode", "size", "resize", "run", "series_uid",
-            "version"]
+    COLS = ["input", "output", "status", "reason", "source", "target", "tau", "guidance_encode",
+            "guidance_decode", "steps", "solver", "decode", "seed", "working_size", "scale",
+            "tiles", "resize", "run", "run_id", "series_uid", "version"]
 
     def __init__(self, path: Path, common: dict) -> None:
         self.path, self.common, self.rows = path, common, []
 
-    def add(self, inp, out, status: str) -> None:
-        self.rows.append({"input": str(inp), "output": "" if out is None else str(out),
-                          "status": status, **self.common})
+    def add(self, inp, out, status: str, reason: str = "", **per_image) -> None:
+        self.rows.append({**self.common, "input": str(inp),
+                          "output": "" if out is None else str(out), "status": status,
+                          "reason": " ".join(str(reason).split()), **per_image})
 
-    def write(self) -> None:
+    def write(self, path: Path | None = None) -> None:
         buf = io.StringIO()
         wr = csv.DictWriter(buf, fieldnames=self.COLS, extrasaction="ignore")
         wr.writeheader()
         wr.writerows(self.rows)
-        atomic_write_text(self.path, buf.getvalue())
+        atomic_write_text(path or self.path, buf.getvalue())
+
+
+def _suffix(cfg: TranslateConfig, info, f: Path) -> str:
+    if cfg.out_format != "same":
+        return output_suffix(cfg.out_format, None)
+    return {"png": ".png", "tiff": Path(f).suffix if Path(f).suffix.lower() in (".tif", ".tiff")
+            else ".tif", "dicom": ".dcm"}[info.format]
 
 
 def translate_files(cfg: TranslateConfig) -> TranslateSummary:
-    """Translate ``cfg.inputs`` into ``cfg.out`` (see the module docstring)."""
+    """Translate ``cfg.inputs`` into ``cfg.out`` (see the module docstring).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every rank plans all inputs, translates its own share
+    (inputs k with k % world == rank: disjoint, deterministic), writes its outputs and a partial
+    manifest; rank 0 merges the partial manifests into one at the end. A rank that fails
+    mid-run records it and still takes part in the merge, so the others' outputs are complete
+    and listed.
+    """
     import contextlib
 
     from tqdm.auto import tqdm
@@ -197,105 +300,223 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     from .run import load_run, resolve_device
     from .translator import Translator
 
+    shard = _Shard.from_env()
     out = check_writable_dir(cfg.out)
-    dev = resolve_device(cfg.device)
+    dev = shard.device(resolve_device(cfg.device))
     ctx = use_backend(cfg.backend) if cfg.backend else contextlib.nullcontext()
     run = load_run(cfg.checkpoint, device=dev)
+    tile = None if str(cfg.tile).lower() == "none" else (
+        "auto" if str(cfg.tile).lower() == "auto" else int(cfg.tile))
     tr = Translator(run, cfg.source, cfg.target, tau=cfg.tau, mode=cfg.mode, device=dev,
-                    batch_size=cfg.batch_size, **cfg.recipe())
-    size = cfg.size if cfg.size == "native" else int(cfg.size or run.image_size)
+                    batch_size=cfg.batch_size, seed=cfg.seed, tile=tile, overlap=cfg.overlap,
+                    max_memory=cfg.max_memory, **cfg.recipe())
     opts = dict(frame=cfg.frame, allow_modality=cfg.modalities(), allow_rgb=cfg.allow_rgb)
-    summary = TranslateSummary(out=out, manifest=out / "manifest.csv")
-    series = new_series_uid()
+    run_id = shard.common(_run_id())
+    series = shard.common(new_series_uid())
+    summary = TranslateSummary(out=out, manifest=out / f"manifest-{run_id}.csv")
     desc = tr.describe()
-    manifest = _Manifest(summary.manifest, {
+    tiles = "none" if tr.tile is None else f"{tr.tile} px, overlap {tr.overlap}"
+    manifest = _Manifest(shard.manifest_path(summary.manifest), {
         "source": desc["source_domain"], "target": desc["target_domain"], "tau": desc["tau"],
         **{k: desc[k] for k in ("guidance_encode", "guidance_decode", "steps", "solver",
                                 "decode")},
-        "size": size, "resize": cfg.resize, "run": desc["run"], "series_uid": series,
-        "version": __version__})
-    # 1. every input header and output name, before any work
-    plan, seen = [], {}
-    for f, rel in _collect(cfg.inputs):
+        "seed": cfg.seed, "resize": cfg.resize, "run": desc["run"], "run_id": run_id,
+        "series_uid": series, "version": __version__, "tiles": tiles})
+    # 1. every input header, working grid, memory plan and output name, before any work
+    files, left = _collect(cfg.inputs, out)
+    summary.left_out = left
+    inputs = {f.resolve() for f, _ in files}
+    plan, seen, warnings = [], {}, []
+    size = cfg.working_size()
+    for f, rel in files:
         try:
             info = probe_image(f, **opts)
+            tr.check_shape(*info.shape, what=f"image {str(f)!r}")
+            ws = tr.working_scale(info.shape, info.spacing_mm, size)
+            fit = (plan_fit(info.shape, int(min(ws.shape)), cfg.resize, tr.factor)
+                   if ws.how in ("image_size", "size") else
+                   plan_fit(info.shape, "native", cfg.resize, tr.factor, shape=ws.shape))
+            tr.check_shape(*fit.shape, what=f"the working grid of {str(f)!r}")
+            tr.plan((1, tr.image_channels, *fit.shape), io_bytes=_io_bytes(info.shape),
+                    what=f"{str(f)!r} ({info.shape[0]}x{info.shape[1]} px, working "
+                    f"{fit.shape[0]}x{fit.shape[1]})")
         except MedShiftError as exc:
             if not cfg.skip_bad:
                 raise
             _say(f"skipped {f}: {exc}")
             summary.skipped += 1
-            manifest.add(f, None, "skipped")
+            manifest.add(f, None, "skipped", str(exc))
             continue
-        suffix = output_suffix(cfg.out_format, None) if cfg.out_format != "same" else \
-            {"png": ".png", "tiff": Path(f).suffix or ".tif", "dicom": ".dcm"}[info.format]
-        dst = out / rel.parent / f"{rel.stem}_{cfg.target}{suffix}"
+        warn = ws.warning or (tr.learned.size_warning(fit.shape) if ws.how == "native" else None)
+        if warn:
+            warnings.append(f"{f}: {warn}")
+        dst = out / rel.parent / f"{rel.stem}_{cfg.target}{_suffix(cfg, info, f)}"
         if dst in seen and seen[dst].resolve() == f.resolve():
             continue  # the same file given twice (e.g. a file and its folder)
         if dst in seen:
             raise MedShiftError(f"inputs {str(seen[dst])!r} and {str(f)!r} would both be written "
                                 f"to {str(dst)!r}; translate them into separate --out folders")
+        if dst.resolve() in inputs:
+            raise MedShiftError(f"output {str(dst)!r} would replace the input of that name (never "
+                                "done, even with --overwrite); choose another --out")
         seen[dst] = f
         if dst.exists() and not cfg.overwrite:
             raise MedShiftError(f"output {str(dst)!r} already exists; pass --overwrite to replace "
                                 "it or choose another --out")
-        fit = plan_fit(info.shape, size, cfg.resize, tr.factor)
-        plan.append((f, dst, fit))
+        note = f"{fit.shape[0]}x{fit.shape[1]} px, {ws.note}"
+        plan.append((f, rel, dst, fit, note))
     if not plan:
         raise MedShiftError("no readable input image (all were skipped)")
+    for w in warnings[:5]:
+        _say(f"warning: {w}")
+    if len(warnings) > 5:
+        _say(f"warning: ... and {len(warnings) - 5} more input(s) like these")
+    if shard.is_main:
+        for p, why in left:
+            manifest.add(p, None, "skipped", why)
+    mine = [item for k, item in enumerate(plan) if k % shard.world == shard.rank]
     # 2. translate in batches of one working shape, write as soon as a batch is done
     derivation = {"model": desc["run"], "tau": desc["tau"], "source": desc["source_domain"],
                   "target": desc["target_domain"], "version": __version__,
                   "settings": {k: desc[k] for k in ("guidance_encode", "guidance_decode",
-                                                    "steps", "solver", "decode")}}
+                                                    "steps", "solver", "decode")},
+                  "tiles": tiles}
     groups: dict[tuple[int, int], list] = {}
-    for item in plan:
-        groups.setdefault(item[2].shape, []).append(item)
-    bar = tqdm(total=len(plan), disable=not cfg.progress, desc="translate", unit="img")
+    for item in mine:
+        groups.setdefault(item[3].shape, []).append(item)
+    bar = tqdm(total=len(mine), disable=not cfg.progress or not shard.is_main, desc="translate",
+               unit="img")
+    failure = None
     try:
         with ctx:
-            for items in groups.values():
-                for k in range(0, len(items), cfg.batch_size):
-                    _batch(items[k:k + cfg.batch_size], tr, cfg, opts, derivation, series,
-                           summary, manifest)
+            for shape, items in groups.items():
+                step = max(1, min(cfg.batch_size, tr.plan((len(items), tr.image_channels, *shape),
+                                                          io_bytes=_io_bytes(shape)).images))
+                for k in range(0, len(items), step):
+                    _batch(items[k:k + step], tr, cfg, opts, derivation, series, summary,
+                           manifest)
                     manifest.write()
-                    bar.update(len(items[k:k + cfg.batch_size]))
+                    bar.update(len(items[k:k + step]))
+    except (MedShiftError, OSError) as exc:
+        if not shard.enabled:
+            raise
+        failure = exc  # the other ranks finish; the merge lists what this one wrote
+        manifest.add("", None, "failed", f"rank {shard.rank} stopped: {exc}")
     finally:
         bar.close()
         manifest.write()
+    shard.finish(manifest, summary, {str(f): k for k, (f, *_) in enumerate(plan)})
+    if failure is not None:
+        raise MedShiftError(f"rank {shard.rank}: {failure}")
     return summary
 
 
+def _io_bytes(shape) -> int:
+    """Decoded input, its source copy and the output being written (float32 / float64)."""
+    return int(shape[0]) * int(shape[1]) * 24
+
+
 def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
-    """Decode, translate and write one batch of inputs of one working shape."""
+    """Decode, vet, translate and write one batch of inputs of one working shape."""
     xs, srcs, kept = [], [], []
-    for f, dst, fit in items:
+    for f, rel, dst, fit, note in items:
         try:
-            img, src = read_image(f, with_source=True, **opts)
+            img, src = read_image(f, with_source=True, input_bits=cfg.input_bits, **opts)
+            tr.check_intensity(img, f"image {str(f)!r}")
         except MedShiftError as exc:
             if not cfg.skip_bad:
                 raise
             _say(f"failed {f}: {exc}")
             summary.failed += 1
-            manifest.add(f, None, "failed")
+            manifest.add(f, None, "failed", str(exc))
             continue
         xs.append(fit.apply(torch.from_numpy(img))[0])
+        del img
         srcs.append(src)
-        kept.append((f, dst, fit))
+        kept.append((f, rel, dst, fit, note))
     if not kept:
         return
-    y = tr.translate(torch.stack(xs)).cpu()
-    for (f, dst, fit), src, yi in zip(kept, srcs, y):
+    gens = [torch.Generator().manual_seed(_image_seed(cfg.seed, rel)) for _, rel, *_ in kept]
+    y = tr.translate(torch.stack(xs), generators=gens).cpu()
+    del xs
+    for (f, _rel, dst, fit, note), src, yi in zip(kept, srcs, y):
         res = fit.restore(yi[None])[0, 0].numpy()
         try:
-            write_image(dst, res, src, cfg.out_format, derivation=derivation, series_uid=series,
-                        exclusive=not cfg.overwrite)
+            write_image(dst, res, src, cfg.out_format, derivation={**derivation, "working": note},
+                        series_uid=series, exclusive=not cfg.overwrite)
         except (MedShiftError, OSError) as exc:
             if not cfg.skip_bad:
                 raise MedShiftError(f"cannot write {dst}: {exc}") from exc
             _say(f"failed to write {dst}: {exc}")
             summary.failed += 1
-            manifest.add(f, None, "failed")
+            manifest.add(f, None, "failed", str(exc))
             continue
         summary.written += 1
         summary.outputs.append(dst)
-        manifest.add(f, dst.relative_to(summary.out), "written")
+        manifest.add(f, dst.relative_to(summary.out), "written",
+                     working_size=f"{fit.shape[0]}x{fit.shape[1]}", scale=note.split(", ", 1)[1])
+
+
+class _Shard:
+    """This process's share of a ``torchrun`` translate (one process: everything)."""
+
+    def __init__(self, rank: int = 0, world: int = 1) -> None:
+        self.rank, self.world = rank, world
+        self.enabled = world > 1
+        self.is_main = rank == 0
+
+    @classmethod
+    def from_env(cls) -> _Shard:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def device(self, dev: torch.device) -> torch.device:
+        if self.enabled and dev.type == "cuda" and "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        return dev
+
+    def common(self, value: str) -> str:
+        """Rank 0's value on every rank (the run id, the series UID)."""
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def manifest_path(self, path: Path) -> Path:
+        return path if not self.enabled else path.with_name(f".{path.stem}.rank{self.rank}.csv")
+
+    def finish(self, manifest: _Manifest, summary: TranslateSummary,
+               order: dict[str, int]) -> None:
+        """Rank 0 merges every rank's manifest rows (in input order) into the run's manifest."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        counts = torch.tensor([summary.written, summary.skipped, summary.failed])
+        dist.all_reduce(counts)
+        dist.barrier()
+        if self.is_main:
+            rows = []
+            for r in range(self.world):
+                part = summary.manifest.with_name(f".{summary.manifest.stem}.rank{r}.csv")
+                if part.is_file():
+                    with open(part, newline="") as fh:
+                        rows += list(csv.DictReader(fh))
+            rows.sort(key=lambda r: order.get(r["input"], -1))  # stable: left-out files first
+            merged = _Manifest(summary.manifest, {})
+            merged.rows = rows
+            merged.write(summary.manifest)
+            for r in range(self.world):
+                summary.manifest.with_name(f".{summary.manifest.stem}.rank{r}.csv").unlink(
+                    missing_ok=True)
+        dist.barrier()
+        summary.written, summary.skipped, summary.failed = (int(v) for v in counts)

@@ -21,6 +21,17 @@ Execution modes (the same numbers, to the fp32 tolerance table):
   (a static batch: inputs are chunked to ``batch_size`` and the last chunk is padded);
 * ``cuda_graph``: the Sampler's whole loop captured as one CUDA graph (CUDA only).
 
+Native resolution (``tiling``, ``memory``, ``learned``): an image larger than the tile the model
+was trained on (``tile="auto"``) is translated in overlapping tiles blended with a smooth window --
+the velocity at every solver stage for a flow model (one velocity field over the whole image, as
+MultiDiffusion does), the translation once for a one-step student -- so attention stays inside a
+tile and memory is flat in image size. Every call is planned first (``plan``): whole-image buffers
+plus a tile batch chosen to fit ``max_memory`` (default: ``memory.DEFAULT_FRACTION`` of the memory
+available); what cannot fit is a MedShiftError before any work. Inputs of any size are padded to
+the network's factor and cropped back; degenerate shapes (a side under ``min_side``, an aspect
+ratio over ``MAX_ASPECT``) and values outside [-1, 1] are refused. ``working_scale`` and
+``check_intensity`` apply what the run learned (``learned.Learned``) to file inputs.
+
 The defaults of every command (translate, evaluate, demo, export) and of this API are
 ``RECIPE``; ``docs/recipe.md`` shows how they were chosen.
 """
@@ -34,8 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import memory
 from .errors import MedShiftError
-from .flow.solvers import FIXED_SOLVERS
+from .flow.solvers import FIXED_SOLVERS, PerSampleGenerators
+from .learned import Learned
 from .recipe import (  # noqa: F401  (re-exported: the settings live in recipe.py)
     DECODES,
     METHODS,
@@ -51,8 +64,11 @@ from .recipe import (  # noqa: F401  (re-exported: the settings live in recipe.p
     unit_to_uint16,
 )
 
-__all__ = ["METHODS", "MODES", "RECIPE", "Recipe", "TranslateOptions", "TranslationSettings",
-           "Translator", "pipeline", "unit_to_uint16", "uint16_to_unit"]
+__all__ = ["MAX_ASPECT", "METHODS", "MODES", "RECIPE", "Recipe", "TranslateOptions",
+           "TranslationSettings", "Translator", "pipeline", "unit_to_uint16", "uint16_to_unit"]
+
+MAX_ASPECT = 16.0  # no radiograph is more elongated (long-leg stitches are ~3:1)
+RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
 
 
 def _generator(s: TranslationSettings) -> torch.Generator:
@@ -126,14 +142,25 @@ class Translator:
         bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes).
         channels_last: channels_last network weights (fused/compiled/cuda_graph modes).
         batch_size: chunk size of a call; the compiled mode pads the last chunk to it (one
-            static shape). Default: the whole input (compiled: the first call's batch).
+            static shape). Default: the whole input (compiled: the first call's batch); the
+            memory plan may take fewer images per chunk.
+        tile: tile side in pixels: "auto" (the tile the run was trained on, ``learned.tile``),
+            an int, or None (never tile: global attention over the whole image).
+        overlap: tile overlap in pixels (default: a quarter of the tile).
+        tile_batch: tiles per network forward (default: what the memory plan allows, at
+            most 16 on a CPU and 64 on a GPU).
+        max_memory: memory budget of a call in bytes or as "4G" (default:
+            ``memory.DEFAULT_FRACTION`` of the memory available when the call starts).
 
     ``translator(images)`` takes a tensor or NumPy array of shape (H, W), (C, H, W) or
     (B, C, H, W), float in [-1, 1] or uint16 raw counts (mapped as ``data.read_image`` maps a
-    16-bit PNG), and returns the translation with the same shape, kind, dtype and device.
+    16-bit PNG), and returns the translation with the same shape, kind, dtype and device. Any
+    H, W of at least ``min_side`` pixels works (padded to the network's factor internally).
 
     Raises:
-        MedShiftError: unknown domain, bad settings, an input of the wrong shape or dtype, NaN/Inf.
+        MedShiftError: unknown domain, bad settings, an input of the wrong shape or dtype, NaN/Inf,
+            float values outside [-1, 1], a degenerate shape, a request that cannot fit the
+            memory budget.
     """
 
     def __init__(self, run, source, target, *, tau: float | None = None,
@@ -142,7 +169,9 @@ class Translator:
                  method: str = "medshift", decode: str | None = None,
                  sde_noise: float | None = None, seed: int = 0, mode: str = "eager",
                  device: torch.device | str | None = None, bf16: bool = False,
-                 channels_last: bool = False, batch_size: int | None = None) -> None:
+                 channels_last: bool = False, batch_size: int | None = None,
+                 tile: int | str | None = "auto", overlap: int | None = None,
+                 tile_batch: int | None = None, max_memory: int | str | None = None) -> None:
         from .run import LoadedRun, load_run, resolve_device
 
         if isinstance(run, (str, Path)):
@@ -168,6 +197,9 @@ class Translator:
         s = self.settings
         if run.kind == "student":
             run.model.check_request(s, run.domains)
+        self.device = resolve_device(device) if device is not None else run.device
+        if mode == "cuda_graph" and self.device.type != "cuda":
+            raise MedShiftError("mode 'cuda_graph' needs a CUDA device")
         if mode != "eager":
             if run.kind == "student":
                 mode = "eager"  # one network call: nothing to fuse
@@ -177,9 +209,6 @@ class Translator:
             elif s.method != "medshift" or s.decode != "ode":
                 raise MedShiftError(f"mode {mode!r} runs the ODE translation only; use "
                                     "mode='eager' for sdedit or the SDE decode")
-        self.device = resolve_device(device) if device is not None else run.device
-        if mode == "cuda_graph" and self.device.type != "cuda":
-            raise MedShiftError("mode 'cuda_graph' needs a CUDA device")
         run.to(self.device)
         self.mode, self.bf16, self.channels_last = mode, bool(bf16), bool(channels_last)
         self.batch_size = None if batch_size is None else int(batch_size)
@@ -187,6 +216,38 @@ class Translator:
         self.dtype = next(self.model.parameters()).dtype
         self._gen = _generator(s)  # advances call after call (sdedit / SDE noise)
         self._samplers: dict[tuple, Any] = {}
+        self.learned = Learned.from_config(run.config) if run.path is not None else Learned(
+            "image_size", run.image_size, None, int(run.image_size or 0) or 128)
+        self.tile, self.overlap = self._resolve_tile(tile, overlap)
+        if tile_batch is not None and (isinstance(tile_batch, bool) or int(tile_batch) < 1):
+            raise MedShiftError(f"tile_batch must be >= 1, got {tile_batch}")
+        self.tile_batch = None if tile_batch is None else int(tile_batch)
+        self.max_memory = None if max_memory is None else memory.parse_bytes(max_memory)
+        self.last_plan: memory.MemoryPlan | None = None
+
+    def _resolve_tile(self, tile, overlap) -> tuple[int | None, int]:
+        f = self.factor
+        if tile is None or (isinstance(tile, str) and tile.lower() in ("none", "whole", "off")):
+            return None, 0
+        if isinstance(tile, str) and tile.lower() == "auto":
+            t = int(self.learned.tile or self.run.image_size or 128)
+            t = max(2 * f, t // f * f)
+        else:
+            try:
+                t = int(tile)
+            except (TypeError, ValueError):
+                raise MedShiftError(f"tile must be a number of pixels, 'auto' or None, got "
+                                    f"{tile!r}") from None
+            if t < 2 * f or t % f:
+                raise MedShiftError(f"tile {t} must be a multiple of {f} (the network's "
+                                    f"downsampling factor) and at least {2 * f} pixels")
+        if overlap is None:
+            o = (t // 4) // f * f
+        else:
+            o = int(overlap)
+            if o < 0 or o >= t or o % f:
+                raise MedShiftError(f"tile overlap {o} must be a multiple of {f} in [0, {t})")
+        return t, o
 
     # ---------------------------------------------------------------------------- properties
     @property
@@ -210,12 +271,82 @@ class Translator:
                 "run": None if self.run.path is None else str(self.run.path),
                 "kind": self.run.kind, "mode": self.mode}
 
+    @property
+    def min_side(self) -> int:
+        """The smallest image side translated (the network's deepest level is >= 2 px)."""
+        return max(8, 2 * self.factor)
+
     def check_size(self, h: int, w: int) -> None:
+        """Exact multiples of the factor (fixed-shape consumers: FrameTranslator, export)."""
         f = self.factor
         if h % f or w % f:
             raise MedShiftError(f"image size {h}x{w} must be divisible by {f} for this model; "
                                 f"resize, crop or pad it (e.g. to {max(f, h // f * f)}x"
                                 f"{max(f, w // f * f)})")
+
+    def check_shape(self, h: int, w: int, what: str = "image") -> None:
+        """Refuse degenerate shapes: a side under ``min_side`` or an aspect ratio over
+        ``MAX_ASPECT``."""
+        h, w = int(h), int(w)
+        if min(h, w) < self.min_side:
+            raise MedShiftError(f"{what} is {h}x{w} px: too small to translate (this model needs "
+                                f"at least {self.min_side} px a side); use a larger image")
+        if max(h, w) / min(h, w) > MAX_ASPECT:
+            raise MedShiftError(f"{what} is {h}x{w} px: an aspect ratio of "
+                                f"{max(h, w) / min(h, w):.0f}:1 is not a radiograph (at most "
+                                f"{MAX_ASPECT:g}:1); crop it to the region to translate")
+
+    def working_scale(self, shape: tuple[int, int], spacing_mm: float | None = None,
+                      size: int | str | None = None):
+        """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
+        return self.learned.working_scale(shape, spacing_mm, size)
+
+    def check_intensity(self, img, what: str = "image") -> None:
+        """Refuse an input far outside the source domain's training intensities."""
+        self.learned.check_intensity(img, self.domains[0], what)
+
+    # ---------------------------------------------------------------------------- planning
+    def _net_config(self):
+        m = self.model
+        cfg = getattr(getattr(m, "unet", None), "config", None) or getattr(m, "config", None)
+        return cfg if hasattr(cfg, "channel_mult") else None
+
+    def plan(self, shape: tuple[int, ...], io_bytes: int = 0, what: str | None = None
+             ) -> memory.MemoryPlan:
+        """The memory plan of translating a batch of ``shape`` (B, C, H, W) pixels.
+
+        Raises:
+            MedShiftError: it cannot fit the budget (``max_memory``), even one tile at a time.
+        """
+        from .tiling import plan_grid
+
+        b, _, h, w = (int(v) for v in shape)
+        f, cf = self.factor, int(self.codec.factor)
+        hp, wp = -(-h // f) * f, -(-w // f) * f
+        hm, wm = hp // cf, wp // cf
+        cm = int(self.run.in_channels)
+        item = 2 if self.bf16 else 4
+        tile_m = None if self.tile is None else self.tile // cf
+        grid = plan_grid((hm, wm), tile_m, self.overlap // cf, f // cf)
+        th, tw = grid.tile
+        cfg = self._net_config()
+        tile_bytes = (memory.unet_forward_bytes(cfg, th, tw, item) if cfg is not None
+                      else 64 * cm * th * tw * 4)
+        s = self.settings
+        guided = s.guidance_decode not in (0.0, 1.0) or s.guidance_encode not in (0.0, 1.0)
+        mult = 2 if guided and self.run.kind != "student" else 1
+        bufs = memory.image_buffers(self.run.kind, s.solver, s.decode, s.method, self.run.latent)
+        budget = self.max_memory or int(memory.DEFAULT_FRACTION
+                                        * memory.available_bytes(self.device))
+        cap = self.tile_batch or (64 if self.device.type == "cuda" else 16)
+        what = what or f"translating {b} image(s) of {h}x{w} px"
+        p = memory.plan(b, cm * hm * wm * 4, bufs, tile_bytes, grid.n_tiles, mult, budget,
+                        cap, io_bytes + (self.image_channels * hp * wp * 4 * 3 if self.run.latent
+                                         else 0), what)
+        if self.tile_batch is not None and grid.n_tiles > 1:
+            p = memory.MemoryPlan(p.images, min(p.tile_batch, self.tile_batch), p.n_tiles,
+                                  p.peak, p.budget)
+        return p
 
     # ------------------------------------------------------------------------------ calling
     def __call__(self, images):
@@ -261,57 +392,121 @@ class Translator:
         return out.to(device)
 
     @torch.no_grad()
-    def translate(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float pixels in [-1, 1] -> translated float32 pixels (on the device)."""
+    def translate(self, x: torch.Tensor, generators=None) -> torch.Tensor:
+        """(B, C, H, W) float pixels in [-1, 1] -> translated float32 pixels (on the device).
+
+        Args:
+            x: images of any size of at least ``min_side`` px (padded to the network's factor
+                internally, cropped back).
+            generators: optional list of B CPU generators, one per image, for the noise of
+                sdedit / the SDE decode (an image's output then does not depend on the others
+                in the batch); default: the translator's own generator, advancing call by call.
+        """
         if x.dim() != 4 or not x.is_floating_point():
             raise MedShiftError(f"Translator.translate: expected a (B, C, H, W) float tensor, got "
                                 f"{tuple(x.shape)} {x.dtype}")
-        self.check_size(x.shape[-2], x.shape[-1])
+        if x.shape[1] != self.image_channels or x.shape[0] == 0:
+            raise MedShiftError(f"Translator.translate: expected {self.image_channels} "
+                                f"channel(s) and at least one image, got {tuple(x.shape)}")
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        self.check_shape(h, w)
         if not bool(torch.isfinite(x).all()):
             raise MedShiftError("Translator: input images contain NaN or Inf")
-        x = x.to(self.device, torch.float32)
-        if self.mode == "eager":
-            bs = self.batch_size or x.shape[0]
-            return torch.cat([pipeline(self.model, self.codec, x[k:k + bs], self.settings,
-                                       self.dtype, self._gen)
-                              for k in range(0, x.shape[0], bs)])
-        return self._translate_sampler(x)
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1.0 - RANGE_TOL or hi > 1.0 + RANGE_TOL:
+            raise MedShiftError(f"Translator: float images must lie in [-1, 1] (-1 = air / "
+                                f"darkest, +1 = bone), got values in [{lo:g}, {hi:g}]; map "
+                                "8-bit values v with v / 127.5 - 1, pass raw 16-bit counts as "
+                                "uint16, or read files with medshift_fast.read_image")
+        if generators is not None and len(generators) != x.shape[0]:
+            raise MedShiftError(f"Translator.translate: {len(generators)} generators for "
+                                f"{x.shape[0]} images")
+        plan = self.plan(tuple(x.shape))
+        self.last_plan = plan
+        f = self.factor
+        ph, pw = -(-h // f) * f - h, -(-w // f) * f - w
+        x = x.to(self.device, torch.float32).clamp(-1.0, 1.0)
+        if ph or pw:  # edge padding to the factor, cropped off below
+            x = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2),
+                                        mode="replicate")
+        bs = min(self.batch_size or x.shape[0], plan.images)
+        if self.mode == "compiled" and self.batch_size is None:
+            self.batch_size = bs = min(x.shape[0], plan.images)  # one static shape from now on
+        outs = []
+        for k in range(0, x.shape[0], bs):
+            chunk = x[k:k + bs]
+            gens = None if generators is None else list(generators[k:k + bs])
+            if self.mode == "eager":
+                model, codec = self._tiled(plan.tile_batch)
+                outs.append(pipeline(model, codec, chunk, self.settings, self.dtype,
+                                     PerSampleGenerators(gens) if gens else self._gen))
+            else:
+                outs.append(self._translate_sampler(chunk, plan.tile_batch, bs))
+        y = torch.cat(outs)
+        return y[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+
+    def _tiled(self, tile_batch: int):
+        """The network and codec as tiled views (or themselves when not tiling)."""
+        from .tiling import TiledCodec, TiledModel, TiledStudent
+
+        if self.tile is None:
+            return self.model, self.codec
+        cf = int(self.codec.factor)
+        t, o = self.tile // cf, self.overlap // cf
+        if self.run.kind == "student":
+            model = TiledStudent(self.model, t, o, tile_batch)
+        else:
+            model = TiledModel(self.model, t, o, tile_batch)
+        codec = self.codec if self.codec.kind == "pixel" else TiledCodec(
+            self.codec, self.tile, self.overlap, tile_batch)
+        return model, codec
 
     # ------------------------------------------------------------------ sampler-based modes
-    def _sampler(self, shape: tuple[int, ...]):
+    def _sampler(self, shape: tuple[int, ...], tile_batch: int | None = None):
+        """The Sampler for model-space batches of ``shape``, its network tiled when the
+        translator tiles (a compiled forward and static tile batches in ``compiled`` mode)."""
         from .flow.sampler import Sampler
+        from .tiling import TiledModel
 
-        sp = self._samplers.get(shape)
+        tb = int(tile_batch or self.tile_batch or 16)
+        key = (tuple(shape), tb)
+        sp = self._samplers.get(key)
         if sp is None:
             s = self.settings
             if len(self._samplers) >= 8:  # bounded: one per distinct shape
                 self._samplers.pop(next(iter(self._samplers)))
-            sp = Sampler(self.model, shape, s.source, s.target, s.tau, s.steps, s.solver,
+            compiled = self.mode == "compiled"
+            model, compile_here = self.model, compiled
+            if self.tile is not None:
+                cf = int(self.codec.factor)
+                if self.channels_last:
+                    self.model.to(memory_format=torch.channels_last)
+                fwd = (torch.compile(self.model, dynamic=False, options={"freezing": True})
+                       if compiled else None)
+                model = TiledModel(self.model, self.tile // cf, self.overlap // cf, tb,
+                                   forward=fwd, static_batch=compiled or self.mode == "cuda_graph")
+                compile_here = False
+            sp = Sampler(model, shape, s.source, s.target, s.tau, s.steps, s.solver,
                          s.guidance_encode, s.guidance_decode, device=self.device,
                          dtype=self.dtype, bf16=self.bf16, channels_last=self.channels_last,
                          cuda_graph=self.mode in ("cuda_graph", "compiled")
                          and self.device.type == "cuda",
-                         compile=self.mode == "compiled")
-            self._samplers[shape] = sp
+                         compile=compile_here)
+            self._samplers[key] = sp
         return sp
 
-    def _translate_sampler(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "compiled" and self.batch_size is None:
-            self.batch_size = x.shape[0]  # one static shape from the first call on
-        bs = self.batch_size or x.shape[0]
-        outs = []
-        for k in range(0, x.shape[0], bs):
-            chunk = x[k:k + bs]
-            z = self.codec.encode(chunk).to(self.dtype)
-            n = z.shape[0]
-            if self.mode == "compiled" and n < bs:  # static shape: pad the short chunk
-                z = torch.cat([z, z[-1:].expand(bs - n, *z.shape[1:])])
-            y = self._sampler(tuple(z.shape)).translate(z, check_finite=False)[:n]
-            outs.append(self.codec.decode(y.to(torch.float32)).clamp(-1.0, 1.0))
-        return torch.cat(outs)
+    def _translate_sampler(self, chunk: torch.Tensor, tile_batch: int, bs: int) -> torch.Tensor:
+        _, codec = self._tiled(tile_batch)
+        z = codec.encode(chunk).to(self.dtype)
+        n = z.shape[0]
+        if self.mode == "compiled" and n < bs:  # static shape: pad the short chunk
+            z = torch.cat([z, z[-1:].expand(bs - n, *z.shape[1:])])
+        y = self._sampler(tuple(z.shape), tile_batch).translate(z, check_finite=False)[:n]
+        return codec.decode(y.to(torch.float32)).clamp(-1.0, 1.0)
 
     def sampler(self, shape: tuple[int, int, int, int]):
         """The preallocated Sampler this translator uses for model-space batches of ``shape``."""
         if self.mode == "eager":
             raise MedShiftError("an eager Translator has no Sampler; use mode='fused'")
         return self._sampler(tuple(int(v) for v in shape))
+

@@ -54,6 +54,12 @@ def _translate(run_dir, out, *inputs, extra=()):
                  *extra, *map(str, inputs)])
 
 
+def _manifest(out):
+    """The rows of the one manifest a run wrote into ``out`` (manifest-<run id>.csv)."""
+    (m,) = sorted(out.glob("manifest-*.csv"))
+    return list(csv.DictReader(open(m)))
+
+
 def _one_line(capsys, rc, *needles):
     err = capsys.readouterr().err.strip().splitlines()
     err = [e for e in err if e.startswith("medshift translate: error")]
@@ -101,7 +107,7 @@ def test_one_series_per_run_and_a_manifest(run_dir, tmp_path):
     uids = {pydicom.dcmread(tmp_path / "out" / s / "img001_real_normal.dcm").SeriesInstanceUID
             for s in ("a", "b")}
     assert len(uids) == 1
-    rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv")))
+    rows = _manifest(tmp_path / "out")
     assert {r["output"] for r in rows} == {"a/img001_real_normal.dcm", "b/img001_real_normal.dcm"}
     assert all(r["status"] == "written" and r["target"] == "real_normal" for r in rows)
 
@@ -205,7 +211,7 @@ def test_a_crash_mid_folder_keeps_what_was_written(run_dir, tmp_path, monkeypatc
     assert [p.name for p in done] == ["0_real_normal.png", "1_real_normal.png"]
     assert all(read_image(p).shape == (16, 16) for p in done)  # complete files
     assert not [p for p in (tmp_path / "out").iterdir() if ".tmp" in p.name]
-    rows = list(csv.DictReader(open(tmp_path / "out" / "manifest.csv")))
+    rows = _manifest(tmp_path / "out")
     assert [r["output"] for r in rows] == ["0_real_normal.png", "1_real_normal.png"]
 
 
@@ -327,5 +333,5 @@ def test_each_refused_input_kind(run_dir, tmp_path, capsys, case):
         extra = ["--allow-modality", "all"]
     else:
         p, needle, extra = tmp_path / "nan.tif", "NaN", []
-        tifffile.imwrite(p, np.array([[0.0, np.nan]] * 4, np.float32))
+        tifffile.imwrite(p, np.array([[0.0, np.nan] * 8] * 16, np.float32))
     _one_line(capsys, _translate(run_dir, tmp_path / "out", p, extra=extra), p.name, needle)

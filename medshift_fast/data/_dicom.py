@@ -47,9 +47,26 @@ def _first(v) -> float:
     return float(v[0] if isinstance(v, (MultiValue, list, tuple)) else v)
 
 
-def _dicom_mapping(path, ds) -> DicomMapping:
+def dicom_spacing_mm(ds) -> float | None:
+    """Mean pixel spacing (mm) of PixelSpacing, else ImagerPixelSpacing; None if absent / 0."""
+    for sp in (ds.get("PixelSpacing"), ds.get("ImagerPixelSpacing")):
+        try:
+            v = [float(x) for x in sp] if sp is not None else []
+        except (TypeError, ValueError):
+            continue
+        if len(v) == 2 and min(v) > 0:
+            return float((v[0] * v[1]) ** 0.5)
+    return None
+
+
+def _dicom_mapping(path, ds, input_bits: int | None = None) -> DicomMapping:
     ba = int(ds.get("BitsAllocated", 16))
     bs = int(ds.get("BitsStored", ba) or ba)
+    if input_bits is not None:
+        if not 1 <= int(input_bits) <= ba:
+            raise _refuse(path, f"--input-bits {input_bits} does not fit its {ba}-bit samples",
+                          f"pass --input-bits between 1 and {ba}")
+        bs = int(input_bits)
     pr = int(ds.get("PixelRepresentation", 0) or 0)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -88,9 +105,13 @@ def _probe_dicom(path) -> _Header:
         raise _fail(path, "DICOM image without Rows / Columns")
     photo = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     color = int(ds.get("SamplesPerPixel", 1) or 1) > 1 or not photo.startswith("MONOCHROME")
-    return _Header("dicom", str(int(ds.get("BitsAllocated", 16))), (int(ds.Rows),
+    ba = int(ds.get("BitsAllocated", 16))
+    bs = int(ds.get("BitsStored", ba) or ba)
+    return _Header("dicom", str(ba), (int(ds.Rows),
                    int(ds.Columns)), max(1, int(ds.get("NumberOfFrames", 1) or 1)), color,
-                   str(ds.get("Modality", "") or "").strip().upper(), {"ds": ds, "photo": photo})
+                   str(ds.get("Modality", "") or "").strip().upper(),
+                   {"ds": ds, "photo": photo, "spacing_mm": dicom_spacing_mm(ds),
+                    "significant_bits": bs if bs < ba else None})
 
 
 def _modality_ok(mod: str, allow: bool | str | Collection[str]) -> bool:
@@ -181,7 +202,14 @@ def _read_dicom(path, hdr: _Header, frame: int | None):
     else:
         if a.ndim != 2:
             raise _fail(path, f"expected a grayscale DICOM image, got pixel array shape {a.shape}")
-        mapping = _dicom_mapping(path, ds)
+        mapping = _dicom_mapping(path, ds, hdr.extra.get("input_bits"))
+        if hdr.extra.get("input_bits") is not None and mapping.voi == "range":
+            top = int(a.max()) if a.size else 0
+            smin, smax = mapping.stored_range
+            if top > smax:
+                raise _refuse(path, f"it holds stored values up to {top}, more than "
+                              f"--input-bits {mapping.bits_stored} allows ({smax})",
+                              "pass a larger --input-bits or leave it out")
         img = mapping.to_unit(a)
     del ds.PixelData  # the header is what the writer needs
     ppm = None

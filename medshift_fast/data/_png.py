@@ -17,6 +17,8 @@ from ._records import (
     _one_bit_refusal,
     _refuse,
     _rgb_refusal,
+    significant_max,
+    spacing_from_ppm,
 )
 
 
@@ -25,7 +27,7 @@ def _scan_png(path, verify_crc: bool = True) -> dict:
 
     Without ``verify_crc`` only the small header chunks are read; the rest are seeked over.
     """
-    info: dict = {"frames": 1, "ppm": None}
+    info: dict = {"frames": 1, "ppm": None, "sbit": None}
     with open(path, "rb") as fh:
         if fh.read(8) != _PNG_SIG:
             try:
@@ -46,7 +48,7 @@ def _scan_png(path, verify_crc: bool = True) -> dict:
             if n > 2**31 - 1 or not ctype.isalpha():
                 raise _fail(path, f"corrupt PNG chunk header at byte {off}")
             crc, left, data = zlib.crc32(ctype), n, b""
-            keep = ctype in (b"IHDR", b"acTL", b"pHYs")
+            keep = ctype in (b"IHDR", b"acTL", b"pHYs", b"sBIT")
             if not (verify_crc or keep):
                 fh.seek(n, os.SEEK_CUR)
                 left = 0
@@ -73,6 +75,8 @@ def _scan_png(path, verify_crc: bool = True) -> dict:
                 info["frames"] = max(1, struct.unpack(">I", data[:4])[0])
             elif ctype == b"pHYs" and n == 9 and data[8] == 1:  # unit 1 = metre
                 info["ppm"] = tuple(float(v) for v in struct.unpack(">II", data[:8]))
+            elif ctype == b"sBIT" and n >= 1:
+                info["sbit"] = max(data)  # grey: one value; colour: per channel
             elif ctype == b"IDAT":
                 n_idat += 1
             elif ctype == b"IEND":
@@ -89,8 +93,11 @@ def _probe_png(path, verify_crc: bool) -> _Header:
         raise _fail(path, f"invalid PNG header (size {s['width']}x{s['height']}, colour type "
                     f"{ctype})")
     color = ctype in (2, 3, 6)
+    sbit = s["sbit"] if s["sbit"] is not None and not color and s["sbit"] < max(bits, 8) \
+        else None
     return _Header("png", "16" if bits == 16 else "8", (s["height"], s["width"]), s["frames"],
-                   color, extra=s)
+                   color, extra={**s, "sbit": sbit, "significant_bits": sbit,
+                                 "spacing_mm": spacing_from_ppm(s["ppm"])})
 
 
 def _vet_png(path, hdr: _Header, allow_rgb: bool) -> None:
@@ -129,11 +136,20 @@ def _read_png(path, hdr: _Header, frame: int | None):
             img = _luma(a, 65535.0)
         elif hdr.color:
             img = _luma(np.asarray(im.convert("RGB")), 255.0)
-        elif bits16:
-            img = _int_to_unit(np.asarray(im).astype(np.uint16), 16)
-        else:  # grey 2/4/8-bit (Pillow scales 2/4-bit to 0..255), grey+alpha: alpha dropped
-            a = np.asarray(im.convert("L") if im.mode not in ("L", "LA") else im)
-            img = _int_to_unit(a[..., 0] if a.ndim == 3 else a, 8)
+        else:  # grey 16-bit, 2/4/8-bit (Pillow scales 2/4-bit to 0..255), grey+alpha: dropped
+            if bits16:
+                a = np.asarray(im).astype(np.uint16)
+            else:
+                a = np.asarray(im.convert("L") if im.mode not in ("L", "LA") else im)
+                a = a[..., 0] if a.ndim == 3 else a
+            b = 16 if bits16 else 8
+            m, used = significant_max(int(a.max()) if a.size else 0, b, hdr.extra.get("sbit"),
+                                      hdr.extra.get("input_bits"), path)
+            img = _int_to_unit(a, b, m)
+            bits = 16 if bits16 else 8
+            return img, dict(bits=bits, dtype=f"uint{bits}", pixels_per_metre=hdr.extra["ppm"],
+                             sample_max=m if used is not None else None,
+                             sbit=hdr.extra.get("sbit"))
     bits = 16 if bits16 else 8
     return img, dict(bits=bits, dtype=f"uint{bits}", pixels_per_metre=hdr.extra["ppm"])
 

@@ -40,6 +40,10 @@ class ImageInfo:
         frames: frames (DICOM NumberOfFrames, TIFF pages, APNG frames) in the file.
         color: the file holds colour (RGB / RGBA / palette / YBR) samples.
         modality: the DICOM Modality ("" when missing); None for PNG / TIFF.
+        spacing_mm: the pixel spacing the file declares (DICOM PixelSpacing /
+            ImagerPixelSpacing, PNG pHYs, TIFF resolution; the mean of the two axes), else None.
+        significant_bits: the significant bits the file declares for its integer samples (PNG
+            sBIT, TIFF BitsPerSample / SMaxSampleValue, DICOM BitsStored), else None.
     """
 
     format: str
@@ -48,6 +52,8 @@ class ImageInfo:
     frames: int = 1
     color: bool = False
     modality: str | None = None
+    spacing_mm: float | None = None
+    significant_bits: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,11 @@ class ImageSource:
         transfer_syntax: DICOM transfer syntax UID of the input, None otherwise.
         mapping: DICOM only: the exact forward intensity map applied (:class:`DicomMapping`).
         dataset: DICOM only: the input's pydicom Dataset without its pixel data.
+        sample_max: PNG / TIFF integers: the sample value mapped to +1 (``2**b - 1`` for the
+            significant bits b used; None = the container's maximum).
+        sbit: PNG only: the sBIT value the file declared (written back), else None.
+        smax_tag: TIFF only: the SMaxSampleValue to write back (declared, or the maximum of a
+            BitsPerSample < container file), else None.
     """
 
     path: Path
@@ -142,6 +153,14 @@ class ImageSource:
     transfer_syntax: str | None = None
     mapping: DicomMapping | None = None
     dataset: Any = field(default=None, compare=False, repr=False)
+    sample_max: float | None = None
+    sbit: int | None = None
+    smax_tag: int | None = None
+
+    @property
+    def spacing_mm(self) -> float | None:
+        """The pixel spacing in mm (mean of the two axes) if the file declares one."""
+        return spacing_from_ppm(self.pixels_per_metre)
 
 
 @dataclass
@@ -185,7 +204,50 @@ def _luma(rgb: np.ndarray, maxval: float) -> np.ndarray:
     return (y * 2.0 - 1.0).astype(np.float32)
 
 
-def _int_to_unit(a: np.ndarray, bits: int) -> np.ndarray:
-    return (a.astype(np.float64) * (2.0 / (2**bits - 1)) - 1.0).astype(np.float32)
+def _int_to_unit(a: np.ndarray, bits: int, maxval: float | None = None) -> np.ndarray:
+    """Unsigned integers -> [-1, 1]: 0 -> -1, ``maxval`` (default ``2**bits - 1``) -> +1."""
+    m = float(2**bits - 1 if maxval is None else maxval)
+    out = a.astype(np.float32)
+    out *= np.float32(2.0 / m)
+    out -= np.float32(1.0)
+    return out
+
+
+def spacing_from_ppm(ppm) -> float | None:
+    """(x, y) pixels per metre -> mean pixel spacing in mm (None when unknown or invalid)."""
+    if not ppm:
+        return None
+    try:
+        vals = [1000.0 / float(v) for v in ppm if float(v) > 0]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if len(vals) != 2 or not all(np.isfinite(vals)):
+        return None
+    return float(np.sqrt(vals[0] * vals[1]))
+
+
+def significant_max(sample_max_data: int, container_bits: int, declared: int | None,
+                    override: int | None, path) -> tuple[float, int | None]:
+    """The sample value mapped to +1 for integer PNG / TIFF samples, and the bits it means.
+
+    ``override`` (``input_bits``) wins: values above ``2**b - 1`` are an error. A declared
+    depth b < container (PNG sBIT, TIFF BitsPerSample / SMaxSampleValue) is used when the data
+    fit in b bits (PNG's spec scales such samples up to the container; files that do not, and
+    fit in b bits, are mapped by b); otherwise the container's full range.
+    """
+    if override is not None:
+        b = int(override)
+        if not 1 <= b <= container_bits:
+            raise _refuse(path, f"--input-bits {b} does not fit its {container_bits}-bit "
+                          "samples", f"pass --input-bits between 1 and {container_bits}")
+        if sample_max_data > 2**b - 1:
+            raise _refuse(path, f"it holds values up to {sample_max_data}, more than "
+                          f"--input-bits {b} allows ({2**b - 1})", "pass a larger --input-bits "
+                          "or leave it out")
+        return float(2**b - 1), b
+    if declared is not None and 1 <= declared < container_bits \
+            and sample_max_data <= 2**declared - 1:
+        return float(2**declared - 1), int(declared)
+    return float(2**container_bits - 1), None
 
 

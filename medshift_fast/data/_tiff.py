@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._records import _fail, _Header, _int_to_unit, _luma, _one_bit_refusal, _refuse, _rgb_refusal
+from ._records import (
+    _fail,
+    _Header,
+    _int_to_unit,
+    _luma,
+    _one_bit_refusal,
+    _refuse,
+    _rgb_refusal,
+    significant_max,
+    spacing_from_ppm,
+)
 
 
 def _probe_tiff(path) -> _Header:
@@ -17,8 +27,16 @@ def _probe_tiff(path) -> _Header:
         p = pages[0]
         photo = int(p.photometric)
         dt = np.dtype(p.dtype) if p.dtype is not None else np.dtype(np.uint8)
+        smax = p.tags["SMaxSampleValue"].value if "SMaxSampleValue" in p.tags else None
+        if isinstance(smax, (tuple, list)):
+            smax = max(smax) if smax else None
         extra = {"photometric": photo, "bps": int(p.bitspersample), "dtype": dt,
-                 "depth3d": int(getattr(p, "imagedepth", 1) or 1), "ppm": _tiff_ppm(p)}
+                 "depth3d": int(getattr(p, "imagedepth", 1) or 1), "ppm": _tiff_ppm(p),
+                 "smax": None if smax is None else int(smax)}
+        if dt.kind == "u":
+            extra["significant_bits"] = _declared_bits(extra["bps"], extra["smax"],
+                                                       dt.itemsize * 8)
+        extra["spacing_mm"] = spacing_from_ppm(extra["ppm"])
         depth = "float" if dt.kind == "f" else "1" if dt.kind == "b" else str(dt.itemsize * 8)
         return _Header("tiff", depth, (int(p.imagelength), int(p.imagewidth)), len(pages),
                        photo in (2, 3, 6), extra=extra)
@@ -93,8 +111,24 @@ def _read_tiff(path, hdr: _Header, frame: int | None):
     elif dt.kind == "i":  # signed: offset to unsigned of the same width
         img = _int_to_unit(a.astype(np.int64) - np.iinfo(dt).min, dt.itemsize * 8)
     else:
-        img = _int_to_unit(a, dt.itemsize * 8)
+        cbits = dt.itemsize * 8
+        declared = _declared_bits(bps, hdr.extra.get("smax"), cbits)
+        m, used = significant_max(int(a.max()) if a.size else 0, cbits, declared,
+                                  hdr.extra.get("input_bits"), path)
+        img = _int_to_unit(a, cbits, m)
+        if used is not None:
+            out.update(sample_max=m, smax_tag=int(m))
     img = -img if invert else img
     return img, dict(out, bits=dt.itemsize * 8, dtype=dt.name, invert=invert)
+
+
+def _declared_bits(bps: int, smax: int | None, container: int) -> int | None:
+    """Significant bits a TIFF declares: BitsPerSample below the container's (12-bit data in
+    uint16), else the bits of SMaxSampleValue when it is below the container's maximum."""
+    if 1 <= bps < container:
+        return int(bps)
+    if smax is not None and 0 < smax < 2**container - 1:
+        return int(smax).bit_length()
+    return None
 
 

@@ -10,8 +10,9 @@ network, ``fit.apply(img)`` does it and ``fit.restore(y)`` maps the network's ou
   and, the U-Net being fully convolutional, the whole rectangle is translated (edge-padded up to
   a multiple of the network's factor), so no part of the input is cut off; restore crops the
   padding and resizes back.
-* ``size="native"``: no resizing at all, only the edge padding to a multiple of the factor
-  (memory grows with the image: attention at 1/4 resolution is quadratic in its token count).
+* ``size="native"``: the input's own grid (or ``shape``: a resampled grid, e.g. the pixel
+  spacing a model learned), only edge-padded to a multiple of the factor; the Translator tiles
+  large grids, so memory stays flat.
 
 Resizing is bilinear with antialiasing (as ``dataset.fit_square``).
 """
@@ -88,7 +89,7 @@ class Fit:
 
 
 def plan_fit(src: tuple[int, int], size: int | str | None, resize: str = "crop",
-             factor: int = 1) -> Fit:
+             factor: int = 1, shape: tuple[int, int] | None = None) -> Fit:
     """The geometry for an input of shape ``src`` (see the module docstring).
 
     Args:
@@ -97,6 +98,7 @@ def plan_fit(src: tuple[int, int], size: int | str | None, resize: str = "crop",
         resize: "crop" (short side -> S, whole rectangle) or "pad" (long side -> S, padded to
             S x S with -1).
         factor: the working shape must be a multiple of it (U-Net and codec downsampling).
+        shape: with ``size="native"``: the (h, w) grid to resample to first (default: src).
 
     Raises:
         MedShiftError: a bad size or mode.
@@ -107,7 +109,7 @@ def plan_fit(src: tuple[int, int], size: int | str | None, resize: str = "crop",
     if resize not in RESIZE_MODES:
         raise MedShiftError(f"unknown resize mode {resize!r}; choose crop or pad")
     if size == "native":
-        h, w = hh, ww
+        h, w = (hh, ww) if shape is None else (max(1, int(shape[0])), max(1, int(shape[1])))
         value = None
         ph, pw = _up(h, factor) - h, _up(w, factor) - w
         return Fit((hh, ww), (h, w), (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2), value)

@@ -112,9 +112,19 @@ def _check_img(img, source: ImageSource | None, path) -> np.ndarray:
     return a
 
 
-def _quantise(a: np.ndarray, bits: int) -> np.ndarray:
-    """[-1, 1] -> unsigned ``bits``-bit integers, as ``data.io.to_uint16`` for 16 bits."""
-    return np.rint((np.clip(a, -1.0, 1.0) + 1.0) * ((2.0**bits - 1) / 2)).astype(f"<u{bits // 8}")
+def _quantise(a: np.ndarray, bits: int, maxval: float | None = None) -> np.ndarray:
+    """[-1, 1] -> unsigned ``bits``-bit integers 0..``maxval`` (default ``2**bits - 1``), as
+    ``data.io.to_uint16`` for 16 bits."""
+    m = float(2.0**bits - 1 if maxval is None else maxval)
+    return np.rint((np.clip(a, -1.0, 1.0) + 1.0) * (m / 2)).astype(f"<u{bits // 8}")
+
+
+def _sample_max(source: ImageSource | None, bits: int) -> float | None:
+    """The sample value +1 maps to: the source's significant maximum when it is written back
+    at the source's own depth (12-bit data in a 16-bit PNG / TIFF stays 12-bit), else None."""
+    if source is None or source.format == "dicom" or getattr(source, "sample_max", None) is None:
+        return None
+    return float(source.sample_max) if source.bits == bits else None
 
 
 def _depth(source: ImageSource | None) -> int:
@@ -152,8 +162,12 @@ def _write_png(path, a, source, text: str, exclusive: bool) -> Path:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    q = _quantise(a, _depth(source))
+    bits = _depth(source)
+    q = _quantise(a, bits, _sample_max(source, bits))
     info = PngInfo()
+    sbit = getattr(source, "sbit", None) if source is not None and source.format == "png" else None
+    if sbit is not None and source.bits == bits:
+        info.add(b"sBIT", bytes([int(sbit)]))  # the declared significant bits, kept
     info.add_text("Software", "medshift_fast")
     info.add_text("Description", text)
     kw: dict = {}
@@ -170,7 +184,9 @@ def _write_tiff(path, a, source, text: str, exclusive: bool) -> Path:
 
     bits = _depth(source)
     invert = source is not None and source.format == "tiff" and source.invert
-    q = _quantise(-a if invert else a, bits)
+    smax = _sample_max(source, bits)
+    q = _quantise(-a if invert else a, bits, smax)
+    extratags = [] if smax is None else [(341, "H", 1, int(smax), False)]  # SMaxSampleValue
     if source is not None and source.format == "tiff" and source.dtype.startswith("int"):
         q = (q.astype(np.int64) - 2 ** (bits - 1)).astype(f"<i{bits // 8}")  # signed as read
     kw: dict = {}
@@ -180,7 +196,8 @@ def _write_tiff(path, a, source, text: str, exclusive: bool) -> Path:
 
     def w(tmp: str) -> None:
         tifffile.imwrite(tmp, q, photometric="miniswhite" if invert else "minisblack",
-                         description=text, software="medshift_fast", metadata=None, **kw)
+                         description=text, software="medshift_fast", metadata=None,
+                         extratags=extratags, **kw)
 
     return atomic_write(path, w, exclusive)
 

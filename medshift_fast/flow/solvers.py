@@ -144,6 +144,29 @@ def run_step(program: tuple[StageOp, ...], field, stage, x, t: float, dt: float,
     raise MedShiftError("a solver program must end with its last stage")  # pragma: no cover
 
 
+class PerSampleGenerators:
+    """One CPU generator per batch element: the noise of element i is drawn from its own
+    generator, as ``torch.randn(shape[1:], generator=g_i)``, so it does not depend on which
+    other elements share the batch (translate_files seeds each from --seed and the file)."""
+
+    def __init__(self, gens) -> None:
+        self.gens = list(gens)
+
+    def __len__(self) -> int:
+        return len(self.gens)
+
+
+def randn(shape, generator=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """CPU standard normal noise of ``shape`` from a generator or ``PerSampleGenerators``."""
+    if isinstance(generator, PerSampleGenerators):
+        if len(generator) != shape[0]:
+            raise MedShiftError(f"{len(generator)} per-image generators for a batch of "
+                                f"{shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype)
+                            for g in generator.gens])
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype)
+
+
 def _torch_stage(base, vc, vu, w, h, acc, c):
     return ops.guided_stage(base, vc, vu, w, h, acc=acc, c=c)
 
@@ -224,7 +247,7 @@ def integrate_sde(field: Field, x: torch.Tensor, t0: float, t1: float, steps: in
             x = x + dt * v
             continue
         drift = v + noise * (1.0 - t) * (t * v - x)
-        dw = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+        dw = randn(x.shape, generator)
         x = x + dt * drift + math.sqrt(2.0 * noise * dt) * (1.0 - t) * dw.to(x.device, x.dtype)
     return x
 

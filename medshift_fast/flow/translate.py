@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import MedShiftError
 from .guidance import make_field
 from .paths import sb_sample_xt
-from .solvers import check_solver, integrate, integrate_sde
+from .solvers import check_solver, integrate, integrate_sde, randn
 
 
 def _labels(y, b: int, device, num_classes: int, what: str) -> torch.Tensor:
@@ -154,8 +154,8 @@ def sdedit(
 ) -> torch.Tensor:
     """SDEdit-style baseline: noise the source to tau along the path (fresh x_0), then decode."""
     _check_x(model, x, "sdedit")
-    x0 = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-    z = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if sigma > 0 else None
+    x0 = randn(x.shape, generator).to(x.device, x.dtype)
+    z = randn(x.shape, generator).to(x.device, x.dtype) if sigma > 0 else None
     t = torch.full((x.shape[0],), float(tau), device=x.device)
     xt = sb_sample_xt(x0, x, t, sigma, z)
     return decode(model, xt, target, tau, guidance, steps, solver)

@@ -30,6 +30,9 @@ class UNetConfig:
         channel_mult: width multiplier per resolution level.
         num_res_blocks: residual blocks per level.
         attention_ds: downsampling factors (1, 2, 4, ...) that get self-attention.
+        mid_attention: self-attention in the middle block (False with ``attention_ds=()``: a
+            purely local network, whose tiled translation equals the whole-image one up to
+            GroupNorm statistics).
         head_channels: channels per attention head.
         dropout: dropout inside residual blocks.
         image_size: nominal training size (informative; any size divisible by 2**(levels-1) works).
@@ -41,6 +44,7 @@ class UNetConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
     attention_ds: tuple[int, ...] = (4,)
+    mid_attention: bool = True
     head_channels: int = 32
     dropout: float = 0.0
     image_size: int = 64
@@ -210,11 +214,9 @@ class UNet(nn.Module):
                 skips.append(cur)
                 ds *= 2
         self.mid = nn.ModuleList(
-            [
-                ResBlock(cur, cur, emb_dim, cfg.dropout),
-                AttentionBlock(cur, cfg.head_channels),
-                ResBlock(cur, cur, emb_dim, cfg.dropout),
-            ]
+            [ResBlock(cur, cur, emb_dim, cfg.dropout)]
+            + ([AttentionBlock(cur, cfg.head_channels)] if cfg.mid_attention else [])
+            + [ResBlock(cur, cur, emb_dim, cfg.dropout)]
         )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):

@@ -30,7 +30,8 @@ class TrainConfig(LoopConfig):
         data: dataset root (ROOT/<domain>/*.png|tif|dcm [+ manifest.csv]).
         preset: model preset (tiny | small | base).
         model_channels: base width instead of the preset's.
-        image_size: training resolution in pixels (images are resized/cropped to it).
+        image_size: training resolution in pixels (images are resized/cropped to it; with
+            ``native``, set to the crop).
         domains: comma-separated domain names to train on, label order (default: all found).
         domain_map: FOLDER=DOMAIN,... renames/merges dataset folders (or manifest domains)
             into domains (data.parse_domain_map); default: folder names as they are.
@@ -42,6 +43,11 @@ class TrainConfig(LoopConfig):
             U-Net is fully convolutional, so a model trained on crops translates whole images;
             a translation keeps the source's layout, so local appearance is what it must learn
             (cf. Patch Diffusion). Must divide by the U-Net's downsampling factor.
+        native: train on random crop x crop windows of each image's OWN pixel grid (no
+            resizing to image_size; needs --crop, pixel space): images are decoded from the
+            files as they are drawn (data mode stream; use --num-workers), never all held in
+            memory; the run records the native scale (and the pixel spacing when the files
+            declare one), so ``translate`` works on an input's own grid by default.
         batch_size: images per optimizer step, summed over ranks and accumulation micro-steps
             (the OT coupling is solved over batch_size / grad_accum images at a time).
         balanced: class-balanced sampling (every domain equally often) instead of epochs of
@@ -79,6 +85,7 @@ class TrainConfig(LoopConfig):
     skip_bad: bool = False
     resize: str = "crop"
     crop: int | None = None
+    native: bool = False
     balanced: bool = False
     sigma: float = 0.1
     coupling: str = "sinkhorn"
@@ -114,11 +121,17 @@ class TrainConfig(LoopConfig):
              "val_images/sample_steps/sample_images must be >= 1"),
             (not (self.latent and self.latent_diffusers),
              "pass either latent or latent_diffusers, not both"),
+            (not self.native or self.crop is not None,
+             "native training needs --crop N (the window side in pixels)"),
+            (not self.native or not (self.latent or self.latent_diffusers),
+             "native training runs in pixel space; leave out --latent"),
         ]
 
     def __post_init__(self) -> None:
         if self.domains is not None:
             object.__setattr__(self, "domains", tuple(self.domains))
+        if self.native and self.crop is not None:
+            object.__setattr__(self, "image_size", int(self.crop))
         super().__post_init__()
 
     @classmethod

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import MedShiftError
 from .distributed import DistInfo
@@ -132,14 +133,80 @@ class MemorySource:
 
 
 class _RankBatches(torch.utils.data.Sampler):
-    def __init__(self, stream: IndexStream, info: DistInfo, start: int) -> None:
-        self.stream, self.info, self.start = stream, info, start
+    """This rank's indices of micro-batch m, m = start, start + 1, ...; ``keyed``: each as
+    (index, global position m B_g + r b + j), for datasets whose item depends on the draw
+    (:class:`NativeCrops`: the crop window)."""
+
+    def __init__(self, stream: IndexStream, info: DistInfo, start: int,
+                 keyed: bool = False) -> None:
+        self.stream, self.info, self.start, self.keyed = stream, info, start, keyed
 
     def __iter__(self):
         m = self.start
+        b = self.stream.batch // self.info.world
         while True:
-            yield self.stream.rank_batch(m, self.info).tolist()
+            idx = self.stream.rank_batch(m, self.info).tolist()
+            if self.keyed:
+                base = m * self.stream.batch + self.info.rank * b
+                idx = [(i, base + j) for j, i in enumerate(idx)]
+            yield idx
             m += 1
+
+
+class NativeCrops(torch.utils.data.Dataset):
+    """Random crop x crop windows of each image's own pixel grid, decoded from the files.
+
+    ``ds[(i, position)] -> ((1, crop, crop) float32, label)``: the window of image i is drawn
+    from a generator seeded by (seed, position), the draw's global position in the index
+    stream, so the data are a pure function of the micro-batch counter (exact resume, the same
+    windows on every rank count). Images are decoded when drawn (a small per-process LRU cache
+    of decoded images, ``cache_bytes``), never all held in memory; a side smaller than the crop
+    is padded with air (-1).
+
+    Args:
+        ds: a native-size ``FolderDataset`` (``size=None``).
+        crop: window side in pixels.
+        seed: the run's seed.
+        cache_bytes: decoded images kept per process.
+    """
+
+    def __init__(self, ds, crop: int, seed: int, cache_bytes: int = 256 << 20) -> None:
+        self.ds, self.crop, self.seed, self.cache_bytes = ds, int(crop), int(seed), cache_bytes
+        self.labels = ds.labels
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def image(self, i: int) -> torch.Tensor:
+        x = self._cache.pop(i, None)
+        if x is None:
+            x = self.ds[i][0]
+            while self._cache and sum(v.numel() * 4 for v in self._cache.values()) \
+                    + x.numel() * 4 > self.cache_bytes:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[i] = x  # most recent last
+        return x
+
+    def window(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        c = self.crop
+        h, w = x.shape[-2:]
+        if h < c or w < c:
+            ph, pw = max(0, c - h), max(0, c - w)
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=-1.0)
+            h, w = x.shape[-2:]
+        if g is None:  # the centre (validation)
+            oy, ox = (h - c) // 2, (w - c) // 2
+        else:
+            oy = int(torch.randint(0, h - c + 1, (1,), generator=g))
+            ox = int(torch.randint(0, w - c + 1, (1,), generator=g))
+        return x[..., oy:oy + c, ox:ox + c].clone()
+
+    def __getitem__(self, key):
+        i, pos = key if isinstance(key, tuple) else (key, None)
+        i = int(i)
+        g = None if pos is None else torch.Generator().manual_seed(_mix(self.seed, 3, int(pos)))
+        return self.window(self.image(i), g), int(self.labels[i])
 
 
 class StreamSource:
@@ -154,8 +221,10 @@ class StreamSource:
     def __init__(self, dataset, stream: IndexStream, info: DistInfo, num_workers: int,
                  start: int, encode=None) -> None:
         self.info, self.encode, self.next_m = info, encode, start
+        keyed = isinstance(dataset, NativeCrops)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=_RankBatches(stream, info, start), num_workers=num_workers,
+            dataset, batch_sampler=_RankBatches(stream, info, start, keyed),
+            num_workers=num_workers,
             pin_memory=info.device.type == "cuda", persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None)
         self._it = iter(self.loader)
@@ -189,8 +258,9 @@ def open_split(cfg, split: str, domains=None):
     kw = dict(domains=domains if domains is not None else cfg.domains,
               domain_map=getattr(cfg, "domain_map", None))
     extra = dict(skip_bad=getattr(cfg, "skip_bad", False), resize=getattr(cfg, "resize", "crop"))
+    size = None if getattr(cfg, "native", False) else cfg.image_size
     try:
-        return FolderDataset(cfg.data, size=cfg.image_size, split=split, **kw, **extra)
+        return FolderDataset(cfg.data, size=size, split=split, **kw, **extra)
     except MedShiftError as err:
         if split == "train":
             raise
@@ -227,12 +297,25 @@ def _split_exists(root, split: str, domain_map) -> bool:
 
 
 def choose_mode(cfg, n_images: int, channels: int = 1) -> str:
+    if getattr(cfg, "native", False):
+        if cfg.data_mode == "memory":
+            raise MedShiftError("--native trains on crops decoded from the files as they are "
+                                "drawn: use --data-mode stream (or auto)")
+        return "stream"
     if cfg.data_mode != "auto":
         return cfg.data_mode
     nbytes = n_images * channels * cfg.image_size**2 * 4
     if cfg.num_workers > 0 or nbytes > MEMORY_LIMIT_BYTES:
         return "stream"
     return "memory"
+
+
+def _val_image(cfg, ds, i: int) -> torch.Tensor:
+    """Validation image i: the image itself, or (native runs) its centre crop window."""
+    if not getattr(cfg, "native", False):
+        return ds[i][0]
+    nat = ds if isinstance(ds, NativeCrops) else NativeCrops(ds, cfg.crop, cfg.seed, 0)
+    return nat.window(nat.ds[i][0] if isinstance(ds, NativeCrops) else ds[i][0], None)
 
 
 @torch.no_grad()
@@ -291,18 +374,74 @@ def prepare_data(cfg, codec, info: DistInfo, data=None, val_data=None) -> TrainD
         ds = open_split(cfg, "train")
         domains, y = tuple(ds.domains), ds.labels
         mode = choose_mode(cfg, len(ds))
+        if getattr(cfg, "native", False):
+            ds = NativeCrops(ds, cfg.crop, cfg.seed)
         x = ds.to_tensors()[0] if mode == "memory" else None
         va = open_split(cfg, "val", domains)
         if va is not None:
             keep = pick_balanced(va.labels, cfg.val_images)
-            xv, yv = torch.stack([va[int(i)][0] for i in keep]), va.labels[keep]
+            xv, yv = torch.stack([_val_image(cfg, va, int(i)) for i in keep]), va.labels[keep]
         else:
             log.warning("no usable val split: validating on a fixed subset of the train set")
     if xv is None:
         keep = pick_balanced(y, cfg.val_images)
-        xv = x[keep] if x is not None else torch.stack([ds[int(i)][0] for i in keep])
+        xv = x[keep] if x is not None else torch.stack([_val_image(cfg, ds, int(i))
+                                                        for i in keep])
         yv = y[keep]
     xm = encode_all(codec, x.float(), info.device) if x is not None else None
     return TrainData(domains, mode, xm, y, ds,
                      IndexStream(len(y), cfg.micro_batch, cfg.seed, y, cfg.balanced),
                      xv.float(), yv.long(), encode_all(codec, xv.float(), info.device))
+
+
+def learned_record(cfg, td: TrainData, max_per_domain: int = 16) -> dict:
+    """What the run learns about its inputs (``learned.record``): the pixel scale and, per
+    domain, the containers, declared bits and percentiles of the mapped training images.
+
+    Up to ``max_per_domain`` images per domain (evenly spread) are decoded for the percentiles
+    (native images: at their full size, pixels subsampled); the file headers of all of them
+    give the containers and bits, and (native runs) the pixel spacing: the median of the files
+    that declare one, when at least half do.
+    """
+    from collections import Counter
+
+    from ..data.io import probe_image
+    from ..learned import domain_stats, record
+
+    native = bool(getattr(cfg, "native", False))
+    ds = td.dataset.ds if isinstance(td.dataset, NativeCrops) else td.dataset
+    per: dict[str, dict] = {}
+    spacings: list[float] = []
+    n_files = 0
+    for lab, dom in enumerate(td.domains):
+        idx = torch.nonzero(td.y == lab).flatten().tolist()
+        pick = idx[:: max(1, len(idx) // max_per_domain)][:max_per_domain]
+        if ds is None:  # in-memory data handed to the trainer
+            imgs = [td.x[i] for i in pick] if td.x is not None else []
+            per[dom] = domain_stats(imgs)
+            continue
+        imgs, containers, bits = [], Counter(), Counter()
+        for i in pick:
+            smp = ds.samples[i]
+            info = probe_image(smp.path)
+            containers[f"{info.format}:{info.depth}"] += 1
+            if info.significant_bits:
+                bits[str(info.significant_bits)] += 1
+            imgs.append(ds.load(i) if native else ds[i][0])
+        per[dom] = domain_stats(imgs, dict(containers), dict(bits))
+    if native and ds is not None:
+        for smp in ds.samples:
+            n_files += 1
+            sp = probe_image(smp.path).spacing_mm
+            if sp is not None:
+                spacings.append(sp)
+    spacing = None
+    if native and spacings and len(spacings) * 2 >= max(1, n_files):
+        spacing = float(torch.tensor(spacings).median())
+        lo, hi = min(spacings), max(spacings)
+        if hi > 2 * lo:
+            log.warning("training pixel spacings range %.3g-%.3g mm (> 2x): the model learns "
+                        "textures at mixed scales", lo, hi)
+    kind = "image_size" if not native else ("spacing" if spacing else "native")
+    size = int(cfg.crop) if native else int(cfg.image_size)
+    return record(kind, size, spacing, size, per)
