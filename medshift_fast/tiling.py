@@ -189,8 +189,8 @@ def tiled_apply(fn: Callable[..., torch.Tensor], x: torch.Tensor, args: Sequence
     for j in range(0, len(jobs), tile_batch):
         chunk = jobs[j:j + tile_batch]
         tiles = torch.stack([x[i, :, y0:y0 + th, x0:x0 + tw] for i, _, y0, x0 in chunk])
-        idx = torch.tensor([i for i, _, _, _ in chunk], device=x.device)
-        targs = [a if a is None else a[idx] for a in args]
+        # per-tile arguments by views + stack (no host-to-device index copy: CUDA-graph safe)
+        targs = [a if a is None else torch.stack([a[i] for i, _, _, _ in chunk]) for a in args]
         n = len(chunk)
         if static_batch and n < tile_batch:
             pad = tile_batch - n

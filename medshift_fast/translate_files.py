@@ -224,7 +224,6 @@ def _collect(inputs, out: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Pat
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            check_not_inside(out, [("input folder", p)], command="translate")
             found, skipped = find_images(p)
             if not found:
                 why = f" ({len(skipped)} other file(s), e.g. {skipped[0][0].name}: " \
@@ -287,8 +286,9 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     """Translate ``cfg.inputs`` into ``cfg.out`` (see the module docstring).
 
     Under ``torchrun`` (WORLD_SIZE > 1) every rank plans all inputs, translates its own share
-    (inputs k with k % world == rank: disjoint, deterministic), writes its outputs and a partial
-    manifest; rank 0 merges the partial manifests into one at the end. A rank that fails
+    (batch j of the one-process run's batches when j % world == rank: disjoint, deterministic,
+    the same bytes), writes its outputs and a partial manifest; rank 0 merges the partial
+    manifests into one at the end. A rank that fails
     mid-run records it and still takes part in the merge, so the others' outputs are complete
     and listed.
     """
@@ -300,6 +300,8 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     from .run import load_run, resolve_device
     from .translator import Translator
 
+    check_not_inside(cfg.out, [("input folder", p) for p in cfg.inputs if Path(p).is_dir()],
+                     command="translate")  # before the folder is made
     shard = _Shard.from_env()
     out = check_writable_dir(cfg.out)
     dev = shard.device(resolve_device(cfg.device))
@@ -374,29 +376,31 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     if shard.is_main:
         for p, why in left:
             manifest.add(p, None, "skipped", why)
-    mine = [item for k, item in enumerate(plan) if k % shard.world == shard.rank]
-    # 2. translate in batches of one working shape, write as soon as a batch is done
+    # 2. batches of one working shape (the same batches whatever the number of ranks: a
+    # rank translates every world-th batch, so each image is computed exactly as alone)
+    groups: dict[tuple[int, int], list] = {}
+    for item in plan:
+        groups.setdefault(item[3].shape, []).append(item)
+    steps = shard.common({shape: max(1, min(cfg.batch_size, tr.plan(
+        (len(items), tr.image_channels, *shape), io_bytes=_io_bytes(shape)).images))
+        for shape, items in groups.items()})
+    batches = [items[k:k + steps[shape]] for shape, items in groups.items()
+               for k in range(0, len(items), steps[shape])]
+    mine = [b for j, b in enumerate(batches) if j % shard.world == shard.rank]
     derivation = {"model": desc["run"], "tau": desc["tau"], "source": desc["source_domain"],
                   "target": desc["target_domain"], "version": __version__,
                   "settings": {k: desc[k] for k in ("guidance_encode", "guidance_decode",
                                                     "steps", "solver", "decode")},
                   "tiles": tiles}
-    groups: dict[tuple[int, int], list] = {}
-    for item in mine:
-        groups.setdefault(item[3].shape, []).append(item)
-    bar = tqdm(total=len(mine), disable=not cfg.progress or not shard.is_main, desc="translate",
-               unit="img")
+    bar = tqdm(total=sum(map(len, mine)), disable=not cfg.progress or not shard.is_main,
+               desc="translate", unit="img")
     failure = None
     try:
         with ctx:
-            for shape, items in groups.items():
-                step = max(1, min(cfg.batch_size, tr.plan((len(items), tr.image_channels, *shape),
-                                                          io_bytes=_io_bytes(shape)).images))
-                for k in range(0, len(items), step):
-                    _batch(items[k:k + step], tr, cfg, opts, derivation, series, summary,
-                           manifest)
-                    manifest.write()
-                    bar.update(len(items[k:k + step]))
+            for items in mine:  # written as soon as its batch is done
+                _batch(items, tr, cfg, opts, derivation, series, summary, manifest)
+                manifest.write()
+                bar.update(len(items))
     except (MedShiftError, OSError) as exc:
         if not shard.enabled:
             raise
@@ -481,8 +485,8 @@ class _Shard:
             return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
         return dev
 
-    def common(self, value: str) -> str:
-        """Rank 0's value on every rank (the run id, the series UID)."""
+    def common(self, value):
+        """Rank 0's value on every rank (the run id, the series UID, the batch sizes)."""
         if not self.enabled:
             return value
         import torch.distributed as dist

@@ -224,6 +224,7 @@ class Translator:
         self.tile_batch = None if tile_batch is None else int(tile_batch)
         self.max_memory = None if max_memory is None else memory.parse_bytes(max_memory)
         self.last_plan: memory.MemoryPlan | None = None
+        self._plans: dict[tuple, memory.MemoryPlan] = {}
 
     def _resolve_tile(self, tile, overlap) -> tuple[int | None, int]:
         f = self.factor
@@ -421,7 +422,13 @@ class Translator:
         if generators is not None and len(generators) != x.shape[0]:
             raise MedShiftError(f"Translator.translate: {len(generators)} generators for "
                                 f"{x.shape[0]} images")
-        plan = self.plan(tuple(x.shape))
+        key = tuple(x.shape)
+        plan = self._plans.get(key)
+        if plan is None:  # planned once per shape (a stream of frames is planned once)
+            plan = self.plan(key)
+            if len(self._plans) >= 16:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = plan
         self.last_plan = plan
         f = self.factor
         ph, pw = -(-h // f) * f - h, -(-w // f) * f - w
@@ -508,5 +515,9 @@ class Translator:
         """The preallocated Sampler this translator uses for model-space batches of ``shape``."""
         if self.mode == "eager":
             raise MedShiftError("an eager Translator has no Sampler; use mode='fused'")
-        return self._sampler(tuple(int(v) for v in shape))
+        shape = tuple(int(v) for v in shape)
+        cf = int(self.codec.factor)
+        px = (shape[0], self.image_channels, shape[2] * cf, shape[3] * cf)
+        plan = self._plans.get(px) or self.plan(px)
+        return self._sampler(shape, plan.tile_batch)
 

@@ -15,7 +15,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import os
+
     from ..translate_files import TranslateConfig, translate_files
 
-    print(translate_files(config_from_args(TranslateConfig, args)))
+    summary = translate_files(config_from_args(TranslateConfig, args))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # torchrun: one summary (rank 0 merged)
+        print(summary)
     return 0
