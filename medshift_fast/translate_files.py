@@ -42,9 +42,7 @@ not depend on what else is in the folder.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 import sys
 import time
@@ -57,7 +55,8 @@ from .data.geometry import RESIZE_MODES, plan_fit
 from .data.io import find_images, probe_image, read_image
 from .data.writers import new_series_uid, output_suffix, write_image
 from .errors import MedShiftError
-from .fileio import atomic_write_text, check_not_inside, check_writable_dir
+from .fileio import check_not_inside, check_writable_dir
+from .translate_manifest import Manifest, Shard
 from .translator import MODES, TranslateOptions
 
 __all__ = ["TranslateConfig", "TranslateSummary", "translate_files"]
@@ -254,27 +253,6 @@ def _run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(2).hex()
 
 
-class _Manifest:
-    COLS = ["input", "output", "status", "reason", "source", "target", "tau", "guidance_encode",
-            "guidance_decode", "steps", "solver", "decode", "seed", "working_size", "scale",
-            "tiles", "resize", "run", "run_id", "series_uid", "version"]
-
-    def __init__(self, path: Path, common: dict) -> None:
-        self.path, self.common, self.rows = path, common, []
-
-    def add(self, inp, out, status: str, reason: str = "", **per_image) -> None:
-        self.rows.append({**self.common, "input": str(inp),
-                          "output": "" if out is None else str(out), "status": status,
-                          "reason": " ".join(str(reason).split()), **per_image})
-
-    def write(self, path: Path | None = None) -> None:
-        buf = io.StringIO()
-        wr = csv.DictWriter(buf, fieldnames=self.COLS, extrasaction="ignore")
-        wr.writeheader()
-        wr.writerows(self.rows)
-        atomic_write_text(path or self.path, buf.getvalue())
-
-
 def _suffix(cfg: TranslateConfig, info, f: Path) -> str:
     if cfg.out_format != "same":
         return output_suffix(cfg.out_format, None)
@@ -302,7 +280,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
 
     check_not_inside(cfg.out, [("input folder", p) for p in cfg.inputs if Path(p).is_dir()],
                      command="translate")  # before the folder is made
-    shard = _Shard.from_env()
+    shard = Shard.from_env()
     out = check_writable_dir(cfg.out)
     dev = shard.device(resolve_device(cfg.device))
     ctx = use_backend(cfg.backend) if cfg.backend else contextlib.nullcontext()
@@ -318,7 +296,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     summary = TranslateSummary(out=out, manifest=out / f"manifest-{run_id}.csv")
     desc = tr.describe()
     tiles = "none" if tr.tile is None else f"{tr.tile} px, overlap {tr.overlap}"
-    manifest = _Manifest(shard.manifest_path(summary.manifest), {
+    manifest = Manifest(shard.manifest_path(summary.manifest), {
         "source": desc["source_domain"], "target": desc["target_domain"], "tau": desc["tau"],
         **{k: desc[k] for k in ("guidance_encode", "guidance_decode", "steps", "solver",
                                 "decode")},
@@ -459,68 +437,3 @@ def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
         summary.outputs.append(dst)
         manifest.add(f, dst.relative_to(summary.out), "written",
                      working_size=f"{fit.shape[0]}x{fit.shape[1]}", scale=note.split(", ", 1)[1])
-
-
-class _Shard:
-    """This process's share of a ``torchrun`` translate (one process: everything)."""
-
-    def __init__(self, rank: int = 0, world: int = 1) -> None:
-        self.rank, self.world = rank, world
-        self.enabled = world > 1
-        self.is_main = rank == 0
-
-    @classmethod
-    def from_env(cls) -> _Shard:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if world <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
-
-    def device(self, dev: torch.device) -> torch.device:
-        if self.enabled and dev.type == "cuda" and "LOCAL_RANK" in os.environ:
-            return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-        return dev
-
-    def common(self, value):
-        """Rank 0's value on every rank (the run id, the series UID, the batch sizes)."""
-        if not self.enabled:
-            return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def manifest_path(self, path: Path) -> Path:
-        return path if not self.enabled else path.with_name(f".{path.stem}.rank{self.rank}.csv")
-
-    def finish(self, manifest: _Manifest, summary: TranslateSummary,
-               order: dict[str, int]) -> None:
-        """Rank 0 merges every rank's manifest rows (in input order) into the run's manifest."""
-        if not self.enabled:
-            return
-        import torch.distributed as dist
-
-        counts = torch.tensor([summary.written, summary.skipped, summary.failed])
-        dist.all_reduce(counts)
-        dist.barrier()
-        if self.is_main:
-            rows = []
-            for r in range(self.world):
-                part = summary.manifest.with_name(f".{summary.manifest.stem}.rank{r}.csv")
-                if part.is_file():
-                    with open(part, newline="") as fh:
-                        rows += list(csv.DictReader(fh))
-            rows.sort(key=lambda r: order.get(r["input"], -1))  # stable: left-out files first
-            merged = _Manifest(summary.manifest, {})
-            merged.rows = rows
-            merged.write(summary.manifest)
-            for r in range(self.world):
-                summary.manifest.with_name(f".{summary.manifest.stem}.rank{r}.csv").unlink(
-                    missing_ok=True)
-        dist.barrier()
-        summary.written, summary.skipped, summary.failed = (int(v) for v in counts)

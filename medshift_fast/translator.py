@@ -63,11 +63,11 @@ from .recipe import (  # noqa: F401  (re-exported: the settings live in recipe.p
     uint16_to_unit,
     unit_to_uint16,
 )
+from .translator_native import MAX_ASPECT, NativeMixin
 
 __all__ = ["MAX_ASPECT", "METHODS", "MODES", "RECIPE", "Recipe", "TranslateOptions",
            "TranslationSettings", "Translator", "pipeline", "unit_to_uint16", "uint16_to_unit"]
 
-MAX_ASPECT = 16.0  # no radiograph is more elongated (long-leg stitches are ~3:1)
 RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
 
 
@@ -127,7 +127,7 @@ def pipeline(model: nn.Module, codec, x: torch.Tensor, s: TranslationSettings,
     return y.clamp(-1.0, 1.0)
 
 
-class Translator:
+class Translator(NativeMixin):
     """Translate pixel images between two domains of a run with fixed settings.
 
     Args:
@@ -226,30 +226,6 @@ class Translator:
         self.last_plan: memory.MemoryPlan | None = None
         self._plans: dict[tuple, memory.MemoryPlan] = {}
 
-    def _resolve_tile(self, tile, overlap) -> tuple[int | None, int]:
-        f = self.factor
-        if tile is None or (isinstance(tile, str) and tile.lower() in ("none", "whole", "off")):
-            return None, 0
-        if isinstance(tile, str) and tile.lower() == "auto":
-            t = int(self.learned.tile or self.run.image_size or 128)
-            t = max(2 * f, t // f * f)
-        else:
-            try:
-                t = int(tile)
-            except (TypeError, ValueError):
-                raise MedShiftError(f"tile must be a number of pixels, 'auto' or None, got "
-                                    f"{tile!r}") from None
-            if t < 2 * f or t % f:
-                raise MedShiftError(f"tile {t} must be a multiple of {f} (the network's "
-                                    f"downsampling factor) and at least {2 * f} pixels")
-        if overlap is None:
-            o = (t // 4) // f * f
-        else:
-            o = int(overlap)
-            if o < 0 or o >= t or o % f:
-                raise MedShiftError(f"tile overlap {o} must be a multiple of {f} in [0, {t})")
-        return t, o
-
     # ---------------------------------------------------------------------------- properties
     @property
     def domains(self) -> tuple[str, str]:
@@ -272,11 +248,6 @@ class Translator:
                 "run": None if self.run.path is None else str(self.run.path),
                 "kind": self.run.kind, "mode": self.mode}
 
-    @property
-    def min_side(self) -> int:
-        """The smallest image side translated (the network's deepest level is >= 2 px)."""
-        return max(8, 2 * self.factor)
-
     def check_size(self, h: int, w: int) -> None:
         """Exact multiples of the factor (fixed-shape consumers: FrameTranslator, export)."""
         f = self.factor
@@ -284,70 +255,6 @@ class Translator:
             raise MedShiftError(f"image size {h}x{w} must be divisible by {f} for this model; "
                                 f"resize, crop or pad it (e.g. to {max(f, h // f * f)}x"
                                 f"{max(f, w // f * f)})")
-
-    def check_shape(self, h: int, w: int, what: str = "image") -> None:
-        """Refuse degenerate shapes: a side under ``min_side`` or an aspect ratio over
-        ``MAX_ASPECT``."""
-        h, w = int(h), int(w)
-        if min(h, w) < self.min_side:
-            raise MedShiftError(f"{what} is {h}x{w} px: too small to translate (this model needs "
-                                f"at least {self.min_side} px a side); use a larger image")
-        if max(h, w) / min(h, w) > MAX_ASPECT:
-            raise MedShiftError(f"{what} is {h}x{w} px: an aspect ratio of "
-                                f"{max(h, w) / min(h, w):.0f}:1 is not a radiograph (at most "
-                                f"{MAX_ASPECT:g}:1); crop it to the region to translate")
-
-    def working_scale(self, shape: tuple[int, int], spacing_mm: float | None = None,
-                      size: int | str | None = None):
-        """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
-        return self.learned.working_scale(shape, spacing_mm, size)
-
-    def check_intensity(self, img, what: str = "image") -> None:
-        """Refuse an input far outside the source domain's training intensities."""
-        self.learned.check_intensity(img, self.domains[0], what)
-
-    # ---------------------------------------------------------------------------- planning
-    def _net_config(self):
-        m = self.model
-        cfg = getattr(getattr(m, "unet", None), "config", None) or getattr(m, "config", None)
-        return cfg if hasattr(cfg, "channel_mult") else None
-
-    def plan(self, shape: tuple[int, ...], io_bytes: int = 0, what: str | None = None
-             ) -> memory.MemoryPlan:
-        """The memory plan of translating a batch of ``shape`` (B, C, H, W) pixels.
-
-        Raises:
-            MedShiftError: it cannot fit the budget (``max_memory``), even one tile at a time.
-        """
-        from .tiling import plan_grid
-
-        b, _, h, w = (int(v) for v in shape)
-        f, cf = self.factor, int(self.codec.factor)
-        hp, wp = -(-h // f) * f, -(-w // f) * f
-        hm, wm = hp // cf, wp // cf
-        cm = int(self.run.in_channels)
-        item = 2 if self.bf16 else 4
-        tile_m = None if self.tile is None else self.tile // cf
-        grid = plan_grid((hm, wm), tile_m, self.overlap // cf, f // cf)
-        th, tw = grid.tile
-        cfg = self._net_config()
-        tile_bytes = (memory.unet_forward_bytes(cfg, th, tw, item) if cfg is not None
-                      else 64 * cm * th * tw * 4)
-        s = self.settings
-        guided = s.guidance_decode not in (0.0, 1.0) or s.guidance_encode not in (0.0, 1.0)
-        mult = 2 if guided and self.run.kind != "student" else 1
-        bufs = memory.image_buffers(self.run.kind, s.solver, s.decode, s.method, self.run.latent)
-        budget = self.max_memory or int(memory.DEFAULT_FRACTION
-                                        * memory.available_bytes(self.device))
-        cap = self.tile_batch or (64 if self.device.type == "cuda" else 16)
-        what = what or f"translating {b} image(s) of {h}x{w} px"
-        p = memory.plan(b, cm * hm * wm * 4, bufs, tile_bytes, grid.n_tiles, mult, budget,
-                        cap, io_bytes + (self.image_channels * hp * wp * 4 * 3 if self.run.latent
-                                         else 0), what)
-        if self.tile_batch is not None and grid.n_tiles > 1:
-            p = memory.MemoryPlan(p.images, min(p.tile_batch, self.tile_batch), p.n_tiles,
-                                  p.peak, p.budget)
-        return p
 
     # ------------------------------------------------------------------------------ calling
     def __call__(self, images):
@@ -451,22 +358,6 @@ class Translator:
                 outs.append(self._translate_sampler(chunk, plan.tile_batch, bs))
         y = torch.cat(outs)
         return y[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
-
-    def _tiled(self, tile_batch: int):
-        """The network and codec as tiled views (or themselves when not tiling)."""
-        from .tiling import TiledCodec, TiledModel, TiledStudent
-
-        if self.tile is None:
-            return self.model, self.codec
-        cf = int(self.codec.factor)
-        t, o = self.tile // cf, self.overlap // cf
-        if self.run.kind == "student":
-            model = TiledStudent(self.model, t, o, tile_batch)
-        else:
-            model = TiledModel(self.model, t, o, tile_batch)
-        codec = self.codec if self.codec.kind == "pixel" else TiledCodec(
-            self.codec, self.tile, self.overlap, tile_batch)
-        return model, codec
 
     # ------------------------------------------------------------------ sampler-based modes
     def _sampler(self, shape: tuple[int, ...], tile_batch: int | None = None):

@@ -136,7 +136,7 @@ def test_missing_checkpoint_exit_2(tmp_path, capsys):
             "--target",
             "b",
             "--out",
-            str(tmp_path),
+            str(tmp_path / "out"),
             str(tmp_path),
         ]
     )

@@ -1,0 +1,99 @@
+"""The demo's last section: a real radiograph translated at its native size.
+
+pydicom-data's ``RG1_UNCI.dcm`` (a 1955 x 1841 chest CR, MONOCHROME1, 15 bits stored; installed
+by ``make install``) goes through the same file pipeline as ``medshift translate --size native``
+with the shipped one-step student: read with its VOI window, translated on its own pixel grid in
+128-px tiles blended with a smooth window, written back as a derived DICOM of the same geometry.
+The report shows the input and the output whole and a 100 %-zoom crop of both, with the time,
+the tiles, the memory plan and the peak resident memory of the demo's process.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+__all__ = ["NATIVE_FILE", "native_section"]
+
+NATIVE_FILE = "RG1_UNCI.dcm"
+PAIR = ("real_low", "real_exposure")
+CROP = (820, 760, 256, 256)  # (y, x, h, w) of the 100 % crop: ribs, vessels and lung texture
+
+
+def _figure(path: Path, x, y, crop=CROP) -> None:
+    """Input and output whole (downsampled for the page) and a 1:1 crop of each, nearest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cy, cx, ch, cw = crop
+    fig = plt.figure(figsize=(12.8, 6.6), dpi=100)
+    for k, (img, name) in enumerate(((x, "input"), (y, "student, native size"))):
+        ax = fig.add_axes([0.01 + 0.25 * k, 0.06, 0.24, 0.86])
+        ax.imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="antialiased")
+        ax.add_patch(plt.Rectangle((cx, cy), cw, ch, fill=False, ec="tab:orange", lw=1.2))
+        ax.set_title(f"{name} ({img.shape[0]}x{img.shape[1]})", fontsize=9)
+        ax.axis("off")
+        # 100 % zoom: 256 px of the image on 256 px of the figure (100 dpi, 2.56 in)
+        ax = fig.add_axes([0.51 + 0.25 * k, 0.3, 0.2, 2.56 * 100 / 660])
+        ax.imshow(img[cy:cy + ch, cx:cx + cw], cmap="gray", vmin=-1, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(f"{name}: 100 % crop", fontsize=9)
+        ax.axis("off")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def native_section(out: Path, student_dir: Path | None, log, progress: bool = False,
+                   overwrite: bool = True) -> tuple[list[str], dict]:
+    """Translate RG1_UNCI at native size with the shipped student into OUT/native/.
+
+    Returns (report lines, timing entries); a missing file or student gives a one-line note.
+    """
+    from .data import read_image
+    from .translate_files import TranslateConfig, translate_files
+
+    if student_dir is None:
+        return ["- Native-size translation skipped: no shipped student."], {}
+    try:
+        from pydicom.data import get_testdata_file
+
+        src = get_testdata_file(NATIVE_FILE, download=False)
+    except Exception:  # noqa: BLE001 - a missing optional dataset is a note, not a failure
+        src = None
+    if src is None:
+        return [f"- Native-size translation skipped: pydicom-data's {NATIVE_FILE} is not "
+                "installed (`pip install pydicom-data`)."], {}
+    dest = out / "native"
+    log(f"translating the real radiograph {NATIVE_FILE} at native size with the shipped "
+        f"student ({PAIR[0]} -> {PAIR[1]}) -> {dest}")
+    t0 = time.perf_counter()
+    summary = translate_files(TranslateConfig(
+        checkpoint=str(student_dir), inputs=(src,), out=str(dest), source=PAIR[0],
+        target=PAIR[1], size="native", progress=progress, overwrite=overwrite))
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    (y_path,) = summary.outputs
+    x, y = read_image(src), read_image(y_path)
+    _figure(out / "native_rg1.png", x, y)
+    import csv
+
+    row = next(r for r in csv.DictReader(open(summary.manifest)) if r["status"] == "written")
+    lines = [
+        f"`{NATIVE_FILE}` (pydicom-data: a {x.shape[0]}×{x.shape[1]} chest CR, MONOCHROME1, "
+        f"read through its VOI window) translated {PAIR[0]} → {PAIR[1]} by the shipped "
+        f"one-step student at its native size, in {seconds:.0f} s: working grid "
+        f"{row['working_size']} ({row['scale']}), tiles {row['tiles']}; written back as a "
+        f"derived DICOM of the same geometry (`native/{y_path.name}`). Peak resident memory "
+        f"of the demo process so far: {peak:.0f} MB.",
+        "",
+        "The model learned 128-px skull images (the simulator's ~1.8 mm pixels); this chest "
+        "film has ~10x finer pixels, so its textures are at a scale the model never saw: the "
+        "section shows the pipeline at a real radiograph's size and bit depth, not a "
+        "validated chest translation.",
+        "",
+        "![native](native_rg1.png)",
+    ]
+    return lines, {"native_s": seconds, "native_peak_mb": peak}
