@@ -126,6 +126,7 @@ def test_unreadable_image_exit_2(tiny_run, tmp_path, capsys):
 
 
 def test_missing_checkpoint_exit_2(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
     rc = main(
         [
             "translate",
@@ -137,7 +138,7 @@ def test_missing_checkpoint_exit_2(tmp_path, capsys):
             "b",
             "--out",
             str(tmp_path / "out"),
-            str(tmp_path),
+            str(tmp_path / "in"),
         ]
     )
     assert "nope" in _one_line_error(capsys, rc)
