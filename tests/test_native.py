@@ -342,3 +342,20 @@ def test_train_native_then_translate_on_the_native_grid(tmp_path):
     row = next(csv.DictReader(open(m)))
     assert row["working_size"] == "96x96" and "native grid" in row["scale"]
     assert row["tiles"].startswith("32 px")
+
+
+@shipped
+def test_an_exported_student_engine_translates_large_images_in_tiles(tmp_path):
+    """ONNX Runtime on the engine's own size, tile by tile: the Translator's tiled result."""
+    pytest.importorskip("onnxruntime")
+    from medshift_fast.deploy import load_engine
+    from medshift_fast.export import export_engine
+
+    tr = Translator(load_run(STUDENT), "real_low", "real_exposure")
+    export_engine(tr, "onnx", tmp_path / "s.onnx", size=128, batch=2)
+    eng = load_engine(tmp_path / "s.onnx")
+    x = torch.rand(1, 1, 320, 256) * 2 - 1
+    y = eng.translate_tiled(x)
+    assert y.shape == x.shape and _psnr(y, tr.translate(x)) >= 60.0
+    with pytest.raises(MedShiftError, match="at least 128x128"):
+        eng.translate_tiled(torch.zeros(1, 1, 64, 300))

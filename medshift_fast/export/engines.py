@@ -143,6 +143,43 @@ class Engine:
                 else -out
         return _to_numpy(out) if from_np else out.to(device)
 
+    def translate_tiled(self, images, overlap: int | None = None, tile_batch: int = 8):
+        """Translate an image LARGER than the engine's size: overlapping tiles of the engine's
+        size blended with the Translator's window (``medshift_fast.tiling``).
+
+        For a one-step student's engine this is the one-step blend the Translator does; a
+        teacher's translate engine holds the whole solver loop, so its tiles' translations are
+        blended once at the end (not at every solver stage as ``Translator`` / FrameTranslator
+        do): prefer those, or a student engine, for large images.
+
+        Args:
+            images: (H, W), (C, H, W) or (B, C, H, W) float images in [-1, 1] (io=float
+                engines), H and W at least the engine's size and multiples of 8.
+            overlap: tile overlap in pixels (default: a quarter of the engine's size).
+            tile_batch: tiles per engine call.
+        """
+        from ..tiling import plan_grid, tiled_apply
+
+        if self.what != "translate" or self.settings.io != "float":
+            raise MedShiftError("translate_tiled needs a translate engine with float I/O")
+        x, from_np = _as_tensor(images, "images")
+        shape, device = tuple(x.shape), x.device
+        x = x.reshape((1,) * (4 - x.dim()) + tuple(x.shape)) if x.dim() < 4 else x
+        s = self.size
+        if x.shape[1] != self.in_channels or min(x.shape[-2:]) < s:
+            raise MedShiftError(f"translate_tiled: images of {self.in_channels} channel(s) and "
+                                f"at least {s}x{s} px, got {shape}")
+        f = 8 if s % 8 == 0 else 1
+        if x.shape[-2] % f or x.shape[-1] % f:
+            raise MedShiftError(f"translate_tiled: image sides must be multiples of {f}, got "
+                                f"{shape}; pad or crop first")
+        o = (s // 4) // f * f if overlap is None else int(overlap)
+        grid = plan_grid(x.shape, s, o, f)
+        out = tiled_apply(lambda t: self._translate(t.contiguous()), x.float().cpu(), (), grid,
+                          max(1, int(tile_batch)))
+        out = out.reshape(shape)
+        return _to_numpy(out) if from_np else out.to(device)
+
     def _step(self, x, t, y):
         x, from_np = _as_tensor(x, "x")
         device = x.device
