@@ -59,7 +59,9 @@ class FrameTranslator:
             ``translator.RECIPE`` or a distilled student's own).
         size: frame size S or (H, W) in pixels (default: the run's training size; another size,
             non-square included, needs ``any_size=True``; it must be divisible by the model's
-            downsampling factor).
+            downsampling factor). Frames larger than the run's tile are translated in tiles
+            (blended per solver stage, as the Translator does), planned against the memory
+            budget at construction (``plan``).
         device, dtype: where and in which dtype the model runs (default: the model's).
         input: "float" (frames in [-1, 1], returned as float) or "uint16" (raw 16-bit frames,
             mapped 0..65535 -> [-1, 1] and the result back to uint16, as ``data.io`` does).
@@ -144,6 +146,9 @@ class FrameTranslator:
                                      bf16=bf16, channels_last=channels_last, batch_size=1)
         tr = self.translator
         tr.check_size(h, w)
+        tr.check_shape(h, w, "the frame size")
+        self.plan = tr.plan((1, tr.image_channels, h, w), what=f"a {h}x{w} frame")  # before any
+        # allocation: a frame size that cannot fit is refused here, not at the first frame
         self.run, self.model, self.device, self.dtype = run, run.model, tr.device, tr.dtype
         self.size, self.input, self.monochrome1 = (h, w), input, bool(monochrome1)
         c = tr.image_channels

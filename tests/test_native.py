@@ -359,3 +359,17 @@ def test_an_exported_student_engine_translates_large_images_in_tiles(tmp_path):
     assert y.shape == x.shape and _psnr(y, tr.translate(x)) >= 60.0
     with pytest.raises(MedShiftError, match="at least 128x128"):
         eng.translate_tiled(torch.zeros(1, 1, 64, 300))
+
+
+@shipped
+def test_frame_translator_tiles_large_frames_and_refuses_impossible_ones():
+    from medshift_fast.deploy import FrameTranslator
+
+    ft = FrameTranslator(str(STUDENT), "real_low", "real_exposure", size=256, any_size=True,
+                         warmup=0)
+    x = torch.rand(256, 256) * 2 - 1
+    y = ft(x)
+    ref = Translator(load_run(STUDENT), "real_low", "real_exposure").translate(x[None, None])
+    assert ft.plan.n_tiles > 1 and _psnr(y, ref[0, 0]) >= 60.0
+    with pytest.raises(MedShiftError, match="memory budget"):
+        FrameTranslator(str(STUDENT), "real_low", "real_exposure", size=200_000, any_size=True)
