@@ -86,6 +86,26 @@ def _range(d, key, **match):
     return f"{lo:.2f}×" if abs(hi - lo) < 0.005 else f"{lo:.2f}–{hi:.2f}×"
 
 
+def _native(d) -> str:
+    def get(prov, key, shape=None, side=None):
+        return next((r.get(key) for r in d["rows"] if r["provider"] == prov
+                     and (shape is None or r["shape"] == shape)
+                     and (side is None or r["side"] == side) and r.get(key)), None)
+    parts = []
+    a, b = get("student_tiled", "ms_per_mp", side=512), get("student_tiled", "ms_per_mp",
+                                                             side=4096)
+    if a and b:
+        parts.append(f"student time/MP at 4096² = {b / a:.2f}× at 512²")
+    pk = [get("cli_student", "peak_mb", shape=s) for s in ([2048, 2048], [3000, 2500])]
+    if all(pk):
+        parts.append(f"`translate --size native` 2048² / 3000×2500 peak RSS {pk[0]:.0f} / "
+                     f"{pk[1]:.0f} MB")
+    w, t = get("student_whole", "peak_mb", side=512), get("student_tiled", "peak_mb", side=512)
+    if w and t:
+        parts.append(f"512²: tiles {t:.0f} MB vs whole-image {w:.0f} MB")
+    return "; ".join(parts) or "–"
+
+
 def status_block() -> str:
     rows = ["| area | measured here (2-core CPU; ratios from one run) | results file |",
             "|---|---|---|"]
@@ -105,6 +125,7 @@ def status_block() -> str:
         ("One-step student", "student_cpu",
          lambda d: f"{_range(d, 'vs_anchor', provider='student')} the eager teacher "
          "(10 + 10 Euler steps, guidance on)"),
+        ("Native resolution (tiles)", "native_cpu", _native),
     )
     for area, name, fn in specs:
         d = _load(name)
