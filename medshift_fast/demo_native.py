@@ -18,30 +18,37 @@ __all__ = ["NATIVE_FILE", "native_section"]
 
 NATIVE_FILE = "RG1_UNCI.dcm"
 PAIR = ("real_low", "real_exposure")
-CROP = (820, 760, 256, 256)  # (y, x, h, w) of the 100 % crop: ribs, vessels and lung texture
+CROP = (560, 1250, 256, 256)  # (y, x, h, w) of the 100 % crop: left lung field, ribs, vessels
 
 
 def _figure(path: Path, x, y, crop=CROP) -> None:
-    """Input and output whole (downsampled for the page) and a 1:1 crop of each, nearest."""
+    """Input and output whole (downsampled for the page) above, and below a 100 % crop of each
+    placed pixel for pixel (``figimage``), in one display window: the crop's p1..p99 of the
+    input (so that texture is visible at 1:1)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     cy, cx, ch, cw = crop
-    fig = plt.figure(figsize=(12.8, 6.6), dpi=100)
-    for k, (img, name) in enumerate(((x, "input"), (y, "student, native size"))):
-        ax = fig.add_axes([0.01 + 0.25 * k, 0.06, 0.24, 0.86])
+    lo, hi = (float(v) for v in np.percentile(x[cy:cy + ch, cx:cx + cw], (1, 99)))
+    w_px, h_px = 2 * cw + 3 * 24, 2 * 24 + 380 + ch + 30
+    fig = plt.figure(figsize=(w_px / 100, h_px / 100), dpi=100)
+    for k, (img, name) in enumerate(((x, "input"), (y, "one-step student, native size"))):
+        left = (24 + k * (cw + 24)) / w_px
+        ax = fig.add_axes([left, 1 - (24 + 380) / h_px, cw / w_px, 380 / h_px])
         ax.imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="antialiased")
         ax.add_patch(plt.Rectangle((cx, cy), cw, ch, fill=False, ec="tab:orange", lw=1.2))
-        ax.set_title(f"{name} ({img.shape[0]}x{img.shape[1]})", fontsize=9)
+        ax.set_title(f"{name}, {img.shape[0]}x{img.shape[1]}", fontsize=8)
         ax.axis("off")
-        # 100 % zoom: 256 px of the image on 256 px of the figure (100 dpi, 2.56 in)
-        ax = fig.add_axes([0.51 + 0.25 * k, 0.3, 0.2, 2.56 * 100 / 660])
-        ax.imshow(img[cy:cy + ch, cx:cx + cw], cmap="gray", vmin=-1, vmax=1,
-                  interpolation="nearest")
-        ax.set_title(f"{name}: 100 % crop", fontsize=9)
-        ax.axis("off")
+        a = np.clip((img[cy:cy + ch, cx:cx + cw] - lo) / max(hi - lo, 1e-6), 0, 1)
+        fig.figimage(a, xo=24 + k * (cw + 24), yo=24, cmap="gray", vmin=0, vmax=1, origin="upper")
+        fig.text((24 + k * (cw + 24)) / w_px, (24 + ch + 6) / h_px,
+                 f"{'input' if k == 0 else 'student'}: 100 % crop", fontsize=8)
+    fig.text(24 / w_px, 6 / h_px, f"crops: rows {cy}-{cy + ch}, columns {cx}-{cx + cw}, 1:1 "
+             f"pixels, display window {lo:+.2f}..{hi:+.2f} (the input crop's p1..p99)",
+             fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
