@@ -343,7 +343,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
         if dst.exists() and not cfg.overwrite:
             raise MedShiftError(f"output {str(dst)!r} already exists; pass --overwrite to replace "
                                 "it or choose another --out")
-        note = f"{fit.shape[0]}x{fit.shape[1]} px, {ws.note}"
+        note = f"{fit.resized[0]}x{fit.resized[1]} px, {ws.note}"
         plan.append((f, rel, dst, fit, note))
     if not plan:
         raise MedShiftError("no readable input image (all were skipped)")
@@ -436,4 +436,5 @@ def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
         summary.written += 1
         summary.outputs.append(dst)
         manifest.add(f, dst.relative_to(summary.out), "written",
-                     working_size=f"{fit.shape[0]}x{fit.shape[1]}", scale=note.split(", ", 1)[1])
+                     working_size=f"{fit.resized[0]}x{fit.resized[1]}",
+                     scale=note.split(", ", 1)[1])

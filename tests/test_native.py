@@ -373,3 +373,37 @@ def test_frame_translator_tiles_large_frames_and_refuses_impossible_ones():
     assert ft.plan.n_tiles > 1 and _psnr(y, ref[0, 0]) >= 60.0
     with pytest.raises(MedShiftError, match="memory budget"):
         FrameTranslator(str(STUDENT), "real_low", "real_exposure", size=200_000, any_size=True)
+
+
+@shipped
+@pytest.mark.slow
+def test_a_real_2k_radiograph_at_native_size_within_the_memory_bound(tmp_path):
+    """RG1_UNCI (1955 x 1841 CR, MONOCHROME1) through `medshift translate --size native` in a
+    child process: a derived DICOM of the same geometry, the working scale recorded, the
+    child's peak resident memory under 2 GB."""
+    import resource
+    import subprocess
+    import sys
+
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("RG1_UNCI.dcm", download=False)
+    if src is None:
+        pytest.skip("pydicom-data's RG1_UNCI.dcm is not here")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    res = subprocess.run([sys.executable, "-m", "medshift_fast", "translate", "--checkpoint",
+                          str(STUDENT), "--source", "real_low", "--target", "real_exposure",
+                          "--size", "native", "--out", str(tmp_path), "--no-progress", src],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-1000:]
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb > before and peak_kb / 1024 <= 2048, peak_kb / 1024
+    assert "larger than the 128-px images the model learned" in res.stderr  # said, one line
+    a = pydicom.dcmread(src, stop_before_pixels=True)
+    (out,) = tmp_path.glob("*.dcm")
+    b = pydicom.dcmread(out)
+    assert (b.Rows, b.Columns, b.PhotometricInterpretation, b.BitsStored) == (
+        a.Rows, a.Columns, a.PhotometricInterpretation, a.BitsStored)
+    assert "1955x1841 px, native grid" in b.DerivationDescription
+    assert "tiles 128 px, overlap 32" in b.DerivationDescription
