@@ -153,7 +153,7 @@ def demo_tiles(data: Path, teacher_images: int) -> str:
             ssim = {h: np.array([float(E.ssim(res[h][i:i + 1], xs[i:i + 1])) for i in range(n)])
                     for h in res}
             feats = {h: fx(res[h]) for h in res}
-            nps = {h: S.NPSStat(S.per_image_nps(res[h]), nps_ref) for h in res}
+            nps = {h: S.NPSStat(S.per_image_nps(res[h]), nps_ref.nps.numpy()) for h in res}
             fid = {h: S.FIDStat(feats[h], f_ref) for h in res}
             full = np.arange(n)
             metrics = [("PSNR vs true target (dB)", per["whole"].mean(), per["tiled"].mean(),
