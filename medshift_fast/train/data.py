@@ -416,9 +416,11 @@ def learned_record(cfg, td: TrainData, max_per_domain: int = 16) -> dict:
     for lab, dom in enumerate(td.domains):
         idx = torch.nonzero(td.y == lab).flatten().tolist()
         pick = idx[:: max(1, len(idx) // max_per_domain)][:max_per_domain]
-        if ds is None:  # in-memory data handed to the trainer
-            imgs = [td.x[i] for i in pick] if td.x is not None else []
-            per[dom] = domain_stats(imgs)
+        if ds is None:  # in-memory data handed to the trainer: its (pixel) validation images
+            vp, vy = getattr(td, "val_pixels", None), getattr(td, "val_y", None)
+            imgs = [] if vp is None else [vp[i] for i in torch.nonzero(vy == lab).flatten()]
+            if imgs:
+                per[dom] = domain_stats(imgs)
             continue
         imgs, containers, bits = [], Counter(), Counter()
         for i in pick:
