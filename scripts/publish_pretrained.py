@@ -1,10 +1,12 @@
 """Copy what the demo needs of the pretrained runs into pretrained/ (scripts/pretrain.sh).
 
-pretrained/demo128/ and pretrained/demo128_student/ get config.json, model.safetensors (EMA),
-log.csv and data.json (the SHA-256 of the simulated data's simulator.json and manifest.csv, which
-the demo compares with the data it simulates); pretrained/README.md gets each run's command,
-regenerated from its recorded config (every field that differs from the default), its size and
-its last logged validation figure.
+pretrained/demo128/ (teacher), pretrained/demo128_student/ (regression student) and
+pretrained/demo128_adv/ (adversarial student) get config.json, model.safetensors (EMA),
+log.csv (+ adversarial.csv) and data.json (the SHA-256 of the simulated data's simulator.json
+and manifest.csv, which the demo compares with the data it simulates). A run missing from
+WORK_DIR leaves its folder as it is. pretrained/README.md gets each shipped run's command,
+regenerated from its recorded config (every field that differs from the default), its size
+and its last logged validation figure.
 
     python scripts/publish_pretrained.py [WORK_DIR]    (default runs/pretrain)
 """
@@ -32,7 +34,7 @@ def command(name: str, cls, recorded: dict, paths: dict[str, str]) -> str:
     """``medshift NAME`` with the flags of every recorded field that differs from its default."""
     parts = [f"medshift {name}"] + [f"--{k.replace('_', '-')} {v}" for k, v in paths.items()]
     for f in dataclasses.fields(cls):
-        if f.name in _PLACE or f.name not in recorded:
+        if f.name in _PLACE or f.name in paths or f.name not in recorded:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         v = recorded[f.name]
@@ -50,17 +52,19 @@ def command(name: str, cls, recorded: dict, paths: dict[str, str]) -> str:
     return " \\\n    ".join(parts)
 
 
-def last_val(log: Path) -> str:
+def last_val(log: Path, method: str | None = None) -> str:
     rows = [r for r in csv.DictReader(log.open()) if r.get("val_loss")]
     if not rows:
         return "no validation"
-    return f"step {rows[-1]['step']}: validation loss {float(rows[-1]['val_loss']):.4g}"
+    what = ("validation NPS distance to the target domains (dB)" if method == "adversarial"
+            else "validation loss")
+    return f"step {rows[-1]['step']}: {what} {float(rows[-1]['val_loss']):.4g}"
 
 
 def main(work: str) -> None:
     work = Path(work)
     root = Path(__file__).resolve().parents[1] / "pretrained"
-    fp = data_fingerprint(work / "data")
+    fp = data_fingerprint(work / "data") if (work / "data" / "manifest.csv").is_file() else None
     lines = ["# Shipped checkpoints (written by scripts/publish_pretrained.py)", "",
              "The demo evaluates these (same simulated data: `data.json` holds its fingerprint, "
              "which the demo checks). `scripts/pretrain.sh` reruns the commands below from "
@@ -70,19 +74,32 @@ def main(work: str) -> None:
     specs = ((work / "teacher", "demo128", "train", TrainConfig,
               {"data": "runs/pretrain/data", "out": "runs/pretrain/teacher"}),
              (work / "student", "demo128_student", "distill", DistillConfig,
-              {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student"}))
+              {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student"}),
+             (work / "student_adv", "demo128_adv", "distill", DistillConfig,
+              {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student_adv",
+               "init": "runs/pretrain/student", "anchor_run": "runs/pretrain/student"}))
     for src, name, cmd, cls, paths in specs:
-        run = load_run(src)  # it loads and verifies
         dst = root / name
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in ("config.json", "model.safetensors", "log.csv"):
-            shutil.copyfile(src / f, dst / f)
-        atomic_write_text(dst / "data.json", json.dumps(fp, indent=1, sort_keys=True))
+        if (src / "config.json").is_file():
+            if fp is None:
+                raise SystemExit(f"{work / 'data'} is missing: the data the runs were trained on")
+            load_run(src)  # it loads and verifies
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in ("config.json", "model.safetensors", "log.csv", "adversarial.csv"):
+                if (src / f).is_file():
+                    shutil.copyfile(src / f, dst / f)
+            atomic_write_text(dst / "data.json", json.dumps(fp, indent=1, sort_keys=True))
+        elif not (dst / "config.json").is_file():
+            print(f"{src}: no run and nothing shipped in {dst}: skipped")
+            continue
+        else:
+            print(f"{src}: no run; {dst} kept as shipped")
+        run = load_run(dst)
         size = sum(p.stat().st_size for p in dst.iterdir()) / 2**20
-        recorded = json.loads((src / "config.json").read_text())
+        recorded = json.loads((dst / "config.json").read_text())
         recorded = recorded.get("train") or recorded.get("distill") or run.train
         lines += [f"## `{name}/` ({run.kind}, {run.image_size} px, {size:.1f} MB; "
-                  f"{last_val(src / 'log.csv')})", "", "```bash",
+                  f"{last_val(dst / 'log.csv', recorded.get('method'))})", "", "```bash",
                   command(cmd, cls, recorded, paths), "```", ""]
         print(f"{dst}: {size:.1f} MB")
     atomic_write_text(root / "README.md", "\n".join(lines))

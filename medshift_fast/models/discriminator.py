@@ -19,6 +19,8 @@ Miyato et al. (2018), averaged over patches and scales.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,21 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import MedShiftError
 
-__all__ = ["PatchDiscriminator", "hinge_d_loss", "hinge_g_loss"]
+__all__ = ["PatchDiscriminator", "hinge_d_loss", "hinge_g_loss", "lowpass"]
+
+
+def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (std ``sigma`` px, radius ceil(3 sigma), reflect padding) of every
+    channel of x (B, C, H, W); sigma 0 returns x."""
+    if sigma <= 0:
+        return x
+    r = max(1, math.ceil(3.0 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    y = F.pad(x, (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 class _Scale(nn.Module):
@@ -63,15 +79,18 @@ class PatchDiscriminator(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int = 1, channels: int = 32,
-                 scales: int = 3, depth: int = 2, gain: float = 1.0) -> None:
+                 scales: int = 3, depth: int = 2, gain: float = 1.0,
+                 residual_sigma: float = 1.0) -> None:
         super().__init__()
         if num_classes < 1 or channels < 1 or scales < 1 or depth < 0:
             raise MedShiftError(f"discriminator needs num_classes, channels, scales >= 1 and "
                                 f"depth >= 0, got {num_classes}, {channels}, {scales}, {depth}")
         self.config = {"num_classes": num_classes, "in_channels": in_channels,
-                       "channels": channels, "scales": scales, "depth": depth, "gain": gain}
-        self.gain = float(gain)
-        self.scales = nn.ModuleList(_Scale(in_channels, channels, depth, num_classes)
+                       "channels": channels, "scales": scales, "depth": depth, "gain": gain,
+                       "residual_sigma": residual_sigma}
+        self.gain, self.residual_sigma = float(gain), float(residual_sigma)
+        c_in = in_channels * (2 if residual_sigma > 0 else 1)
+        self.scales = nn.ModuleList(_Scale(c_in, channels, depth, num_classes)
                                     for _ in range(scales))
         self.min_size = 2 ** (scales - 1) * 2 ** depth
 
@@ -81,12 +100,19 @@ class PatchDiscriminator(nn.Module):
             raise MedShiftError(f"the discriminator needs images of at least {self.min_size} "
                                 f"px per side, got {tuple(x.shape[-2:])}; use a larger --crop")
         out = []
-        x = x * self.gain
         for k, s in enumerate(self.scales):
-            out.append(s(x, y))
+            out.append(s(self._input(x), y))
             if k + 1 < len(self.scales):
                 x = F.avg_pool2d(x, 2)
         return out
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """The image and, scaled by ``gain``, its fine-scale residual x - G_sigma * x (at every
+        scale): the residual carries the grain without the anatomy, which would otherwise
+        swamp it in a positively homogeneous (LeakyReLU) network."""
+        if self.residual_sigma <= 0:
+            return x
+        return torch.cat([x, self.gain * (x - lowpass(x, self.residual_sigma))], 1)
 
 
 def hinge_d_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:

@@ -18,8 +18,14 @@ exact resume, EMA, the non-finite guard) with the sum of
   instead of 30, so computed on the fly for every training image at any tau), so the student
   keeps the teacher's tau-dependent mapping where it is right and is free where the teacher is
   wrong in texture;
-* a **structure** term against the source (``structure_weight``): 1 - SSIM between low-passes
-  (std ``structure_sigma``) of the translation and of the source image: the anatomy stays.
+* a **structure** term against the source (``structure_weight``), on Gaussian low-passes (std
+  ``structure_sigma``) of the translation and of the source image, so the anatomy stays:
+  ``matched`` (default): L1 to the source's low-pass passed through the intensity map that
+  matches the source domain's low-passed training histogram to the target domain's (quantile
+  matching, unpaired: :func:`intensity_map`) -- where the two domains share their intensities
+  (a dose change) it pins the low band to the source, bias-free; where they do not (synthetic
+  -> real) it allows the global change and keeps the spatial layout; ``l1``: L1 to the source's
+  low-pass itself; ``ssim``: 1 - SSIM (tolerant of contrast changes, blind to small biases).
 
 Nothing uses the evaluation's feature network (EfficientNet-Lite0) or any pretrained network.
 The discriminator, its optimizer state and its skipped-step count travel in the training state
@@ -33,15 +39,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MedShiftError
 from ..fileio import save_safetensors
-from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
+from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, lowpass
 from .data import random_crop
 from .distill import DistillTask, one_call_student
 from .trainer import Trainer
@@ -52,24 +56,33 @@ DISC_WEIGHTS = "discriminator.safetensors"
 TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake")
 
 
-def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (std ``sigma`` px, radius ceil(3 sigma), reflect padding) of every
-    channel of x (B, C, H, W); sigma 0 returns x."""
-    if sigma <= 0:
-        return x
-    r = max(1, math.ceil(3.0 * sigma))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    y = F.pad(x, (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     return ssim(a, b, data_range=2.0, kernel_size=11, sigma=1.5)
+
+
+def intensity_map(a: torch.Tensor, b: torch.Tensor, n: int = 257,
+                  max_values: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantile knots (qa, qb) of the monotone map that sends the distribution of the values of
+    ``a`` to that of ``b`` (each subsampled evenly to at most ``max_values``)."""
+    q = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+
+    def knots(v):
+        v = v.detach().flatten().double()
+        return torch.quantile(v[::max(1, v.numel() // max_values)], q)
+
+    qa, qb = knots(a), knots(b)
+    return torch.cummax(qa, 0).values.float(), torch.cummax(qb, 0).values.float()
+
+
+def apply_map(x: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear map through the knots (constant beyond the end knots)."""
+    flat = x.flatten()
+    i = torch.searchsorted(qa, flat.contiguous()).clamp(1, qa.numel() - 1)
+    x0, x1, y0, y1 = qa[i - 1], qa[i], qb[i - 1], qb[i]
+    w = ((flat - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return (y0 + w * (y1 - y0)).view_as(x)
 
 
 def _mean(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -94,6 +107,13 @@ class AdversarialTask(DistillTask):
 
         self.ref_nps = {g: noise_power_spectrum(self._pixels(imgs)) for g, imgs in
                         self.real.items()}
+        sig, dev = self.cfg.structure_sigma, tr.device
+        self.maps = {}  # (src, tgt) -> per-channel knots of the low-passed intensity map
+        for a, b in self.pairs:
+            la = lowpass(self.x[self.y == a], sig)
+            lb = lowpass(self.real[b], sig)
+            self.maps[a, b] = [tuple(k.to(dev) for k in intensity_map(la[:, c], lb[:, c]))
+                               for c in range(la.shape[1])]
         self.d_skipped = 0
         self._terms = None
 
@@ -228,13 +248,30 @@ class AdversarialTask(DistillTask):
         f32, x32 = fake.float(), x.float()
         anchor = ((lowpass(f32, cfg.anchor_sigma) - lowpass(target.float(), cfg.anchor_sigma))
                   .abs().mean() if cfg.anchor_weight > 0 else zero)
-        structure = (1.0 - _ssim(lowpass(f32, cfg.structure_sigma),
-                                 lowpass(x32, cfg.structure_sigma))
-                     if cfg.structure_weight > 0 else zero)
+        structure = zero
+        if cfg.structure_weight > 0:
+            lf, lx = lowpass(f32, cfg.structure_sigma), lowpass(x32, cfg.structure_sigma)
+            if cfg.structure_loss == "ssim":
+                structure = 1.0 - _ssim(lf, lx)
+            else:
+                if cfg.structure_loss == "matched":
+                    lx = self._matched(lx, ys, yt)
+                structure = (lf - lx).abs().mean()
         self._terms = torch.cat([torch.stack([adv.detach(), anchor.detach(),
                                               structure.detach()]), d_stats])
         return (cfg.adv_weight * adv + cfg.anchor_weight * anchor
                 + cfg.structure_weight * structure)
+
+    @torch.no_grad()
+    def _matched(self, lx: torch.Tensor, ys: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+        """Low-passed sources through their pair's intensity map."""
+        out = lx.clone()
+        for (a, b), knots in self.maps.items():
+            m = (ys == a) & (yt == b)
+            if bool(m.any()):
+                out[m] = torch.cat([apply_map(lx[m][:, c:c + 1], *knots[c])
+                                    for c in range(lx.shape[1])], 1)
+        return out
 
     @torch.no_grad()
     def validate(self, tr: Trainer) -> float:

@@ -85,14 +85,18 @@ class DistillConfig(LoopConfig):
         anchor_weight: adversarial: weight of the L1 distance to the teacher's translation.
         anchor_sigma: adversarial: the anchor compares Gaussian low-passes of this std in
             pixels (0: the full band), so the student may differ from the teacher in texture.
-        structure_weight: adversarial: weight of 1 - SSIM between the low-passed translation
-            and the low-passed source (the anatomy stays).
+        structure_weight: adversarial: weight of the structure term between the low-passed
+            translation and the low-passed source (the anatomy stays).
         structure_sigma: adversarial: std in pixels of that low-pass.
+        structure_loss: adversarial: matched (L1 to the source's low-pass through the
+            intensity map matching the source domain's training histogram to the target
+            domain's) | l1 (to the source's low-pass itself) | ssim (1 - SSIM).
         disc_lr: adversarial: discriminator learning rate (Adam, betas 0 / 0.99, constant).
         disc_channels: adversarial: first-layer width of each discriminator scale.
         disc_scales: adversarial: resolutions the discriminator judges (1, 1/2, 1/4, ...).
-        disc_gain: adversarial: the discriminator's input scale (its spectral norm bounds its
-            gain at 1, so a faint noise grain needs a larger input).
+        disc_gain: adversarial: scale of the fine-scale residual the discriminator sees beside
+            the image (its spectral norm bounds its gain at 1, so a faint grain needs a large
+            one).
         anchor_run: adversarial: a one-call student run (e.g. the --init one) whose
             translation stands in for the teacher's as the anchor, computed on the fly at any
             tau in range on every training image (no teacher cache).
@@ -126,10 +130,11 @@ class DistillConfig(LoopConfig):
     anchor_sigma: float = 2.0
     structure_weight: float = 1.0
     structure_sigma: float = 1.0
+    structure_loss: str = "matched"
     disc_lr: float = 2e-4
     disc_channels: int = 32
     disc_scales: int = 3
-    disc_gain: float = 1.0
+    disc_gain: float = 100.0
     anchor_run: str | None = None
 
     def checks(self) -> list[tuple[bool, str]]:
@@ -151,6 +156,8 @@ class DistillConfig(LoopConfig):
              "--init starts a one-call student; meanflow students start from the teacher"),
             (self.anchor_run is None or self.method == "adversarial",
              "--anchor-run applies to --method adversarial"),
+            (self.structure_loss in ("matched", "l1", "ssim"),
+             "structure_loss must be matched, l1 or ssim"),
         ]
 
     def __post_init__(self) -> None:
@@ -387,7 +394,8 @@ class DistillTask(Task):
                       "dataset": str(self.data_root)}
         extra = {"step": tr.step, "latent": t.codec.reference(), "teacher": str(t.path),
                  "best_val": None if math.isinf(tr.best_val) else tr.best_val,
-                 "teacher_cache": getattr(self, "cache_info", None)}
+                 "teacher_cache": getattr(self, "cache_info", None),
+                 "learned": t.config.get("learned")}  # the teacher's scale and intensity rule
         save_run(run_dir, train_dict, self.student_cfg.to_dict(), self.domains,
                  tr.ema.state_dict(), tr.model.state_dict(), tr.training_state(), extra=extra,
                  kind="student")
@@ -418,7 +426,9 @@ def one_call_student(path: str, flag: str, like: StudentConfig, device=None) -> 
         raise MedShiftError(f"{flag} {path}: not a one-call student run (it is a {run.kind} "
                             f"run{'' if run.kind != 'student' else ', ' + m.config.method}); "
                             "pass a run written by `medshift distill --method oneshot`")
-    if json.dumps(m.config.unet, sort_keys=True) != json.dumps(like.unet, sort_keys=True):
+    from ..models.unet import UNetConfig
+
+    if UNetConfig(**m.config.unet).to_dict() != UNetConfig(**like.unet).to_dict():
         raise MedShiftError(f"{flag} {path}: its network differs from the teacher's "
                             f"({m.config.unet} vs {like.unet})")
     return m
