@@ -266,9 +266,8 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     Under ``torchrun`` (WORLD_SIZE > 1) every rank plans all inputs, translates its own share
     (batch j of the one-process run's batches when j % world == rank: disjoint, deterministic,
     the same bytes), writes its outputs and a partial manifest; rank 0 merges the partial
-    manifests into one at the end. A rank that fails
-    mid-run records it and still takes part in the merge, so the others' outputs are complete
-    and listed.
+    manifests into one at the end. A rank that fails mid-run records it and still takes part
+    in the merge, so the others' outputs are complete and listed.
     """
     import contextlib
 
@@ -365,6 +364,12 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     batches = [items[k:k + steps[shape]] for shape, items in groups.items()
                for k in range(0, len(items), steps[shape])]
     mine = [b for j, b in enumerate(batches) if j % shard.world == shard.rank]
+    if shard.is_main:  # one line per stage, with or without the progress bar
+        big = max(groups, key=lambda g: g[0] * g[1])
+        p = tr.plan((1, tr.image_channels, *big), io_bytes=_io_bytes(big))
+        _say(f"translating {len(plan)} image(s) in {len(batches)} batch(es)"
+             f"{f' over {shard.world} ranks' if shard.enabled else ''}; largest working grid "
+             f"{big[0]}x{big[1]}: {p.describe()}")
     derivation = {"model": desc["run"], "tau": desc["tau"], "source": desc["source_domain"],
                   "target": desc["target_domain"], "version": __version__,
                   "settings": {k: desc[k] for k in ("guidance_encode", "guidance_decode",
