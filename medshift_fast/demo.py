@@ -34,7 +34,7 @@ from .translator import RECIPE, Recipe, resolve
 
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
-DEFAULT_STUDENT = "demo128_student"  # the shipped one-call student the demo scores
+DEFAULT_STUDENT = "demo128_adv"  # the shipped one-call student the demo scores (adversarial)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +62,7 @@ class DemoConfig(Recipe):
             ~30x the student; the student, identity and the classical baselines get all).
         pretrained: the shipped teacher run (auto: pretrained/demo128 beside the package;
             none: evaluate the demo's own run).
-        student: the shipped distilled student (auto: pretrained/demo128_student; none:
+        student: the shipped distilled student (auto: pretrained/demo128_adv; none:
             skip).
         export: export the translators to ONNX and verify them in ONNX Runtime.
         quick: a smoke run in about a minute (32 px, a tiny dataset; not convincing).

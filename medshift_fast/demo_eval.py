@@ -274,7 +274,8 @@ def _teacher_verdict(pe: PairEval, tau: float) -> list[str]:
               (s["coverage"] >= m["coverage"], f"coverage {s['coverage']:.2f} vs "
                                                f"{m['coverage']:.2f}"),
               (abs(s["ssim_src"] - m["ssim_src"]) <= 0.02,
-               f"SSIM vs source {s['ssim_src']:.3f} vs {m['ssim_src']:.3f} (within 0.02)")]
+               f"SSIM vs source {s['ssim_src']:.3f} vs {m['ssim_src']:.3f}, Δ "
+               f"{s['ssim_src'] - m['ssim_src']:+.3f} (within ±0.02)")]
     return [f"- {pe.src} → {pe.tgt}, student vs its teacher at τ={tau:g} on the teacher's {n} "
             f"images: {text}: {_met(ok)}" for ok, text in checks]
 

@@ -89,6 +89,64 @@ def score(data: str, teacher: str, runs: dict[str, str], tau: float, split: str,
     return out
 
 
+def diagnostics(data: str, teacher: str, run: str, tau: float, split: str,
+                cache: Path) -> list[str]:
+    """Where the metrics' differences live: low-band errors against the true target (Gaussian
+    low-pass, std 2 px) of identity, the teacher, the source through the unpaired intensity map
+    (the ``matched`` structure term's reference) and ``run``; and FID-ENL0 of images whose low
+    or high band is swapped with the true target's (which band FID-ENL0 sees)."""
+    from medshift_fast import eval as E
+    from medshift_fast.models.discriminator import lowpass
+    from medshift_fast.run import load_run
+    from medshift_fast.train.adversarial import apply_map, intensity_map
+    from medshift_fast.translator import Translator
+
+    fx = E.ENL0Features(batch_size=32)
+    lines = ["| pair | low-band MSE vs true target (σ 2 px): identity / teacher / source "
+             "through the intensity map / student | low-band mean error (bias): teacher / "
+             "student | FID-ENL0: student / its low band + the true high band / the true low "
+             "band + its high band / true target / true target blurred σ 0.5 px |",
+             "|---|---|---|---|"]
+    for src, tgt in PAIRS:
+        xs, ks = _load(data, src, split)
+        xt, kt = _load(data, tgt, split)
+        gt = xt[torch.tensor([kt.index(k) for k in ks])]
+        ref, _ = _load(data, tgt, "train")
+        tr_src, _ = _load(data, src, "train")
+        f_ref = fx(ref)
+        t = _teacher(cache, teacher, xs, src, tgt, tau, split)
+        tr = Translator(load_run(run), src, tgt, tau=tau)
+        with torch.no_grad():
+            y = torch.cat([tr.translate(xs[k:k + 8]) for k in range(0, xs.shape[0], 8)])
+        y = y.clamp(-1, 1)
+        lg = lowpass(gt, 2.0)
+        qa, qb = intensity_map(lowpass(tr_src, 2.0), lowpass(ref, 2.0))
+        err = {k: lowpass(v, 2.0) - lg for k, v in (("id", xs), ("t", t), ("y", y))}
+        err["map"] = apply_map(lowpass(xs, 2.0), qa, qb) - lg
+        ms = {k: float(e.pow(2).mean()) for k, e in err.items()}
+        ly = lowpass(y, 2.0)
+        fids = [E.frechet_distance(fx(v.clamp(-1, 1)), f_ref)
+                for v in (y, ly + gt - lg, lg + y - ly, gt, lowpass(gt, 0.5))]
+        lines.append(
+            f"| {src} → {tgt} | {ms['id']:.2e} / {ms['t']:.2e} / {ms['map']:.2e} / "
+            f"{ms['y']:.2e} | {float(err['t'].mean()):+.4f} / {float(err['y'].mean()):+.4f} | "
+            + " / ".join(f"{v:.1f}" for v in fids) + " |")
+        print(lines[-1], flush=True)
+    return lines + [""]
+
+
+def d_loss(path: str) -> str:
+    """Mean discriminator hinge loss over the last 100 logged steps (2 = chance)."""
+    f = Path(path) / "adversarial.csv"
+    if not f.is_file():
+        return "–"
+    import csv
+
+    rows = list(csv.DictReader(f.open()))
+    last = [float(r["d_loss"]) for r in rows if int(r["step"]) > int(rows[-1]["step"]) - 100]
+    return f"{sum(last) / len(last):.2f}" if last else "–"
+
+
 def table(result: dict[str, list[dict]]) -> list[str]:
     lines = []
     for pair, rows in result.items():
@@ -101,6 +159,25 @@ def table(result: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+KNOBS = (("method", "method"), ("steps", "steps"), ("lr", "lr"), ("adv_weight", "GAN"),
+         ("disc_lr", "D lr"), ("anchor_weight", "anchor"), ("anchor_sigma", "anchor σ"),
+         ("structure_loss", "structure"), ("structure_weight", "structure w"),
+         ("structure_sigma", "structure σ"))
+
+
+def settings_table(runs: dict[str, str]) -> list[str]:
+    """What each run was trained with (from its recorded config)."""
+    lines = ["| run | " + " | ".join(k[1] for k in KNOBS) + " | D hinge loss, last 100 steps "
+             "(2 = chance) |", "|---|" + "---|" * (len(KNOBS) + 1)]
+    for name, path in runs.items():
+        t = json.loads((Path(path) / "config.json").read_text()).get("train", {})
+        adv = t.get("method") == "adversarial"
+        cells = [str(t.get(k, "")) if adv or k in ("method", "steps", "lr") else "–"
+                 for k, _ in KNOBS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {d_loss(path)} |")
+    return lines + [""]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
@@ -111,6 +188,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="runs/adv/teacher_val.pt")
     p.add_argument("--json", default=None)
     p.add_argument("--doc", action="store_true", help="write the table into docs/distill.md")
+    p.add_argument("--diagnose", default=None, metavar="NAME",
+                   help="also the band diagnostics of run NAME (docs: the diagnostics block)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     runs = dict(r.split("=", 1) for r in a.runs)
@@ -126,8 +205,17 @@ def main(argv=None) -> int:
         n = next(iter(res.values()))[0]["n"]
         body = [f"Written by `{cmd}` ({n} validation images per pair, held-out subjects; the "
                 f"reference set is the target domain's training images; τ = {a.tau:g}).", "",
-                *table(res)]
+                *settings_table(runs), *table(res)]
         fill_block(ROOT / "docs" / "distill.md", "ablation", "\n".join(body).rstrip())
+    if a.diagnose:
+        lines = diagnostics(a.data, a.teacher, runs[a.diagnose], a.tau, a.split, Path(a.cache))
+        if a.doc:
+            from _blocks import fill_block
+
+            head = (f"Written by `python scripts/distill_ablation.py ... --diagnose {a.diagnose} "
+                    f"--doc` (the {a.split} split, τ = {a.tau:g}; student = {a.diagnose}).")
+            fill_block(ROOT / "docs" / "distill.md", "diagnostics",
+                       "\n".join([head, "", *lines]).rstrip())
     return 0
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce the demo's shipped checkpoints (pretrained/demo128, pretrained/demo128_student):
-# the demo's data (same simulator seed), the recorded `medshift train` and `medshift distill`
-# commands, then only what the demo needs is copied into pretrained/ (EMA weights, config.json,
-# log.csv, data.json = the data's fingerprint). About 1.5 hours of one core here; minutes on a GPU.
+# Reproduce the demo's shipped checkpoints (pretrained/demo128, pretrained/demo128_student,
+# pretrained/demo128_adv): the demo's data (same simulator seed), the recorded `medshift train`
+# and `medshift distill` commands, then only what the demo needs is copied into pretrained/ (EMA
+# weights, config.json, log.csv, data.json = the data's fingerprint). About 2 hours of one core
+# here; minutes on a GPU.
 #   usage: scripts/pretrain.sh [WORK_DIR]   (default runs/pretrain)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,17 @@ if [ -f "$W/student/training_state.pt" ]; then
   $PY -m medshift_fast distill "${DISTILL_ARGS[@]}" --resume
 else
   $PY -m medshift_fast distill "${DISTILL_ARGS[@]}"
+fi
+# the adversarial one-step student the demo scores (docs/distill.md), from the regression one
+ADV_ARGS=(--method adversarial --teacher "$W/teacher" --out "$W/student_adv"
+          --init "$W/student" --anchor-run "$W/student"
+          --pairs synthetic_low:real_normal,real_low:real_exposure --tau-min 0.3 --tau-max 0.6
+          --crop 64 --steps 1000 --batch-size 8 --lr 2e-4 --ema-decay 0.99 --seed 0
+          --adv-weight 0.3 --disc-lr 4e-4 --anchor-weight 0.1 --structure-sigma 2
+          --val-every 100 --ckpt-every 100 --keep-ckpts 0)
+if [ -f "$W/student_adv/training_state.pt" ]; then
+  $PY -m medshift_fast distill "${ADV_ARGS[@]}" --resume last
+else
+  $PY -m medshift_fast distill "${ADV_ARGS[@]}"
 fi
 $PY scripts/publish_pretrained.py "$W"

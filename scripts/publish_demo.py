@@ -1,7 +1,8 @@
 """Publish a ``make demo`` run into docs/demo/ (what README.md and docs/ show), then update README.
 
-Copies OUT/report.md (image links rewritten), each pair's metrics.csv, grid.png and tradeoff.png
-(renamed by pair) into docs/demo/, and runs scripts/update_readme.py.
+Copies OUT/report.md (image links rewritten), each pair's metrics.csv (+ the teacher subset's
+teacher/metrics.csv), grid.png, tradeoff.png and zoom.png (renamed by pair) into docs/demo/
+and runs scripts/update_readme.py.
 Usage: ``python scripts/publish_demo.py runs/demo``.
 """
 
@@ -21,12 +22,15 @@ def main(run: str) -> int:
     for old in dst.iterdir():
         old.unlink()
     report = (src / "report.md").read_text()
-    for ev in sorted(src.glob("eval_*")):
+    for ev in sorted(p for p in src.glob("eval_*") if (p / "metrics.csv").is_file()):
         pair = ev.name[len("eval_"):]
         shutil.copyfile(ev / "metrics.csv", dst / f"metrics_{pair}.csv")
-        for fig in ("grid", "tradeoff"):
-            shutil.copyfile(ev / f"{fig}.png", dst / f"{fig}_{pair}.png")
-            report = report.replace(f"{ev.name}/{fig}.png", f"{fig}_{pair}.png")
+        if (ev / "teacher" / "metrics.csv").is_file():
+            shutil.copyfile(ev / "teacher" / "metrics.csv", dst / f"metrics_teacher_{pair}.csv")
+        for fig in ("grid", "tradeoff", "zoom"):
+            if (ev / f"{fig}.png").is_file():
+                shutil.copyfile(ev / f"{fig}.png", dst / f"{fig}_{pair}.png")
+                report = report.replace(f"{ev.name}/{fig}.png", f"{fig}_{pair}.png")
     (dst / "report.md").write_text(report)
     return subprocess.call([sys.executable, str(ROOT / "scripts" / "update_readme.py")])
 

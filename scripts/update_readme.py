@@ -25,7 +25,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 COLS = (("ssim_src", "SSIM (src)↑", "{:.3f}"), ("psnr_tgt", "PSNR (true tgt)↑", "{:.2f}"),
         ("fid_enl0", "FID-ENL0↓", "{:.1f}"), ("nps_dist", "NPS-dist↓", "{:.2f}"),
         ("noise_ratio", "noise ×tgt", "{:.2f}"), ("sec_per_image", "s/img", "{:.2f}"))
-KEEP = ("baseline", "medshift", "student", "sdedit", "oracle")
+KEEP = ("baseline", "medshift", "student", "classical", "sdedit", "oracle")
 
 
 def _f(v, fmt):
@@ -53,10 +53,13 @@ def demo_block() -> str:
            f"export {timing.get('export_s', 0):.0f} s). Verdict against the targets:", "",
            verdict, ""]
     for f in sorted(DEMO.glob("metrics_*.csv")):
-        pair = f.stem[len("metrics_"):].replace("_to_", " → ")
+        teacher = f.stem.startswith("metrics_teacher_")
+        pair = f.stem[len("metrics_teacher_" if teacher else "metrics_"):].replace("_to_", " → ")
         rows = [r for r in csv.DictReader(open(f)) if r["kind"] in KEEP]
         rows.sort(key=lambda r: (KEEP.index(r["kind"]), r["tau"]))
-        out += [f"| {pair} | " + " | ".join(c[1] for c in COLS) + " |",
+        n = rows[0].get("n", "") if rows else ""
+        title = f"{pair}, {'the teacher and SDEdit, ' if teacher else ''}n = {n}"
+        out += [f"| {title} | " + " | ".join(c[1] for c in COLS) + " |",
                 "|---|" + "---|" * len(COLS)]
         out += ["| " + r["method"] + " | " + " | ".join(_f(r[k], fmt) for k, _, fmt in COLS)
                 + " |" for r in rows]
@@ -69,6 +72,11 @@ def demo_block() -> str:
     out += [f"![{g.stem}](docs/demo/{g.name})" for g in grids]
     tradeoffs = sorted(DEMO.glob("tradeoff_*.png"))
     out += [f"![{t.stem}](docs/demo/{t.name})" for t in tradeoffs]
+    zooms = sorted(DEMO.glob("zoom_*.png"))
+    if zooms:
+        out += ["", "100 % zoom (source, teacher, student, TV, BM3D, true target; what they show: "
+                "[docs/distill.md](docs/distill.md#what-the-zoom-grids-show)):", ""]
+        out += [f"![{z.stem}](docs/demo/{z.name})" for z in zooms]
     return "\n".join(out)
 
 
