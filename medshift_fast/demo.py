@@ -342,7 +342,9 @@ def _export_onnx(run, path: Path, cfg: DemoConfig, log) -> tuple[str, bool]:
 
 
 def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_dir, evals,
-                  notes: list[str], timing) -> Path:
+                  notes: list[str], timing, sections: list[str] = ()) -> Path:
+    """OUT/report.md: intro, verdict (+ notes), the pairs (demo_eval.report_lines), then
+    ``sections`` (markdown lines of later stages, e.g. native resolution), timing, versions."""
     from .demo_eval import report_lines, verdict_lines
     from .eval.report import versions
 
@@ -378,6 +380,7 @@ def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_di
         *[f"- {n}" for n in notes],
         "",
         *report_lines(cfg, evals, out),
+        *sections,
     ]
     lines += ["## Timing (s)", "```json",
               json.dumps({k: round(v, 1) for k, v in timing.items()}, indent=2), "```",

@@ -1,0 +1,143 @@
+"""The configuration of ``medshift distill`` (train/distill.py; the adversarial terms:
+train/adversarial.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..models.student import STUDENT_METHODS
+from ..recipe import RECIPE
+from .loop_config import LoopConfig
+
+__all__ = ["DISTILL_METHODS", "DistillConfig"]
+
+# how a student is trained; ``adversarial`` trains the ``oneshot`` network (models.student)
+DISTILL_METHODS = (*STUDENT_METHODS, "adversarial")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(LoopConfig):
+    """``medshift distill``: distil a teacher run's translation into a student (loop fields:
+    ``LoopConfig``).
+
+    Attributes:
+        teacher: the teacher run directory (``medshift train``).
+        out: the student's run directory.
+        data: dataset root (default: the one the teacher was trained on).
+        pairs: source:target domain pairs, comma-separated (default: all ordered pairs).
+        method: oneshot (regression onto the teacher's translations, one call) | meanflow
+            (average velocity, two calls) | adversarial (one call: a discriminator on real
+            target-domain images, the teacher's translations as a low-pass anchor and a
+            structure term against the source; train/adversarial.py).
+        tau_min: smallest translation time learned.
+        tau_max: largest translation time learned.
+        taus_per_image: teacher translations per training image and pair (oneshot).
+        max_images: at most this many training images per source domain (default: all).
+        guidance_encode: the teacher's encode guidance (default: translator.RECIPE).
+        guidance_decode: the teacher's decode guidance (default: translator.RECIPE).
+        solver: the teacher's solver (default: translator.RECIPE).
+        solver_steps: the teacher's solver steps per leg (default: translator.RECIPE).
+        crop: train on random crop x crop windows (default: whole images).
+        channels_last: channels_last weights and inputs (oneshot; meanflow runs contiguous:
+            forward-mode GroupNorm needs it).
+        val_every: validation against the teacher every N steps, best kept in RUN/best (0: off).
+        val_images: held-out images per pair for validation.
+        init: a one-call student run to start from (default: the teacher's U-Net with a zero
+            output layer, i.e. the identity).
+        adv_weight: adversarial: weight of the generator's hinge loss.
+        anchor_weight: adversarial: weight of the L1 distance to the teacher's translation.
+        anchor_sigma: adversarial: the anchor compares Gaussian low-passes of this std in
+            pixels (0: the full band), so the student may differ from the teacher in texture.
+        structure_weight: adversarial: weight of the structure term between the low-passed
+            translation and the low-passed source (the anatomy stays).
+        structure_sigma: adversarial: std in pixels of that low-pass.
+        structure_loss: adversarial: matched (L1 to the source's low-pass through the
+            intensity map matching the source domain's training histogram to the target
+            domain's) | l1 (to the source's low-pass itself) | ssim (1 - SSIM).
+        disc_lr: adversarial: discriminator learning rate (Adam, betas 0 / 0.99, constant).
+        disc_channels: adversarial: first-layer width of each discriminator scale.
+        disc_scales: adversarial: resolutions the discriminator judges (1, 1/2, 1/4, ...).
+        disc_gain: adversarial: scale of the fine-scale residual the discriminator sees beside
+            the image (its spectral norm bounds its gain at 1, so a faint grain needs a large
+            one).
+        anchor_run: adversarial: a one-call student run (e.g. the --init one) whose
+            translation stands in for the teacher's as the anchor, computed on the fly at any
+            tau in range on every training image (no teacher cache).
+    """
+
+    teacher: str = ""
+    out: str = "runs/student"
+    data: str | None = None
+    pairs: str | None = None
+    method: str = "oneshot"
+    tau_min: float = 0.3
+    tau_max: float = 0.6
+    taus_per_image: int = 2
+    max_images: int | None = None
+    guidance_encode: float | None = None
+    guidance_decode: float | None = None
+    solver: str | None = None
+    solver_steps: int | None = None
+    crop: int | None = None
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-4
+    warmup_frac: float = 0.05
+    ema_decay: float = 0.995
+    keep_ckpts: int = 1
+    val_every: int = 250
+    val_images: int = 6
+    init: str | None = None
+    adv_weight: float = 0.1
+    anchor_weight: float = 1.0
+    anchor_sigma: float = 2.0
+    structure_weight: float = 1.0
+    structure_sigma: float = 1.0
+    structure_loss: str = "matched"
+    disc_lr: float = 2e-4
+    disc_channels: int = 32
+    disc_scales: int = 3
+    disc_gain: float = 100.0
+    anchor_run: str | None = None
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
+            (bool(self.teacher), "pass --teacher RUN (a run written by `medshift train`)"),
+            (self.method in DISTILL_METHODS, f"method must be one of {DISTILL_METHODS}"),
+            (0.0 <= self.tau_min <= self.tau_max < 1.0,
+             f"need 0 <= tau_min <= tau_max < 1, got {self.tau_min}..{self.tau_max}"),
+            (self.taus_per_image >= 1, "taus_per_image must be >= 1"),
+            (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
+            (self.crop is None or self.crop >= 8, "crop must be >= 8"),
+            (self.val_images >= 1, "val_images must be >= 1"),
+            (min(self.adv_weight, self.anchor_weight, self.anchor_sigma, self.structure_weight,
+                 self.structure_sigma) >= 0, "adversarial weights and sigmas must be >= 0"),
+            (self.disc_lr > 0 and self.disc_gain > 0 and min(self.disc_channels,
+                                                              self.disc_scales) >= 1,
+             "disc_lr and disc_gain must be > 0, disc_channels and disc_scales >= 1"),
+            (self.init is None or self.method != "meanflow",
+             "--init starts a one-call student; meanflow students start from the teacher"),
+            (self.anchor_run is None or self.method == "adversarial",
+             "--anchor-run applies to --method adversarial"),
+            (self.structure_loss in ("matched", "l1", "ssim"),
+             "structure_loss must be matched, l1 or ssim"),
+        ]
+
+    def __post_init__(self) -> None:
+        if self.method == "meanflow":
+            object.__setattr__(self, "channels_last", False)
+        super().__post_init__()
+
+    def teacher_settings(self) -> dict[str, Any]:
+        """The teacher's translation settings (None fields: translator.RECIPE)."""
+        return {"guidance_encode": RECIPE["guidance_encode"] if self.guidance_encode is None
+                else float(self.guidance_encode),
+                "guidance_decode": RECIPE["guidance_decode"] if self.guidance_decode is None
+                else float(self.guidance_decode),
+                "solver": self.solver or RECIPE["solver"],
+                "steps": int(self.solver_steps or RECIPE["steps"])}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> DistillConfig:
+        return super().from_dict(d, strict)
