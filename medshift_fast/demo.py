@@ -65,6 +65,8 @@ class DemoConfig(Recipe):
         student: the shipped distilled student (auto: pretrained/demo128_adv; none:
             skip).
         export: export the translators to ONNX and verify them in ONNX Runtime.
+        native: end by translating a real radiograph (pydicom-data's RG1_UNCI) at its native
+            size with the shipped student (demo_native).
         quick: a smoke run in about a minute (32 px, a tiny dataset; not convincing).
         overwrite: replace a previous demo's output in out (a folder holding anything else
             is refused even then).
@@ -89,6 +91,7 @@ class DemoConfig(Recipe):
     pretrained: str = "auto"
     student: str = "auto"
     export: bool = True
+    native: bool = True
     quick: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -99,7 +102,7 @@ class DemoConfig(Recipe):
         if self.quick:
             for k, v in dict(size=32, subjects=4, views=3, max_steps=30, taus=(0.6,), steps=2,
                              train_minutes=0.5, crop=0, eval_images=0, extra_subjects=2,
-                             pretrained="none", student="none").items():
+                             pretrained="none", student="none", native=False).items():
                 object.__setattr__(self, k, v)
         if not self.taus or any(not 0.0 <= t < 1.0 for t in self.taus):
             raise MedShiftError(f"taus must be in [0, 1), got {self.taus}")
@@ -176,7 +179,7 @@ DEMO_MARKER = "demo.json"  # written first: the folder is a demo's output from t
 
 
 def _demo_entry(out: Path, name: str) -> bool:
-    return name in (DEMO_MARKER, "data", "run", "report.md") or (
+    return name in (DEMO_MARKER, "data", "run", "report.md", "native", "native_rg1.png") or (
         name.startswith("eval_") and (out / name).is_dir()) or (
         name.split(".")[0] in ("translator", "student") and name.endswith((".onnx", ".onnx.json")))
 
@@ -250,8 +253,16 @@ def run_demo(cfg: DemoConfig, progress: bool | None = None) -> Path:
                 notes.append(note)
                 ok = ok and good
         timing["export_s"] = time.perf_counter() - t
+    sections: list[str] = []
+    if cfg.native:
+        from .demo_native import native_section
+
+        lines, extra = native_section(out, student_dir, log, progress)
+        sections = ["## A real radiograph at native size", "", *lines, ""]
+        timing.update(extra)
     timing["total_s"] = time.perf_counter() - t0
-    path = _write_report(out, cfg, own, teacher_dir, student_dir, evals, notes, timing)
+    path = _write_report(out, cfg, own, teacher_dir, student_dir, evals, notes, timing,
+                         sections)
     log(f"done in {timing['total_s']:.0f}s: {path}")
     if not ok:
         failed = "; ".join(n for n in notes if "FAILED" in n)

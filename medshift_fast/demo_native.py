@@ -31,7 +31,8 @@ def _figure(path: Path, x, y, crop=CROP) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cy, cx, ch, cw = crop
+    ch, cw = min(crop[2], x.shape[0]), min(crop[3], x.shape[1])  # inside a smaller image
+    cy, cx = min(crop[0], x.shape[0] - ch), min(crop[1], x.shape[1] - cw)
     lo, hi = (float(v) for v in np.percentile(x[cy:cy + ch, cx:cx + cw], (1, 99)))
     w_px, h_px = 2 * cw + 3 * 24, 2 * 24 + 380 + ch + 30
     fig = plt.figure(figsize=(w_px / 100, h_px / 100), dpi=100)

@@ -25,10 +25,13 @@ import torch
 
 from .errors import MedShiftError
 
-__all__ = ["DEFAULT_FRACTION", "MemoryPlan", "available_bytes", "format_bytes", "image_buffers",
-           "parse_bytes", "plan", "unet_forward_bytes"]
+__all__ = ["CPU_TILE_BATCH", "DEFAULT_FRACTION", "GPU_TILE_BATCH", "MemoryPlan", "available_bytes",
+           "format_bytes", "image_buffers", "parse_bytes", "plan", "unet_forward_bytes"]
 
 DEFAULT_FRACTION = 0.5
+# Tiles per forward when the caller does not say: on a CPU 4 is as fast as 16 and needs half the
+# memory (benchmarks/bench_native.py, its tile-batch rows); a GPU wants wide batches.
+CPU_TILE_BATCH, GPU_TILE_BATCH = 4, 64
 # allocator slack and temporaries not modelled (estimate vs measured: results/native_cpu.md)
 SAFETY = 1.5
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
@@ -166,7 +169,7 @@ class MemoryPlan:
 
 
 def plan(n_images: int, image_bytes: int, buffers: int, tile_bytes: int, n_tiles: int,
-         forward_mult: int, budget: int, max_tile_batch: int = 16,
+         forward_mult: int, budget: int, max_tile_batch: int = CPU_TILE_BATCH,
          io_bytes: int = 0, what: str = "this request") -> MemoryPlan:
     """The largest image chunk and tile batch whose estimated peak fits ``budget``.
 

@@ -366,7 +366,7 @@ class Translator(NativeMixin):
         from .flow.sampler import Sampler
         from .tiling import TiledModel
 
-        tb = int(tile_batch or self.tile_batch or 16)
+        tb = int(tile_batch or self.tile_batch or memory.CPU_TILE_BATCH)
         key = (tuple(shape), tb)
         sp = self._samplers.get(key)
         if sp is None:

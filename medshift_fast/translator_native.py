@@ -102,7 +102,8 @@ class NativeMixin:
         bufs = memory.image_buffers(self.run.kind, s.solver, s.decode, s.method, self.run.latent)
         budget = self.max_memory or int(memory.DEFAULT_FRACTION
                                         * memory.available_bytes(self.device))
-        cap = self.tile_batch or (64 if self.device.type == "cuda" else 16)
+        cap = self.tile_batch or (memory.GPU_TILE_BATCH if self.device.type == "cuda"
+                                  else memory.CPU_TILE_BATCH)
         what = what or f"translating {b} image(s) of {h}x{w} px"
         p = memory.plan(b, cm * hm * wm * 4, bufs, tile_bytes, grid.n_tiles, mult, budget,
                         cap, io_bytes + (self.image_channels * hp * wp * 4 * 3 if self.run.latent

@@ -411,3 +411,36 @@ def test_a_real_2k_radiograph_at_native_size_within_the_memory_bound(tmp_path):
         a.Rows, a.Columns, a.PhotometricInterpretation, a.BitsStored)
     assert "1955x1841 px, native grid" in b.DerivationDescription
     assert "tiles 128 px, overlap 32" in b.DerivationDescription
+
+
+@shipped
+def test_the_demo_ends_with_a_real_radiograph_at_native_size(tmp_path, monkeypatch):
+    """demo_native.native_section on a 320 x 300 crop of RG1_UNCI (the same file pipeline as
+    the demo's full-size run): a derived DICOM of the input's geometry, the report's lines
+    with the working grid and tiles, and the input/output figure with its 100 % crops."""
+    pytest.importorskip("pydicom")
+    import pydicom
+    import pydicom.data
+
+    from medshift_fast import demo_native
+
+    src = pydicom.data.get_testdata_file("RG1_UNCI.dcm", download=False)
+    if src is None:
+        pytest.skip("pydicom-data's RG1_UNCI.dcm is not here")
+    ds = pydicom.dcmread(src)
+    a = ds.pixel_array[600:920, 900:1200].copy()
+    ds.Rows, ds.Columns = a.shape
+    ds.PixelData = a.tobytes()
+    small = tmp_path / "RG1_crop.dcm"
+    ds.save_as(small)
+    monkeypatch.setattr(pydicom.data, "get_testdata_file", lambda *a, **k: str(small))
+    lines, timing = demo_native.native_section(tmp_path / "demo", STUDENT, lambda m: None)
+    text = "\n".join(lines)
+    assert "working grid" in text and "tiles" in text and "![native](native_rg1.png)" in text
+    assert timing["native_s"] > 0 and (tmp_path / "demo" / "native_rg1.png").is_file()
+    (out,) = (tmp_path / "demo" / "native").glob("*.dcm")
+    b = pydicom.dcmread(out)
+    assert (b.Rows, b.Columns, b.PhotometricInterpretation) == (320, 300, "MONOCHROME1")
+    assert "working 320x300 px, native grid" in b.DerivationDescription
+    assert demo_native.native_section(tmp_path / "d2", None, lambda m: None)[0][0].startswith(
+        "- Native-size translation skipped")

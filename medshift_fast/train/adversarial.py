@@ -47,7 +47,7 @@ from ..errors import MedShiftError
 from ..fileio import save_safetensors
 from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, lowpass
 from .data import random_crop
-from .distill import DistillTask, one_call_student
+from .distill_task import DistillTask, one_call_student
 from .trainer import Trainer
 
 __all__ = ["AdversarialTask", "DISC_WEIGHTS", "lowpass"]

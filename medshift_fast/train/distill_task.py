@@ -1,0 +1,284 @@
+"""The regression tasks of ``medshift distill`` (``oneshot``, ``meanflow``) and the one-call student
+loader the adversarial task shares (train/distill.py dispatches).
+
+The methods, their losses and their validation: train/distill.py's docstring and docs/distill.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import MedShiftError
+from ..fileio import load_safetensors, save_safetensors
+from ..models.codec import copy_autoencoder
+from ..models.student import Student, StudentConfig, pseudo_huber
+from ..run import load_run, save_run
+from ..translator import Translator
+from .data import IndexStream, open_split, random_crop
+from .distill_config import DISTILL_METHODS, DistillConfig  # noqa: F401
+from .loop_config import resume_check
+from .meanflow import meanflow_loss
+from .trainer import Task, Trainer
+
+__all__ = ["CACHE", "DistillTask", "one_call_student"]
+
+CACHE = "teacher_cache.safetensors"
+_RESUMABLE = frozenset({"out", "steps", "device", "precision", "log_every", "ckpt_every",
+                        "keep_ckpts", "val_every", "tensorboard", "resume", "max_nonfinite",
+                        "overwrite", "compile", "channels_last"})
+
+
+def _pairs(spec: str | None, domains: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    k = len(domains)
+    if not spec or spec.strip().lower() == "all":
+        return tuple((a, b) for a in range(k) for b in range(k) if a != b)
+    out = []
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        if ":" not in item:
+            raise MedShiftError(f"bad pair {item!r}: use SOURCE:TARGET domain names, "
+                                "comma-separated")
+        a, b = (s.strip() for s in item.split(":", 1))
+        for d in (a, b):
+            if d not in domains:
+                raise MedShiftError(f"unknown domain {d!r} in --pairs; the teacher knows "
+                                    f"{', '.join(domains)}")
+        if a == b:
+            raise MedShiftError(f"pair {item!r} translates a domain to itself")
+        out.append((domains.index(a), domains.index(b)))
+    return tuple(dict.fromkeys(out))
+
+
+class DistillTask(Task):
+    """The student, its data (the teacher's translations or paths) and the loss."""
+
+    desc = "distill"
+
+    def __init__(self, cfg: DistillConfig, progress: bool = True) -> None:
+        self.cfg, self.progress = cfg, progress
+
+    # ------------------------------------------------------------------------------ set-up
+    def setup(self, tr: Trainer) -> None:
+        cfg = self.cfg
+        if cfg.method == "meanflow" and tr.dist.enabled:
+            raise MedShiftError("meanflow distillation runs in one process (its Jacobian-vector "
+                                "product does not go through DDP); use --method oneshot")
+        self.teacher = t = load_run(cfg.teacher, device=tr.device)
+        if t.kind != "flow":
+            raise MedShiftError(f"{cfg.teacher} is a distilled student; distil a flow run")
+        self.domains = t.domains
+        self.pairs = _pairs(cfg.pairs, t.domains)
+        self.settings = cfg.teacher_settings()
+        data = cfg.data or t.train.get("data")
+        if not data:
+            raise MedShiftError("the teacher run records no dataset; pass --data ROOT")
+        view = types.SimpleNamespace(data=data, image_size=t.image_size, domains=t.domains,
+                                     domain_map=t.train.get("domain_map"), skip_bad=False,
+                                     resize=t.train.get("resize", "crop"))
+        self.data_root = data
+        train = open_split(view, "train")
+        x, y = train.to_tensors()
+        val = open_split(view, "val", t.domains) or train
+        xv, yv = val.to_tensors()
+        enc = t.codec.encode
+        self.x = torch.cat([enc(x[k:k + 64].to(tr.device)).float().cpu()
+                            for k in range(0, x.shape[0], 64)])
+        self.y = y
+        self.val = self._val_set(tr, xv, yv)
+        self.stream = IndexStream(self._items(tr), cfg.micro_batch, cfg.seed)
+
+    def _items(self, tr: Trainer) -> int:
+        """How many items the data stream draws from: the teacher cache's, or the images."""
+        if self.cfg.method == "meanflow":
+            return self.x.shape[0]
+        self.cache = self._cache(tr)
+        return self.cache["x"].shape[0]
+
+    def _translator(self, src: int, tgt: int, tau: float) -> Translator:
+        return Translator(self.teacher, src, tgt, tau=tau, mode="fused", batch_size=16,
+                          **self.settings)
+
+    @torch.no_grad()
+    def _teacher_translate(self, z: torch.Tensor, src: int, tgt: int, tau: float) -> torch.Tensor:
+        """The teacher's translation of model-space images (batches of 16 on the device)."""
+        tr = self._translator(src, tgt, tau)
+        dev = self.teacher.device
+        outs = []
+        for k in range(0, z.shape[0], 16):
+            zb = z[k:k + 16].to(dev, tr.dtype)
+            outs.append(tr.sampler(tuple(zb.shape)).translate(zb, check_finite=False).float()
+                        .cpu())
+        return torch.cat(outs)
+
+    def _val_set(self, tr: Trainer, xv: torch.Tensor, yv: torch.Tensor) -> dict:
+        cfg = self.cfg
+        taus = sorted({cfg.tau_min, (cfg.tau_min + cfg.tau_max) / 2, cfg.tau_max})
+        rows: dict[str, list] = {"x": [], "t": [], "s": [], "g": [], "tau": []}
+        for src, tgt in self.pairs:
+            xs = xv[yv == src][:cfg.val_images]
+            if xs.shape[0] == 0:
+                continue
+            z = self.teacher.codec.encode(xs.to(tr.device)).float().cpu()
+            for tau in taus:
+                rows["x"].append(z)
+                rows["t"].append(self._teacher_translate(z, src, tgt, tau))
+                rows["s"].append(torch.full((z.shape[0],), src))
+                rows["g"].append(torch.full((z.shape[0],), tgt))
+                rows["tau"].append(torch.full((z.shape[0],), tau))
+        if not rows["x"]:
+            raise MedShiftError("no validation images for the requested pairs")
+        return {k: torch.cat(v) for k, v in rows.items()}
+
+    def _cache_meta(self) -> dict[str, str]:
+        from ..fileio import sha256_file
+
+        t = self.teacher
+        return {"teacher_weights_sha256": sha256_file(Path(t.path) / "model.safetensors"),
+                "settings": json.dumps(self.settings, sort_keys=True),
+                "pairs": json.dumps(self.pairs), "tau": f"{self.cfg.tau_min},{self.cfg.tau_max}",
+                "taus_per_image": str(self.cfg.taus_per_image),
+                "max_images": str(self.cfg.max_images), "seed": str(self.cfg.seed),
+                "data": str(self.data_root)}
+
+    def _cache(self, tr: Trainer) -> dict[str, torch.Tensor]:
+        """The teacher's translations of the training images (computed once, then reused)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        path = Path(cfg.out) / CACHE
+        meta = self._cache_meta()
+        if path.is_file():
+            tensors, saved = load_safetensors(path, "teacher cache")
+            if all(saved.get(k) == v for k, v in meta.items()):
+                self.cache_info = {"items": int(tensors["x"].shape[0]),
+                                   "seconds": float(saved.get("seconds", "nan"))}
+                return tensors
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed + 7_919)
+        jobs = []
+        for src, tgt in self.pairs:
+            idx = torch.nonzero(self.y == src).flatten()[:cfg.max_images]
+            for _ in range(cfg.taus_per_image):
+                taus = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * torch.rand(len(idx),
+                                                                            generator=g)
+                jobs += [(int(i), src, tgt, float(tau)) for i, tau in zip(idx, taus)]
+        rows: dict[str, list] = {"x": [], "t": [], "s": [], "g": [], "tau": []}
+        bar = tqdm(total=len(jobs), desc="teacher translations", unit="img",
+                   disable=not (tr.dist.is_main and self.progress))
+        # one translation per job: each has its own tau (the Sampler is per settings)
+        for i, src, tgt, tau in jobs:
+            z = self.x[i:i + 1]
+            rows["x"].append(z)
+            rows["t"].append(self._teacher_translate(z, src, tgt, tau))
+            rows["s"].append(torch.tensor([src]))
+            rows["g"].append(torch.tensor([tgt]))
+            rows["tau"].append(torch.tensor([tau]))
+            bar.update(1)
+        bar.close()
+        cache = {k: torch.cat(v) for k, v in rows.items()}
+        seconds = time.perf_counter() - t0
+        self.cache_info = {"items": len(jobs), "seconds": seconds}
+        if tr.dist.is_main:
+            save_safetensors(path, cache, {**meta, "seconds": f"{seconds:.1f}"})
+        return cache
+
+    def build_model(self, tr: Trainer) -> Student:
+        t = self.teacher
+        method = "meanflow" if self.cfg.method == "meanflow" else "oneshot"
+        scfg = StudentConfig(unet=t.model.config.to_dict(), method=method,
+                             pairs=self.pairs, tau_min=self.cfg.tau_min,
+                             tau_max=self.cfg.tau_max,
+                             teacher={**self.settings, "run": str(t.path)})
+        self.student_cfg = scfg
+        st = Student(scfg)
+        st.init_from_teacher(t.model)
+        if self.cfg.init:
+            _init_from(st, self.cfg.init)
+        s = self.x.shape[-1]
+        if self.cfg.crop is not None and (self.cfg.crop > s or self.cfg.crop % st.down_factor):
+            raise MedShiftError(f"crop {self.cfg.crop} must be at most the model-space size {s} "
+                                f"and divisible by {st.down_factor}")
+        return st
+
+    # ------------------------------------------------------------------------------ one step
+    def batch(self, tr: Trainer, m: int):
+        idx = self.stream.rank_batch(m, tr.dist)
+        if self.cfg.method != "meanflow":
+            c = self.cache
+            return tuple(c[k][idx].to(tr.device) for k in ("x", "t", "s", "g", "tau"))
+        return self.x[idx].to(tr.device), self.y[idx].to(tr.device)
+
+    def _crop_pair(self, tr: Trainer, a: torch.Tensor, b: torch.Tensor):
+        crop = self.cfg.crop
+        if crop is None or crop >= a.shape[-1]:
+            return a, b
+        both = random_crop(torch.cat([a, b], 1), crop, tr.gen, tr.dist)  # one window for both
+        return both[:, :a.shape[1]], both[:, a.shape[1]:]
+
+    def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
+        if self.cfg.method == "meanflow":
+            return meanflow_loss(self, tr, batch)
+        x, target, ys, yt, tau = batch
+        x, target = self._crop_pair(tr, x, target)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with tr.autocast():
+            pred = fwd(x, tau, ys, yt)  # Student.forward = oneshot (through DDP / compile)
+        return pseudo_huber(pred, target)
+
+    @torch.no_grad()
+    def validate(self, tr: Trainer) -> float:
+        st, v, dev = tr.ema.module.eval(), self.val, tr.device
+        total, n = 0.0, 0
+        for k in range(v["x"].shape[0]):
+            pred = st.translate(v["x"][k:k + 1].to(dev), float(v["tau"][k]),
+                                v["s"][k:k + 1].to(dev), v["g"][k:k + 1].to(dev))
+            total += float(F.mse_loss(pred.float().cpu(), v["t"][k:k + 1], reduction="sum"))
+            n += pred.numel()
+        return total / max(n, 1)
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def save(self, tr: Trainer, run_dir: Path) -> None:
+        t = self.teacher
+        train_dict = {**self.cfg.to_dict(), "image_size": t.image_size,
+                      "dataset": str(self.data_root)}
+        extra = {"step": tr.step, "latent": t.codec.reference(), "teacher": str(t.path),
+                 "best_val": None if math.isinf(tr.best_val) else tr.best_val,
+                 "teacher_cache": getattr(self, "cache_info", None),
+                 "learned": t.config.get("learned")}  # the teacher's scale and intensity rule
+        save_run(run_dir, train_dict, self.student_cfg.to_dict(), self.domains,
+                 tr.ema.state_dict(), tr.model.state_dict(), tr.training_state(), extra=extra,
+                 kind="student")
+        copy_autoencoder(t.codec, run_dir)
+
+    def check_resume(self, tr: Trainer, src: Path) -> None:
+        saved = json.loads((src / "config.json").read_text()).get("train", {})
+        resume_check(saved, self.cfg, _RESUMABLE)
+
+
+def one_call_student(path: str, flag: str, like: StudentConfig, device=None) -> Student:
+    """The network of a one-call student run, checked to be ``like``'s (MedShiftError if not)."""
+    run = load_run(path, device=device)
+    m = run.model
+    if run.kind != "student" or m.config.method != "oneshot":
+        raise MedShiftError(f"{flag} {path}: not a one-call student run (it is a {run.kind} "
+                            f"run{'' if run.kind != 'student' else ', ' + m.config.method}); "
+                            "pass a run written by `medshift distill --method oneshot`")
+    from ..models.unet import UNetConfig
+
+    if UNetConfig(**m.config.unet).to_dict() != UNetConfig(**like.unet).to_dict():
+        raise MedShiftError(f"{flag} {path}: its network differs from the teacher's "
+                            f"({m.config.unet} vs {like.unet})")
+    return m
+
+
+def _init_from(st: Student, path: str) -> None:
+    """Load a one-call student run's (EMA) weights into ``st`` (same network, same domains)."""
+    st.load_state_dict(one_call_student(path, "--init", st.config).state_dict())
+
