@@ -10,6 +10,8 @@ size they were trained on, overlap 32):
     teacher_whole   the teacher over the whole image, where it fits
     cli_student     `medshift translate --size native` end to end on a 16-bit PNG (decode,
                     translate, write): 2048x2048 and 3000x2500
+    student_tb      the student at 1024x1024 with 1, 2, 4, 8 and 16 tiles per forward (the
+                    CPU default, memory.CPU_TILE_BATCH, is chosen from these rows)
 Every case runs in its own child process: ``ms`` is the translation's wall time, ``peak_mb``
 the child's peak resident set (``resource.getrusage``: torch, the model and everything),
 ``delta_mb`` the peak minus the resident set just before translating, ``plan_mb`` the memory
@@ -40,6 +42,7 @@ TEACHER, STUDENT = ROOT / "pretrained" / "demo128", ROOT / "pretrained" / "demo1
 SIDES = (256, 512, 1024, 2048, 4096)
 TEACHER_SIDES = (256, 512, 1024)
 CLI_SHAPES = ((2048, 2048), (3000, 2500))
+TILE_BATCHES = (1, 2, 4, 8, 16)
 PAIR = ("real_low", "real_exposure")
 
 
@@ -98,8 +101,10 @@ def child(case: dict) -> dict:
     from medshift_fast.translator import Translator
 
     kind, how = case["provider"].split("_")
+    how = "tiled" if how == "tb" else how
     run = load_run(STUDENT if kind == "student" else TEACHER)
-    tr = Translator(run, *PAIR, tile=None if how == "whole" else 128)
+    tr = Translator(run, *PAIR, tile=None if how == "whole" else 128,
+                    tile_batch=case.get("tile_batch"))
     x = torch.from_numpy(_radiograph(h, w))[None, None]
     try:
         plan = tr.plan(tuple(x.shape))
@@ -161,6 +166,16 @@ def main(argv=None) -> int:
         rows.append(r)
         print(json.dumps(r), flush=True)
         rep.checkpoint(a.md, a.json)
+    for tb in TILE_BATCHES:
+        r = {"provider": "student_tb", "side": 1024, "shape": [1024, 1024]}
+        r.update(run_case({"provider": "student_tb", "shape": [1024, 1024], "tile_batch": tb,
+                           "threads": a.threads, "tmp": tmp}, a.timeout))
+        if "ms" in r:
+            r["ms_per_mp"] = r["ms"] / (1024 * 1024 / 1e6)
+            r["cpu_ms_per_mp"] = r["cpu_ms"] / (1024 * 1024 / 1e6)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        rep.checkpoint(a.md, a.json)
     for h, w in CLI_SHAPES:
         r = {"provider": "cli_student", "side": max(h, w), "shape": [h, w]}
         r.update(run_case({"provider": "cli_student", "shape": [h, w], "threads": a.threads,
@@ -207,6 +222,13 @@ def main(argv=None) -> int:
         lines.append(f"- teacher, 1024² tiled: peak RSS {pt:.0f} MB (target ≤ 2048: "
                      f"{'met' if pt <= 2048 else 'NOT met'}), "
                      f"{get('teacher_tiled', 1024, 'ms') / 1e3:.0f} s")
+    tbs = [r for r in rows if r["provider"] == "student_tb" and r.get("cpu_ms")]
+    if tbs:
+        best = min(tbs, key=lambda r: r["cpu_ms"])
+        lines.append("- tiles per forward, student 1024²: " + ", ".join(
+            f"{r['tile_batch']}: {r['cpu_ms'] / best['cpu_ms']:.2f}x CPU time, "
+            f"{r['delta_mb']:.0f} MB" for r in tbs) + " (CPU time relative to the fastest; "
+            "memory: peak - before)")
     rep.text("\n".join(lines), "Against the targets")
     rep.note("Times are wall-clock on a shared 2-core CPU, one torch thread: compare rows of "
              "one run, not across machines.")

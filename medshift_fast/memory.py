@@ -29,8 +29,9 @@ __all__ = ["CPU_TILE_BATCH", "DEFAULT_FRACTION", "GPU_TILE_BATCH", "MemoryPlan",
            "format_bytes", "image_buffers", "parse_bytes", "plan", "unet_forward_bytes"]
 
 DEFAULT_FRACTION = 0.5
-# Tiles per forward when the caller does not say: on a CPU 4 is as fast as 16 and needs half the
-# memory (benchmarks/bench_native.py, its tile-batch rows); a GPU wants wide batches.
+# Tiles per forward when the caller does not say: on a CPU wider batches are slower and take more
+# memory (benchmarks/bench_native.py, its tile-batch rows: one thread is fastest at 1, two at
+# about 4); a GPU wants wide batches.
 CPU_TILE_BATCH, GPU_TILE_BATCH = 4, 64
 # allocator slack and temporaries not modelled (estimate vs measured: results/native_cpu.md)
 SAFETY = 1.5

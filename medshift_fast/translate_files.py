@@ -90,6 +90,8 @@ class TranslateConfig(TranslateOptions):
             none: the whole image at once, global attention).
         overlap: tile overlap in pixels (default: a quarter of the tile).
         max_memory: memory budget, e.g. 4G (default: half of the memory available).
+        tile_batch: tiles per network forward (default: what the memory plan allows, at most
+            4 on a CPU and 64 on a GPU).
         input_bits: treat integer samples as this many significant bits (e.g. 12 for 12-bit
             data in 16-bit PNG / TIFF files that do not declare it).
         seed: seed of the SDE / SDEdit noise (per image: with the input's relative path).
@@ -117,6 +119,7 @@ class TranslateConfig(TranslateOptions):
     tile: str = "auto"
     overlap: int | None = None
     max_memory: str | None = None
+    tile_batch: int | None = None
     input_bits: int | None = None
     seed: int = 0
     batch_size: int = 16
@@ -162,6 +165,8 @@ class TranslateConfig(TranslateOptions):
                                     f"got {self.tile!r}")
         if self.overlap is not None and int(self.overlap) < 0:
             raise MedShiftError(f"--overlap must be >= 0, got {self.overlap}")
+        if self.tile_batch is not None and int(self.tile_batch) < 1:
+            raise MedShiftError(f"--tile-batch must be >= 1, got {self.tile_batch}")
         if self.max_memory is not None:
             from .memory import parse_bytes
 
@@ -288,7 +293,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
         "auto" if str(cfg.tile).lower() == "auto" else int(cfg.tile))
     tr = Translator(run, cfg.source, cfg.target, tau=cfg.tau, mode=cfg.mode, device=dev,
                     batch_size=cfg.batch_size, seed=cfg.seed, tile=tile, overlap=cfg.overlap,
-                    max_memory=cfg.max_memory, **cfg.recipe())
+                    max_memory=cfg.max_memory, tile_batch=cfg.tile_batch, **cfg.recipe())
     opts = dict(frame=cfg.frame, allow_modality=cfg.modalities(), allow_rgb=cfg.allow_rgb)
     run_id = shard.common(_run_id())
     series = shard.common(new_series_uid())
@@ -326,7 +331,8 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
             summary.skipped += 1
             manifest.add(f, None, "skipped", str(exc))
             continue
-        warn = ws.warning or (tr.learned.size_warning(fit.shape) if ws.how == "native" else None)
+        warn = ws.warning or (tr.learned.size_warning(tuple(ws.shape or fit.shape))
+                              if ws.how == "native" else None)
         if warn:
             warnings.append(f"{f}: {warn}")
         dst = out / rel.parent / f"{rel.stem}_{cfg.target}{_suffix(cfg, info, f)}"

@@ -188,6 +188,11 @@ def test_the_memory_plan_refuses_before_any_work(tmp_path):
     p1, p4 = tiled.plan((1, 1, 1024, 1024)), tiled.plan((1, 1, 4096, 4096))
     assert p1.tile_batch == p4.tile_batch > 1
     assert p4.peak - p1.peak < 16 * 4096 * 4096 * 4  # only whole-image buffers grow
+    # tiles per forward: as asked (no faster or slower result), else the device's default
+    one = Translator(run, "real_low", "real_exposure", max_memory="2G", tile_batch=1)
+    assert one.plan((1, 1, 1024, 1024)).tile_batch == 1 and p1.tile_batch == 4  # CPU default
+    x = torch.rand(1, 1, 200, 150) * 2 - 1
+    assert _psnr(one.translate(x), tiled.translate(x)) >= 60.0
 
 
 def test_oversized_and_degenerate_requests_exit_2_with_one_line(tmp_path, capsys):
@@ -209,7 +214,8 @@ def test_oversized_and_degenerate_requests_exit_2_with_one_line(tmp_path, capsys
                          (["--tile", "none", "--size", "1024", "--max-memory", "1G",
                            str(tmp_path / "ok.png")], "tiles"),
                          (["--max-memory", "lots", str(tmp_path / "ok.png")], "--max-memory"),
-                         (["--tile", "6", str(tmp_path / "ok.png")], "tile")]:
+                         (["--tile", "6", str(tmp_path / "ok.png")], "tile"),
+                         (["--tile-batch", "0", str(tmp_path / "ok.png")], "--tile-batch")]:
         out = tmp_path / f"out_{len(args)}_{needle[:4]}"
         rc = main([*base, "--out", str(out), *args])
         err = [e for e in capsys.readouterr().err.splitlines() if "error" in e]

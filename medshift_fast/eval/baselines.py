@@ -17,7 +17,9 @@ Tuning (:func:`tune`): every value of the baseline's fixed, log-spaced grid is a
     aligned true target images of the same split (higher is better);
   * otherwise (unpaired data): the NPS distance to the target domain's images of that split
     (lower is better).
-The best value wins (the first one on a tie); the whole curve is recorded. Everything is
+The best value wins (the first one on a tie); a winner at an end of the grid extends it
+geometrically past that end (at most ``MAX_GRID_EXTENSIONS`` values, within the parameter's
+``bounds``) so that the optimum is inside the curve; the whole curve is recorded. Everything is
 deterministic. BM3D costs about a second per 128-px image on one CPU core, so its grid is short
 and it is tuned on at most ``BM3D_TUNE_IMAGES`` images.
 """
@@ -34,6 +36,7 @@ import torch
 from ..errors import MedShiftError
 
 BM3D_TUNE_IMAGES = 6
+MAX_GRID_EXTENSIONS = 6  # values added past an end of the grid when the winner sits there
 
 
 def _gaussian(u: np.ndarray, sigma: float) -> np.ndarray:
@@ -68,9 +71,11 @@ class Classical:
         label: display name.
         param: display name of the parameter.
         unit: unit shown after the value ("" for none).
-        grid: the values tried when tuning (fixed, log-spaced).
+        grid: the values tried first when tuning (log-spaced).
         filter: (H, W) float64 image in [0, 1], value -> filtered image.
         max_tune_images: cap on tuning images for this baseline (None: ``tune_images``).
+        bounds: the parameter's meaningful range: a winner at an end of ``grid`` extends the
+            grid geometrically past that end, within these bounds (``tune``).
     """
 
     key: str
@@ -80,6 +85,7 @@ class Classical:
     grid: tuple[float, ...]
     filter: Callable[[np.ndarray, float], np.ndarray]
     max_tune_images: int | None = None
+    bounds: tuple[float, float] = (0.0, float("inf"))
 
     def name(self, value: float) -> str:
         """Row name, e.g. "TV (weight 0.02)"."""
@@ -104,10 +110,12 @@ class Classical:
 
 
 CLASSICAL: tuple[Classical, ...] = (
-    Classical("gaussian", "Gaussian", "σ", "px", (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8), _gaussian),
-    Classical("tv", "TV", "weight", "", (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32), _tv),
+    Classical("gaussian", "Gaussian", "σ", "px", (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8), _gaussian,
+              bounds=(0.1, 16.0)),
+    Classical("tv", "TV", "weight", "", (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32), _tv,
+              bounds=(1e-4, 10.0)),
     Classical("bm3d", "BM3D", "σ_psd", "", (0.005, 0.01, 0.02, 0.04, 0.08, 0.16), _bm3d,
-              max_tune_images=BM3D_TUNE_IMAGES),
+              max_tune_images=BM3D_TUNE_IMAGES, bounds=(1e-3, 1.0)),
 )
 BY_KEY = {b.key: b for b in CLASSICAL}
 
@@ -196,17 +204,28 @@ def tune(baseline: Classical, x_src: torch.Tensor, *, target: torch.Tensor | Non
         x_src = x_src[idx]
         target = target[idx] if target is not None else None
     t0 = time.perf_counter()
-    curve = []
-    for v in baseline.grid:
+
+    def score(v: float) -> float:
         y = baseline.apply(x_src, v)
         if target is not None:
             s = float(psnr(y, target))
-            s = s if np.isfinite(s) else 99.0
+            return s if np.isfinite(s) else 99.0
+        return float(nps_distance(y, nps_ref))
+
+    sign = 1.0 if target is not None else -1.0  # maximise PSNR, minimise the NPS distance
+    curve = [(float(v), score(v)) for v in baseline.grid]
+    lo, hi = baseline.bounds
+    for _ in range(MAX_GRID_EXTENSIONS):  # a winner at an end: extend the grid past that end
+        best = max(range(len(curve)), key=lambda k: (sign * curve[k][1], -k))
+        if best == len(curve) - 1 and curve[-1][0] * curve[-1][0] / curve[-2][0] <= hi:
+            v = curve[-1][0] * curve[-1][0] / curve[-2][0]
+            curve.append((v, score(v)))
+        elif best == 0 and curve[0][0] * curve[0][0] / curve[1][0] >= lo:
+            v = curve[0][0] * curve[0][0] / curve[1][0]
+            curve.insert(0, (v, score(v)))
         else:
-            s = float(nps_distance(y, nps_ref))
-        curve.append((float(v), s))
-    scores = [s for _, s in curve]
-    best = int(np.argmax(scores)) if target is not None else int(np.argmin(scores))
+            break
+    best = max(range(len(curve)), key=lambda k: (sign * curve[k][1], -k))
     return Tuned(baseline, curve[best][0], "psnr_tgt" if target is not None else "nps_dist",
                  curve, int(x_src.shape[0]), split, time.perf_counter() - t0,
                  best in (0, len(curve) - 1))

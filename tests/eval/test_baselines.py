@@ -88,10 +88,24 @@ def test_tune_without_aligned_targets_matches_the_target_noise_spectrum():
         B.tune(B.BY_KEY["gaussian"], src)
 
 
-def test_tune_marks_an_optimum_at_the_grid_edge():
+def test_tune_extends_the_grid_down_within_the_parameter_bounds():
     src = _noisy(_smooth(3), 0.0)
     t = B.tune(B.BY_KEY["gaussian"], src, target=src)  # identity is best: the smallest sigma
-    assert t.value == B.BY_KEY["gaussian"].grid[0] and t.at_edge
+    g, (lo, _) = B.BY_KEY["gaussian"].grid, B.BY_KEY["gaussian"].bounds
+    vals = [v for v, _ in t.curve]
+    assert t.value < g[0] and min(vals) >= lo and vals[-len(g):] == list(g)  # extended down
+    assert t.at_edge == (t.value in (vals[0], vals[-1]))
+
+
+def test_tune_extends_the_grid_past_an_end_until_the_optimum_is_inside():
+    src = _smooth(4)
+    b = B.BY_KEY["gaussian"]
+    tgt = b.apply(src, 4.5)  # beyond the grid's last value (2.8)
+    t = B.tune(b, src, target=tgt)
+    vals = [v for v, _ in t.curve]
+    assert vals[:len(b.grid)] == list(b.grid) and len(vals) > len(b.grid)
+    assert not t.at_edge and b.grid[-1] < t.value < 8.0
+    assert max(s for _, s in t.curve) == dict(t.curve)[t.value]
 
 
 # --- never the test split ----------------------------------------------------------------------
