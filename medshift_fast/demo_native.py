@@ -11,18 +11,43 @@ the tiles and the peak resident memory of the translating process (a child: the 
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["NATIVE_FILE", "native_section"]
+__all__ = ["NATIVE_FILE", "cli_in_child", "native_section"]
 
 NATIVE_FILE = "RG1_UNCI.dcm"
 PAIR = ("real_low", "real_exposure")
 CROP = (560, 1250, 256, 256)  # (y, x, h, w) of the 100 % crop: left lung field, ribs, vessels
+
+
+# The child reports its own peak: VmHWM of its (post-exec) address space. getrusage's ru_maxrss
+# would not do: at exec the kernel carries the pre-exec image's high-water mark over (with
+# vfork, the PARENT's), so a child of a 2 GB process "peaks" at 2 GB whatever it does.
+_CHILD = """import resource, sys
+from medshift_fast.cli import main
+rc = main(sys.argv[2:])
+try:
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+except OSError:  # no /proc: getrusage (may include the pre-exec image)
+    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open(sys.argv[1], "w").write(str(hwm))
+sys.exit(rc)
+"""
+
+
+def cli_in_child(args: list[str]) -> tuple[int, str, float]:
+    """Run ``medshift ARGS`` in a fresh Python process; (exit code, its stderr, its own peak
+    resident memory in MB — the translation's, not the caller's)."""
+    with tempfile.TemporaryDirectory() as d:
+        peak_file = Path(d) / "peak_kb"
+        p = subprocess.run([sys.executable, "-c", _CHILD, str(peak_file), *args],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak = float(peak_file.read_text()) / 1024.0 if peak_file.is_file() else float("nan")
+    return p.returncode, p.stderr, peak
 
 
 def _figure(path: Path, x, y, crop=CROP) -> None:
@@ -80,22 +105,16 @@ def native_section(out: Path, student_dir: Path | None, log, progress: bool = Fa
     dest = out / "native"
     log(f"translating the real radiograph {NATIVE_FILE} at native size with the shipped "
         f"student ({PAIR[0]} -> {PAIR[1]}) -> {dest}")
-    # in a child process (the CLI itself): its own peak resident memory, not the demo's
-    cmd = [sys.executable, "-m", "medshift_fast", "translate", "--checkpoint", str(student_dir),
-           "--source", PAIR[0], "--target", PAIR[1], "--size", "native", "--out", str(dest),
-           *(["--overwrite"] if overwrite else []), *([] if progress else ["--no-progress"]),
-           str(src)]
+    args = ["translate", "--checkpoint", str(student_dir), "--source", PAIR[0], "--target",
+            PAIR[1], "--size", "native", "--out", str(dest),
+            *(["--overwrite"] if overwrite else []), *([] if progress else ["--no-progress"]),
+            str(src)]
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(p.pid, 0)  # this child's resource usage
-        err.seek(0)
-        stderr = err.read()
+    rc, stderr, peak = cli_in_child(args)
     seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    if rc != 0:
         return [f"- Native-size translation FAILED: {(stderr.strip().splitlines() or ['?'])[-1]}"
                 ], {"native_s": seconds}
-    peak = usage.ru_maxrss / 1024.0
     (manifest,) = dest.glob("manifest-*.csv")
     row = next(r for r in csv.DictReader(open(manifest)) if r["status"] == "written")
     y_path = dest / row["output"]
