@@ -156,35 +156,25 @@ def main(argv=None) -> int:
     cases = [("student_tiled", s) for s in sides] + [("student_whole", s) for s in sides[:3]]
     cases += [("teacher_tiled", s) for s in tsides] + [("teacher_whole", s) for s in tsides[:1]]
     rows = []
-    for prov, s in cases:
-        r = {"provider": prov, "side": s, "shape": [s, s]}
-        r.update(run_case({"provider": prov, "shape": [s, s], "threads": a.threads,
-                           "tmp": tmp}, a.timeout))
-        if "ms" in r:
-            r["ms_per_mp"] = r["ms"] / (s * s / 1e6)
-            r["cpu_ms_per_mp"] = r["cpu_ms"] / (s * s / 1e6)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-        rep.checkpoint(a.md, a.json)
-    for tb in TILE_BATCHES:
-        r = {"provider": "student_tb", "side": 1024, "shape": [1024, 1024]}
-        r.update(run_case({"provider": "student_tb", "shape": [1024, 1024], "tile_batch": tb,
-                           "threads": a.threads, "tmp": tmp}, a.timeout))
-        if "ms" in r:
-            r["ms_per_mp"] = r["ms"] / (1024 * 1024 / 1e6)
-            r["cpu_ms_per_mp"] = r["cpu_ms"] / (1024 * 1024 / 1e6)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-        rep.checkpoint(a.md, a.json)
-    for h, w in CLI_SHAPES:
-        r = {"provider": "cli_student", "side": max(h, w), "shape": [h, w]}
-        r.update(run_case({"provider": "cli_student", "shape": [h, w], "threads": a.threads,
-                           "tmp": tmp}, a.timeout))
+
+    def measure(provider: str, shape: tuple[int, int], **extra) -> None:
+        h, w = shape
+        r = {"provider": provider, "side": max(h, w), "shape": [h, w]}
+        r.update(run_case({"provider": provider, "shape": [h, w], "threads": a.threads,
+                           "tmp": tmp, **extra}, a.timeout))
         if "ms" in r:
             r["ms_per_mp"] = r["ms"] / (h * w / 1e6)
             r["cpu_ms_per_mp"] = r["cpu_ms"] / (h * w / 1e6)
         rows.append(r)
         print(json.dumps(r), flush=True)
+        rep.checkpoint(a.md, a.json)
+
+    for prov, s in cases:
+        measure(prov, (s, s))
+    for tb in TILE_BATCHES:
+        measure("student_tb", (1024, 1024), tile_batch=tb)
+    for h, w in CLI_SHAPES:
+        measure("cli_student", (h, w))
     cols = [("provider", "provider", "{}"), ("image", lambda r: "x".join(map(str, r["shape"])),
                                              "{}"),
             ("tiles", "n_tiles", "{}"), ("tiles/forward", "tile_batch", "{}"),

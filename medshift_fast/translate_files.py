@@ -43,9 +43,7 @@ not depend on what else is in the folder.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +54,7 @@ from .data.io import find_images, probe_image, read_image
 from .data.writers import new_series_uid, output_suffix, write_image
 from .errors import MedShiftError
 from .fileio import check_not_inside, check_writable_dir
-from .translate_manifest import Manifest, Shard
+from .translate_manifest import Manifest, Shard, new_run_id
 from .translator import MODES, TranslateOptions
 
 __all__ = ["TranslateConfig", "TranslateSummary", "translate_files"]
@@ -253,11 +251,6 @@ def _image_seed(seed: int, rel: Path) -> int:
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
 
 
-def _run_id() -> str:
-    """A run id for the manifest's name: UTC time and 4 random hex digits."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(2).hex()
-
-
 def _suffix(cfg: TranslateConfig, info, f: Path) -> str:
     if cfg.out_format != "same":
         return output_suffix(cfg.out_format, None)
@@ -295,7 +288,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
                     batch_size=cfg.batch_size, seed=cfg.seed, tile=tile, overlap=cfg.overlap,
                     max_memory=cfg.max_memory, tile_batch=cfg.tile_batch, **cfg.recipe())
     opts = dict(frame=cfg.frame, allow_modality=cfg.modalities(), allow_rgb=cfg.allow_rgb)
-    run_id = shard.common(_run_id())
+    run_id = shard.common(new_run_id())
     series = shard.common(new_series_uid())
     summary = TranslateSummary(out=out, manifest=out / f"manifest-{run_id}.csv")
     desc = tr.describe()

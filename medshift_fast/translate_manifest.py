@@ -11,13 +11,19 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from pathlib import Path
 
 import torch
 
 from .fileio import atomic_write_text
 
-__all__ = ["Manifest", "Shard"]
+__all__ = ["Manifest", "Shard", "new_run_id"]
+
+
+def new_run_id() -> str:
+    """A run id for the manifest's name: UTC time and 4 random hex digits."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(2).hex()
 
 
 class Manifest:

@@ -92,6 +92,8 @@ def _mean(logits: list[torch.Tensor]) -> torch.Tensor:
 class AdversarialTask(DistillTask):
     """The one-call student against a discriminator on real target-domain images."""
 
+    VAL_TEACHER = False  # scored by the NPS distance, no teacher translations
+
     desc = "distill (adversarial)"
 
     # ------------------------------------------------------------------------------ set-up
@@ -156,25 +158,6 @@ class AdversarialTask(DistillTask):
         j = self.jobs[idx]
         return (self.x[j[:, 0]].to(tr.device), None, j[:, 1].to(tr.device),
                 j[:, 2].to(tr.device), tau.to(tr.device))
-
-    def _val_set(self, tr: Trainer, xv: torch.Tensor, yv: torch.Tensor) -> dict:
-        """Held-out sources per pair and tau (no teacher translations: scored by the NPS)."""
-        cfg = self.cfg
-        taus = sorted({cfg.tau_min, (cfg.tau_min + cfg.tau_max) / 2, cfg.tau_max})
-        rows: dict[str, list] = {"x": [], "s": [], "g": [], "tau": []}
-        for src, tgt in self.pairs:
-            xs = xv[yv == src][:cfg.val_images]
-            if xs.shape[0] == 0:
-                continue
-            z = self.teacher.codec.encode(xs.to(tr.device)).float().cpu()
-            for tau in taus:
-                rows["x"].append(z)
-                rows["s"].append(torch.full((z.shape[0],), src))
-                rows["g"].append(torch.full((z.shape[0],), tgt))
-                rows["tau"].append(torch.full((z.shape[0],), tau))
-        if not rows["x"]:
-            raise MedShiftError("no validation images for the requested pairs")
-        return {k: torch.cat(v) for k, v in rows.items()}
 
     def build_model(self, tr: Trainer):
         st = super().build_model(tr)
