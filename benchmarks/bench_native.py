@@ -98,7 +98,7 @@ def child(case: dict) -> dict:
         return {"ms": 1e3 * (time.perf_counter() - t0), "cpu_ms": 1e3 * (_cpu_s() - c0),
                 "peak_mb": _rss_mb(), "delta_mb": _rss_mb() - base, "ok": rc == 0}
     from medshift_fast.run import load_run
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     kind, how = case["provider"].split("_")
     how = "tiled" if how == "tb" else how

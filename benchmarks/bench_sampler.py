@@ -104,18 +104,19 @@ def torchdiffeq_translate(model, x, source, target, tau=TAU, steps=STEPS, method
 def e2e_steps(model, solver, size, batch=1, device="cpu", compiled=False):
     """{provider: no-argument callable translating one batch}."""
     x = torch.rand(batch, 1, size, size, device=device) * 2 - 1
-    s = Sampler(model, x.shape, 0, 2, TAU, STEPS, solver, W, W, cuda_graph=False)
+    kw = dict(tau=TAU, steps=STEPS, solver=solver, guidance_encode=W, guidance_decode=W)
+    s = Sampler(model, x.shape, 0, 2, **kw, cuda_graph=False)
     steps = {
         "torchdiffeq": lambda: torchdiffeq_translate(model, x, 0, 2, method=solver),
-        "reference": lambda: translate(model, x, 0, 2, TAU, W, W, STEPS, solver),
+        "reference": lambda: translate(model, x, 0, 2, **kw),
         "sampler": lambda: s.translate(x),
     }
     if compiled:  # a copy: channels_last converts the weights in place
-        sc = Sampler(copy.deepcopy(model), x.shape, 0, 2, TAU, STEPS, solver, W, W,
-                     cuda_graph=False, channels_last=True, compile=True)
+        sc = Sampler(copy.deepcopy(model), x.shape, 0, 2, **kw, cuda_graph=False,
+                     channels_last=True, compile=True)
         steps["sampler_compiled"] = lambda: sc.translate(x)
     if device == "cuda":
-        g = Sampler(model, x.shape, 0, 2, TAU, STEPS, solver, W, W, cuda_graph=True)
+        g = Sampler(model, x.shape, 0, 2, **kw, cuda_graph=True)
         steps["sampler_graph"] = lambda: g.translate(x)
     return steps
 

@@ -30,7 +30,7 @@ from medshift_fast.deploy import FrameTranslator
 from medshift_fast.models import build_model
 from medshift_fast.models.student import Student, StudentConfig
 from medshift_fast.run import LoadedRun
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
 
 HAS_CUDA = torch.cuda.is_available()
 STEPS, TAU, W = 10, 0.6, 2.0

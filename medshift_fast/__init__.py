@@ -29,19 +29,22 @@ __all__ = [
     "eval",
     "export",
     "deploy",
+    "translate",
     "load_run",
     "LoadedRun",
     "Translator",
+    "TranslationSettings",
     "RECIPE",
     "FrameTranslator",
     "load_engine",
 ]
 
 _LAZY = {"ops", "flow", "models", "data", "train", "eval", "export", "deploy", "cli", "run",
-         "translator"}
+         "translate", "demo"}
 # the everyday names, importable from the top level without loading torch-heavy modules early
-_NAMES = {"load_run": "run", "LoadedRun": "run", "Translator": "translator",
-          "RECIPE": "translator", "FrameTranslator": "deploy", "load_engine": "deploy"}
+_NAMES = {"load_run": "run", "LoadedRun": "run", "Translator": "translate",
+          "TranslationSettings": "translate", "RECIPE": "translate",
+          "FrameTranslator": "deploy", "load_engine": "deploy"}
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,7 @@
 Two parts, kept in separate sections:
 
 - :class:`FrameTranslator` (real-time translation): a streaming object for one fixed frame size
-  and fixed settings over a run: a thin wrapper of :class:`medshift_fast.translator.Translator`
+  and fixed settings over a run: a thin wrapper of :class:`medshift_fast.translate.Translator`
   in a fused mode (a preallocated Sampler underneath: fused guided stages, no per-step
   allocations, a CUDA graph on CUDA) that vets and times every frame (float frames in [-1, 1]
   or raw uint16 detector frames).
@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import MedShiftError
 from .flow.solvers import FIXED_SOLVERS
-from .translator import Translator, uint16_to_unit, unit_to_uint16
+from .translate import Translator, uint16_to_unit, unit_to_uint16
 
 __all__ = ["FrameTranslator"]
 
@@ -45,7 +45,7 @@ def _percentile(sorted_vals: list[float], q: float) -> float:
 class FrameTranslator:
     """Translate a stream of frames of one size from a source to a target domain.
 
-    A thin streaming wrapper around :class:`medshift_fast.translator.Translator` in a fused
+    A thin streaming wrapper around :class:`medshift_fast.translate.Translator` in a fused
     mode (``fused`` on the CPU, ``cuda_graph`` on CUDA, ``compiled`` with ``compile=True``) for
     ONE frame shape: the translator's preallocated Sampler is built and warmed up at
     construction, every frame is vetted (shape, dtype, finite values) and timed.
@@ -56,7 +56,7 @@ class FrameTranslator:
         source, target: domain names (runs) or label ints.
         tau, steps, solver, guidance_encode, guidance_decode: as ``Translator`` (fixed-step
             solvers only: euler | midpoint | heun | rk4; None = the run's defaults,
-            ``translator.RECIPE`` or a distilled student's own).
+            ``TranslationSettings`` or a distilled student's own).
         size: frame size S or (H, W) in pixels (default: the run's training size; another size,
             non-square included, needs ``any_size=True``; it must be divisible by the model's
             downsampling factor). Frames larger than the run's tile are translated in tiles
@@ -170,6 +170,7 @@ class FrameTranslator:
 
     @property
     def settings(self):
+        """The translator's ``TranslationSettings`` (fixed for this stream)."""
         return self.translator.settings
 
     # -------------------------------------------------------------------------------- per frame
@@ -247,6 +248,7 @@ class FrameTranslator:
         return list(self._lat)
 
     def reset_stats(self) -> None:
+        """Forget the latencies recorded so far."""
         self._lat.clear()
 
     def latency_stats(self) -> dict[str, float]:

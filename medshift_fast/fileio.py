@@ -85,6 +85,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None],
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, exclusive: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (``atomic_write``)."""
     def w(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -93,6 +94,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, exclusive: bool = Fals
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (``atomic_write``)."""
     def w(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -172,6 +174,43 @@ def atomic_dir(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def read_format_json(path: str | os.PathLike, fmt: str, what: str, fix: str,
+                     version: int | None = None, version_fix: str | None = None,
+                     name: str | os.PathLike | None = None) -> dict:
+    """A JSON file this package wrote, checked: valid JSON, an object whose ``format`` is
+    ``fmt`` and (when ``version`` is given) whose ``format_version`` is ``version``.
+
+    Args:
+        path: the JSON file.
+        fmt: the expected ``format`` value.
+        what: what the file is, for messages ("checkpoint config", "engine sidecar").
+        fix: what the user should do about a damaged or foreign file.
+        version: the format version this code reads (None: not checked).
+        version_fix: what to do about another version (default: ``fix``).
+        name: what to name in the version message (default: ``path``).
+
+    Raises:
+        MedShiftError: one line naming the file, what is wrong and ``fix``.
+    """
+    import json
+
+    from . import __version__
+
+    try:
+        d = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedShiftError(f"{what} {path} is not valid JSON ({exc}); it is damaged - "
+                            f"{fix}") from exc
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        raise MedShiftError(f"{path} is not a {fmt} {what}; {fix}")
+    if version is not None and d.get("format_version") != version:
+        raise MedShiftError(
+            f"{name or path} has format version {d.get('format_version')} (written by "
+            f"medshift_fast {d.get('medshift_fast_version', '?')}), this medshift_fast "
+            f"({__version__}) reads version {version}; {version_fix or fix}")
+    return d
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

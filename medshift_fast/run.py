@@ -42,6 +42,7 @@ from .fileio import (
     atomic_write,
     atomic_write_text,
     load_safetensors,
+    read_format_json,
     save_safetensors,
     sha256_file,
 )
@@ -210,18 +211,9 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise MedShiftError(f"checkpoint {run_dir} has no {CONFIG}; is it a run directory from "
                             "`medshift train`?")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedShiftError(f"checkpoint config {cfg_path} is not valid JSON ({exc}); the run "
-                            "directory is damaged - use another checkpoint") from exc
-    if not isinstance(cfg, dict) or cfg.get("format") != "medshift_fast":
-        raise MedShiftError(f"{cfg_path} is not a medshift_fast checkpoint config")
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise MedShiftError(
-            f"checkpoint {run_dir} has format version {cfg.get('format_version')}, this "
-            f"medshift_fast ({__version__}) reads version {FORMAT_VERSION}; re-export or retrain"
-        )
+    cfg = read_format_json(cfg_path, "medshift_fast", "checkpoint config",
+                           "use another checkpoint (a run directory of `medshift train`)",
+                           FORMAT_VERSION, "re-export or retrain", f"checkpoint {run_dir}")
     if cfg.get("kind", "flow") not in KINDS:
         raise MedShiftError(f"checkpoint {run_dir} is of unknown kind {cfg.get('kind')!r}")
     return cfg
@@ -238,7 +230,7 @@ class LoadedRun:
 
     ``model`` works in *model space*: pixels in pixel mode, autoencoder latents in latent mode;
     ``encode_image`` / ``decode_image`` map pixel images to model space and back (identity in
-    pixel mode). Translate through :class:`medshift_fast.translator.Translator`.
+    pixel mode). Translate through :class:`medshift_fast.translate.Translator`.
 
     Attributes:
         path: the run directory (None for a bare model wrapped with ``from_model``).
@@ -289,6 +281,7 @@ class LoadedRun:
 
     @property
     def in_channels(self) -> int:
+        """Channels of the network's input (model space)."""
         return int(self.model.in_channels)
 
     @property
@@ -301,9 +294,11 @@ class LoadedRun:
 
     @property
     def device(self) -> torch.device:
+        """The device the network's weights are on."""
         return next(self.model.parameters()).device
 
     def to(self, device) -> LoadedRun:
+        """Move the network and the codec to ``device`` (in place); returns the run."""
         self.model.to(device)
         self.codec.to(device)
         return self

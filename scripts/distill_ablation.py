@@ -40,7 +40,7 @@ def _load(data, domain, split):
 def _teacher(cache: Path, teacher: str, x: torch.Tensor, src: str, tgt: str, tau: float,
              split: str) -> torch.Tensor:
     from medshift_fast.run import load_run
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     key = f"{src}->{tgt}@{tau:g}:{split}:{x.shape[0]}"
     store = torch.load(cache, weights_only=True) if cache.is_file() else {}
@@ -56,7 +56,7 @@ def score(data: str, teacher: str, runs: dict[str, str], tau: float, split: str,
           cache: Path) -> dict[str, list[dict]]:
     from medshift_fast import eval as E
     from medshift_fast.run import load_run
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     fx = E.ENL0Features(batch_size=32)
     out = {}
@@ -99,7 +99,7 @@ def diagnostics(data: str, teacher: str, run: str, tau: float, split: str,
     from medshift_fast.models.discriminator import lowpass
     from medshift_fast.run import load_run
     from medshift_fast.train.adversarial import apply_map, intensity_map
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     fx = E.ENL0Features(batch_size=32)
     lines = ["| pair | low-band MSE vs true target (σ 2 px): identity / teacher / source "

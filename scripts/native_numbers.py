@@ -93,7 +93,7 @@ def tiled_vs_whole() -> str:
 
     from medshift_fast.data import read_image, simulate
     from medshift_fast.run import load_run
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     rows = ["| network | path | side | PSNR tiled vs whole (dB) | PSNR whole vs source (dB) |",
             "|---|---|---|---|---|"]
@@ -120,7 +120,7 @@ def demo_tiles(data: Path, teacher_images: int) -> str:
     from medshift_fast.data import FolderDataset
     from medshift_fast.eval import stats as S
     from medshift_fast.run import load_run
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     pairs = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
     fx = E.ENL0Features(batch_size=64)
@@ -179,10 +179,10 @@ def seams() -> str:
     import torch
 
     from medshift_fast.data import read_image
-    from medshift_fast.demo_native import NATIVE_FILE, _figure
+    from medshift_fast.demo.native import NATIVE_FILE, _figure
     from medshift_fast.run import load_run
-    from medshift_fast.tiling import plan_grid
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
+    from medshift_fast.translate.tiling import plan_grid
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_native import _radiograph

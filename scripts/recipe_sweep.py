@@ -1,4 +1,4 @@
-"""The recipe sweep behind ``translator.RECIPE`` (docs/recipe.md is written by this script).
+"""The recipe sweep behind the ``TranslationSettings`` defaults (written to docs/recipe.md).
 
 For a run and the demo's data: the two demo translations (synthetic_low -> real_normal,
 real_low -> real_exposure) on held-out (test-split) images, scored by ``medshift evaluate``'s own
@@ -30,7 +30,7 @@ from _blocks import fill_block
 from medshift_fast.eval.evaluate import EvalConfig, evaluate
 from medshift_fast.fileio import atomic_write_text
 from medshift_fast.run import load_run
-from medshift_fast.translator import RECIPE, Translator
+from medshift_fast.translate import RECIPE, Translator
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "recipe"

@@ -125,9 +125,48 @@ def test_nothing_below_train_imports_it(name):
 
 
 def test_the_layers_the_issue_names_exist():
-    for name in ("medshift_fast.run", "medshift_fast.translator", "medshift_fast.models.codec",
-                 "medshift_fast.deploy", "medshift_fast.demo", "medshift_fast.cli"):
+    for name in ("medshift_fast.run", "medshift_fast.models.codec", "medshift_fast.deploy",
+                 "medshift_fast.demo", "medshift_fast.cli", "medshift_fast.translate"):
         assert name in MODULES, name
+    for m in ("settings", "translator", "native", "tiling", "memory", "learned", "files",
+              "manifest"):
+        assert f"medshift_fast.translate.{m}" in MODULES, m
+    for m in ("pipeline", "eval", "native"):
+        assert f"medshift_fast.demo.{m}" in MODULES, m
+
+
+# below translate/: what it is built on; none of these may import it (issue 27)
+BELOW_TRANSLATE = ("medshift_fast.run", "medshift_fast.flow", "medshift_fast.models",
+                   "medshift_fast.ops", "medshift_fast.data", "medshift_fast.kernels",
+                   "medshift_fast.fileio", "medshift_fast.errors", "medshift_fast._backend",
+                   "medshift_fast.env")
+
+
+@pytest.mark.parametrize("name", [n for n in MODULES if n.startswith(BELOW_TRANSLATE)])
+def test_nothing_below_translate_imports_it(name):
+    bad = sorted(m for m in _reach(name) if m.startswith("medshift_fast.translate"))
+    assert not bad, f"{name} imports {bad} (directly or through other modules)"
+
+
+def test_the_top_level_is_the_public_face_and_the_ground_floor():
+    """Loose top-level modules: the package face, the ground-floor helpers, the run format
+    and the streaming wrapper; everything else lives in its folder."""
+    top = {p.stem for p in PKG.glob("*.py")}
+    assert top == {"__init__", "__main__", "_backend", "env", "errors", "fileio", "run",
+                   "deploy"}, sorted(top)
+    folders = {p.name for p in PKG.iterdir() if (p / "__init__.py").exists()}
+    assert folders == {"cli", "data", "demo", "eval", "export", "flow", "models", "ops", "train",
+                       "translate"}, sorted(folders)
+
+
+def test_old_public_import_paths_keep_working():
+    code = ("import medshift_fast as ms\n"
+            "from medshift_fast import Translator, load_run, FrameTranslator, LoadedRun\n"
+            "assert ms.Translator is Translator and ms.translate.Translator is Translator\n"
+            "import medshift_fast.demo as d\n"
+            "assert callable(d.run_demo)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_every_module_imports():
@@ -138,3 +177,29 @@ def test_every_module_imports():
             "print('ok', len(sys.modules))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# the public face: every public method / function here says what it does in one line at least
+DOCUMENTED = ("medshift_fast.translate", "medshift_fast.cli", "medshift_fast.run",
+              "medshift_fast.deploy", "medshift_fast.train.trainer", "medshift_fast.train.flow",
+              "medshift_fast.train.distill_task", "medshift_fast.train.adversarial",
+              "medshift_fast.train.autoencoder")
+
+
+def _undocumented(name: str, path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    out = []
+    scopes = [("", tree.body)] + [(f"{n.name}.", n.body) for n in tree.body
+                                  if isinstance(n, ast.ClassDef) and not n.name.startswith("_")]
+    for prefix, body in scopes:
+        for fn in body:
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    not fn.name.startswith("_") and not ast.get_docstring(fn):
+                out.append(f"{name}:{fn.lineno} {prefix}{fn.name}")
+    return out
+
+
+def test_the_public_face_is_documented():
+    missing = [m for n, p in MODULES.items() if n.startswith(DOCUMENTED)
+               for m in _undocumented(n, p)]
+    assert not missing, missing

@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from medshift_fast.cli import COMMANDS, build_parser, main
-from medshift_fast.translator import RECIPE
+from medshift_fast.translate import RECIPE
 
 
 def _subparsers():

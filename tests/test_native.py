@@ -17,11 +17,11 @@ from torch import nn
 from medshift_fast.cli import main
 from medshift_fast.data import read_image, simulate, write_png16
 from medshift_fast.errors import MedShiftError
-from medshift_fast.learned import Learned
 from medshift_fast.models.unet import AttentionBlock
 from medshift_fast.run import LoadedRun, load_run
-from medshift_fast.tiling import plan_grid, tile_starts, tiled_apply
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
+from medshift_fast.translate.learned import Learned
+from medshift_fast.translate.tiling import plan_grid, tile_starts, tiled_apply
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER, STUDENT = ROOT / "pretrained" / "demo128", ROOT / "pretrained" / "demo128_student"
@@ -384,7 +384,7 @@ def test_frame_translator_tiles_large_frames_and_refuses_impossible_ones():
 def test_a_childs_peak_memory_is_its_own_not_its_parents():
     """CI measured 2.1 GB for a 0.5 GB translation: getrusage's ru_maxrss of a child carries its
     (large) parent's high-water mark over exec. cli_in_child reports the child's own VmHWM."""
-    from medshift_fast.demo_native import cli_in_child
+    from medshift_fast.demo.native import cli_in_child
 
     ballast = np.ones(1536 * 2**20 // 8)  # 1.5 GB resident in this (the parent) process
     rc, _, peak_mb = cli_in_child(["--version"])
@@ -406,7 +406,7 @@ def test_a_real_2k_radiograph_at_native_size_within_the_memory_bound(tmp_path):
     src = get_testdata_file("RG1_UNCI.dcm", download=False)
     if src is None:
         pytest.skip("pydicom-data's RG1_UNCI.dcm is not here")
-    from medshift_fast.demo_native import cli_in_child  # the child's own peak (VmHWM)
+    from medshift_fast.demo.native import cli_in_child  # the child's own peak (VmHWM)
 
     rc, stderr, peak_mb = cli_in_child([
         "translate", "--checkpoint", str(STUDENT), "--source", "real_low", "--target",
@@ -433,7 +433,7 @@ def test_the_demo_ends_with_a_real_radiograph_at_native_size(tmp_path, monkeypat
     import pydicom
     import pydicom.data
 
-    from medshift_fast import demo_native
+    from medshift_fast.demo import native as demo_native
 
     src = pydicom.data.get_testdata_file("RG1_UNCI.dcm", download=False)
     if src is None:

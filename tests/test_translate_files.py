@@ -18,7 +18,7 @@ from medshift_fast.data.io import read_image
 from medshift_fast.models import build_model
 from medshift_fast.run import load_run, save_run
 from medshift_fast.train import TrainConfig
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
 
 pydicom = pytest.importorskip("pydicom")
 tifffile = pytest.importorskip("tifffile")
@@ -190,7 +190,7 @@ def test_two_inputs_onto_one_output_are_refused(run_dir, tmp_path, capsys):
 
 
 def test_a_crash_mid_folder_keeps_what_was_written(run_dir, tmp_path, monkeypatch, capsys):
-    import medshift_fast.translate_files as tf
+    import medshift_fast.translate.files as tf
 
     tree = tmp_path / "in"
     tree.mkdir()

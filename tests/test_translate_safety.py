@@ -23,7 +23,7 @@ from medshift_fast.errors import MedShiftError
 from medshift_fast.models import build_model
 from medshift_fast.run import load_run, save_run
 from medshift_fast.train import TrainConfig
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
 
 SET = ["--source", "synthetic_low", "--target", "real_normal", "--steps", "2", "--no-progress"]
 

@@ -34,6 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `medshift` parser: one subparser per command module."""
     from .. import __version__
 
     parser = _Parser(
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `medshift` command line; user errors: one line on stderr, exit 2."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

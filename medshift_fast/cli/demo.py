@@ -7,6 +7,7 @@ HELP = "the whole job on the built-in simulated data: simulate, train, evaluate,
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift demo` to its parser ``p``."""
     from ..demo import DemoConfig
 
     add_config_flags(p, DemoConfig, skip=("progress",))
@@ -14,6 +15,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run `medshift demo` with the parsed flags; returns the exit status."""
     from ..demo import DemoConfig, run_demo
 
     path = run_demo(config_from_args(DemoConfig, args))

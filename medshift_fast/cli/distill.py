@@ -7,6 +7,7 @@ HELP = "distil a run's translation into a student: one network call, no guidance
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift distill` to its parser ``p``."""
     from ..train.distill import DistillConfig
 
     add_config_flags(p, DistillConfig, required=("teacher", "out"))
@@ -14,6 +15,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run `medshift distill` with the parsed flags; returns the exit status."""
     from ..train.distill import DistillConfig, distill
 
     out = distill(config_from_args(DistillConfig, args), progress=not args.no_progress)

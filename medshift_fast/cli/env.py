@@ -5,10 +5,12 @@ HELP = "versions, the extension's state and the backend each op resolves to"
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift env` to its parser ``p``."""
     pass
 
 
 def run(args) -> int:
+    """Run `medshift env` with the parsed flags; returns the exit status."""
     from ..env import report
 
     print(report())

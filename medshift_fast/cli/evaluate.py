@@ -7,6 +7,7 @@ HELP = "score translations on the test split against baselines"
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift evaluate` to its parser ``p``."""
     from ..eval.evaluate import EvalConfig
 
     add_config_flags(p, EvalConfig, skip=("progress", "grid_rows"), required=("source", "target"))
@@ -14,6 +15,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run `medshift evaluate` with the parsed flags; returns the exit status."""
     from ..eval.evaluate import EvalConfig, evaluate
 
     cfg = config_from_args(EvalConfig, args)

@@ -13,12 +13,14 @@ HELP = "export a trained translator (ONNX / AOTInductor / TensorRT) and verify i
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift export` to its parser ``p``."""
     from ..export.api import ExportConfig
 
     add_config_flags(p, ExportConfig)
 
 
 def run(args) -> int:
+    """Run `medshift export` with the parsed flags; returns the exit status."""
     from ..export.api import ExportConfig, export_run
 
     report = export_run(config_from_args(ExportConfig, args))

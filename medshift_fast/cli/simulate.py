@@ -7,6 +7,7 @@ HELP = "write a simulated five-domain skull X-ray dataset (pixel-aligned views)"
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift simulate` to its parser ``p``."""
     from ..data.simulator import SimulateOptions
 
     add_config_flags(p, SimulateOptions, skip=("progress",))
@@ -14,6 +15,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run `medshift simulate` with the parsed flags; returns the exit status."""
     from ..data.simulator import SimulateOptions, simulate_options
 
     opts = config_from_args(SimulateOptions, args)

@@ -15,6 +15,7 @@ HELP = ("train a class-conditional SB flow-matching model "
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift train` to its parser ``p``."""
     from ..train.config import TrainConfig
 
     add_config_flags(p, TrainConfig, skip=("resume",), required=("out",), none_defaults=True,
@@ -26,6 +27,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run `medshift train` with the parsed flags; returns the exit status."""
     from ..train.config import TrainConfig
     from ..train.flow import config_for_run, train
 

@@ -7,6 +7,7 @@ HELP = "train the small KL autoencoder for latent-mode training"
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift train-autoencoder` to its parser ``p``."""
     from ..train.autoencoder import AutoencoderTrainConfig
 
     add_config_flags(p, AutoencoderTrainConfig, required=("data", "out"),
@@ -15,6 +16,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run `medshift train-autoencoder` with the parsed flags; returns the exit status."""
     from ..train.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
     res = train_autoencoder(config_from_args(AutoencoderTrainConfig, args),

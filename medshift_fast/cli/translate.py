@@ -7,7 +7,8 @@ HELP = "translate images (files or folders) from one domain to another"
 
 
 def add_arguments(p) -> None:
-    from ..translate_files import TranslateConfig
+    """Add the flags of `medshift translate` to its parser ``p``."""
+    from ..translate.files import TranslateConfig
 
     add_config_flags(p, TranslateConfig, skip=("progress",), required=("source", "target"),
                      positional=("inputs",))
@@ -15,9 +16,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run `medshift translate` with the parsed flags; returns the exit status."""
     import os
 
-    from ..translate_files import TranslateConfig, translate_files
+    from ..translate.files import TranslateConfig, translate_files
 
     summary = translate_files(config_from_args(TranslateConfig, args))
     if int(os.environ.get("RANK", "0") or 0) == 0:  # torchrun: one summary (rank 0 merged)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MedShiftError
-from ..translator import TranslateOptions, Translator
+from ..translate import DEFAULTS, TAU_SWEEP, TranslateOptions, Translator
 
 MIN_N_FID = 16  # fewest images FID-ENL0 / KID are computed on without allow_small_n
 
@@ -65,12 +65,12 @@ class EvalConfig(TranslateOptions):
     checkpoint: str
     data: str
     out: str
-    taus: tuple[float, ...] = (0.3, 0.45, 0.6)
+    taus: tuple[float, ...] = TAU_SWEEP
     split: str = "test"
     reference_split: str = "train"
     max_images: int | None = None
     batch_size: int = 32
-    seed: int = 0
+    seed: int = DEFAULTS["seed"]
     baselines: bool = True
     inversion: bool = True
     classical: str = "gaussian,tv,bm3d"
@@ -152,7 +152,6 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
             kind "student" rows are judged like the MedShift rows (Pareto verdicts, bootstrap).
     """
     from .. import eval as E
-    from ..recipe import RECIPE
     from ..run import load_run
     from . import _data, report, stats
     from .baselines import parse_classical, tune_all
@@ -184,7 +183,7 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
                      progress=progress)
     t_tune = time.perf_counter() - t0
 
-    def translator(tau, method="medshift"):
+    def translator(tau, method=None):
         return Translator(run, src, tgt, tau=tau, method=method, seed=cfg.seed,
                           batch_size=cfg.batch_size, **cfg.recipe()).translate
 
@@ -278,7 +277,7 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
         "domains": list(run.domains),
         "domain_map_used": dmap,
         "aligned_ground_truth": has_gt,
-        "default_tau": float(RECIPE["tau"]),
+        "default_tau": float(DEFAULTS["tau"]),
         "classical_tuning": [t.to_dict() for t in tuned],
         "preset": run.train.get("preset"),
         "train_steps": run.config.get("step", run.train.get("steps")),

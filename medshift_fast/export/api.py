@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import MedShiftError
-from ..translator import TranslateOptions
+from ..translate import TranslateOptions
 from .graphs import ExportSettings, check_model, export_codec, io_layout, model_size
 from .sidecar import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, FORMATS, SUFFIXES, write_sidecar
 from .verify import VerifyResult, verify_engine
@@ -105,7 +105,7 @@ def export_engine(
     (size / f). The sidecar records ``"space": "latent"`` and the autoencoder reference.
 
     Args:
-        model: a :class:`~medshift_fast.translator.Translator` (its run and description are
+        model: a :class:`~medshift_fast.translate.Translator` (its run and description are
             exported; ``settings`` then defaults to ``ExportSettings.from_translator`` with
             ``settings_kw``), a loaded run (``run.load_run``: its model, codec and domain
             names are used) or a bare U-Net (EMA weights, eval mode); its device is the export
@@ -134,7 +134,7 @@ def export_engine(
         are kept so they can be inspected).
     """
     say = log or (lambda _msg: None)
-    from ..translator import Translator
+    from ..translate import Translator
 
     if isinstance(model, Translator):
         tr = model
@@ -367,7 +367,7 @@ class ExportConfig(TranslateOptions):
 def export_run(cfg: ExportConfig, log: Callable[[str], None] | None = print) -> ExportReport:
     """``medshift export``: load the run, build its Translator, export and verify it."""
     from ..run import load_run
-    from ..translator import Translator
+    from ..translate import Translator
 
     _check_targets(Path(cfg.out), cfg.overwrite)  # before the run is even loaded
     dev = default_device(cfg.device)

@@ -158,7 +158,7 @@ class Engine:
             overlap: tile overlap in pixels (default: a quarter of the engine's size).
             tile_batch: tiles per engine call.
         """
-        from ..tiling import plan_grid, tiled_apply
+        from ..translate.tiling import plan_grid, tiled_apply
 
         if self.what != "translate" or self.settings.io != "float":
             raise MedShiftError("translate_tiled needs a translate engine with float I/O")

@@ -43,7 +43,8 @@ from torch import nn
 from .. import ops
 from ..errors import MedShiftError
 from ..flow.solvers import FIXED_SOLVERS, nfe
-from ..translator import TranslationSettings, pipeline, uint16_to_unit, unit_to_uint16
+from ..translate.settings import DEFAULTS, TranslationSettings
+from ..translate.translator import pipeline, uint16_to_unit, unit_to_uint16
 
 WHATS = ("step", "translate")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -77,12 +78,12 @@ class ExportSettings:
     io: str = "float"
     source: int | None = None
     target: int | None = None
-    tau: float = 0.6
-    guidance_encode: float = 2.0
-    guidance_decode: float = 2.0
-    guidance: float = 2.0
-    steps: int = 20
-    solver: str = "heun"
+    tau: float = DEFAULTS["tau"]  # every translation default: TranslationSettings'
+    guidance_encode: float = DEFAULTS["guidance_encode"]
+    guidance_decode: float = DEFAULTS["guidance_decode"]
+    guidance: float = DEFAULTS["guidance_decode"]
+    steps: int = DEFAULTS["steps"]
+    solver: str = DEFAULTS["solver"]
 
     def __post_init__(self) -> None:
         if self.what not in WHATS:
@@ -126,15 +127,16 @@ class ExportSettings:
 
     def translation(self) -> TranslationSettings:
         """The Translator description this translate graph computes."""
-        return TranslationSettings(int(self.source), int(self.target), float(self.tau),
-                                   float(self.guidance_encode), float(self.guidance_decode),
-                                   int(self.steps), self.solver)
+        return TranslationSettings(int(self.source), int(self.target), tau=float(self.tau),
+                                   guidance_encode=float(self.guidance_encode),
+                                   guidance_decode=float(self.guidance_decode),
+                                   steps=int(self.steps), solver=self.solver)
 
     @classmethod
     def from_translator(cls, translator, what: str = "translate", size: int | None = None,
                         batch: int = 1, dtype: str = "fp32", io: str = "float",
                         guidance: float | None = None) -> ExportSettings:
-        """Export settings of a :class:`medshift_fast.translator.Translator`'s description.
+        """Export settings of a :class:`medshift_fast.translate.Translator`'s description.
 
         Args:
             translator: the Translator (its run gives the default size).

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import MedShiftError
-from ..fileio import sha256_file
+from ..fileio import read_format_json, sha256_file
 
 ENGINE_FORMAT = "medshift_fast-engine"
 ENGINE_FORMAT_VERSION = 1
@@ -75,20 +75,9 @@ def read_sidecar(path: str | Path, check_hash: bool = True) -> dict[str, Any]:
     if not side.is_file():
         raise MedShiftError(f"engine {path} has no sidecar {side.name}; engines must be written "
                             "by `medshift export` (re-export it)")
-    try:
-        meta = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedShiftError(f"engine sidecar {side} is not valid JSON ({exc}); it is damaged - "
-                            "re-export the engine") from exc
-    if not isinstance(meta, dict) or meta.get("format") != ENGINE_FORMAT:
-        raise MedShiftError(f"{side} is not a medshift_fast engine sidecar; re-export the engine")
-    if meta.get("format_version") != ENGINE_FORMAT_VERSION:
-        raise MedShiftError(
-            f"engine {path} has format version {meta.get('format_version')} (written by "
-            f"medshift_fast {meta.get('medshift_fast_version', '?')}), this medshift_fast "
-            f"({__version__}) reads version {ENGINE_FORMAT_VERSION}; re-export it with "
-            "`medshift export`"
-        )
+    meta = read_format_json(side, ENGINE_FORMAT, "engine sidecar", "re-export the engine",
+                            ENGINE_FORMAT_VERSION, "re-export it with `medshift export`",
+                            f"engine {path}")
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise MedShiftError(f"engine sidecar {side} lacks {', '.join(missing)}; re-export it")

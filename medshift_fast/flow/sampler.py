@@ -19,8 +19,8 @@ warm-up on a side stream) and replayed per call. The only allocations left per c
 network's own activations (inside the graph's private pool on CUDA) and, unless ``out=`` is
 passed, the returned copy.
 
-    sampler = Sampler(model, (1, 1, 256, 256), source=0, target=2, tau=0.6, steps=10,
-                      solver="euler")
+    sampler = Sampler(model, (1, 1, 256, 256), source=0, target=2,
+                      **TranslationSettings(0, 2).flow_kwargs())   # every setting explicit
     y = sampler.translate(x)          # x: (1, 1, 256, 256)
     s = sampler.sample()              # (1, 1, 256, 256) images of the target domain from noise
 """
@@ -92,11 +92,12 @@ class Sampler:
         shape: tuple[int, int, int, int],
         source=None,
         target=0,
-        tau: float = 0.6,
-        steps: int = 10,
-        solver: str = "euler",
-        guidance_encode: float = 2.0,
-        guidance_decode: float = 2.0,
+        *,
+        tau: float,
+        steps: int,
+        solver: str,
+        guidance_encode: float,
+        guidance_decode: float,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         bf16: bool = False,
@@ -336,22 +337,11 @@ class Sampler:
 
 
 @torch.no_grad()
-def fused_translate(
-    model: nn.Module,
-    x: torch.Tensor,
-    source,
-    target,
-    tau: float = 0.6,
-    guidance_encode: float = 2.0,
-    guidance_decode: float = 2.0,
-    steps: int = 20,
-    solver: str = "heun",
-    **sampler_kw,
-) -> torch.Tensor:
-    """``flow.translate`` through a one-off :class:`Sampler` (same arguments, fixed-step solvers).
+def fused_translate(model: nn.Module, x: torch.Tensor, source, target, **kw) -> torch.Tensor:
+    """``flow.translate`` through a one-off :class:`Sampler` (fixed-step solvers).
 
-    For repeated calls on one shape build a Sampler once and call its ``translate``.
+    ``kw``: every translation setting, explicitly (tau, guidance_encode, guidance_decode, steps,
+    solver: ``**TranslationSettings(...).flow_kwargs()``), plus any Sampler option. For repeated
+    calls on one shape build a Sampler once and call its ``translate``.
     """
-    s = Sampler(model, tuple(x.shape), source, target, tau, steps, solver, guidance_encode,
-                guidance_decode, device=x.device, **sampler_kw)
-    return s.translate(x)
+    return Sampler(model, tuple(x.shape), source, target, device=x.device, **kw).translate(x)

@@ -147,7 +147,7 @@ def run_step(program: tuple[StageOp, ...], field, stage, x, t: float, dt: float,
 class PerSampleGenerators:
     """One CPU generator per batch element: the noise of element i is drawn from its own
     generator, as ``torch.randn(shape[1:], generator=g_i)``, so it does not depend on which
-    other elements share the batch (translate_files seeds each from --seed and the file)."""
+    other elements share the batch (translate.files seeds each from --seed and the file)."""
 
     def __init__(self, gens) -> None:
         self.gens = list(gens)
@@ -177,8 +177,8 @@ def integrate(
     x: torch.Tensor,
     t0: float,
     t1: float,
-    steps: int = 20,
-    solver: str = "heun",
+    steps: int,
+    solver: str,
     w: float = 1.0,
     rtol: float = 1e-5,
     atol: float = 1e-5,

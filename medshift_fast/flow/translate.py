@@ -4,6 +4,9 @@ Encode: integrate dx/dt = v(x, t, y_src) backwards from t = 1 (the source image)
 Decode: integrate forwards from tau to 1 with y_tgt. tau = 1 returns the input unchanged;
 tau = 0 is full inversion to the shared noise latent. Larger tau keeps more structure, smaller
 tau gives more realism. Guidance scales for encode and decode are separate.
+
+These functions take every setting explicitly (keyword-only, no defaults): the defaults live
+in ``translate.settings.TranslationSettings`` alone -- pass ``**settings.flow_kwargs()``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def _check_x(model: nn.Module, x: torch.Tensor, what: str) -> None:
 
 
 @torch.no_grad()
-def encode(model, x, source, tau=0.6, guidance=2.0, steps=20, solver="heun", **kw):
+def encode(model, x, source, *, tau, guidance, steps, solver, **kw):
     """x (B, C, H, W) at t = 1 -> latent at t = tau with the source label."""
     _check_x(model, x, "encode")
     y = _labels(source, x.shape[0], x.device, model.num_classes, "encode")
@@ -52,7 +55,7 @@ def encode(model, x, source, tau=0.6, guidance=2.0, steps=20, solver="heun", **k
 
 
 @torch.no_grad()
-def decode(model, z, target, tau=0.6, guidance=2.0, steps=20, solver="heun", **kw):
+def decode(model, z, target, *, tau, guidance, steps, solver, **kw):
     """Latent z at t = tau -> image at t = 1 with the target label."""
     y = _labels(target, z.shape[0], z.device, model.num_classes, "decode")
     return integrate(
@@ -66,16 +69,17 @@ def translate(
     x: torch.Tensor,
     source,
     target,
-    tau: float = 0.6,
-    guidance_encode: float = 2.0,
-    guidance_decode: float = 2.0,
-    steps: int = 20,
-    solver: str = "heun",
+    *,
+    tau: float,
+    guidance_encode: float,
+    guidance_decode: float,
+    steps: int,
+    solver: str,
     **solver_kw,
 ) -> torch.Tensor:
     """Translate model-space tensors from the source domain to the target domain.
 
-    Pixel images go through :class:`medshift_fast.translator.Translator`, which adds the run's
+    Pixel images go through :class:`medshift_fast.translate.Translator`, which adds the run's
     codec, pixel I/O and the fast execution modes around this function.
 
     Args:
@@ -145,10 +149,11 @@ def sdedit(
     model: nn.Module,
     x: torch.Tensor,
     target,
-    tau: float = 0.6,
-    guidance: float = 2.0,
-    steps: int = 20,
-    solver: str = "heun",
+    *,
+    tau: float,
+    guidance: float,
+    steps: int,
+    solver: str,
     sigma: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -158,7 +163,7 @@ def sdedit(
     z = randn(x.shape, generator).to(x.device, x.dtype) if sigma > 0 else None
     t = torch.full((x.shape[0],), float(tau), device=x.device)
     xt = sb_sample_xt(x0, x, t, sigma, z)
-    return decode(model, xt, target, tau, guidance, steps, solver)
+    return decode(model, xt, target, tau=tau, guidance=guidance, steps=steps, solver=solver)
 
 
 @torch.no_grad()
@@ -167,9 +172,10 @@ def sample(
     target,
     n: int,
     shape: tuple[int, ...],
-    guidance: float = 2.0,
-    steps: int = 20,
-    solver: str = "heun",
+    *,
+    guidance: float,
+    steps: int,
+    solver: str,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
@@ -179,4 +185,4 @@ def sample(
         shape: (C, H, W) of one sample.
     """
     x0 = torch.randn((n, *shape), generator=generator).to(device)
-    return decode(model, x0, target, 0.0, guidance, steps, solver)
+    return decode(model, x0, target, tau=0.0, guidance=guidance, steps=steps, solver=solver)

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import MedShiftError
-from ..fileio import atomic_write_text, load_safetensors, save_safetensors
+from ..fileio import atomic_write_text, load_safetensors, read_format_json, save_safetensors
 from .autoencoder import AutoencoderConfig, KLAutoencoder
 
 __all__ = ["AE_FORMAT", "AE_WEIGHTS", "AutoencoderCodec", "DiffusersCodec", "PixelCodec",
@@ -58,14 +58,8 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu"
     if not cfg_path.is_file():
         raise MedShiftError(f"{path} is not an autoencoder run (no {AE_CONFIG}); train one with "
                             "`medshift train-autoencoder --data DIR --out RUN_AE`")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedShiftError(f"{cfg_path} is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != AE_FORMAT:
-        raise MedShiftError(f"{path} is not a medshift_fast autoencoder run (format "
-                            f"{meta.get('format') if isinstance(meta, dict) else None!r}); pass a "
-                            "folder written by `medshift train-autoencoder`")
+    meta = read_format_json(cfg_path, AE_FORMAT, "autoencoder run config",
+                            "pass a folder written by `medshift train-autoencoder`")
     if meta.get("latent_scale") is None:
         raise MedShiftError(f"autoencoder run {path} is unfinished (no latent scale yet); let "
                             "`medshift train-autoencoder` finish")

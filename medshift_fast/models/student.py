@@ -160,10 +160,12 @@ class Student(nn.Module):
     # ----------------------------------------------------------------------------- requests
     def defaults(self) -> dict[str, Any]:
         """The Translator settings a request to this student may omit (the teacher's)."""
-        d = {k: self.config.teacher[k] for k in BOUND if k in self.config.teacher}
-        lo, hi = self.config.tau_min, self.config.tau_max
-        d["tau"] = 0.6 if lo <= 0.6 <= hi else hi
-        return d
+        return {k: self.config.teacher[k] for k in BOUND if k in self.config.teacher}
+
+    @property
+    def tau_range(self) -> tuple[float, float]:
+        """The translation times it learned (the Translator's default tau is clamped to it)."""
+        return float(self.config.tau_min), float(self.config.tau_max)
 
     def check_request(self, s, domains=None) -> None:
         """Refuse (MedShiftError, naming the allowed values) what the student did not learn.

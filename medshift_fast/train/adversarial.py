@@ -98,6 +98,7 @@ class AdversarialTask(DistillTask):
 
     # ------------------------------------------------------------------------------ set-up
     def setup(self, tr: Trainer) -> None:
+        """Task hook: the distillation data and the real target images the discriminator sees."""
         super().setup(tr)  # teacher, data, teacher cache, validation images
         tgts = sorted({b for _, b in self.pairs})
         self.real = {g: self.x[self.y == g] for g in tgts}
@@ -149,6 +150,7 @@ class AdversarialTask(DistillTask):
         return len(jobs)
 
     def batch(self, tr: Trainer, m: int):
+        """Task hook: cached teacher pairs, or (anchor run) sources and taus drawn per step."""
         if self.anchor is None:
             return super().batch(tr, m)
         idx = self.stream.rank_batch(m, tr.dist)
@@ -160,6 +162,7 @@ class AdversarialTask(DistillTask):
                 j[:, 2].to(tr.device), tau.to(tr.device))
 
     def build_model(self, tr: Trainer):
+        """Task hook: the one-call student, and beside it the discriminator and its optimizer."""
         st = super().build_model(tr)
         cfg = self.cfg
         self.disc = PatchDiscriminator(len(self.domains), in_channels=st.in_channels,
@@ -209,6 +212,7 @@ class AdversarialTask(DistillTask):
         return torch.stack([loss.detach().float(), _mean(lr_), _mean(lf_)])
 
     def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
+        """Task hook: a discriminator step, then adversarial + anchor + structure loss."""
         cfg = self.cfg
         x, target, ys, yt, tau = batch
         if target is None:  # the anchor run's translation of the same window
@@ -275,6 +279,7 @@ class AdversarialTask(DistillTask):
         return float(sum(scores) / len(scores))
 
     def on_step(self, tr: Trainer, step: int, out: Path, logger) -> None:
+        """Task hook: the per-term losses into RUN/adversarial.csv every ``log_every`` steps."""
         if self._terms is None or step % self.cfg.log_every:
             return
         path = out / "adversarial.csv"
@@ -287,10 +292,12 @@ class AdversarialTask(DistillTask):
 
     # ---------------------------------------------------------------------------- checkpoints
     def state(self, tr: Trainer) -> dict:
+        """Task hook: the discriminator, its optimizer and skipped steps (exact resume)."""
         return {"disc": {k: t.detach().cpu() for k, t in self.disc.state_dict().items()},
                 "disc_opt": self.opt_d.state_dict(), "disc_skipped": self.d_skipped}
 
     def load_state(self, tr: Trainer, state) -> None:
+        """Task hook: restore what ``state`` saved (refused for a checkpoint of another method)."""
         if not state or "disc" not in state:
             raise MedShiftError("this checkpoint holds no discriminator state: it was not "
                                 "written by `medshift distill --method adversarial`; resume it "
@@ -300,6 +307,7 @@ class AdversarialTask(DistillTask):
         self.d_skipped = int(state.get("disc_skipped", 0))
 
     def save(self, tr: Trainer, run_dir: Path) -> None:
+        """Task hook: the student run plus RUN/discriminator.safetensors."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_safetensors(run_dir / DISC_WEIGHTS,

@@ -81,6 +81,7 @@ class AutoencoderTrainConfig(LoopConfig):
     val_images: int = 64
 
     def checks(self) -> list[tuple[bool, str]]:
+        """The (condition, message) pairs ``__post_init__`` enforces."""
         f = 2 ** (len(self.channel_mult) - 1)
         return super().checks() + [
             (self.kl_weight >= 0, "kl_weight must be >= 0"),
@@ -97,11 +98,13 @@ class AutoencoderTrainConfig(LoopConfig):
         super().__post_init__()
 
     def model_config(self) -> AutoencoderConfig:
+        """The ``AutoencoderConfig`` these settings describe."""
         return AutoencoderConfig(1, self.latent_channels, self.channels, self.channel_mult,
                                  self.num_res_blocks)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], strict: bool = False) -> AutoencoderTrainConfig:
+        """The config of a saved dict (unknown keys ignored unless ``strict``)."""
         return super().from_dict(d, strict)
 
 
@@ -122,6 +125,7 @@ def reconstruct(model: KLAutoencoder, x: torch.Tensor, batch: int = 64) -> torch
 
 @torch.no_grad()
 def latent_scale(model: KLAutoencoder, x: torch.Tensor, batch: int = 64) -> float:
+    """1 / std of the latent means of up to 256 images (the SD-VAE-style scale factor)."""
     dev = next(model.parameters()).device
     zs = torch.cat([model.encode(x[k:k + batch].to(dev))[0].float().cpu()
                     for k in range(0, min(x.shape[0], 256), batch)])
@@ -138,6 +142,7 @@ class AutoencoderTask(Task):
         self.result: dict[str, Any] = {}
 
     def setup(self, tr: Trainer) -> None:
+        """Task hook: open the training and validation images (vetted)."""
         cfg = self.cfg
         if self._data is not None:
             x, xv = self._data
@@ -160,12 +165,15 @@ class AutoencoderTask(Task):
                                                                cfg.seed), tr.dist)
 
     def build_model(self, tr: Trainer) -> KLAutoencoder:
+        """Task hook: a fresh KL autoencoder of the configured size."""
         return KLAutoencoder(self.cfg.model_config())
 
     def batch(self, tr: Trainer, m: int):
+        """Task hook: micro-batch ``m`` of training images."""
         return self.source.batch(m)[0]
 
     def loss(self, tr: Trainer, fwd, xb) -> torch.Tensor:
+        """Task hook: L1 reconstruction plus the weighted KL term."""
         if self.cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with tr.autocast():
@@ -175,6 +183,7 @@ class AutoencoderTask(Task):
 
     @torch.no_grad()
     def validate(self, tr: Trainer) -> float:
+        """Task hook: mean L1 reconstruction error of the EMA model on the validation images."""
         rec = reconstruct(tr.ema.module, self.xv)
         return float((rec.float() - self.xv).abs().mean())
 
@@ -183,18 +192,21 @@ class AutoencoderTask(Task):
                 "metrics": metrics or {}}
 
     def save(self, tr: Trainer, run_dir: Path) -> None:
+        """Task hook: the autoencoder run (weights, config) and the training state."""
         save_autoencoder(run_dir, tr.ema.module, self._meta(tr, self.result.get("latent_scale"),
                                                              self.result.get("metrics")))
         state = tr.training_state()
         atomic_write(run_dir / STATE, lambda p: torch.save(state, p))
 
     def check_resume(self, tr: Trainer, src: Path) -> None:
+        """Task hook: refuse to resume a run trained with incompatible settings."""
         import json
 
         saved = json.loads((src / "config.json").read_text()).get("train", {})
         resume_check(saved, self.cfg, _RESUMABLE)
 
     def finish(self, tr: Trainer, out: Path) -> None:
+        """Task hook: measure the latent scale and validation PSNR, then save the final run."""
         model = tr.ema.module.eval()
         scale = latent_scale(model, self.x)
         val_psnr = psnr(reconstruct(model, self.xv), self.xv)

@@ -406,7 +406,7 @@ def learned_record(cfg, td: TrainData, max_per_domain: int = 16) -> dict:
     from collections import Counter
 
     from ..data.io import probe_image
-    from ..learned import domain_stats, record
+    from ..translate.learned import domain_stats, record
 
     native = bool(getattr(cfg, "native", False))
     ds = td.dataset.ds if isinstance(td.dataset, NativeCrops) else td.dataset

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models.student import STUDENT_METHODS
-from ..recipe import RECIPE
+from ..translate.settings import RECIPE
 from .loop_config import LoopConfig
 
 __all__ = ["DISTILL_METHODS", "DistillConfig"]
@@ -34,10 +34,10 @@ class DistillConfig(LoopConfig):
         tau_max: largest translation time learned.
         taus_per_image: teacher translations per training image and pair (oneshot).
         max_images: at most this many training images per source domain (default: all).
-        guidance_encode: the teacher's encode guidance (default: translator.RECIPE).
-        guidance_decode: the teacher's decode guidance (default: translator.RECIPE).
-        solver: the teacher's solver (default: translator.RECIPE).
-        solver_steps: the teacher's solver steps per leg (default: translator.RECIPE).
+        guidance_encode: the teacher's encode guidance (default: the TranslationSettings default).
+        guidance_decode: the teacher's decode guidance (default: the TranslationSettings default).
+        solver: the teacher's solver (default: the TranslationSettings default).
+        solver_steps: the teacher's solver steps per leg (default: the TranslationSettings default).
         crop: train on random crop x crop windows (default: whole images).
         channels_last: channels_last weights and inputs (oneshot; meanflow runs contiguous:
             forward-mode GroupNorm needs it).
@@ -130,7 +130,7 @@ class DistillConfig(LoopConfig):
         super().__post_init__()
 
     def teacher_settings(self) -> dict[str, Any]:
-        """The teacher's translation settings (None fields: translator.RECIPE)."""
+        """The teacher's translation settings (None fields: the TranslationSettings defaults)."""
         return {"guidance_encode": RECIPE["guidance_encode"] if self.guidance_encode is None
                 else float(self.guidance_encode),
                 "guidance_decode": RECIPE["guidance_decode"] if self.guidance_decode is None

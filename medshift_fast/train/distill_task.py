@@ -20,7 +20,7 @@ from ..fileio import load_safetensors, save_safetensors
 from ..models.codec import copy_autoencoder
 from ..models.student import Student, StudentConfig, pseudo_huber
 from ..run import load_run, save_run
-from ..translator import Translator
+from ..translate import Translator
 from .data import IndexStream, open_split, random_crop
 from .distill_config import DISTILL_METHODS, DistillConfig  # noqa: F401
 from .loop_config import resume_check
@@ -65,6 +65,7 @@ class DistillTask(Task):
 
     # ------------------------------------------------------------------------------ set-up
     def setup(self, tr: Trainer) -> None:
+        """Task hook: load the teacher, the data, the teacher cache and the validation pairs."""
         cfg = self.cfg
         if cfg.method == "meanflow" and tr.dist.enabled:
             raise MedShiftError("meanflow distillation runs in one process (its Jacobian-vector "
@@ -195,6 +196,7 @@ class DistillTask(Task):
         return cache
 
     def build_model(self, tr: Trainer) -> Student:
+        """Task hook: the student, initialised from the teacher's U-Net (or ``--init``)."""
         t = self.teacher
         method = "meanflow" if self.cfg.method == "meanflow" else "oneshot"
         scfg = StudentConfig(unet=t.model.config.to_dict(), method=method,
@@ -214,6 +216,7 @@ class DistillTask(Task):
 
     # ------------------------------------------------------------------------------ one step
     def batch(self, tr: Trainer, m: int):
+        """Task hook: micro-batch ``m`` of cached (source, teacher translation, labels, tau)."""
         idx = self.stream.rank_batch(m, tr.dist)
         if self.cfg.method != "meanflow":
             c = self.cache
@@ -228,6 +231,7 @@ class DistillTask(Task):
         return both[:, :a.shape[1]], both[:, a.shape[1]:]
 
     def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
+        """Task hook: regression on the teacher's translation (oneshot) or the MeanFlow loss."""
         if self.cfg.method == "meanflow":
             return meanflow_loss(self, tr, batch)
         x, target, ys, yt, tau = batch
@@ -240,6 +244,7 @@ class DistillTask(Task):
 
     @torch.no_grad()
     def validate(self, tr: Trainer) -> float:
+        """Task hook: MSE of the EMA student against the teacher on held-out pairs."""
         st, v, dev = tr.ema.module.eval(), self.val, tr.device
         total, n = 0.0, 0
         for k in range(v["x"].shape[0]):
@@ -251,6 +256,7 @@ class DistillTask(Task):
 
     # ---------------------------------------------------------------------------- checkpoints
     def save(self, tr: Trainer, run_dir: Path) -> None:
+        """Task hook: the student run (config with the teacher's settings, weights, state)."""
         t = self.teacher
         train_dict = {**self.cfg.to_dict(), "image_size": t.image_size,
                       "dataset": str(self.data_root)}
@@ -264,6 +270,7 @@ class DistillTask(Task):
         copy_autoencoder(t.codec, run_dir)
 
     def check_resume(self, tr: Trainer, src: Path) -> None:
+        """Task hook: refuse to resume a run distilled with incompatible settings."""
         saved = json.loads((src / "config.json").read_text()).get("train", {})
         resume_check(saved, self.cfg, _RESUMABLE)
 

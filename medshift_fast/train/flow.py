@@ -53,6 +53,7 @@ class FlowTask(Task):
 
     # ------------------------------------------------------------------------------- set-up
     def setup(self, tr: Trainer) -> None:
+        """Task hook: codec, training/validation data, what the run learns (scale, intensity)."""
         cfg, info = self.cfg, tr.dist
         self.codec = codec_for(cfg.latent, cfg.latent_diffusers, tr.device)
         td = D.prepare_data(cfg, self.codec, info, self._data, self._val)
@@ -73,6 +74,7 @@ class FlowTask(Task):
         )
 
     def build_model(self, tr: Trainer) -> UNet:
+        """Task hook: the class-conditional U-Net (crop and size checked against its factor)."""
         model = UNet(self.model_cfg)
         s, crop = self.td.val_x.shape[-1], self.cfg.crop
         if s % model.down_factor:
@@ -84,6 +86,7 @@ class FlowTask(Task):
         return model
 
     def source(self, tr: Trainer):
+        """The batch source (started lazily, at the current micro-batch when streaming)."""
         if self._source is None:  # streaming: start the workers at the current micro-batch
             enc = self.codec.encode if self.codec.kind != "pixel" else None
             self._source = D.StreamSource(self.td.dataset, self.td.stream, tr.dist,
@@ -92,9 +95,11 @@ class FlowTask(Task):
 
     # ------------------------------------------------------------------------------ one step
     def batch(self, tr: Trainer, m: int):
+        """Task hook: micro-batch ``m`` (model-space images and their domain labels)."""
         return self.source(tr).batch(m)
 
     def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
+        """Task hook: the SB-CFM loss of a micro-batch (coupled pairs, path, guidance drop)."""
         x1, y = batch
         crop = self.cfg.crop
         if crop is not None and crop < x1.shape[-1]:
@@ -125,6 +130,7 @@ class FlowTask(Task):
 
     # ---------------------------------------------------------------------------- checkpoints
     def save(self, tr: Trainer, run_dir: Path) -> None:
+        """Task hook: the run directory (EMA/raw weights, config, state, learned record)."""
         extra = {"step": tr.step, "latent": self.codec.reference(), "n_skipped": tr.n_skipped,
                  "best_val": None if tr.best_val == float("inf") else tr.best_val,
                  "learned": self.learned}
@@ -133,15 +139,18 @@ class FlowTask(Task):
         copy_autoencoder(self.codec, run_dir)
 
     def check_resume(self, tr: Trainer, src: Path) -> None:
+        """Task hook: refuse to resume a run of another model, data layout or codec."""
         ckpt.check_compatible(src, self.cfg, self.model_cfg, self.domains, self.codec.kind)
 
     def on_start(self, tr: Trainer, out: Path) -> None:
+        """Task hook: clear a replaced run (--overwrite) and write train_config.json."""
         if self.cfg.overwrite and not self.cfg.resume:
             clear_run(out)  # nothing of the replaced run survives to be mixed up with this one
         atomic_write_text(out / "train_config.json", self.cfg.to_json())
         copy_autoencoder(self.codec, out)
 
     def on_step(self, tr: Trainer, step: int, out: Path, logger) -> None:
+        """Task hook: the sample grid every ``sample_every`` steps."""
         cfg = self.cfg
         if cfg.sample_every and step % cfg.sample_every == 0:
             keep = D.pick_balanced(self.td.val_y, len(self.domains))
@@ -153,6 +162,7 @@ class FlowTask(Task):
             logger.image("samples", grid, step)
 
     def close(self) -> None:
+        """Task hook: stop the data workers."""
         if self._source is not None:
             self._source.close()
 

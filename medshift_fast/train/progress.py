@@ -108,26 +108,28 @@ def tile(rows: list[torch.Tensor], gap: int = 2) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample_grid(run, x_src: torch.Tensor, y_src: torch.Tensor, n: int, steps: int, seed: int,
-                tau: float = 0.6, guidance: float = 2.0) -> np.ndarray:
+def sample_grid(run, x_src: torch.Tensor, y_src: torch.Tensor, n: int, steps: int,
+                seed: int) -> np.ndarray:
     """Samples per domain (rows 1..K) and translations of fixed images (rows K+1..).
 
     Translation row of a source image: column k shows it translated to domain k (the source
-    itself in its own column). Cheap: euler with ``steps`` steps per leg.
+    itself in its own column) with the default settings (``TranslationSettings``). Cheap:
+    euler with ``steps`` steps per leg; samples use the default decode guidance.
 
     Args:
         run: the EMA model as a ``run.LoadedRun`` (its codec maps pixels <-> model space).
         x_src: (M, 1, S, S) pixel images (one per domain); y_src: (M,) their labels.
     """
     from ..flow import sample
-    from ..translator import Translator
+    from ..translate import DEFAULTS, Translator
 
     model, codec, k_dom = run.model, run.codec, len(run.domains)
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     shape = tuple(codec.encode(x_src[:1].to(dev)).shape[1:])
     labels = torch.arange(k_dom, device=dev).repeat_interleave(n)
-    xs = codec.decode(sample(model, labels, labels.numel(), shape, guidance=guidance,
+    xs = codec.decode(sample(model, labels, labels.numel(), shape,
+                             guidance=DEFAULTS["guidance_decode"],
                              steps=steps, solver="euler", generator=g, device=dev))
     rows = [xs[d * n:(d + 1) * n] for d in range(k_dom)]
     x_src = x_src.to(dev)
@@ -137,8 +139,7 @@ def sample_grid(run, x_src: torch.Tensor, y_src: torch.Tensor, n: int, steps: in
         for k in range(k_dom):
             if k != src and (src, k) not in out:
                 idx = (y_src == src).nonzero().flatten().to(dev)
-                tr = Translator(run, src, k, tau=tau, guidance_encode=guidance,
-                                guidance_decode=guidance, steps=steps, solver="euler")
+                tr = Translator(run, src, k, steps=steps, solver="euler")
                 out[(src, k)] = dict(zip(idx.tolist(), tr.translate(x_src[idx])))
         rows.append(torch.stack([x_src[i] if k == src else out[(src, k)][i]
                                  for k in range(k_dom)]))

@@ -98,6 +98,7 @@ class Task:
         """Open the data (``trainer.dist`` is known); raise MedShiftError on bad input."""
 
     def build_model(self, trainer: Trainer) -> nn.Module:
+        """The network to train (called right after ``torch.manual_seed(cfg.seed)``)."""
         raise NotImplementedError
 
     def batch(self, trainer: Trainer, m: int):
@@ -205,6 +206,7 @@ class Trainer:
         self._stop_local = True
 
     def should_stop(self) -> bool:
+        """A stop was asked for (SIGINT/SIGTERM on any rank): finish the step and checkpoint."""
         return self.stop_requested or (not self.dist.enabled and self._stop_local)
 
     def train_step(self) -> dict[str, float]:
@@ -246,10 +248,12 @@ class Trainer:
                 "skipped": 0.0}
 
     def autocast(self):
+        """The forward's autocast context (bf16 on CUDA by default, fp32 on a CPU)."""
         return autocast_ctx(self.cfg.precision, self.device)
 
     # ---------------------------------------------------------------------------- checkpoints
     def training_state(self) -> dict[str, Any]:
+        """Everything exact resume needs beyond the weights (optimizer, schedule, RNGs, ...)."""
         st = {
             "step": self.step,
             "micro": self.micro,

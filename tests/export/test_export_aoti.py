@@ -22,6 +22,10 @@ from medshift_fast.deploy import load_engine
 from medshift_fast.errors import MedShiftError
 from medshift_fast.export import ExportSettings, export_engine
 from medshift_fast.flow import translate
+from medshift_fast.translate import DEFAULTS
+
+# the export settings' guidance defaults (TranslationSettings')
+GUIDANCE = {k: DEFAULTS[k] for k in ("guidance_encode", "guidance_decode")}
 
 SIZE = 16
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +35,8 @@ def _eager_u16(model, frames: np.ndarray) -> np.ndarray:
     """The library path for raw frames: read_image's mapping, translate, data.to_uint16."""
     x = frames.astype(np.float32) * np.float32(2 / 65535) - np.float32(1)
     with torch.no_grad():
-        y = translate(model, torch.from_numpy(x), 0, 2, tau=0.5, steps=1, solver="euler")
+        y = translate(model, torch.from_numpy(x), 0, 2, tau=0.5, steps=1, solver="euler",
+                      **GUIDANCE)
     return np.stack([to_uint16(img[0])[None] for img in y])
 
 

@@ -14,6 +14,10 @@ from medshift_fast.deploy import load_engine
 from medshift_fast.errors import MedShiftError
 from medshift_fast.export import ExportSettings, export_engine, read_sidecar, sidecar_path
 from medshift_fast.flow import translate
+from medshift_fast.translate import DEFAULTS
+
+# the export settings' guidance defaults (TranslationSettings')
+GUIDANCE = {k: DEFAULTS[k] for k in ("guidance_encode", "guidance_decode")}
 
 pytest.importorskip("onnxruntime")
 SIZE = 16
@@ -44,7 +48,8 @@ def test_load_engine_calls_like_eager(model, onnx_engine):
     assert eng.what == "translate" and eng.domains == DOMAINS and "heun" in repr(eng)
     x = torch.rand(3, 1, SIZE, SIZE) * 2 - 1  # another batch size than exported
     with torch.no_grad():
-        ref = translate(model, x, 0, 2, tau=0.6, steps=2, solver="heun").clamp(-1, 1)
+        ref = translate(model, x, 0, 2, tau=0.6, steps=2, solver="heun",
+                        **GUIDANCE).clamp(-1, 1)
     out = eng(x)
     assert isinstance(out, torch.Tensor) and (out - ref).abs().max() < 1e-4
     # NumPy in -> NumPy out; an unbatched (S, S) frame keeps its shape

@@ -107,7 +107,7 @@ def _session(proto):
 
 def _library(run, x, s: ExportSettings) -> torch.Tensor:
     """The eager library path: the Translator (codec encode, translate, decode, clamp)."""
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     return Translator(run, s.source, s.target, tau=s.tau, steps=s.steps, solver=s.solver,
                       guidance_encode=s.guidance_encode,

@@ -11,6 +11,10 @@ from medshift_fast.data import to_uint16
 from medshift_fast.export.graphs import ExportSettings, StepModule, build_module, example_inputs
 from medshift_fast.export.onnx_export import OPSET, compose
 from medshift_fast.flow import make_field, translate
+from medshift_fast.translate import DEFAULTS
+
+# the export settings' guidance defaults (TranslationSettings')
+GUIDANCE = {k: DEFAULTS[k] for k in ("guidance_encode", "guidance_decode")}
 
 ort = pytest.importorskip("onnxruntime")
 ATOL = 1e-4  # fp32 (tests/utils.py)
@@ -90,7 +94,8 @@ def test_translate_uint16_io(model, onnx_core):
     # the library path: read_image's mapping, translate, data.to_uint16
     x = u_np.astype(np.float32) * np.float32(2 / 65535) - np.float32(1)
     with torch.no_grad():
-        y = translate(model, torch.from_numpy(x), 0, 1, tau=0.5, steps=2, solver="euler")
+        y = translate(model, torch.from_numpy(x), 0, 1, tau=0.5, steps=2, solver="euler",
+                      **GUIDANCE)
     ref = np.stack([to_uint16(img[0])[None] for img in y])
     assert np.abs(out.astype(np.int64) - ref.astype(np.int64)).max() <= 1  # rounding ties only
 

@@ -31,8 +31,7 @@ def test_integrate_sampler_and_onnx_agree(model, onnx_core, solver, w_enc, w_dec
     kw = dict(tau=0.4, steps=2, solver=solver, guidance_encode=w_enc, guidance_decode=w_dec)
     eager = translate(model, x, 0, 2, **kw)
     assert (eager - x).abs().max() > 1e-2  # a real translation
-    fused = Sampler(model, tuple(x.shape), 0, 2, kw["tau"], kw["steps"], solver, w_enc,
-                    w_dec).translate(x)
+    fused = Sampler(model, tuple(x.shape), 0, 2, **kw).translate(x)
     torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
     s = ExportSettings(what="translate", size=SIZE, source=0, target=2, **kw)
     m = compose(onnx_core[0], model, s, {})

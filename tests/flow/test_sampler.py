@@ -7,8 +7,33 @@ from torch.utils._pytree import tree_leaves
 from utils import assert_close
 
 from medshift_fast.errors import MedShiftError
-from medshift_fast.flow import sample, translate
-from medshift_fast.flow.sampler import FIXED_SOLVERS, Sampler, fused_translate
+from medshift_fast.flow import sample as flow_sample
+from medshift_fast.flow import translate as flow_translate
+from medshift_fast.flow.sampler import FIXED_SOLVERS
+from medshift_fast.flow.sampler import Sampler as FlowSampler
+from medshift_fast.flow.sampler import fused_translate as flow_fused_translate
+
+# flow functions take every setting explicitly (the defaults live in TranslationSettings);
+# these tests fix their own values
+_SAMPLER = dict(tau=0.6, steps=10, solver="euler", guidance_encode=2.0, guidance_decode=2.0)
+_TRANSLATE = dict(tau=0.6, steps=20, solver="heun", guidance_encode=2.0, guidance_decode=2.0)
+
+
+def Sampler(model, shape, *args, **kw):  # noqa: N802 - stands in for the class
+    return FlowSampler(model, shape, *args, **{**_SAMPLER, **kw})
+
+
+def translate(model, x, source, target, **kw):
+    return flow_translate(model, x, source, target, **{**_TRANSLATE, **kw})
+
+
+def fused_translate(model, x, source, target, **kw):
+    return flow_fused_translate(model, x, source, target, **{**_TRANSLATE, **kw})
+
+
+def sample(model, target, n, shape, **kw):
+    return flow_sample(model, target, n, shape, **{"guidance": 2.0, "steps": 20,
+                                                   "solver": "heun", **kw})
 from medshift_fast.models import build_model
 
 

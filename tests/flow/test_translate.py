@@ -4,7 +4,27 @@ import pytest
 import torch
 
 from medshift_fast.errors import MedShiftError
-from medshift_fast.flow import decode, encode, sample, sdedit, translate
+from medshift_fast.flow import decode, encode
+from medshift_fast.flow import sample as flow_sample
+from medshift_fast.flow import sdedit as flow_sdedit
+from medshift_fast.flow import translate as flow_translate
+
+# flow functions take every setting explicitly (the defaults live in TranslationSettings)
+_OLD = dict(tau=0.6, steps=20, solver="heun")
+
+
+def translate(model, x, source, target, **kw):
+    return flow_translate(model, x, source, target,
+                          **{**_OLD, "guidance_encode": 2.0, "guidance_decode": 2.0, **kw})
+
+
+def sdedit(model, x, target, **kw):
+    return flow_sdedit(model, x, target, **{**_OLD, "guidance": 2.0, **kw})
+
+
+def sample(model, target, n, shape, **kw):
+    return flow_sample(model, target, n, shape, **{"guidance": 2.0, "steps": 20,
+                                                   "solver": "heun", **kw})
 from medshift_fast.models import build_model
 
 
@@ -119,7 +139,7 @@ def test_sde_decode_keeps_the_marginals_of_a_gaussian(noise):
 
 
 def test_sde_translation_zero_noise_is_euler_and_is_seeded(model):
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64) * 2 - 1
     kw = dict(tau=0.4, steps=4, solver="euler")

@@ -16,7 +16,7 @@ from medshift_fast.models.student import Student, StudentConfig
 from medshift_fast.run import load_run, save_run
 from medshift_fast.train import TrainConfig, TrainingInterrupted
 from medshift_fast.train.distill import DistillConfig, distill
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
 
 PAIR = "synthetic_low:real_normal"
 

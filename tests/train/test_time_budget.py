@@ -92,7 +92,7 @@ def test_a_bad_budget_is_refused(tmp_path, bad, capsys):
 
 def test_the_demo_trains_on_the_wall_clock(monkeypatch, tmp_path):
     """The demo's own run gets the budget itself, not a step count calibrated beforehand."""
-    import medshift_fast.demo as demo
+    import medshift_fast.demo.pipeline as demo
     import medshift_fast.train as train_mod
 
     seen = {}

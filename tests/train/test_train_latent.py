@@ -10,7 +10,7 @@ from medshift_fast.models.codec import PixelCodec
 from medshift_fast.run import load_run
 from medshift_fast.train import TrainConfig, train
 from medshift_fast.train.autoencoder import load_autoencoder, psnr, reconstruct
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def test_flow_in_latent_space_decodes_transparently(ae_run, tmp_path, tiny_folde
     y = Translator(run, "synthetic_low", "real_normal", tau=0.6, steps=1,
                    solver="euler").translate(x)
     assert y.shape == (3, 1, 16, 16) and torch.isfinite(y).all()
-    assert run.sample_images("real_normal", 2, steps=1, solver="euler").shape == (2, 1, 16, 16)
+    assert run.sample_images("real_normal", 2, steps=1, solver="euler",
+                             guidance=2.0).shape == (2, 1, 16, 16)
     assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
     # pixel mode: identity helpers
     px = PixelCodec()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .fileio import atomic_write_text
+from ..fileio import atomic_write_text
 
 __all__ = ["Manifest", "Shard", "new_run_id"]
 
@@ -37,11 +37,13 @@ class Manifest:
         self.path, self.common, self.rows = path, common, []
 
     def add(self, inp, out, status: str, reason: str = "", **per_image) -> None:
+        """Record one input's outcome (status, reason and per-image fields)."""
         self.rows.append({**self.common, "input": str(inp),
                           "output": "" if out is None else str(out), "status": status,
                           "reason": " ".join(str(reason).split()), **per_image})
 
     def write(self, path: Path | None = None) -> None:
+        """Write the rows as CSV, atomically (default: the manifest's own path)."""
         buf = io.StringIO()
         wr = csv.DictWriter(buf, fieldnames=self.COLS, extrasaction="ignore")
         wr.writeheader()
@@ -60,6 +62,7 @@ class Shard:
 
     @classmethod
     def from_env(cls) -> Shard:
+        """This process's shard under torchrun (WORLD_SIZE / RANK), else the whole job."""
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)
         if world <= 1:
             return cls()
@@ -70,6 +73,7 @@ class Shard:
         return cls(dist.get_rank(), dist.get_world_size())
 
     def device(self, dev: torch.device) -> torch.device:
+        """The CUDA device of this rank (LOCAL_RANK), or ``dev`` unchanged."""
         if self.enabled and dev.type == "cuda" and "LOCAL_RANK" in os.environ:
             return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
         return dev
@@ -85,6 +89,7 @@ class Shard:
         return box[0]
 
     def manifest_path(self, path: Path) -> Path:
+        """Where this rank writes its part of the manifest (``path`` itself for one process)."""
         return path if not self.enabled else path.with_name(f".{path.stem}.rank{self.rank}.csv")
 
     def finish(self, manifest: Manifest, summary,

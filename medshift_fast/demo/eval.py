@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import MedShiftError
-from .recipe import RECIPE
+from ..errors import MedShiftError
+from ..translate.settings import RECIPE
 
 __all__ = ["EXTRA_SUBJECTS", "PairEval", "eval_dataset", "evaluate_pair", "verdicts",
            "zoom_grid"]
@@ -74,8 +74,8 @@ def eval_dataset(data: Path, root: Path, subjects: int = EXTRA_SUBJECTS,
     summary (subjects, views, images per domain, seconds)."""
     import time
 
-    from .data.io import write_png16
-    from .data.simulator import SIM_JSON, SimConfig, render_subject
+    from ..data.io import write_png16
+    from ..data.simulator import SIM_JSON, SimConfig, render_subject
 
     t0 = time.perf_counter()
     data, root = Path(data), Path(root)
@@ -138,9 +138,9 @@ def _relabel(res, student_run) -> None:
 def evaluate_pair(cfg, teacher, student, data: Path, src: str, tgt: str, ev_out: Path,
                   progress: bool) -> PairEval:
     """The pair's evaluation(s) (module docstring) into ``ev_out`` (+ ``ev_out/teacher``)."""
-    from .eval import report
-    from .eval.evaluate import EvalConfig, evaluate
-    from .translator import Translator
+    from ..eval import report
+    from ..eval.evaluate import EvalConfig, evaluate
+    from ..translate import Translator
 
     tau = float(cfg.recipe().get("tau") or RECIPE["tau"])
     base = dict(data=str(data), source=src, target=tgt, seed=cfg.seed, batch_size=16,
@@ -179,7 +179,7 @@ def _row(res, kind: str, tau: float | None = None, name: str | None = None):
 def zoom_grid(pe: PairEval, tau: float, path: Path) -> Path:
     """Source, teacher, student, TV, BM3D, true target at 100 % zoom (3 screen px per pixel)
     on three of the teacher's images."""
-    from .eval.figures import save_zoom_grid
+    from ..eval.figures import save_zoom_grid
 
     a, t = pe.all, pe.teacher
     src_all, src_t = a.images["source"], t.images["source"]
@@ -213,7 +213,7 @@ def _met(ok: bool) -> str:
 
 def verdicts(pairs: list[PairEval], tau: float) -> list[str]:
     """Issue 22's targets at the default tau, each met or NOT met with its numbers."""
-    from .eval.pareto import dominated_by
+    from ..eval.pareto import dominated_by
 
     out = []
     for pe in pairs:
@@ -284,7 +284,7 @@ def _teacher_verdict(pe: PairEval, tau: float) -> list[str]:
 def student_vs_teacher(pe: PairEval, tau: float) -> dict | None:
     """On the teacher's images at ``tau``: the student's PSNR against the teacher's translations
     and its metrics relative to the teacher's (1.00 = equal)."""
-    from .eval import psnr
+    from ..eval import psnr
 
     t = pe.teacher
     if t is None:
@@ -322,7 +322,7 @@ def verdict_lines(cfg, pairs: list[PairEval]) -> list[str]:
 
 def report_lines(cfg, pairs: list[PairEval], out: Path) -> list[str]:
     """The per-pair sections of the demo's report (demo.py writes the rest)."""
-    from .eval.report import (
+    from ..eval.report import (
         bootstrap_table,
         classical_lines,
         dominance,

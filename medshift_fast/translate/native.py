@@ -1,37 +1,72 @@
-"""The native-resolution half of the Translator: tiles, the memory plan, shape checks, the
-working scale and intensity rule of what the run learned (``tiling``, ``memory``, ``learned``).
+"""Native resolution for one Translator: its tiles, its memory plan, degenerate-shape checks and
+what the run learned (working scale, intensity rule) -- :class:`NativePlanner`, an object the
+:class:`~medshift_fast.translate.Translator` holds (``translator.native``).
 
-``NativeMixin`` is a base of :class:`medshift_fast.translator.Translator` (one Translator, two
-modules): it reads the translator's ``run``, ``model``, ``codec``, ``settings``, ``device``,
-``learned``, ``tile`` / ``overlap`` / ``tile_batch`` / ``max_memory`` and ``factor``.
+Tiles: an image larger than the tile the model was trained on (``tile="auto"``) is translated
+in overlapping tiles blended with a smooth window (``tiling``): the velocity at every solver
+stage for a flow model (one velocity field over the whole image, as MultiDiffusion does), the
+translation once for a one-step student; attention stays inside a tile and memory is flat in
+image size. Every call is planned first (``plan``, ``memory``): whole-image buffers plus a tile
+batch chosen to fit ``max_memory``; what cannot fit is a MedShiftError before any work.
 """
 
 from __future__ import annotations
 
-from . import memory
-from .errors import MedShiftError
+from typing import Any
 
-__all__ = ["MAX_ASPECT", "NativeMixin"]
+import torch
+
+from ..errors import MedShiftError
+from . import memory
+from .learned import Learned, WorkingScale
+
+__all__ = ["MAX_ASPECT", "NativePlanner"]
 
 MAX_ASPECT = 16.0  # no radiograph is more elongated (long-leg stitches are ~3:1)
 
 
-class NativeMixin:
-    """Tiles, memory plan, degenerate-shape checks, working scale and intensity checks."""
+class NativePlanner:
+    """Tiles, memory plan and input checks of one translator (fixed at construction).
+
+    Args:
+        run: the translator's ``LoadedRun`` (kind, channels, latent mode, training size).
+        model, codec: the network and the codec the translator runs.
+        settings: the translator's ``TranslationSettings`` (solver, decode, guidance, tile,
+            overlap).
+        device: where the network runs (the memory budget's device).
+        bf16: the forward runs in bf16 (halves the activation estimate).
+        tile_batch: tiles per network forward (None: what the memory plan allows, at most
+            ``memory.CPU_TILE_BATCH`` on a CPU and ``memory.GPU_TILE_BATCH`` on a GPU).
+        max_memory: memory budget of a call in bytes or as "4G" (None:
+            ``memory.DEFAULT_FRACTION`` of the memory available when the call starts).
+        image_channels: channels of a pixel image.
+        source_domain: the source domain's name (its intensity record).
+    """
+
+    def __init__(self, run, model, codec, settings, device: torch.device, bf16: bool,
+                 tile_batch: int | None, max_memory: int | str | None, image_channels: int,
+                 source_domain: str) -> None:
+        self.run, self.model, self.codec, self.settings = run, model, codec, settings
+        self.device, self.bf16 = device, bool(bf16)
+        self.image_channels, self.source_domain = int(image_channels), source_domain
+        self.factor = int(getattr(model, "down_factor", 1)) * int(codec.factor)
+        self.learned = Learned.from_config(run.config) if run.path is not None else Learned(
+            "image_size", run.image_size, None, int(run.image_size or 0) or 128)
+        self.tile, self.overlap = self._resolve_tile(settings.tile, settings.overlap)
+        if tile_batch is not None and (isinstance(tile_batch, bool) or int(tile_batch) < 1):
+            raise MedShiftError(f"tile_batch must be >= 1, got {tile_batch}")
+        self.tile_batch = None if tile_batch is None else int(tile_batch)
+        self.max_memory = None if max_memory is None else memory.parse_bytes(max_memory)
 
     def _resolve_tile(self, tile, overlap) -> tuple[int | None, int]:
         f = self.factor
-        if tile is None or (isinstance(tile, str) and tile.lower() in ("none", "whole", "off")):
+        if tile is None:
             return None, 0
-        if isinstance(tile, str) and tile.lower() == "auto":
+        if tile == "auto":
             t = int(self.learned.tile or self.run.image_size or 128)
             t = max(2 * f, t // f * f)
         else:
-            try:
-                t = int(tile)
-            except (TypeError, ValueError):
-                raise MedShiftError(f"tile must be a number of pixels, 'auto' or None, got "
-                                    f"{tile!r}") from None
+            t = int(tile)
             if t < 2 * f or t % f:
                 raise MedShiftError(f"tile {t} must be a multiple of {f} (the network's "
                                     f"downsampling factor) and at least {2 * f} pixels")
@@ -43,6 +78,7 @@ class NativeMixin:
                 raise MedShiftError(f"tile overlap {o} must be a multiple of {f} in [0, {t})")
         return t, o
 
+    # ------------------------------------------------------------------------------ checks
     @property
     def min_side(self) -> int:
         """The smallest image side translated (the network's deepest level is >= 2 px)."""
@@ -61,16 +97,16 @@ class NativeMixin:
                                 f"{MAX_ASPECT:g}:1); crop it to the region to translate")
 
     def working_scale(self, shape: tuple[int, int], spacing_mm: float | None = None,
-                      size: int | str | None = None):
+                      size: int | str | None = None) -> WorkingScale:
         """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
         return self.learned.working_scale(shape, spacing_mm, size)
 
     def check_intensity(self, img, what: str = "image") -> None:
         """Refuse an input far outside the source domain's training intensities."""
-        self.learned.check_intensity(img, self.domains[0], what)
+        self.learned.check_intensity(img, self.source_domain, what)
 
     # ---------------------------------------------------------------------------- planning
-    def _net_config(self):
+    def _net_config(self) -> Any:
         m = self.model
         cfg = getattr(getattr(m, "unet", None), "config", None) or getattr(m, "config", None)
         return cfg if hasattr(cfg, "channel_mult") else None
@@ -113,7 +149,7 @@ class NativeMixin:
                                   p.peak, p.budget)
         return p
 
-    def _tiled(self, tile_batch: int):
+    def tiled(self, tile_batch: int):
         """The network and codec as tiled views (or themselves when not tiling)."""
         from .tiling import TiledCodec, TiledModel, TiledStudent
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import MedShiftError
+from ..errors import MedShiftError
 
 __all__ = ["CPU_TILE_BATCH", "DEFAULT_FRACTION", "GPU_TILE_BATCH", "MemoryPlan", "available_bytes",
            "format_bytes", "image_buffers", "parse_bytes", "plan", "unet_forward_bytes"]
@@ -55,6 +55,7 @@ def parse_bytes(v) -> int:
 
 
 def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest unit that keeps it >= 1 (e.g. 1.5 GB)."""
     for unit, f in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if n >= f:
             return f"{n / f:.1f} {unit}"
@@ -127,8 +128,7 @@ def unet_forward_bytes(cfg, h: int, w: int, itemsize: int = 4) -> int:
     return int(SAFETY * itemsize * total)
 
 
-def image_buffers(kind: str, solver: str = "euler", decode: str = "ode", method: str = "medshift",
-                  latent: bool = False) -> int:
+def image_buffers(kind: str, solver: str, decode: str, method: str, latent: bool = False) -> int:
     """Whole-image tensors (in units of one model-space image) alive during a translation.
 
     Student: input, blended output and the residual sum. Flow: the ODE state and the next
@@ -164,6 +164,7 @@ class MemoryPlan:
     budget: int
 
     def describe(self) -> str:
+        """The plan in one line (images per chunk, tiles, estimated peak of the budget)."""
         return (f"{self.images} image(s) per chunk, {self.n_tiles} tile(s) per image, "
                 f"{self.tile_batch} per forward; est. peak {format_bytes(self.peak)} of "
                 f"{format_bytes(self.budget)}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import MedShiftError
+from ..errors import MedShiftError
 
 __all__ = ["TileGrid", "TiledCodec", "TiledModel", "TiledStudent", "plan_grid", "tile_starts",
            "tiled_apply", "window_1d"]
@@ -88,10 +88,12 @@ class TileGrid:
 
     @property
     def origins(self) -> list[tuple[int, int]]:
+        """The (y, x) origin of every tile, row by row."""
         return [(y, x) for y in self.ys for x in self.xs]
 
     @property
     def n_tiles(self) -> int:
+        """The number of tiles."""
         return len(self.ys) * len(self.xs)
 
     @property
@@ -239,6 +241,7 @@ class TiledModel(nn.Module):
         self._grids: dict[tuple[int, int], tuple[TileGrid, tuple]] = {}
 
     def grid(self, shape: Sequence[int], device=None) -> tuple[TileGrid, tuple]:
+        """The tile grid and blend windows of an input ``shape`` (cached per size)."""
         key = (int(shape[-2]), int(shape[-1]))
         got = self._grids.get(key)
         if got is None:
@@ -251,6 +254,7 @@ class TiledModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 emb_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity over the whole image: tiles evaluated, blended by their windows."""
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         g, win = self.grid(x.shape, x.device)
@@ -283,6 +287,7 @@ class TiledStudent(nn.Module):
 
     def translate(self, z: torch.Tensor, tau: float, y_src: torch.Tensor,
                   y_tgt: torch.Tensor) -> torch.Tensor:
+        """The student's translation over the whole image, tile by tile, blended once."""
         g = plan_grid(z.shape, self.tile, self.overlap, self.down_factor)
         if g.whole:
             return self.inner.translate(z, tau, y_src, y_tgt)
@@ -309,6 +314,7 @@ class TiledCodec:
         self.image_channels = getattr(codec, "image_channels", None)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode pixels to latents tile by tile (blended in latent space)."""
         f = self.factor
         g = plan_grid(x.shape, self.tile, self.overlap - self.overlap % f, f)
         if g.whole:
@@ -316,6 +322,7 @@ class TiledCodec:
         return tiled_apply(self.inner.encode, x, (), g, self.tile_batch, out_scale=(1, f))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode latents to pixels tile by tile (blended in pixel space)."""
         f = self.factor
         t, o = self.tile // f, (self.overlap // f)
         g = plan_grid(z.shape, t, o, 1)

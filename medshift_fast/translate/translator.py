@@ -1,8 +1,9 @@
 """The one Translator: fixed settings + an execution mode + the run's codec + pixel I/O.
 
-Every consumer translates through it: ``medshift translate`` (``translate_files``), ``medshift
+Every consumer translates through it: ``medshift translate`` (``translate.files``), ``medshift
 evaluate``, the demo, ``deploy.FrameTranslator`` (a fixed-shape streaming wrapper) and ``medshift
-export`` (which builds its graph from ``Translator.settings`` and ``pipeline``).
+export`` (which builds its graph from ``Translator.settings`` and ``pipeline``). Its settings
+are one ``TranslationSettings`` (``translate.settings``: the only home of their defaults).
 
     pixels (B, C, H, W) in [-1, 1]  --codec.encode-->  model space
         --encode 1 -> tau (source label, w_enc) + decode tau -> 1 (target label, w_dec)-->
@@ -21,19 +22,10 @@ Execution modes (the same numbers, to the fp32 tolerance table):
   (a static batch: inputs are chunked to ``batch_size`` and the last chunk is padded);
 * ``cuda_graph``: the Sampler's whole loop captured as one CUDA graph (CUDA only).
 
-Native resolution (``tiling``, ``memory``, ``learned``): an image larger than the tile the model
-was trained on (``tile="auto"``) is translated in overlapping tiles blended with a smooth window --
-the velocity at every solver stage for a flow model (one velocity field over the whole image, as
-MultiDiffusion does), the translation once for a one-step student -- so attention stays inside a
-tile and memory is flat in image size. Every call is planned first (``plan``): whole-image buffers
-plus a tile batch chosen to fit ``max_memory`` (default: ``memory.DEFAULT_FRACTION`` of the memory
-available); what cannot fit is a MedShiftError before any work. Inputs of any size are padded to
-the network's factor and cropped back; degenerate shapes (a side under ``min_side``, an aspect
-ratio over ``MAX_ASPECT``) and values outside [-1, 1] are refused. ``working_scale`` and
-``check_intensity`` apply what the run learned (``learned.Learned``) to file inputs.
-
-The defaults of every command (translate, evaluate, demo, export) and of this API are
-``RECIPE``; ``docs/recipe.md`` shows how they were chosen.
+Native resolution: the translator holds a :class:`~medshift_fast.translate.native.NativePlanner`
+(``translator.native``): tiles blended with a smooth window for images larger than the trained
+tile, a memory plan before any work, degenerate-shape checks, and what the run learned (working
+scale, intensity rule) for file inputs.
 """
 
 from __future__ import annotations
@@ -45,30 +37,38 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import MedShiftError
+from ..flow.solvers import FIXED_SOLVERS, PerSampleGenerators
 from . import memory
-from .errors import MedShiftError
-from .flow.solvers import FIXED_SOLVERS, PerSampleGenerators
-from .learned import Learned
-from .recipe import (  # noqa: F401  (re-exported: the settings live in recipe.py)
-    DECODES,
-    METHODS,
-    MODES,
-    RECIPE,
-    U16_MAX,
-    Recipe,
-    TranslateOptions,
-    TranslationSettings,
-    _finite,
-    resolve,
-    uint16_to_unit,
-    unit_to_uint16,
-)
-from .translator_native import MAX_ASPECT, NativeMixin
+from .native import MAX_ASPECT, NativePlanner
+from .settings import DEFAULTS, MODES, TranslationSettings, resolve
 
-__all__ = ["MAX_ASPECT", "METHODS", "MODES", "RECIPE", "Recipe", "TranslateOptions",
-           "TranslationSettings", "Translator", "pipeline", "unit_to_uint16", "uint16_to_unit"]
+__all__ = ["DEFAULT", "MAX_ASPECT", "Translator", "pipeline", "translate_model_space",
+           "uint16_to_unit", "unit_to_uint16"]
 
+U16_MAX = 65535.0
 RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
+
+
+class _Default:
+    """The "take it from ``TranslationSettings``" marker of arguments where None has a meaning."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: pass (or leave) ``tile=DEFAULT`` for the settings' default tile; None means "never tile"
+DEFAULT = _Default()
+
+
+def uint16_to_unit(u: torch.Tensor) -> torch.Tensor:
+    """Raw 16-bit counts -> [-1, 1] float32 (x = u * 2/65535 - 1, as ``data.read_image``)."""
+    return u.to(torch.float32) * (2.0 / U16_MAX) - 1.0
+
+
+def unit_to_uint16(y: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint16 counts, rint((clamp(y) + 1) * 32767.5) (round half to even)."""
+    return torch.round((y.clamp(-1.0, 1.0) + 1.0) * (U16_MAX / 2.0)).to(torch.uint16)
 
 
 def _generator(s: TranslationSettings) -> torch.Generator:
@@ -85,7 +85,7 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
         s: the settings.
         generator: CPU generator for sdedit / SDE noise (default: seeded from ``s.seed``).
     """
-    from .flow.translate import sde_translate_unchecked, sdedit, translate_unchecked
+    from ..flow.translate import sde_translate_unchecked, sdedit, translate_unchecked
 
     b = z.shape[0]
     y_src = torch.full((b,), s.source, dtype=torch.long, device=z.device)
@@ -127,7 +127,7 @@ def pipeline(model: nn.Module, codec, x: torch.Tensor, s: TranslationSettings,
     return y.clamp(-1.0, 1.0)
 
 
-class Translator(NativeMixin):
+class Translator:
     """Translate pixel images between two domains of a run with fixed settings.
 
     Args:
@@ -135,8 +135,8 @@ class Translator(NativeMixin):
             (labels are then ints).
         source, target: domain names (or label ints).
         tau, guidance_encode, guidance_decode, steps, solver, method, decode, sde_noise, seed:
-            see :class:`TranslationSettings`; None takes the run's default (``RECIPE``, or a
-            distilled student's teacher settings).
+            see :class:`TranslationSettings`; None takes the run's default (the settings'
+            defaults; a distilled student's teacher settings and tau range).
         mode: eager | fused | compiled | cuda_graph (module docstring).
         device: where the network runs (default: where the run is).
         bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes).
@@ -145,8 +145,9 @@ class Translator(NativeMixin):
             static shape). Default: the whole input (compiled: the first call's batch); the
             memory plan may take fewer images per chunk.
         tile: tile side in pixels: "auto" (the tile the run was trained on, ``learned.tile``),
-            an int, or None (never tile: global attention over the whole image).
-        overlap: tile overlap in pixels (default: a quarter of the tile).
+            an int, or None (never tile: global attention over the whole image); default
+            (``DEFAULT``): the settings' default.
+        overlap: tile overlap in pixels (default: the settings' rule, a quarter of the tile).
         tile_batch: tiles per network forward (default: what the memory plan allows, at
             most 16 on a CPU and 64 on a GPU).
         max_memory: memory budget of a call in bytes or as "4G" (default:
@@ -166,13 +167,13 @@ class Translator(NativeMixin):
     def __init__(self, run, source, target, *, tau: float | None = None,
                  guidance_encode: float | None = None, guidance_decode: float | None = None,
                  steps: int | None = None, solver: str | None = None,
-                 method: str = "medshift", decode: str | None = None,
-                 sde_noise: float | None = None, seed: int = 0, mode: str = "eager",
+                 method: str | None = None, decode: str | None = None,
+                 sde_noise: float | None = None, seed: int | None = None, mode: str = "eager",
                  device: torch.device | str | None = None, bf16: bool = False,
                  channels_last: bool = False, batch_size: int | None = None,
-                 tile: int | str | None = "auto", overlap: int | None = None,
+                 tile: int | str | None | _Default = DEFAULT, overlap: int | None = None,
                  tile_batch: int | None = None, max_memory: int | str | None = None) -> None:
-        from .run import LoadedRun, load_run, resolve_device
+        from ..run import LoadedRun, load_run, resolve_device
 
         if isinstance(run, (str, Path)):
             run = load_run(run, device=device or "cpu")
@@ -186,14 +187,18 @@ class Translator(NativeMixin):
         if batch_size is not None and int(batch_size) < 1:
             raise MedShiftError(f"batch_size must be >= 1, got {batch_size}")
         self.run = run
-        defaults = dict(RECIPE)
-        if run.kind == "student":  # a student's defaults are its teacher's settings
+        defaults = dict(DEFAULTS)
+        if run.kind == "student":  # a student's defaults: its teacher's settings, its tau range
             defaults.update(run.model.defaults())
+            lo, hi = run.model.tau_range
+            defaults["tau"] = DEFAULTS["tau"] if lo <= DEFAULTS["tau"] <= hi else hi
         vals = resolve(dict(tau=tau, guidance_encode=guidance_encode,
                             guidance_decode=guidance_decode, steps=steps, solver=solver,
-                            decode=decode, sde_noise=sde_noise), defaults)
-        self.settings = TranslationSettings(run.label(source), run.label(target), method=method,
-                                            seed=seed, **vals)
+                            method=method, decode=decode, sde_noise=sde_noise, seed=seed,
+                            overlap=overlap), defaults)
+        if not isinstance(tile, _Default):  # None here means "never tile", not "default"
+            vals["tile"] = tile
+        self.settings = TranslationSettings(run.label(source), run.label(target), **vals)
         s = self.settings
         if run.kind == "student":
             run.model.check_request(s, run.domains)
@@ -216,19 +221,16 @@ class Translator(NativeMixin):
         self.dtype = next(self.model.parameters()).dtype
         self._gen = _generator(s)  # advances call after call (sdedit / SDE noise)
         self._samplers: dict[tuple, Any] = {}
-        self.learned = Learned.from_config(run.config) if run.path is not None else Learned(
-            "image_size", run.image_size, None, int(run.image_size or 0) or 128)
-        self.tile, self.overlap = self._resolve_tile(tile, overlap)
-        if tile_batch is not None and (isinstance(tile_batch, bool) or int(tile_batch) < 1):
-            raise MedShiftError(f"tile_batch must be >= 1, got {tile_batch}")
-        self.tile_batch = None if tile_batch is None else int(tile_batch)
-        self.max_memory = None if max_memory is None else memory.parse_bytes(max_memory)
+        self.native = NativePlanner(run, self.model, self.codec, s, self.device, self.bf16,
+                                    tile_batch, max_memory, self.image_channels,
+                                    run.domains[s.source] if run.domains else str(s.source))
         self.last_plan: memory.MemoryPlan | None = None
         self._plans: dict[tuple, memory.MemoryPlan] = {}
 
     # ---------------------------------------------------------------------------- properties
     @property
     def domains(self) -> tuple[str, str]:
+        """The source and target domain names."""
         return self.run.domains[self.settings.source], self.run.domains[self.settings.target]
 
     @property
@@ -240,6 +242,54 @@ class Translator(NativeMixin):
     def factor(self) -> int:
         """Pixel sizes must be multiples of this (the U-Net's and the codec's downsampling)."""
         return int(getattr(self.model, "down_factor", 1)) * int(self.codec.factor)
+
+    @property
+    def tile(self) -> int | None:
+        """Tile side in pixels (None: the whole image at once)."""
+        return self.native.tile
+
+    @property
+    def overlap(self) -> int:
+        """Tile overlap in pixels."""
+        return self.native.overlap
+
+    @property
+    def tile_batch(self) -> int | None:
+        """Tiles per network forward (None: what the memory plan allows)."""
+        return self.native.tile_batch
+
+    @property
+    def max_memory(self) -> int | None:
+        """Memory budget of a call in bytes (None: a fraction of what is available)."""
+        return self.native.max_memory
+
+    @property
+    def learned(self):
+        """What the run learned (``translate.learned.Learned``: pixel scale, intensities)."""
+        return self.native.learned
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side translated."""
+        return self.native.min_side
+
+    def check_shape(self, h: int, w: int, what: str = "image") -> None:
+        """Refuse a degenerate shape (``NativePlanner.check_shape``)."""
+        self.native.check_shape(h, w, what)
+
+    def working_scale(self, shape: tuple[int, int], spacing_mm: float | None = None,
+                      size: int | str | None = None):
+        """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
+        return self.native.working_scale(shape, spacing_mm, size)
+
+    def check_intensity(self, img, what: str = "image") -> None:
+        """Refuse an input far outside the source domain's training intensities."""
+        self.native.check_intensity(img, what)
+
+    def plan(self, shape: tuple[int, ...], io_bytes: int = 0, what: str | None = None
+             ) -> memory.MemoryPlan:
+        """The memory plan of translating a batch of ``shape`` (``NativePlanner.plan``)."""
+        return self.native.plan(shape, io_bytes, what)
 
     def describe(self) -> dict[str, Any]:
         """The settings with domain names, the run and the mode (for manifests and metadata)."""
@@ -351,7 +401,7 @@ class Translator(NativeMixin):
             chunk = x[k:k + bs]
             gens = None if generators is None else list(generators[k:k + bs])
             if self.mode == "eager":
-                model, codec = self._tiled(plan.tile_batch)
+                model, codec = self.native.tiled(plan.tile_batch)
                 outs.append(pipeline(model, codec, chunk, self.settings, self.dtype,
                                      PerSampleGenerators(gens) if gens else self._gen))
             else:
@@ -363,7 +413,7 @@ class Translator(NativeMixin):
     def _sampler(self, shape: tuple[int, ...], tile_batch: int | None = None):
         """The Sampler for model-space batches of ``shape``, its network tiled when the
         translator tiles (a compiled forward and static tile batches in ``compiled`` mode)."""
-        from .flow.sampler import Sampler
+        from ..flow.sampler import Sampler
         from .tiling import TiledModel
 
         tb = int(tile_batch or self.tile_batch or memory.CPU_TILE_BATCH)
@@ -384,8 +434,7 @@ class Translator(NativeMixin):
                 model = TiledModel(self.model, self.tile // cf, self.overlap // cf, tb,
                                    forward=fwd, static_batch=compiled or self.mode == "cuda_graph")
                 compile_here = False
-            sp = Sampler(model, shape, s.source, s.target, s.tau, s.steps, s.solver,
-                         s.guidance_encode, s.guidance_decode, device=self.device,
+            sp = Sampler(model, shape, s.source, s.target, **s.flow_kwargs(), device=self.device,
                          dtype=self.dtype, bf16=self.bf16, channels_last=self.channels_last,
                          cuda_graph=self.mode in ("cuda_graph", "compiled")
                          and self.device.type == "cuda",
@@ -394,7 +443,7 @@ class Translator(NativeMixin):
         return sp
 
     def _translate_sampler(self, chunk: torch.Tensor, tile_batch: int, bs: int) -> torch.Tensor:
-        _, codec = self._tiled(tile_batch)
+        _, codec = self.native.tiled(tile_batch)
         z = codec.encode(chunk).to(self.dtype)
         n = z.shape[0]
         if self.mode == "compiled" and n < bs:  # static shape: pad the short chunk

@@ -89,7 +89,7 @@ def native_section(out: Path, student_dir: Path | None, log, progress: bool = Fa
 
     Returns (report lines, timing entries); a missing file or student gives a one-line note.
     """
-    from .data import probe_image, read_image
+    from ..data import probe_image, read_image
 
     if student_dir is None:
         return ["- Native-size translation skipped: no shipped student."], {}

@@ -3,7 +3,7 @@
 simulate an X-DigiSkull-like dataset at 128 x 128 px -> train a short run of our own (random
 crops; it shows the loop works and how far a few minutes get) -> evaluate synthetic_low ->
 real_normal and real_low -> real_exposure on 48 views of NEW simulated subjects
-(``demo_eval``): the shipped one-step student ("MedShift 1-step", ``pretrained/``) at every tau
+(``demo.eval``): the shipped one-step student ("MedShift 1-step", ``pretrained/``) at every tau
 against identity, the classical baselines (Gaussian, TV, BM3D tuned on the val split) and the
 true target, and the SHIPPED teacher checkpoint (``pretrained/``: the same data, a longer run of
 the recorded ``medshift train`` command in pretrained/README.md) with SDEdit at the default tau
@@ -27,13 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .errors import MedShiftError
-from .fileio import atomic_write_text, check_output_folder, folder_entries
-from .translator import RECIPE, Recipe, resolve
+from .. import __version__
+from ..errors import MedShiftError
+from ..fileio import atomic_write_text, check_output_folder, folder_entries
+from ..translate import RECIPE, TAU_SWEEP, Recipe, resolve
 
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
-PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
+PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
 DEFAULT_STUDENT = "demo128_adv"  # the shipped one-call student the demo scores (adversarial)
 
 
@@ -56,7 +56,7 @@ class DemoConfig(Recipe):
         ema_decay: EMA decay (short runs need a short average).
         taus: translation times evaluated.
         eval_images: test images per translation pair (spread over the test subjects; 0: all).
-        extra_subjects: NEW subjects simulated for the test split (demo_eval.eval_dataset;
+        extra_subjects: NEW subjects simulated for the test split (demo.eval.eval_dataset;
             the demo's own test subjects are not scored).
         teacher_images: test images per pair the teacher and SDEdit are scored on (they cost
             ~30x the student; the student, identity and the classical baselines get all).
@@ -66,7 +66,7 @@ class DemoConfig(Recipe):
             skip).
         export: export the translators to ONNX and verify them in ONNX Runtime.
         native: end by translating a real radiograph (pydicom-data's RG1_UNCI) at its native
-            size with the shipped student (demo_native).
+            size with the shipped student (demo.native).
         quick: a smoke run in about a minute (32 px, a tiny dataset; not convincing).
         overwrite: replace a previous demo's output in out (a folder holding anything else
             is refused even then).
@@ -84,7 +84,7 @@ class DemoConfig(Recipe):
     batch_size: int = 32
     lr: float = 2e-3
     ema_decay: float = 0.995
-    taus: tuple[float, ...] = (0.3, 0.45, 0.6)
+    taus: tuple[float, ...] = TAU_SWEEP
     eval_images: int = 48
     extra_subjects: int = 8
     teacher_images: int = 16
@@ -134,7 +134,7 @@ def calibrate(batch: int, size: int, n_domains: int = 5) -> tuple[int, float]:
     """
     import torch
 
-    from .models import build_model
+    from ..models import build_model
 
     if torch.cuda.is_available():
         return torch.get_num_threads(), 0.0
@@ -211,8 +211,8 @@ def run_demo(cfg: DemoConfig, progress: bool | None = None) -> Path:
     hold a previous demo's output, which is replaced only with ``cfg.overwrite``; any other
     non-empty folder is refused, even with ``overwrite`` (the demo's files would be mixed into
     it). ``make demo`` passes --overwrite: runs/demo is the demo's own folder."""
-    from .data import simulate
-    from .run import load_run
+    from ..data import simulate
+    from ..run import load_run
 
     progress = cfg.progress if progress is None else progress
     out = Path(cfg.out)
@@ -255,7 +255,7 @@ def run_demo(cfg: DemoConfig, progress: bool | None = None) -> Path:
         timing["export_s"] = time.perf_counter() - t
     sections: list[str] = []
     if cfg.native:
-        from .demo_native import native_section
+        from .native import native_section
 
         lines, extra = native_section(out, student_dir, log, progress)
         sections = ["## A real radiograph at native size", "", *lines, ""]
@@ -272,8 +272,8 @@ def run_demo(cfg: DemoConfig, progress: bool | None = None) -> Path:
 
 def _evaluate_all(cfg: DemoConfig, teacher, student, data: Path, out: Path, log, timing,
                   progress) -> list:
-    """Both pairs on the evaluation data (demo_eval: new test subjects); [PairEval]."""
-    from .demo_eval import eval_dataset, evaluate_pair
+    """Both pairs on the evaluation data (demo.eval: new test subjects); [PairEval]."""
+    from .eval import eval_dataset, evaluate_pair
 
     t = time.perf_counter()
     root = out / "eval_data"
@@ -298,7 +298,7 @@ def _train_own(cfg: DemoConfig, data: Path, run_dir: Path, log, timing, progress
     """The demo's own short training run (crops, a time budget); returns its summary."""
     import csv
 
-    from .train import TrainConfig, train
+    from ..train import TrainConfig, train
 
     crop = cfg.crop or None
     threads, s_step = calibrate(cfg.batch_size, crop or cfg.size)
@@ -329,8 +329,8 @@ def _train_own(cfg: DemoConfig, data: Path, run_dir: Path, log, timing, progress
 
 def _export_onnx(run, path: Path, cfg: DemoConfig, log) -> tuple[str, bool]:
     """(note for the report, whether the export and its verification succeeded)."""
-    from .export import export_engine
-    from .translator import Translator
+    from ..export import export_engine
+    from ..translate import Translator
 
     src, tgt = PAIRS[0]
     tr = Translator(run, src, tgt)
@@ -354,10 +354,10 @@ def _export_onnx(run, path: Path, cfg: DemoConfig, log) -> tuple[str, bool]:
 
 def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_dir, evals,
                   notes: list[str], timing, sections: list[str] = ()) -> Path:
-    """OUT/report.md: intro, verdict (+ notes), the pairs (demo_eval.report_lines), then
+    """OUT/report.md: intro, verdict (+ notes), the pairs (demo.eval.report_lines), then
     ``sections`` (markdown lines of later stages, e.g. native resolution), timing, versions."""
-    from .demo_eval import report_lines, verdict_lines
-    from .eval.report import versions
+    from ..eval.report import versions
+    from .eval import report_lines, verdict_lines
 
     rec = resolve(cfg.recipe(), RECIPE)
     crops = f" on {own['crop']}-px crops" if own["crop"] else ""
@@ -374,7 +374,7 @@ def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_di
         f"{rec['guidance_decode']:g} (decode), {rec['decode']} decode"
         + (f"; the one-step student `{student_dir.name}` beside it" if student_dir else "")
         + f". {first.get('n_images', cfg.eval_images)} test images per pair: "
-        f"{cfg.extra_subjects} NEW simulated subjects (demo_eval.eval_dataset)"
+        f"{cfg.extra_subjects} NEW simulated subjects (demo.eval.eval_dataset)"
         + (f"; the teacher and SDEdit on {cfg.teacher_images} of them" if student_dir else "")
         + ".",
         "",

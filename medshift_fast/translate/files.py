@@ -49,13 +49,13 @@ from pathlib import Path
 
 import torch
 
-from .data.geometry import RESIZE_MODES, plan_fit
-from .data.io import find_images, probe_image, read_image
-from .data.writers import new_series_uid, output_suffix, write_image
-from .errors import MedShiftError
-from .fileio import check_not_inside, check_writable_dir
-from .translate_manifest import Manifest, Shard, new_run_id
-from .translator import MODES, TranslateOptions
+from ..data.geometry import RESIZE_MODES, plan_fit
+from ..data.io import find_images, probe_image, read_image
+from ..data.writers import new_series_uid, output_suffix, write_image
+from ..errors import MedShiftError
+from ..fileio import check_not_inside, check_writable_dir
+from .manifest import Manifest, Shard, new_run_id
+from .settings import MODES, TranslateOptions
 
 __all__ = ["TranslateConfig", "TranslateSummary", "translate_files"]
 
@@ -114,12 +114,12 @@ class TranslateConfig(TranslateOptions):
     out_format: str = "same"
     size: str | None = None
     resize: str = "crop"
-    tile: str = "auto"
+    tile: str | None = None
     overlap: int | None = None
     max_memory: str | None = None
     tile_batch: int | None = None
     input_bits: int | None = None
-    seed: int = 0
+    seed: int | None = None
     batch_size: int = 16
     mode: str = "eager"
     device: str = "auto"
@@ -153,7 +153,7 @@ class TranslateConfig(TranslateOptions):
             if not ok:
                 raise MedShiftError(f"--size must be a whole number of pixels >= 8, 'native' or "
                                     f"'auto', got {self.size!r}")
-        if str(self.tile).lower() not in ("auto", "none"):
+        if self.tile is not None and str(self.tile).lower() not in ("auto", "none"):
             try:
                 ok = int(str(self.tile)) >= 8
             except (TypeError, ValueError):
@@ -271,8 +271,8 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
 
     from tqdm.auto import tqdm
 
-    from . import __version__, use_backend
-    from .run import load_run, resolve_device
+    from .. import __version__, use_backend
+    from ..run import load_run, resolve_device
     from .translator import Translator
 
     check_not_inside(cfg.out, [("input folder", p) for p in cfg.inputs if Path(p).is_dir()],
@@ -282,11 +282,12 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     dev = shard.device(resolve_device(cfg.device))
     ctx = use_backend(cfg.backend) if cfg.backend else contextlib.nullcontext()
     run = load_run(cfg.checkpoint, device=dev)
-    tile = None if str(cfg.tile).lower() == "none" else (
-        "auto" if str(cfg.tile).lower() == "auto" else int(cfg.tile))
+    tiles = {} if cfg.tile is None else {"tile": cfg.tile}  # None: the settings' default
     tr = Translator(run, cfg.source, cfg.target, tau=cfg.tau, mode=cfg.mode, device=dev,
-                    batch_size=cfg.batch_size, seed=cfg.seed, tile=tile, overlap=cfg.overlap,
-                    max_memory=cfg.max_memory, tile_batch=cfg.tile_batch, **cfg.recipe())
+                    batch_size=cfg.batch_size, seed=cfg.seed, overlap=cfg.overlap,
+                    max_memory=cfg.max_memory, tile_batch=cfg.tile_batch, **tiles,
+                    **cfg.recipe())
+    seed = tr.settings.seed
     opts = dict(frame=cfg.frame, allow_modality=cfg.modalities(), allow_rgb=cfg.allow_rgb)
     run_id = shard.common(new_run_id())
     series = shard.common(new_series_uid())
@@ -297,7 +298,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
         "source": desc["source_domain"], "target": desc["target_domain"], "tau": desc["tau"],
         **{k: desc[k] for k in ("guidance_encode", "guidance_decode", "steps", "solver",
                                 "decode")},
-        "seed": cfg.seed, "resize": cfg.resize, "run": desc["run"], "run_id": run_id,
+        "seed": seed, "resize": cfg.resize, "run": desc["run"], "run_id": run_id,
         "series_uid": series, "version": __version__, "tiles": tiles})
     # 1. every input header, working grid, memory plan and output name, before any work
     files, left = _collect(cfg.inputs, out)
@@ -422,7 +423,8 @@ def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
         kept.append((f, rel, dst, fit, note))
     if not kept:
         return
-    gens = [torch.Generator().manual_seed(_image_seed(cfg.seed, rel)) for _, rel, *_ in kept]
+    seed = tr.settings.seed
+    gens = [torch.Generator().manual_seed(_image_seed(seed, rel)) for _, rel, *_ in kept]
     y = tr.translate(torch.stack(xs), generators=gens).cpu()
     del xs
     for (f, _rel, dst, fit, note), src, yi in zip(kept, srcs, y):

@@ -1,7 +1,14 @@
-"""The translation settings shared by every consumer: ``RECIPE`` (the measured defaults of the API
-and of every command; docs/recipe.md), ``TranslationSettings`` (one translation's fixed settings,
-validated), ``Recipe`` / ``TranslateOptions`` (the CLI-facing options, None = the run's default),
-``resolve`` and the uint16 pixel conversions. ``translator.Translator`` runs them."""
+"""The ONE home of translation defaults: :class:`TranslationSettings`.
+
+Every consumer takes its settings from here or derives them from it: the ``Translator`` (and so
+``medshift translate`` / ``evaluate`` / the demo), the CLI flags (``Recipe``: None = the
+default shown in ``--help``), ``flow.translate`` and the fused ``flow.sampler`` (which take
+every setting explicitly: pass ``**settings.flow_kwargs()``), ``deploy.FrameTranslator`` and
+the export settings (``export.graphs.ExportSettings``). ``RECIPE`` and ``DEFAULTS`` are views
+of the dataclass's field defaults, never a second copy; ``docs/recipe.md`` shows how the values
+were chosen. A test (tests/test_settings.py) fails when a translation default is written
+anywhere else.
+"""
 
 from __future__ import annotations
 
@@ -10,40 +17,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
+from ..errors import MedShiftError
+from ..flow.solvers import SOLVERS, nfe
 
-from .errors import MedShiftError
-from .flow.solvers import SOLVERS, nfe
-
-__all__ = ["DECODES", "METHODS", "MODES", "RECIPE", "Recipe", "TranslateOptions",
-           "TranslationSettings", "resolve", "uint16_to_unit", "unit_to_uint16"]
+__all__ = ["DECODES", "DEFAULTS", "METHODS", "MODES", "RECIPE", "RECIPE_KEYS", "Recipe",
+           "TAU_SWEEP", "TranslateOptions", "TranslationSettings", "resolve"]
 
 METHODS = ("medshift", "sdedit")
 MODES = ("eager", "fused", "compiled", "cuda_graph")
 DECODES = ("ode", "sde")
-
-# The defaults of the API and of every command (set from the measured recipe sweep).
-RECIPE: dict[str, Any] = {
-    "tau": 0.6,
-    "guidance_encode": 0.0,
-    "guidance_decode": 1.5,
-    "steps": 10,
-    "solver": "euler",
-    "decode": "ode",
-    "sde_noise": 1.0,
-}
-
-U16_MAX = 65535.0
-
-
-def uint16_to_unit(u: torch.Tensor) -> torch.Tensor:
-    """Raw 16-bit counts -> [-1, 1] float32 (x = u * 2/65535 - 1, as ``data.read_image``)."""
-    return u.to(torch.float32) * (2.0 / U16_MAX) - 1.0
-
-
-def unit_to_uint16(y: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint16 counts, rint((clamp(y) + 1) * 32767.5) (round half to even)."""
-    return torch.round((y.clamp(-1.0, 1.0) + 1.0) * (U16_MAX / 2.0)).to(torch.uint16)
+#: the translation times ``evaluate`` and the demo score by default (the default tau among them)
+TAU_SWEEP = (0.3, 0.45, 0.6)
 
 
 def _finite(name: str, v) -> float:
@@ -56,9 +40,27 @@ def _finite(name: str, v) -> float:
     return v
 
 
+def _tile(v) -> int | str | None:
+    """A tile request: "auto" (the run's trained tile), None (never tile) or pixels >= 8."""
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "whole", "off")):
+        return None
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    try:
+        t = int(v.strip()) if isinstance(v, str) else int(v)
+    except (TypeError, ValueError):
+        t = None
+    if t is None or isinstance(v, bool) or (isinstance(v, float) and v != t) or t < 8:
+        raise MedShiftError(f"tile must be 'auto', none or a number of pixels >= 8, got {v!r}")
+    return t
+
+
 @dataclass(frozen=True)
 class TranslationSettings:
     """What one translation computes (the Translator's description; JSON round trip).
+
+    The field defaults below are the defaults of the API and of every command (set from the
+    measured recipe sweep, docs/recipe.md); nothing else in the package writes them again.
 
     Attributes:
         source, target: domain labels (0..K-1).
@@ -71,19 +73,24 @@ class TranslationSettings:
         decode: ode | sde (medshift: decode with the stochastic bridge).
         sde_noise: diffusion scale of the SDE decode (g(t)^2 = 2 sde_noise (1 - t)^2).
         seed: seed of the noise that sdedit and the SDE decode draw.
+        tile: tile side in pixels for images larger than it: "auto" (the tile the run was
+            trained on), an int, or None (never tile: the whole image at once).
+        overlap: tile overlap in pixels (None: a quarter of the tile).
     """
 
     source: int
     target: int
-    tau: float = RECIPE["tau"]
-    guidance_encode: float = RECIPE["guidance_encode"]
-    guidance_decode: float = RECIPE["guidance_decode"]
-    steps: int = RECIPE["steps"]
-    solver: str = RECIPE["solver"]
+    tau: float = 0.6
+    guidance_encode: float = 0.0
+    guidance_decode: float = 1.5
+    steps: int = 10
+    solver: str = "euler"
     method: str = "medshift"
-    decode: str = RECIPE["decode"]
-    sde_noise: float = RECIPE["sde_noise"]
+    decode: str = "ode"
+    sde_noise: float = 1.0
     seed: int = 0
+    tile: int | str | None = "auto"
+    overlap: int | None = None
 
     def __post_init__(self) -> None:
         tau = _finite("tau", self.tau)
@@ -105,6 +112,15 @@ class TranslationSettings:
             raise MedShiftError(f"unknown decode {self.decode!r}; choose ode or sde")
         if self.sde_noise < 0:
             raise MedShiftError(f"sde_noise must be >= 0, got {self.sde_noise}")
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed:
+            raise MedShiftError(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "tile", _tile(self.tile))
+        if self.overlap is not None:
+            if isinstance(self.overlap, bool) or int(self.overlap) != self.overlap \
+                    or self.overlap < 0:
+                raise MedShiftError(f"tile overlap must be an integer >= 0, got {self.overlap!r}")
+            object.__setattr__(self, "overlap", int(self.overlap))
         object.__setattr__(self, "source", int(self.source))
         object.__setattr__(self, "target", int(self.target))
 
@@ -117,13 +133,29 @@ class TranslationSettings:
         legs = 1 if self.method == "sdedit" else 2
         return legs * nfe(self.solver, self.steps)
 
+    def flow_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``flow.translate`` / ``flow.sampler.fused_translate``."""
+        return {k: getattr(self, k) for k in ("tau", "guidance_encode", "guidance_decode",
+                                              "steps", "solver")}
+
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TranslationSettings:
+        """The settings of ``to_dict`` (unknown keys ignored; missing ones take the default)."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+#: every default of TranslationSettings (a view of its fields, not a second copy)
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TranslationSettings)
+                            if f.default is not dataclasses.MISSING}
+#: the recipe: the settings a command's flags override (tau, guidance, solver, decode)
+RECIPE_KEYS = ("tau", "guidance_encode", "guidance_decode", "steps", "solver", "decode",
+               "sde_noise")
+RECIPE: dict[str, Any] = {k: DEFAULTS[k] for k in RECIPE_KEYS}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +176,7 @@ class Recipe:
         sde_noise: diffusion scale of the SDE decode.
     """
 
-    SHOWN_DEFAULTS: ClassVar[dict[str, Any]] = RECIPE
+    SHOWN_DEFAULTS: ClassVar[dict[str, Any]] = DEFAULTS
 
     guidance: float | None = None
     guidance_encode: float | None = None

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MedShiftError
+from ..errors import MedShiftError
 
 __all__ = ["PERCENTILES", "Learned", "WorkingScale", "domain_stats", "record"]
 
@@ -111,6 +111,7 @@ class Learned:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Learned:
+        """What a run's config.json records (older runs: their training size)."""
         train = config.get("train") or {}
         rec = config.get("learned")
         if isinstance(rec, dict) and isinstance(rec.get("scale"), dict):
@@ -128,6 +129,7 @@ class Learned:
 
     # --------------------------------------------------------------------------------- scale
     def describe(self) -> str:
+        """The learned scale in words, for messages and metadata."""
         if self.scale_kind == "image_size":
             return f"{self.size}-px images"
         if self.scale_kind == "spacing":
