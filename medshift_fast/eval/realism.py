@@ -1,0 +1,109 @@
+"""The realism and trust columns of ``evaluate``, one object for every row: the classifier
+two-sample test (:mod:`.c2st`), the noise-vs-signal curve (:mod:`.noise_curve`) and the
+hallucination count (:mod:`.hallucination`).
+
+:class:`Judges` is built once per evaluation from the target domain's reference images (the real
+set of the C2ST, the signal bins and the reference noise curve); :meth:`Judges.row` scores one
+row's images (translations of the evaluated source images, or the true target's images for the
+floor row) and keeps the row's noise curve for ``noise_curve.csv`` / ``noise_curve.png``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .c2st import C2STConfig, c2st
+from .hallucination import hallucination_batch
+from .noise_curve import NoiseCurve, curve_deviation, noise_curve, signal_bins
+
+NOISE_BINS = 8  # signal bins of the noise curve over the body
+
+
+def _split_groups(groups: list) -> list | None:
+    """The groups, or None (every image its own group) when they are fewer than 2: a set of one
+    subject can only be split by image."""
+    return groups if len(set(map(str, groups))) >= 2 else None
+
+
+@dataclass
+class Judges:
+    """Per-row realism metrics against one reference set.
+
+    Attributes:
+        reference: (N, 1, H, W) real target-domain images (the C2ST's real set).
+        reference_groups: a subject (group) id per reference image.
+        c2st: C2ST settings, or None to skip the C2ST.
+        seed: base seed of the C2ST.
+        hallucination: also count hallucinations (needs the source images).
+        curves: {row name: NoiseCurve}, filled by :meth:`row` ("target (reference)" first).
+        seconds: {metric: wall seconds spent}, summed over rows.
+    """
+
+    reference: torch.Tensor
+    reference_groups: list
+    c2st: C2STConfig | None = None
+    seed: int = 0
+    hallucination: bool = True
+    curves: dict[str, NoiseCurve] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        t0 = time.perf_counter()
+        self.edges = signal_bins(self.reference, NOISE_BINS)
+        self.ref_curve = noise_curve(self.reference, self.edges)
+        self.curves = {"target (reference)": self.ref_curve}
+        self._add("noise_curve", t0)
+
+    def _add(self, key: str, t0: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+    def row(self, name: str, images: torch.Tensor, groups: list,
+            source: torch.Tensor | None = None) -> dict:
+        """The realism columns of one row.
+
+        Args:
+            name: the row's method name.
+            images: (N, 1, H, W) the row's images.
+            groups: a subject (group) id per image (the C2ST keeps a subject on one side).
+            source: (N, 1, H, W) the source images they were translated from (hallucinations;
+                None: not counted).
+
+        Returns:
+            {c2st_acc, c2st_lo, c2st_hi, c2st_seed_std, c2st_seconds (nan without the C2ST),
+             noise_curve_dev, halluc_count, halluc_area, halluc_images (nan without a source)}.
+        """
+        out: dict = {}
+        t0 = time.perf_counter()
+        curve = noise_curve(images, self.edges)
+        self.curves[name] = curve
+        out["noise_curve_dev"] = curve_deviation(curve, self.ref_curve)
+        self._add("noise_curve", t0)
+        if self.c2st is not None and min(len(images), len(self.reference)) >= 2:
+            t0 = time.perf_counter()
+            out.update(c2st(self.reference, images, real_groups=_split_groups(
+                self.reference_groups), fake_groups=_split_groups(groups), cfg=self.c2st,
+                seed=self.seed).row())
+            self._add("c2st", t0)
+        else:
+            out.update(dict.fromkeys(("c2st_acc", "c2st_lo", "c2st_hi", "c2st_seed_std",
+                                      "c2st_seconds"), float("nan")))
+        if self.hallucination and source is not None:
+            t0 = time.perf_counter()
+            stats = hallucination_batch(source, images)
+            counts = np.array([s["count"] for s in stats], dtype=np.float64)
+            out["halluc_count"] = float(counts.mean())
+            out["halluc_area"] = float(np.mean([s["area_px"] for s in stats]))
+            out["halluc_images"] = float((counts > 0).mean())
+            self._add("hallucination", t0)
+        else:
+            out.update(dict.fromkeys(("halluc_count", "halluc_area", "halluc_images"),
+                                     float("nan")))
+        return out
+
+    def curve_rows(self) -> list[dict]:
+        """Every kept curve, one dict per (row, bin), for ``noise_curve.csv``."""
+        return [r for name, c in self.curves.items() for r in c.rows(name, self.ref_curve)]
