@@ -38,6 +38,7 @@ from ..errors import MedShiftError
 from ..translate import DEFAULTS, TAU_SWEEP, TranslateOptions, Translator
 
 MIN_N_FID = 16  # fewest images FID-ENL0 / KID are computed on without allow_small_n
+ROW_KINDS = ("baseline", "medshift", "student", "classical", "sdedit", "inversion", "oracle")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +67,8 @@ class EvalConfig(TranslateOptions):
             of c2st_steps steps per row).
         c2st_seeds: C2ST classifiers (seeds) per row.
         c2st_steps: C2ST training steps per classifier.
+        c2st_kinds: row kinds the C2ST runs on, comma-separated (baseline, medshift, student,
+            classical, sdedit, inversion, oracle) or all.
         hallucination: count new compact structures (translation vs its source) per image.
         grid_rows: source images shown in grid.png.
         progress: show progress bars and per-method lines.
@@ -91,6 +94,7 @@ class EvalConfig(TranslateOptions):
     c2st: bool = True
     c2st_seeds: int = 3
     c2st_steps: int = 200
+    c2st_kinds: str = "all"
     hallucination: bool = True
     grid_rows: int = 6
     progress: bool = True
@@ -113,11 +117,20 @@ class EvalConfig(TranslateOptions):
                                 f"{self.tune_images}, {self.bootstrap}")
         if self.c2st:
             self.c2st_config()  # bad seeds / steps fail now, before any work
+        bad = set(self.c2st_kind_set()) - set(ROW_KINDS)
+        if bad:
+            raise MedShiftError(f"--c2st-kinds: unknown row kind(s) {', '.join(sorted(bad))}; "
+                                f"choose from {', '.join(ROW_KINDS)} or all")
         parse_classical(self.classical)  # unknown names fail now, before any work
         if parse_classical(self.classical) and self.tune_split == self.split:
             raise MedShiftError(f"--tune-split {self.tune_split} is the evaluated split: the "
                                 "classical baselines must be tuned on another (e.g. val)")
 
+
+    def c2st_kind_set(self) -> tuple[str, ...]:
+        """The row kinds the C2ST runs on."""
+        v = self.c2st_kinds.strip()
+        return ROW_KINDS if v == "all" else tuple(k.strip() for k in v.split(",") if k.strip())
 
     def c2st_config(self):
         """The C2ST settings of this evaluation (None when ``c2st`` is off)."""
@@ -227,6 +240,7 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
 
     judges = Judges(x_ref, r_set.groups(), cfg.c2st_config(), cfg.seed, cfg.hallucination)
     groups = s_set.groups()  # the aligned true target views share the source's subjects
+    c2st_kinds = cfg.c2st_kind_set()
     fx = E.ENL0Features(batch_size=64)
     f_ref = fx(x_ref, progress="ENL0 features (reference)" if progress else False)
     noise_ref = float(E.noise_level(x_ref, reduction="mean"))
@@ -261,7 +275,7 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
             "nps_dist": float(E.nps_distance(y, nps_ref)),
             "hist_dist": float(E.histogram_distance(y, x_ref)),
             "noise_ratio": float(E.noise_level(y, reduction="mean")) / max(noise_ref, 1e-12),
-            **judges.row(name, y, groups, x_src),
+            **judges.row(name, y, groups, x_src, run_c2st=kind in c2st_kinds),
             "sec_per_image": dt / max(1, y.shape[0]) if kind != "oracle" else 0.0,
         }
         if kind == "classical":

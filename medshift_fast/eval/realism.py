@@ -36,7 +36,7 @@ class Judges:
     Attributes:
         reference: (N, 1, H, W) real target-domain images (the C2ST's real set).
         reference_groups: a subject (group) id per reference image.
-        c2st: C2ST settings, or None to skip the C2ST.
+        c2st_config: C2ST settings, or None to skip the C2ST.
         seed: base seed of the C2ST.
         hallucination: also count hallucinations (needs the source images).
         curves: {row name: NoiseCurve}, filled by :meth:`row` ("target (reference)" first).
@@ -45,7 +45,7 @@ class Judges:
 
     reference: torch.Tensor
     reference_groups: list
-    c2st: C2STConfig | None = None
+    c2st_config: C2STConfig | None = None
     seed: int = 0
     hallucination: bool = True
     curves: dict[str, NoiseCurve] = field(default_factory=dict)
@@ -62,7 +62,7 @@ class Judges:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
 
     def row(self, name: str, images: torch.Tensor, groups: list,
-            source: torch.Tensor | None = None) -> dict:
+            source: torch.Tensor | None = None, run_c2st: bool = True) -> dict:
         """The realism columns of one row.
 
         Args:
@@ -71,6 +71,7 @@ class Judges:
             groups: a subject (group) id per image (the C2ST keeps a subject on one side).
             source: (N, 1, H, W) the source images they were translated from (hallucinations;
                 None: not counted).
+            run_c2st: run the C2ST on this row (when the judges have a C2ST config).
 
         Returns:
             {c2st_acc, c2st_lo, c2st_hi, c2st_seed_std, c2st_seconds (nan without the C2ST),
@@ -82,10 +83,11 @@ class Judges:
         self.curves[name] = curve
         out["noise_curve_dev"] = curve_deviation(curve, self.ref_curve)
         self._add("noise_curve", t0)
-        if self.c2st is not None and min(len(images), len(self.reference)) >= 2:
+        if run_c2st and self.c2st_config is not None and min(len(images),
+                                                             len(self.reference)) >= 2:
             t0 = time.perf_counter()
             out.update(c2st(self.reference, images, real_groups=_split_groups(
-                self.reference_groups), fake_groups=_split_groups(groups), cfg=self.c2st,
+                self.reference_groups), fake_groups=_split_groups(groups), cfg=self.c2st_config,
                 seed=self.seed).row())
             self._add("c2st", t0)
         else:
