@@ -22,8 +22,9 @@ added or removed by CycleGAN). For one (source, output) pair, :func:`hallucinati
    blob by blob. A pixel is a candidate when |change| > k units.
 4. **New, not changed.** It counts only where the output has a structure (|L_σo| > k units, so
    a structure the output *lost* is not an invention) and the source has none of that sign
-   within ~σ: its strongest same-sign response nearby is below ``support`` of the output's, or
-   within the noise (< K_NEAR units). Sharpening or blurring an existing edge is not an
+   within ``NEAR``·σ (blurring moves a structure's response outwards by about its width): its
+   strongest same-sign response there is below ``support`` of the output's, or within the noise
+   (< K_NEAR units). Sharpening or blurring an existing edge is not an
    invention; a blob on a smooth anatomical ramp is. Pixels whose filter support reaches a
    clipped plateau of the source (its minimum or maximum value on >= 16 pixels: saturation, no
    noise to judge by) are left out.
@@ -52,6 +53,7 @@ SCALES = (1.0, 1.5, 2.0, 3.0)  # LoG scales in pixels (blob radii ~1.4-4.2 px)
 K = 4.0  # detection threshold in noise stds
 SUPPORT = 0.5  # a response the source has at >= this fraction nearby is not new
 K_NEAR = 3.0  # ... unless that source response is within this many noise stds
+NEAR = 2.0  # "nearby": within this many σ (blurring moves a structure's response outwards)
 RHO = 1.0  # low-pass of the source before the intensity match (pixels)
 NOISE_BINS = 16  # signal bins of the local noise map
 WINDOW = 4.0  # Gaussian window (pixels) of the spatial noise map
@@ -344,7 +346,7 @@ def hallucination_mask(source, output, *, scales=SCALES, k: float = K,
         unit = log_white_gain(sc, rho) * noise
         unit = unit * max(1.0, _robust_std((l_o - l_m) / unit))  # see the module docstring
         z = (l_o - l_m).abs() / unit
-        rad = max(1, math.ceil(sc))
+        rad = max(1, math.ceil(NEAR * sc))
         sign = torch.sign(l_o)
         near = torch.maximum(  # the source's strongest same-sign response nearby
             _box_max(l_m, rad) * (sign > 0), _box_max(-l_m, rad) * (sign < 0))

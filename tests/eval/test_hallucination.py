@@ -37,11 +37,12 @@ def _local_noise(x, cy, cx, r=6):
     return 1.4826 * float((w - w.median()).abs().median())
 
 
-def test_identity_denoise_intensity_map_and_the_true_view_count_nothing(pair):
+def test_identity_denoisers_intensity_map_and_the_true_view_count_nothing(pair):
     low, high = pair
     blurred = torch.from_numpy(gaussian_filter(low.numpy(), (0, 0, 0.7, 0.7)))
+    smoothed = torch.from_numpy(gaussian_filter(low.numpy(), (0, 0, 2.0, 2.0)))  # merges edges
     gamma = ((low + 1) / 2) ** 0.8 * 2 - 1  # a global monotone intensity change
-    for out in (low, blurred, gamma, high):
+    for out in (low, blurred, smoothed, gamma, high):
         counts = [s["count"] for s in hallucination_batch(low, out)]
         assert np.mean(counts) <= 0.1, counts
     assert hallucination_stats(low[0], low[0])["max_z"] == 0.0  # identity: exactly nothing
