@@ -182,11 +182,10 @@ def _plateaus(x: torch.Tensor, min_pixels: int = 16) -> torch.Tensor:
 
 
 def _diff2(x: torch.Tensor) -> torch.Tensor:
-    """Immerkær's second-difference noise residual of (1, 1, H, W), / 6 (white noise of std n
-    gives std n), replicate-padded back to (H, W)."""
-    d2 = torch.tensor([1.0, -2.0, 1.0], dtype=x.dtype)
-    r = F.conv2d(x, torch.outer(d2, d2).view(1, 1, 3, 3)) / 6.0
-    return F.pad(r, (1, 1, 1, 1), mode="replicate")[0, 0]
+    """``physics.second_difference`` of (1, 1, H, W), replicate-padded back to (H, W)."""
+    from .physics import second_difference
+
+    return F.pad(second_difference(x), (1, 1, 1, 1), mode="replicate")[0, 0]
 
 
 def local_noise(residuals: list[torch.Tensor], signal: torch.Tensor, bins: int = NOISE_BINS,

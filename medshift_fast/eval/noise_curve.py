@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..errors import MedShiftError
 from ._common import batches, check_images
-from .physics import DEFAULT_SIGMA, highpass_residual
+from .physics import DEFAULT_SIGMA, highpass_residual, second_difference
 
 MIN_PIXELS = 500  # fewest pixels of a bin that enter the deviation (MAD std error ~ 1.1/sqrt(n))
 CLIP_EPS = 1e-4  # a pixel within this of ±1 counts as clipped
@@ -80,8 +80,7 @@ class NoiseCurve:
 
 def _residual_and_signal(x: torch.Tensor, sigma: float):
     """(r, s, ok) on the valid (H − 2, W − 2) grid of the second difference."""
-    d2 = torch.tensor([1.0, -2.0, 1.0], dtype=x.dtype)
-    r = F.conv2d(x, torch.outer(d2, d2).view(1, 1, 3, 3)) / 6.0
+    r = second_difference(x)
     s = (x - highpass_residual(x, sigma))[..., 1:-1, 1:-1]
     clipped = (x.abs() >= 1.0 - CLIP_EPS).to(x.dtype)
     ok = F.max_pool2d(clipped, 3, stride=1) == 0  # no clipped pixel in the 3 x 3 support
