@@ -27,8 +27,7 @@ def sets():
 def test_real_vs_real_is_chance(sets):
     a, ga, b, gb, _, _ = sets
     r = c2st(a, b, real_groups=ga, fake_groups=gb)
-    assert r.lo <= 0.5 + 1e-9 or r.accuracy < 0.65, r
-    assert r.accuracy < 0.7
+    assert r.accuracy < 0.7 and r.lo < 0.6, r
     assert r.lo <= r.accuracy <= r.hi
     assert len(r.per_seed) == 3 and r.n_heldout == (12, 12)
 
