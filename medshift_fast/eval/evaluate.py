@@ -48,7 +48,8 @@ class EvalConfig(TranslateOptions):
     Attributes:
         checkpoint: run directory written by ``medshift train``.
         data: dataset root (ROOT/<domain>/... with manifest.csv for the aligned ground truth).
-        out: report folder (report.md, metrics.csv, paired_bootstrap.csv, grid.png, tradeoff.png).
+        out: report folder (report.md, metrics.csv, paired_bootstrap.csv, grid.png, tradeoff.png,
+            noise_curve.csv/png, hallucinations.csv).
         taus: translation times to score (comma-separated).
         split: split whose source images are translated.
         reference_split: split of the target domain used as the reference distribution.
@@ -141,8 +142,9 @@ class EvalConfig(TranslateOptions):
 
 @dataclass
 class EvalResult:
-    """Rows (one dict per method), images per method, settings, timing, bootstrap intervals and
-    the noise-vs-signal curves (one dict per row and signal bin)."""
+    """Rows (one dict per method), images per method, settings, timing, bootstrap intervals,
+    the noise-vs-signal curves (one dict per row and signal bin) and the hallucination counts
+    (one dict per row and image)."""
 
     rows: list[dict] = field(default_factory=list)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -150,6 +152,7 @@ class EvalResult:
     timing: dict = field(default_factory=dict)
     bootstrap: list[dict] = field(default_factory=list)
     noise_curves: list[dict] = field(default_factory=list)
+    hallucinations: list[dict] = field(default_factory=list)
 
 
 def _translate_all(fn, x, batch_size, progress, desc):
@@ -275,7 +278,8 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
             "nps_dist": float(E.nps_distance(y, nps_ref)),
             "hist_dist": float(E.histogram_distance(y, x_ref)),
             "noise_ratio": float(E.noise_level(y, reduction="mean")) / max(noise_ref, 1e-12),
-            **judges.row(name, y, groups, x_src, run_c2st=kind in c2st_kinds),
+            **judges.row(name, y, groups, x_src, run_c2st=kind in c2st_kinds,
+                         image_ids=s_set.paths),
             "sec_per_image": dt / max(1, y.shape[0]) if kind != "oracle" else 0.0,
         }
         if kind == "classical":
@@ -299,6 +303,7 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
             )
     res.rows = rows
     res.noise_curves = judges.curve_rows()
+    res.hallucinations = judges.per_image
     timing.update({f"{k}_s": v for k, v in judges.seconds.items()})
     res.images["source"] = x_src
     if has_gt:

@@ -40,6 +40,8 @@ class Judges:
         seed: base seed of the C2ST.
         hallucination: also count hallucinations (needs the source images).
         curves: {row name: NoiseCurve}, filled by :meth:`row` ("target (reference)" first).
+        per_image: one dict per (row, image) of the hallucination counts, for
+            ``hallucinations.csv``.
         seconds: {metric: wall seconds spent}, summed over rows.
     """
 
@@ -49,6 +51,7 @@ class Judges:
     seed: int = 0
     hallucination: bool = True
     curves: dict[str, NoiseCurve] = field(default_factory=dict)
+    per_image: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,7 +65,8 @@ class Judges:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
 
     def row(self, name: str, images: torch.Tensor, groups: list,
-            source: torch.Tensor | None = None, run_c2st: bool = True) -> dict:
+            source: torch.Tensor | None = None, run_c2st: bool = True,
+            image_ids: list | None = None) -> dict:
         """The realism columns of one row.
 
         Args:
@@ -72,6 +76,7 @@ class Judges:
             source: (N, 1, H, W) the source images they were translated from (hallucinations;
                 None: not counted).
             run_c2st: run the C2ST on this row (when the judges have a C2ST config).
+            image_ids: a name per image for ``per_image`` (default: its index).
 
         Returns:
             {c2st_acc, c2st_lo, c2st_hi, c2st_seed_std, c2st_seconds (nan without the C2ST),
@@ -96,6 +101,10 @@ class Judges:
         if self.hallucination and source is not None:
             t0 = time.perf_counter()
             stats = hallucination_batch(source, images)
+            ids = image_ids or list(range(len(stats)))
+            self.per_image += [{"method": name, "image": i, "count": st["count"],
+                                "area_px": st["area_px"], "max_z": st["max_z"]}
+                               for i, st in zip(ids, stats)]
             counts = np.array([s["count"] for s in stats], dtype=np.float64)
             out["halluc_count"] = float(counts.mean())
             out["halluc_area"] = float(np.mean([s["area_px"] for s in stats]))

@@ -226,6 +226,8 @@ def write_all(out: Path, res) -> None:
     curves = getattr(res, "noise_curves", None) or []
     if curves:
         write_csv(out / "noise_curve.csv", curves)
+    if getattr(res, "hallucinations", None):
+        write_csv(out / "hallucinations.csv", res.hallucinations)
     title = f"{s['source']} → {s['target']}"
     cols = (
         ["source"]

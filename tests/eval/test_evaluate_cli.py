@@ -28,7 +28,7 @@ def test_evaluate_writes_report(sim_run, tmp_path):
                "--c2st-steps", "5"])
     assert rc == 0
     for f in ("report.md", "metrics.csv", "paired_bootstrap.csv", "grid.png", "tradeoff.png",
-              "noise_curve.csv", "noise_curve.png"):
+              "noise_curve.csv", "noise_curve.png", "hallucinations.csv"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     names = [r["method"] for r in rows]
