@@ -10,6 +10,7 @@ floor row) and keeps the row's noise curve for ``noise_curve.csv`` / ``noise_cur
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -118,3 +119,58 @@ class Judges:
     def curve_rows(self) -> list[dict]:
         """Every kept curve, one dict per (row, bin), for ``noise_curve.csv``."""
         return [r for name, c in self.curves.items() for r in c.rows(name, self.ref_curve)]
+
+
+# ------------------------------------------------------------------------- issue 29 / 31 checks
+C2ST_MAX = 0.75  # issue 29: a classifier tells the translation from real in at most 75 %
+NOISE_CURVE_MAX = 0.25  # issue 29: the noise-vs-signal curve within ±25 % of the target's
+NOISE_LEVEL = (0.8, 1.25)  # issue 29, the dose pair: the noise level relative to the target's
+
+
+def _num(row: dict | None, key: str) -> float | None:
+    v = None if row is None else row.get(key)
+    return float(v) if isinstance(v, float) and math.isfinite(v) else None
+
+
+def realism_checks(row: dict, identity: dict | None, true: dict | None,
+                   curve: bool = True) -> list[tuple[bool, str]]:
+    """Issue 29's realism targets for one learned row, each (met, text with its numbers):
+    C2ST accuracy <= ``C2ST_MAX``; its interval below identity's (disjoint: "well below");
+    with ``curve`` the noise-vs-signal curve within ±``NOISE_CURVE_MAX``, else (the dose pair)
+    the noise level within ``NOISE_LEVEL``. Metrics that were not computed give no check."""
+    out = []
+    acc, i_lo = _num(row, "c2st_acc"), _num(identity, "c2st_lo")
+    if acc is not None:
+        ref = ", ".join(f"{who} {_num(r, 'c2st_acc'):.2f}" for who, r in
+                        (("identity", identity), ("true target", true))
+                        if _num(r, "c2st_acc") is not None)
+        out.append((acc <= C2ST_MAX, f"C2ST accuracy {acc:.2f} [{row['c2st_lo']:.2f}, "
+                                     f"{row['c2st_hi']:.2f}] (≤ {C2ST_MAX:g}; {ref})"))
+        if i_lo is not None:
+            out.append((row["c2st_hi"] < i_lo, f"C2ST well below identity's: [{row['c2st_lo']:.2f}"
+                                               f", {row['c2st_hi']:.2f}] vs [{i_lo:.2f}, "
+                                               f"{identity['c2st_hi']:.2f}] (disjoint)"))
+    dev = _num(row, "noise_curve_dev")
+    if curve and dev is not None:
+        floor = _num(true, "noise_curve_dev")
+        out.append((dev <= NOISE_CURVE_MAX, f"noise-vs-signal curve within ±{100 * dev:.0f} % of "
+                                            f"the target's over the body (±"
+                                            f"{100 * NOISE_CURVE_MAX:.0f} %" + (
+                                                f"; true target ±{100 * floor:.0f} %)"
+                                                if floor is not None else ")")))
+    elif not curve and _num(row, "noise_ratio") is not None:
+        lo, hi = NOISE_LEVEL
+        out.append((lo <= row["noise_ratio"] <= hi, f"noise level ×{row['noise_ratio']:.2f} of "
+                                                    f"the target's ({lo:g}–{hi:g})"))
+    return out
+
+
+def hallucination_line(rows: list[dict]) -> str | None:
+    """Issue 31's hallucination count per method row, one sentence (no target: the true target
+    row is the floor); None when nothing was counted."""
+    got = [r for r in rows if _num(r, "halluc_count") is not None]
+    if not got:
+        return None
+    return ("hallucinations per image (new compact structures beyond the source's noise; the "
+            "true target row is what a perfect translation is counted): "
+            + ", ".join(f"{r['method']} {r['halluc_count']:.2f}" for r in got))
