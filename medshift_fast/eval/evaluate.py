@@ -12,7 +12,11 @@ decode with the target label) and full inversion (tau = 0). Each row is scored f
     std over subsets), coverage, density and an RBF MMD on EfficientNet-Lite0 ImageNet
     features (computed once per row);
   * X-ray physics: noise power spectrum distance, intensity-histogram distance and the noise
-    level relative to the target domain's.
+    level relative to the target domain's; the noise-vs-signal curve's largest deviation from
+    the target domain's over the body (``noise_curve``);
+  * realism and trust (``realism``): the classifier two-sample test's held-out accuracy with its
+    interval (``c2st``; 0.5 = indistinguishable from real target images) and the hallucination
+    count and area per image (``hallucination``).
 A "true target" row scores the real target images themselves: the floor every metric can reach.
 Paired bootstrap intervals (``stats``) compare every learned row with every baseline row.
 
@@ -34,6 +38,7 @@ from ..errors import MedShiftError
 from ..translate import DEFAULTS, TAU_SWEEP, TranslateOptions, Translator
 
 MIN_N_FID = 16  # fewest images FID-ENL0 / KID are computed on without allow_small_n
+ROW_KINDS = ("baseline", "medshift", "student", "classical", "sdedit", "inversion", "oracle")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +48,8 @@ class EvalConfig(TranslateOptions):
     Attributes:
         checkpoint: run directory written by ``medshift train``.
         data: dataset root (ROOT/<domain>/... with manifest.csv for the aligned ground truth).
-        out: report folder (report.md, metrics.csv, paired_bootstrap.csv, grid.png, tradeoff.png).
+        out: report folder (report.md, metrics.csv, paired_bootstrap.csv, grid.png, tradeoff.png,
+            noise_curve.csv/png, hallucinations.csv).
         taus: translation times to score (comma-separated).
         split: split whose source images are translated.
         reference_split: split of the target domain used as the reference distribution.
@@ -58,6 +64,13 @@ class EvalConfig(TranslateOptions):
         bootstrap: paired bootstrap resamples for the method-vs-baseline intervals (0: none).
         allow_small_n: compute FID-ENL0 / KID on fewer than 16 images (noise, not evidence).
         domain_map: FOLDER=DOMAIN,... as given to train (default: the run's stored map).
+        c2st: run the classifier two-sample test on every row (its cost: c2st_seeds classifiers
+            of c2st_steps steps per row).
+        c2st_seeds: C2ST classifiers (seeds) per row.
+        c2st_steps: C2ST training steps per classifier.
+        c2st_kinds: row kinds the C2ST runs on, comma-separated (baseline, medshift, student,
+            classical, sdedit, inversion, oracle) or all.
+        hallucination: count new compact structures (translation vs its source) per image.
         grid_rows: source images shown in grid.png.
         progress: show progress bars and per-method lines.
     """
@@ -79,6 +92,11 @@ class EvalConfig(TranslateOptions):
     bootstrap: int = 1000
     allow_small_n: bool = False
     domain_map: str | None = None
+    c2st: bool = True
+    c2st_seeds: int = 3
+    c2st_steps: int = 200
+    c2st_kinds: str = "all"
+    hallucination: bool = True
     grid_rows: int = 6
     progress: bool = True
 
@@ -98,21 +116,43 @@ class EvalConfig(TranslateOptions):
         if self.tune_images < 1 or self.bootstrap < 0:
             raise MedShiftError(f"tune_images must be >= 1 and bootstrap >= 0, got "
                                 f"{self.tune_images}, {self.bootstrap}")
+        if self.c2st:
+            self.c2st_config()  # bad seeds / steps fail now, before any work
+        bad = set(self.c2st_kind_set()) - set(ROW_KINDS)
+        if bad:
+            raise MedShiftError(f"--c2st-kinds: unknown row kind(s) {', '.join(sorted(bad))}; "
+                                f"choose from {', '.join(ROW_KINDS)} or all")
         parse_classical(self.classical)  # unknown names fail now, before any work
         if parse_classical(self.classical) and self.tune_split == self.split:
             raise MedShiftError(f"--tune-split {self.tune_split} is the evaluated split: the "
                                 "classical baselines must be tuned on another (e.g. val)")
 
 
+    def c2st_kind_set(self) -> tuple[str, ...]:
+        """The row kinds the C2ST runs on."""
+        v = self.c2st_kinds.strip()
+        return ROW_KINDS if v == "all" else tuple(k.strip() for k in v.split(",") if k.strip())
+
+    def c2st_config(self):
+        """The C2ST settings of this evaluation (None when ``c2st`` is off)."""
+        from .c2st import C2STConfig
+
+        return C2STConfig(seeds=self.c2st_seeds, steps=self.c2st_steps) if self.c2st else None
+
+
 @dataclass
 class EvalResult:
-    """Rows (one dict per method), images per method, settings, timing and bootstrap intervals."""
+    """Rows (one dict per method), images per method, settings, timing, bootstrap intervals,
+    the noise-vs-signal curves (one dict per row and signal bin) and the hallucination counts
+    (one dict per row and image)."""
 
     rows: list[dict] = field(default_factory=list)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
     bootstrap: list[dict] = field(default_factory=list)
+    noise_curves: list[dict] = field(default_factory=list)
+    hallucinations: list[dict] = field(default_factory=list)
 
 
 def _translate_all(fn, x, batch_size, progress, desc):
@@ -174,8 +214,8 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
     x_gt = _data.align(s_set, _data.load_domain(cfg.data, cfg.target, cfg.split, size,
                                                 domain_map=dmap))
     has_gt = x_gt is not None
-    x_ref = _data.load_domain(cfg.data, cfg.target, cfg.reference_split, size,
-                              domain_map=dmap).x
+    r_set = _data.load_domain(cfg.data, cfg.target, cfg.reference_split, size, domain_map=dmap)
+    x_ref = r_set.x
     nps_ref = E.noise_power_spectrum(x_ref)
     t0 = time.perf_counter()
     tuned = tune_all(classical, cfg.data, cfg.source, cfg.target, split=cfg.tune_split,
@@ -199,6 +239,11 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
         if cfg.inversion:
             methods.append(("inversion τ=0", "inversion", 0.0, translator(0.0)))
 
+    from .realism import Judges
+
+    judges = Judges(x_ref, r_set.groups(), cfg.c2st_config(), cfg.seed, cfg.hallucination)
+    groups = s_set.groups()  # the aligned true target views share the source's subjects
+    c2st_kinds = cfg.c2st_kind_set()
     fx = E.ENL0Features(batch_size=64)
     f_ref = fx(x_ref, progress="ENL0 features (reference)" if progress else False)
     noise_ref = float(E.noise_level(x_ref, reduction="mean"))
@@ -233,6 +278,8 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
             "nps_dist": float(E.nps_distance(y, nps_ref)),
             "hist_dist": float(E.histogram_distance(y, x_ref)),
             "noise_ratio": float(E.noise_level(y, reduction="mean")) / max(noise_ref, 1e-12),
+            **judges.row(name, y, groups, x_src, run_c2st=kind in c2st_kinds,
+                         image_ids=s_set.paths),
             "sec_per_image": dt / max(1, y.shape[0]) if kind != "oracle" else 0.0,
         }
         if kind == "classical":
@@ -250,10 +297,14 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
             print(
                 f"  {name:18s} SSIM(src) {row['ssim_src']:.3f}  FID-ENL0 {row['fid_enl0']:.3f}"
                 f"  NPS-dist {row['nps_dist']:.3f}  noise x{row['noise_ratio']:.2f}"
-                f"  {row['sec_per_image']:.3f} s/img",
+                f"  C2ST {row['c2st_acc']:.2f}  noise(s) ±{row['noise_curve_dev']:.2f}"
+                f"  halluc/img {row['halluc_count']:.2f}  {row['sec_per_image']:.3f} s/img",
                 flush=True,
             )
     res.rows = rows
+    res.noise_curves = judges.curve_rows()
+    res.hallucinations = judges.per_image
+    timing.update({f"{k}_s": v for k, v in judges.seconds.items()})
     res.images["source"] = x_src
     if has_gt:
         res.images["target (true)"] = x_gt
@@ -278,6 +329,8 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
         "domain_map_used": dmap,
         "aligned_ground_truth": has_gt,
         "default_tau": float(DEFAULTS["tau"]),
+        "c2st_config": cfg.c2st_config() and asdict(cfg.c2st_config()),
+        "noise_curve_edges": [float(e) for e in judges.edges],
         "classical_tuning": [t.to_dict() for t in tuned],
         "preset": run.train.get("preset"),
         "train_steps": run.config.get("step", run.train.get("steps")),

@@ -71,6 +71,20 @@ def highpass_residual(x: torch.Tensor, sigma: float = DEFAULT_SIGMA) -> torch.Te
     return x - y
 
 
+def second_difference(x: torch.Tensor) -> torch.Tensor:
+    """Immerkær's noise residual ([1, −2, 1]ᵀ ⊗ [1, −2, 1]) * x / 6 on the valid grid.
+
+    Args:
+        x: (N, 1, H, W) images (H, W >= 3).
+
+    Returns:
+        (N, 1, H − 2, W − 2): white noise of std s gives std s (the kernel's norm is 6);
+        anything affine along x or along y gives 0.
+    """
+    d2 = torch.tensor([1.0, -2.0, 1.0], device=x.device, dtype=x.dtype)
+    return F.conv2d(x, torch.outer(d2, d2).view(1, 1, 3, 3)) / 6.0
+
+
 def _white_gain(sigma: float) -> float:
     """sqrt(Σ (δ − g2d)²): std of the residual of unit white noise."""
     g = _gauss1d(sigma)
@@ -108,9 +122,7 @@ def noise_level(
     if method == "diff2":
         if min(images.shape[-2:]) < 3:
             raise MedShiftError(f"noise_level needs images of at least 3x3, got {images.shape}")
-        gain = 6.0  # sqrt(Σ N²) = 1 + 4 + 1
-        d2 = torch.tensor([1.0, -2.0, 1.0], device=images.device)
-        kernel = torch.outer(d2, d2).view(1, 1, 3, 3)
+        gain = 1.0  # second_difference is already scaled to white noise
     elif method == "gaussian":
         gain = _white_gain(sigma)
     else:
@@ -118,7 +130,7 @@ def noise_level(
     out = []
     for sl in batches(images.shape[0], batch_size, progress):
         x = images[sl].float()
-        r = F.conv2d(x, kernel) if method == "diff2" else highpass_residual(x, sigma)
+        r = second_difference(x) if method == "diff2" else highpass_residual(x, sigma)
         r = r.flatten(1)
         if robust:
             med = r.median(dim=1, keepdim=True).values
