@@ -48,7 +48,7 @@ TINY = {
                 "--no-progress"],
     "translate": ["--no-progress"],
     "evaluate": ["--max-images", "4", "--allow-small-n", "--bootstrap", "20", "--tune-images",
-                 "2", "--classical", "gaussian", "--taus", "0.6", "--steps", "2",
+                 "2", "--classical", "gaussian", "--taus", "0.6", "--steps", "2", "--no-c2st",
                  "--no-progress"],
 }
 #: flags appended only when the command does not give them (a documented --size stays)
