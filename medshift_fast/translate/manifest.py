@@ -63,6 +63,7 @@ class Manifest:
 
     @rows.setter
     def rows(self, rows: list[dict]) -> None:
+        """Replace every row (e.g. by the rows of the ranks' merged partial manifests)."""
         self._rows = {}
         for r in rows:
             self._rows[r["input"] or f"#{len(self._rows)}"] = r
