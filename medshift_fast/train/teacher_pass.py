@@ -31,9 +31,13 @@ __all__ = ["PARTIAL", "TeacherJob", "TeacherPass", "say"]
 PARTIAL = "teacher_cache.partial.safetensors"
 
 
-def say(msg: str) -> None:
-    """One line of ``medshift distill`` on stderr, at once."""
-    print(f"medshift distill: {' '.join(msg.split())}", file=sys.stderr, flush=True)
+def say(msg: str, bar=None) -> None:
+    """One line of ``medshift distill`` on stderr, at once (above ``bar``, a tqdm bar)."""
+    line = f"medshift distill: {' '.join(msg.split())}"
+    if bar is not None and not bar.disable:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -161,7 +165,7 @@ class TeacherPass:
                     if k == start:  # the measured first job: the estimate, a first save
                         per = dt / n_img[k]
                         say(f"first teacher translation: {per:.2f} s per image; teacher pass "
-                            f"~{_minutes(per * left)} left ({left} translations)")
+                            f"~{_minutes(per * left)} left ({left} translations)", bar)
                         self._save(outs)
                         t_save = time.perf_counter()
                     elif time.perf_counter() - t_save > self.save_every:
