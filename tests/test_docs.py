@@ -143,18 +143,9 @@ def _sim(root: Path, subjects: int, size: int = 32) -> Path:
 
 def _untrained(path: Path, size: int, domains, data: str | None = None) -> Path:
     """A run of the tiny preset that was never trained (its output layer made non-zero)."""
-    from medshift_fast.models import build_model
-    from medshift_fast.run import save_run
-    from medshift_fast.train import TrainConfig
+    from utils import tiny_run
 
-    torch.manual_seed(0)
-    m = build_model("tiny", num_classes=len(domains), model_channels=16, head_channels=16)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1 and p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    return save_run(path, TrainConfig(image_size=size, data=data or ""), m.config,
-                    tuple(domains), m.state_dict())
+    return tiny_run(path, domains, size, data=data or "")
 
 
 def _student(path: Path, teacher: Path, pair: tuple[int, int]) -> Path:

@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
+from utils import tiny_run
 
 from medshift_fast.cli import main
 from medshift_fast.data import DOMAINS, write_png16
@@ -27,10 +27,7 @@ def _errors(capsys) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    m = build_model("tiny", num_classes=len(DOMAINS), model_channels=16, head_channels=16)
-    return save_run(d, TrainConfig(image_size=32), m.config, DOMAINS, m.state_dict())
+    return tiny_run(tmp_path_factory.mktemp("run"), DOMAINS)
 
 
 def _translate(run, out, *inputs, extra=()):
@@ -68,12 +65,9 @@ def test_a_small_crop_is_not_advised_input_bits(tmp_path, capsys):
 
     from medshift_fast.translate.learned import record
 
-    run = tmp_path / "run"
-    torch.manual_seed(0)
-    m = build_model("tiny", num_classes=len(DOMAINS), model_channels=16, head_channels=16)
     rec = {"percentiles": {"0.5": -0.9, "1": -0.85, "50": 0.0, "99": 0.85, "99.5": 0.9}}
-    save_run(run, TrainConfig(image_size=32), m.config, DOMAINS, m.state_dict(),
-             extra={"learned": record("image_size", 32, None, 32, {"real_low": rec})})
+    run = tiny_run(tmp_path / "run", DOMAINS,
+                   learned=record("image_size", 32, None, 32, {"real_low": rec}))
     v = np.full((8, 8), 3000, np.uint16)
     v[::2] = 3100
     Image.fromarray(v).save(tmp_path / "crop.png")

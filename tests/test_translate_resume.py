@@ -8,14 +8,11 @@ import csv
 
 import numpy as np
 import pytest
-import torch
+from utils import tiny_run
 
 import medshift_fast.translate.files as tf
 from medshift_fast.cli import main
 from medshift_fast.data import DOMAINS, write_png16
-from medshift_fast.models import build_model
-from medshift_fast.run import save_run
-from medshift_fast.train import TrainConfig
 
 tifffile = pytest.importorskip("tifffile")
 SETTINGS = ["--source", "synthetic_low", "--target", "real_normal", "--steps", "1",
@@ -25,15 +22,7 @@ IDENTITY = ("run_id", "series_uid")
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    m = build_model("tiny", num_classes=len(DOMAINS), model_channels=16, head_channels=16)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1 and p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    save_run(d, TrainConfig(image_size=32), m.config, DOMAINS, m.state_dict())
-    return d
+    return tiny_run(tmp_path_factory.mktemp("run"), DOMAINS)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from utils import tiny_run
 
 from medshift_fast.cli import main
 from medshift_fast.fileio import load_safetensors
@@ -29,16 +30,8 @@ PAIR = "synthetic_low:real_normal"
 @pytest.fixture(scope="module")
 def teacher(tiny_folder, tmp_path_factory):
     """A two-domain teacher with random (non-zero) output layers over the tiny folder."""
-    d = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(0)
-    m = build_model("tiny", num_classes=2, model_channels=16, head_channels=16)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1 and p.abs().sum() == 0:
-                p.normal_(0, 0.05)
-    save_run(d, TrainConfig(data=str(tiny_folder), image_size=16), m.config,
-             ("synthetic_low", "real_normal"), m.state_dict())
-    return d
+    return tiny_run(tmp_path_factory.mktemp("teacher"), ("synthetic_low", "real_normal"), 16,
+                    data=str(tiny_folder), std=0.05)
 
 
 def _argv(teacher, out, *extra):
