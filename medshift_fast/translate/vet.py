@@ -93,7 +93,7 @@ def container_bits(src) -> int | None:
     return int(src.bits) if full and str(src.dtype).startswith("uint") else None
 
 
-def vet_input(f: Path, rel: Path, tr, cfg, out: Path, opts: dict, decode: bool = True
+def vet_input(f: Path, rel: Path, tr, cfg, out: Path, opts: dict, pixels: bool = True
               ) -> Planned:
     """Vet one input completely, before any translation (see the module docstring).
 
@@ -103,7 +103,7 @@ def vet_input(f: Path, rel: Path, tr, cfg, out: Path, opts: dict, decode: bool =
         cfg: the ``TranslateConfig``.
         out: the output folder.
         opts: the reader's options (frame, allow_modality, allow_rgb).
-        decode: also decode the pixels and check them (False: the header, grid and plan only,
+        pixels: also decode the pixels and check them (False: the header, grid and plan only,
             e.g. for an output a resumed run already verified).
 
     Returns:
@@ -126,7 +126,7 @@ def vet_input(f: Path, rel: Path, tr, cfg, out: Path, opts: dict, decode: bool =
                           if ws.how == "native" else None)
     dst = out / rel.parent / f"{rel.stem}_{cfg.target}{_suffix(cfg, info, f)}"
     note = f"{fit.resized[0]}x{fit.resized[1]} px, {ws.note}"
-    if decode:
+    if pixels:
         img, src = read_image(f, with_source=True, input_bits=cfg.input_bits, **opts)
         tr.check_intensity(img, f"image {str(f)!r}", container_bits(src))
         del img
@@ -152,9 +152,9 @@ def vet_all(files, tr, cfg, out: Path, opts: dict, prev=None, progress: bool = F
 
     inputs = {f.resolve() for f, _ in files}
     plan, kept, bad, seen, order = [], [], [], {}, []
-    def vetted(f, rel, decode: bool) -> Planned | None:
+    def vetted(f, rel, pixels: bool) -> Planned | None:
         try:
-            return vet_input(f, rel, tr, cfg, out, opts, decode=decode)
+            return vet_input(f, rel, tr, cfg, out, opts, pixels=pixels)
         except MedShiftError as exc:
             if not cfg.skip_bad:
                 raise
@@ -169,12 +169,12 @@ def vet_all(files, tr, cfg, out: Path, opts: dict, prev=None, progress: bool = F
             told = True
             say(f"vetting {len(files)} input(s) before the first translation ({n} done)")
         done = prev is not None and prev.rows.get(str(f), {}).get("status") == "written"
-        item = vetted(f, rel, decode=not done)
+        item = vetted(f, rel, pixels=not done)
         if item is None:
             continue
         # an output the interrupted run wrote is kept when verified (a changed one is refused)
         row = prev.verified(item.path, item.dst, cfg.overwrite) if done else None
-        if done and row is None and (item := vetted(f, rel, decode=True)) is None:
+        if done and row is None and (item := vetted(f, rel, pixels=True)) is None:
             continue  # changed since: vetted in full like any other input
         if item.dst in seen and seen[item.dst].resolve() == f.resolve():
             continue  # the same file given twice (e.g. a file and its folder)
