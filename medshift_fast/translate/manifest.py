@@ -177,13 +177,16 @@ def previous_run(out: Path, common: dict) -> PreviousRun:
         MedShiftError: no manifest in ``out``, or none with these settings (naming the first
             setting that differs in the newest one).
     """
-    found = sorted(Path(out).glob("manifest-*.csv"), reverse=True)  # names sort by time
+    out = Path(out)
+    stems = {p.stem for p in out.glob("manifest-*.csv")}  # a torchrun run cut short: its
+    stems |= {p.name[1:].split(".rank")[0] for p in out.glob(".manifest-*.rank*.csv")}  # parts
+    found = [out / f"{stem}.csv" for stem in sorted(stems, reverse=True)]  # names sort by time
     if not found:
         raise MedShiftError(f"nothing to resume in {str(out)!r}: it holds no manifest-*.csv of "
                             "an earlier `medshift translate`; drop --resume")
     first_diff = None
     for path in found:
-        rows = [r for r in read_rows(path) if r.get("input")]
+        rows = [r for r in read_rows(path) if r.get("input")] if path.is_file() else []
         parts = sorted(path.parent.glob(f".{path.stem}.rank*.csv"))
         for part in parts:
             rows += [r for r in read_rows(part) if r.get("input")]
