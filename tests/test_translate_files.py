@@ -211,8 +211,11 @@ def test_a_crash_mid_folder_keeps_what_was_written(run_dir, tmp_path, monkeypatc
     assert [p.name for p in done] == ["0_real_normal.png", "1_real_normal.png"]
     assert all(read_image(p).shape == (16, 16) for p in done)  # complete files
     assert not [p for p in (tmp_path / "out").iterdir() if ".tmp" in p.name]
-    rows = _manifest(tmp_path / "out")
-    assert [r["output"] for r in rows] == ["0_real_normal.png", "1_real_normal.png"]
+    rows = _manifest(tmp_path / "out")  # every input, with its outcome
+    assert [(r["output"], r["status"]) for r in rows] == [
+        ("0_real_normal.png", "written"), ("1_real_normal.png", "written"), ("", "failed"),
+        ("3_real_normal.png", "not reached"), ("4_real_normal.png", "not reached")]
+    assert "disk full" in rows[2]["reason"]
 
 
 def test_outputs_follow_the_umask(run_dir, tmp_path):

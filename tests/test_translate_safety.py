@@ -210,7 +210,15 @@ def test_a_failing_rank_leaves_the_others_outputs_complete_and_listed(run_dir, t
     raw[i + 4:i + 4 + n] = bytes(b ^ 0x5A for b in raw[i + 4:i + 4 + n])
     raw[i + 4 + n:i + 8 + n] = zlib.crc32(bytes(raw[i:i + 4 + n])).to_bytes(4, "big")
     (tree / "1.png").write_bytes(bytes(raw))
-    res = _torchrun(run_dir, tmp_path / "out", tree, 2, ["--batch-size", "1"])
+    # every rank vets every input before the first translation: nothing is written
+    res = _torchrun(run_dir, tmp_path / "vetted", tree, 2, ["--batch-size", "1"])
+    assert res.returncode != 0 and "1.png" in res.stderr
+    assert not list((tmp_path / "vetted").glob("*.png"))
+    # a failure only the translation meets (rank 1 cannot write its output) stops that rank
+    write_png16(tree / "1.png", np.full((16, 16), 0.1, np.float32))
+    (tmp_path / "out" / "1_real_normal.png").mkdir(parents=True)
+    (tmp_path / "out" / "1_real_normal.png" / "keep").write_text("x")
+    res = _torchrun(run_dir, tmp_path / "out", tree, 2, ["--batch-size", "1", "--overwrite"])
     assert res.returncode != 0
     assert (tmp_path / "out" / "0_real_normal.png").is_file()  # rank 0's share: complete
     assert (tmp_path / "out" / "2_real_normal.png").is_file()

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, option
 from ..translate import DEFAULTS, TAU_SWEEP, TranslateOptions, Translator
 
 MIN_N_FID = 16  # fewest images FID-ENL0 / KID are computed on without allow_small_n
@@ -164,14 +164,36 @@ def _translate_all(fn, x, batch_size, progress, desc):
     return torch.cat(outs)
 
 
-def check_sample_size(n: int, n_reference: int, allow_small_n: bool) -> None:
-    """Refuse FID-ENL0 / KID on fewer than ``MIN_N_FID`` images unless allowed."""
+def check_sample_size(n: int, n_reference: int, allow_small_n: bool, *, n_split: int | None = None,
+                      split: str = "test", reference_split: str = "train") -> None:
+    """Refuse FID-ENL0 / KID on fewer than ``MIN_N_FID`` images unless allowed, naming what
+    to pass: ``n`` images scored (``n_split`` in the split before ``max_images``), and
+    ``n_reference`` reference images."""
     m = min(n, n_reference)
-    if m < MIN_N_FID and not allow_small_n:
-        which = "test images" if n <= n_reference else "reference images"
-        raise MedShiftError(f"FID-ENL0/KID on n = {m} {which} would be noise (minimum "
-                            f"{MIN_N_FID}); score more images or pass --allow-small-n "
-                            "(allow_small_n=True) to compute them anyway")
+    if m >= MIN_N_FID or allow_small_n:
+        return
+    fixes = []
+    if n <= n_reference:
+        which = f"{split} images"
+        avail = n if n_split is None else n_split
+        if n < avail and option("max_images"):
+            k = str(min(avail, MIN_N_FID))
+            fixes.append(f"raise {option('max_images', k, k)} (the {split} split holds "
+                         f"{avail})")
+        if avail < MIN_N_FID:
+            fixes.append(f"add images to the {split} split"
+                         + (f" or score another ({option('split', 'SPLIT', repr('val'))})"
+                            if option("split") else ""))
+    else:
+        which = f"reference images ({reference_split} split)"
+        if option("reference_split"):
+            fixes.append(f"use a larger reference split "
+                         f"({option('reference_split', 'SPLIT', repr('train'))})")
+    small = option("allow_small_n")
+    if small:
+        fixes.append(f"pass {small} to compute them anyway")
+    raise MedShiftError(f"FID-ENL0/KID on n = {m} {which} would be noise (minimum "
+                        f"{MIN_N_FID}); " + ("; ".join(fixes) or "score more images"))
 
 
 def _kid_subset(n: int, n_ref: int) -> int:
@@ -205,10 +227,34 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
     size = run.image_size
     dmap = cfg.domain_map if cfg.domain_map is not None else run.train.get("domain_map")
     classical = parse_classical(cfg.classical)
+
+    def translator(tau, method=None, baseline=None):
+        try:
+            return Translator(run, src, tgt, tau=tau, method=method, seed=cfg.seed,
+                              batch_size=cfg.batch_size, **cfg.recipe()).translate
+        except MedShiftError as exc:
+            if baseline is None:
+                raise
+            no = option("no_baselines", py="False", keyword="baselines")
+            raise MedShiftError(f"{exc} (the {baseline} baseline, which evaluate scores by "
+                                "default)" + (f"; pass {no} to leave the baselines out" if no
+                                              else "")) from None
+
+    # every translation row is built, and so checked, before any data is read
+    rows_medshift = [(f"MedShift τ={tau:g}", "medshift", tau, translator(tau))
+                     for tau in cfg.taus]
+    rows_baseline = []
+    if cfg.baselines:
+        rows_baseline += [(f"SDEdit τ={tau:g}", "sdedit", tau,
+                           translator(tau, "sdedit", baseline="SDEdit")) for tau in cfg.taus]
+        if cfg.inversion:
+            rows_baseline.append(("inversion τ=0", "inversion", 0.0,
+                                  translator(0.0, baseline="inversion (tau = 0)")))
     n_src = _data.count_split(cfg.data, cfg.source, cfg.split, dmap)
     check_sample_size(min(n_src, cfg.max_images or n_src),
                       _data.count_split(cfg.data, cfg.target, cfg.reference_split, dmap),
-                      cfg.allow_small_n)
+                      cfg.allow_small_n, n_split=n_src, split=cfg.split,
+                      reference_split=cfg.reference_split)
     s_set = _data.load_domain(cfg.data, cfg.source, cfg.split, size, cfg.max_images, dmap)
     x_src = s_set.x
     x_gt = _data.align(s_set, _data.load_domain(cfg.data, cfg.target, cfg.split, size,
@@ -223,21 +269,13 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
                      progress=progress)
     t_tune = time.perf_counter() - t0
 
-    def translator(tau, method=None):
-        return Translator(run, src, tgt, tau=tau, method=method, seed=cfg.seed,
-                          batch_size=cfg.batch_size, **cfg.recipe()).translate
-
     methods: list[tuple[str, str, float | None, object]] = [
         ("identity", "baseline", None, lambda x: x)
     ]
-    methods += [(f"MedShift τ={tau:g}", "medshift", tau, translator(tau)) for tau in cfg.taus]
+    methods += rows_medshift
     methods += list(extra_methods)
     methods += [(t.method, "classical", None, t.translate) for t in tuned]
-    if cfg.baselines:
-        methods += [(f"SDEdit τ={tau:g}", "sdedit", tau, translator(tau, "sdedit"))
-                    for tau in cfg.taus]
-        if cfg.inversion:
-            methods.append(("inversion τ=0", "inversion", 0.0, translator(0.0)))
+    methods += rows_baseline
 
     from .realism import Judges
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, option
 
 __all__ = ["PERCENTILES", "Learned", "WorkingScale", "domain_stats", "record"]
 
@@ -177,10 +177,11 @@ class Learned:
         k = int(self.size) / short
         warn = None
         if max(k, 1 / k) > WARN_RATIO:
-            warn = (f"translating at the model's {self.size}-px scale: {1 / k:.1f}x "
+            native = option("size", "native", "'native'")
+            warn = (f"translating at the model's {self.size}-px scale: {max(k, 1 / k):.1f}x "
                     f"{'coarser' if k < 1 else 'finer'} than the input's {h}x{w} grid (the "
-                    f"model learned {learned}); pass --size native to translate at full "
-                    "resolution, in tiles")
+                    f"model learned {learned})" + (f"; pass {native} to translate at full "
+                                                   "resolution, in tiles" if native else ""))
         return resized(k, "image_size", f"resized {k:.3g}x to the model's {self.size}-px "
                        "scale and back", warn)
 
@@ -205,12 +206,18 @@ class Learned:
         return None
 
     # ----------------------------------------------------------------------------- intensity
-    def check_intensity(self, img, domain: str, what: str) -> None:
+    def check_intensity(self, img, domain: str, what: str,
+                        container_bits: int | None = None) -> None:
         """Refuse an image whose values lie far outside what ``domain`` covered in training.
 
         Far outside: its p1..p99 span is below ``MIN_SPAN_RATIO`` of the domain's, or its
         median lies outside the domain's p0.5..p99.5 range by more than that range's width.
-        Unknown domain records (old runs) check nothing.
+        Unknown domain records (old runs) check nothing. The fix named: ``--input-bits b`` only
+        when the image came from an integer container of ``container_bits`` mapped by its full
+        range and its largest value fits b < container_bits bits (the 12-bit-in-16-bit case);
+        for an image of fewer than ``SMALL_PIXELS`` pixels (a crop), that its statistics cannot
+        be compared (no bit-depth hint: a dark crop is not a low-bit file); otherwise a
+        rescale.
         """
         rec = self.domains.get(domain)
         if not rec:
@@ -222,27 +229,44 @@ class Learned:
         except (KeyError, TypeError, ValueError):
             return
         a = np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img,
-                       dtype=np.float32).ravel()
+                       dtype=np.float32)
+        shape = a.shape[-2:] if a.ndim >= 2 else (1, a.size)
+        a = a.ravel()
+        top = float(a.max()) if a.size else -1.0
         a = a[:: max(1, a.size // 1_000_000)]
         q1, q50, q99 = (float(v) for v in np.percentile(a, (1.0, 50.0, 99.0)))
         span, ref = q99 - q1, max(hi - lo, 1e-6)
         far = span < MIN_SPAN_RATIO * ref or not (lo0 - (hi0 - lo0) <= q50 <= hi0 + (hi0 - lo0))
         if not far:
             return
-        bits = _bits_hint(q99)
-        fix = (f"if it holds {bits}-bit data, pass --input-bits {bits} (input_bits={bits}) "
-               "to map 0..{m} to the full range".format(m=2**bits - 1)
-               if bits else "rescale it to the full range of its container")
+        small = int(np.prod(shape)) < SMALL_PIXELS
+        bits = None if small else _bits_hint(top, container_bits)
+        flag = None if bits is None else option("input_bits", str(bits), str(bits))
+        if small:  # a crop of one region: its values say nothing of the file's bit depth
+            fix = (f"at {shape[0]}x{shape[1]} px it has too few pixels to compare with what the "
+                   "model saw: translate a larger region (or the whole image)")
+        elif bits is not None:
+            fix = (f"if it holds {bits}-bit data, pass {flag} to map 0..{2**bits - 1} to the "
+                   "full range" if flag else f"if it holds {bits}-bit data, scale 0..{2**bits - 1}"
+                   f" to the full range of its {container_bits}-bit container")
+        else:
+            fix = "rescale it to the full range of its container"
         raise MedShiftError(
             f"{what}: its intensities (p1..p99 {q1:+.3f}..{q99:+.3f} in [-1, 1]) lie far outside "
             f"what the model saw for {domain} in training (p1..p99 {lo:+.3f}..{hi:+.3f}); "
             f"translating it would invent an image; {fix}")
 
 
-def _bits_hint(q99_unit: float) -> int | None:
-    """The smallest common bit depth whose full range holds a 16-bit container's p99 value."""
-    v = (q99_unit + 1.0) / 2.0 * 65535.0
+SMALL_PIXELS = 32 * 32  # fewer pixels: percentiles say little about an image's intensity range
+
+
+def _bits_hint(top_unit: float, container_bits: int | None) -> int | None:
+    """The smallest common bit depth b < ``container_bits`` whose full range holds the image's
+    largest value (mapped from [-1, 1] by the container's full range), else None."""
+    if not container_bits or not math.isfinite(top_unit):
+        return None
+    v = (top_unit + 1.0) / 2.0 * (2.0**container_bits - 1)
     for b in (8, 10, 12, 14):
-        if v <= 2**b - 1 + 0.5:
+        if b < container_bits and v <= 2**b - 1 + 0.5:
             return b
-    return None if not math.isfinite(v) else None
+    return None

@@ -101,9 +101,11 @@ class NativePlanner:
         """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
         return self.learned.working_scale(shape, spacing_mm, size)
 
-    def check_intensity(self, img, what: str = "image") -> None:
-        """Refuse an input far outside the source domain's training intensities."""
-        self.learned.check_intensity(img, self.source_domain, what)
+    def check_intensity(self, img, what: str = "image", container_bits: int | None = None
+                        ) -> None:
+        """Refuse an input far outside the source domain's training intensities
+        (``Learned.check_intensity``)."""
+        self.learned.check_intensity(img, self.source_domain, what, container_bits)
 
     # ---------------------------------------------------------------------------- planning
     def _net_config(self) -> Any:

@@ -282,9 +282,12 @@ class Translator:
         """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
         return self.native.working_scale(shape, spacing_mm, size)
 
-    def check_intensity(self, img, what: str = "image") -> None:
-        """Refuse an input far outside the source domain's training intensities."""
-        self.native.check_intensity(img, what)
+    def check_intensity(self, img, what: str = "image", container_bits: int | None = None
+                        ) -> None:
+        """Refuse an input far outside the source domain's training intensities
+        (``container_bits``: the integer container it was read from, mapped by its full range,
+        if any: then a low-bit hint can be given)."""
+        self.native.check_intensity(img, what, container_bits)
 
     def plan(self, shape: tuple[int, ...], io_bytes: int = 0, what: str | None = None
              ) -> memory.MemoryPlan:
