@@ -20,5 +20,5 @@ def run(args) -> int:
 
     opts = config_from_args(SimulateOptions, args)
     out, n = simulate_options(opts)
-    print(f"wrote {n} images to {out} (manifest.csv, simulator.json)")
+    print(f"wrote {n} images to {out} and their labels to labels/ (manifest.csv, simulator.json)")
     return 0

@@ -4,7 +4,8 @@ The domain of an image is its class label y (index into ``FolderDataset.domains`
 (columns ``path, domain, split, view_id, subject``; ``path`` relative to ROOT) fixes the file list,
 splits and view ids; without one every non-hidden sub-folder of ROOT is a domain, files are found
 recursively (by extension or content: ``io.find_images``; what is left out is logged once), and
-``split`` is assigned by a stable hash of the relative path (70/15/15).
+``split`` is assigned by a stable hash of the relative path (70/15/15). ROOT/labels holds
+per-image ground truth (``labels.py``), never a domain.
 
 Domains without a manifest. A top-level folder whose images lie in two or more different
 sub-folders (ROOT/Real/Low/*, ROOT/Real/High/*) is refused unless its name is one of
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from ..errors import BadInput, MedShiftError, offering, option, skip_note
 from ._layout import check_map_keys, nested_error, report_skipped
 from .io import find_images, probe_image, read_image
+from .labels import LABELS_DIR
 
 log = logging.getLogger("medshift_fast.data")
 #: the options a dataset's messages may advise when no command declared its own flags
@@ -228,7 +230,8 @@ class FolderDataset(torch.utils.data.Dataset):
             folders = list(dmap)
         else:
             folders = sorted(p.name for p in self.root.iterdir()
-                             if p.is_dir() and not p.name.startswith((".", "_")))
+                             if p.is_dir() and not p.name.startswith((".", "_"))
+                             and p.name != LABELS_DIR)
         if not folders:
             raise MedShiftError(f"no domain folders in {str(self.root)!r}; expected "
                                 "ROOT/<domain>/*.png|tif|dcm (e.g. from `medshift simulate`)")

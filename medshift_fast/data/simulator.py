@@ -5,8 +5,11 @@ integrals are computed once (:mod:`.projector`) and rendered in all five domains
 (:mod:`.physics`), so the five images of a view are pixel-aligned. Output::
 
     OUT/<domain>/s000_v00.png   16-bit grayscale, [-1, 1] -> [0, 65535]
-    OUT/manifest.csv            path, domain, subject, view_id, split (split by subject)
-    OUT/simulator.json          every parameter (config, tables, views, per-subject anatomy)
+    OUT/labels/s000_v00.tif     the view's ground truth, the same for every domain (bone and
+                                soft-tissue line integrals in mm, bone mask: data/labels.py)
+    OUT/manifest.csv            path, domain, subject, view_id, split (split by subject), labels
+    OUT/simulator.json          every parameter (config, tables, views, per-subject anatomy,
+                                the label channels and their units)
 
 The same config (seed included) gives byte-identical files: the phantom and all noise come from
 numpy Generators keyed by (seed, subject, view, domain), and the geometry runs in float64.
@@ -30,6 +33,7 @@ from ..fileio import atomic_write_text, check_output_folder, folder_entries
 from . import physics
 from .dataset import DOMAINS, MANIFEST, SPLITS
 from .io import write_png16
+from .labels import LABELS_DIR, simulator_labels, write_labels
 from .phantom import build_phantom, sample_anatomy, summary
 from .projector import Geometry, line_integrals
 
@@ -218,11 +222,49 @@ def render_subject(cfg: SimConfig, subject: int, noise: bool = True) -> dict:
     return {d: torch.stack([pv[d] for pv in per_view]) for d in cfg.domains}
 
 
+def label_meta() -> dict:
+    """What the label files hold (simulator.json's "labels" entry)."""
+    from . import labels as lab
+
+    return {"folder": LABELS_DIR, "format": "float32 planar TIFF (channels, S, S)",
+            "channels": list(lab.CHANNELS), "units": dict(lab.UNITS),
+            "bone_mask_mm": lab.BONE_MASK_MM}
+
+
+def subject_labels(cfg: SimConfig, subject: int, L=None):
+    """(V, 3, S, S) float32 labels of one subject's views (``data.labels.CHANNELS``)."""
+    if L is None:
+        _, _, L = subject_line_integrals(cfg, subject)
+    return np.stack([simulator_labels(L[v], cfg.ss) for v in range(L.shape[0])])
+
+
+def image_fingerprint(root) -> dict[str, str]:
+    """SHA-256 of a simulated dataset's simulator.json and manifest.csv as they describe the
+    images: without the labels (the ``labels`` entry and column, added later than the images'
+    definition), so a dataset with labels has the fingerprint of the same images without."""
+    import hashlib
+
+    root = Path(root)
+    meta = json.loads((root / SIM_JSON).read_text())
+    meta.pop("labels", None)
+    sim = json.dumps(meta, indent=1, sort_keys=True, default=float) + "\n"
+    with open(root / MANIFEST, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(IMAGE_COLUMNS)
+    w.writerows([[r.get(c, "") for c in IMAGE_COLUMNS] for r in rows])
+    return {SIM_JSON: hashlib.sha256(sim.encode()).hexdigest(),
+            MANIFEST: hashlib.sha256(buf.getvalue().encode()).hexdigest()}
+
+
 def _atomic_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
 _OWN_PNG = re.compile(r"s\d+_v\d+\.png")
+_OWN_LABEL = re.compile(r"s\d+_v\d+\.tif")
+IMAGE_COLUMNS = ("path", "domain", "subject", "view_id", "split")
 
 
 def _is_previous(out: Path) -> bool:
@@ -231,6 +273,9 @@ def _is_previous(out: Path) -> bool:
         p = out / name
         if name in (MANIFEST, SIM_JSON):
             if not p.is_file():
+                return False
+        elif name == LABELS_DIR:
+            if not p.is_dir() or not all(_OWN_LABEL.fullmatch(f) for f in folder_entries(p)):
                 return False
         elif name not in DOMAINS or not p.is_dir() or \
                 not all(_OWN_PNG.fullmatch(f) for f in folder_entries(p)):
@@ -243,7 +288,7 @@ def _prepare_out(out: Path, cfg: SimConfig, overwrite: bool) -> None:
     dataset with ``overwrite`` (then removed first); any other non-empty folder is refused."""
     if check_output_folder(out, command="simulate", is_previous=_is_previous,
                            overwrite=overwrite):
-        for d in DOMAINS:  # only what a previous simulate wrote is here (_is_previous)
+        for d in (*DOMAINS, LABELS_DIR):  # only what a previous simulate wrote (_is_previous)
             if (out / d).is_dir():
                 shutil.rmtree(out / d)
         for p in (out / MANIFEST, out / SIM_JSON):
@@ -276,15 +321,15 @@ def simulate(out, subjects: int = 10, views: int = 6, size: int = 64, seed: int 
     splits = subject_splits(cfg)
     vnames = view_angles(cfg)
     rows, subj_meta = [], []
-    for d in cfg.domains:
+    for d in (*cfg.domains, LABELS_DIR):
         (out / d).mkdir(exist_ok=True)
     import torch
     from tqdm import tqdm
 
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: intra-op threads only add overhead (and oversubscribe)
-    bar = tqdm(total=cfg.subjects * cfg.views * len(cfg.domains), unit="img", desc="simulate",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.subjects * cfg.views * (len(cfg.domains) + 1), unit="file",
+               desc="simulate", disable=not progress, dynamic_ncols=True)
     # PNG encoding releases the GIL: a small writer pool overlaps it with the rendering
     pool = ThreadPoolExecutor(max_workers=2)
     pending: list = []
@@ -298,11 +343,14 @@ def simulate(out, subjects: int = 10, views: int = 6, size: int = 64, seed: int 
             for v in range(cfg.views):
                 imgs = render_domains(L[v], cfg, [cfg.seed, s, v])
                 vid = f"{sid}_v{v:02d}"
+                lab = f"{LABELS_DIR}/{vid}.tif"
+                pending.append(pool.submit(write_labels, out / lab,
+                                           simulator_labels(L[v], cfg.ss), vid))
                 for d in cfg.domains:
                     rel = f"{d}/{vid}.png"
                     pending.append(pool.submit(write_png16, out / rel, imgs[d], 1))
-                    rows.append((rel, d, sid, vid, splits[s]))
-                while len(pending) > 4 * len(cfg.domains):
+                    rows.append((rel, d, sid, vid, splits[s], lab))
+                while len(pending) > 4 * (len(cfg.domains) + 1):
                     pending.pop(0).result()
                     bar.update(1)
         for f in pending:
@@ -316,7 +364,7 @@ def simulate(out, subjects: int = 10, views: int = 6, size: int = 64, seed: int 
     rows.sort(key=lambda r: (order[r[1]], r[3]))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(("path", "domain", "subject", "view_id", "split"))
+    w.writerow((*IMAGE_COLUMNS, "labels"))
     w.writerows(rows)
     meta = {
         "generator": "medshift_fast.data.simulate",
@@ -330,6 +378,7 @@ def simulate(out, subjects: int = 10, views: int = 6, size: int = 64, seed: int 
                    "rho_bone": physics.RHO_BONE, "spectrum_weights": physics.SPECTRUM_WEIGHTS,
                    "source": "NIST XCOM (water, ICRU-44 cortical bone)"},
         "subjects": subj_meta,
+        "labels": label_meta(),
     }
     _atomic_text(out / SIM_JSON, json.dumps(meta, indent=1, sort_keys=True, default=float) + "\n")
     _atomic_text(out / MANIFEST, buf.getvalue())

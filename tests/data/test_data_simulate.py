@@ -118,13 +118,13 @@ def test_determinism_and_layout(sim_root, tmp_path):
     again = simulate(tmp_path / "again", subjects=3, views=2, size=32, seed=0, progress=False)
     other = simulate(tmp_path / "other", subjects=3, views=2, size=32, seed=1, progress=False)
     files = sorted(p.relative_to(sim_root) for p in sim_root.rglob("*") if p.is_file())
-    assert len(files) == 32 and all((again / f).is_file() for f in files)
+    assert len(files) == 38 and all((again / f).is_file() for f in files)  # 30 PNG, 6 labels
     for f in files:
         assert (sim_root / f).read_bytes() == (again / f).read_bytes(), f
     assert (sim_root / "real_low/s000_v00.png").read_bytes() != (
         other / "real_low/s000_v00.png").read_bytes()
     rows = list(csv.DictReader(open(sim_root / "manifest.csv")))
-    assert list(rows[0]) == ["path", "domain", "subject", "view_id", "split"]
+    assert list(rows[0]) == ["path", "domain", "subject", "view_id", "split", "labels"]
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     meta = json.loads((sim_root / "simulator.json").read_text())
     assert SimConfig.from_dict(meta["config"]) == SimConfig(subjects=3, views=2, size=32)
@@ -208,5 +208,5 @@ def test_config_validation():
 def test_parallel_geometry_and_domain_subset(tmp_path):
     out = simulate(tmp_path / "p", subjects=1, views=1, size=16, geometry="parallel",
                    domains=("synthetic_high", "real_normal"), progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "real_normal",
+    assert sorted(p.name for p in out.iterdir()) == ["labels", "manifest.csv", "real_normal",
                                                      "simulator.json", "synthetic_high"]
