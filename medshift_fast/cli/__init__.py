@@ -26,9 +26,11 @@ from . import (
     train,
     train_autoencoder,
     translate,
+    utility,
 )
 
-COMMANDS = (env, simulate, train, train_autoencoder, distill, translate, evaluate, export, demo)
+COMMANDS = (env, simulate, train, train_autoencoder, distill, translate, evaluate, utility, export,
+            demo)
 
 
 class _Parser(argparse.ArgumentParser):
