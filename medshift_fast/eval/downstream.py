@@ -61,6 +61,28 @@ class TaskBudget:
         return asdict(self)
 
 
+def bin_views(t: torch.Tensor, pool: int, mask: bool = False) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H/pool, W/pool): the area mean of pool x pool bins (a detector's
+    binning); a mask's bin is 1 where at least half of it is foreground."""
+    if pool == 1:
+        return t
+    if t.shape[-1] % pool or t.shape[-2] % pool:
+        raise MedShiftError(f"views of {t.shape[-2]}x{t.shape[-1]} px cannot be binned "
+                            f"{pool}x{pool}; choose a --pool that divides the size")
+    b = F.avg_pool2d(t.float(), pool)
+    return (b >= 0.5).float() if mask else b
+
+
+def check_size(h: int, w: int, pool: int, budget: TaskBudget) -> None:
+    """Refuse (before any work) views that cannot be binned or are smaller than the crop."""
+    if h % pool or w % pool:
+        raise MedShiftError(f"views of {h}x{w} px cannot be binned {pool}x{pool}; choose a "
+                            "--pool that divides the size (1: no binning)")
+    if budget.crop > min(h, w) // pool:
+        raise MedShiftError(f"--crop {budget.crop} is larger than the binned views "
+                            f"({h // pool}x{w // pool}); lower --crop or --pool")
+
+
 def train_task(x: torch.Tensor, y: torch.Tensor, *, task: str, budget: TaskBudget, seed: int,
                scale: float = 1.0, randomize: bool = False) -> dict:
     """Train one downstream model.

@@ -64,6 +64,9 @@ class UtilityConfig:
         task: regression (a float label map: MAE) or segmentation (a mask: Dice).
         label: the label channel to learn (simulator labels: bone_mm, soft_mm, bone_mask).
         seeds: training seeds per condition.
+        pool: the downstream task works on views binned pool x pool (area mean of the images
+            and of the labels; a mask is then >= 0.5 of the bin), after translation at the
+            native size: fewer pixels per step for the same anatomy (1: native size).
         steps: optimiser steps per training (the fixed budget).
         batch_size: crops per step.
         crop: training crop side in pixels (0: whole images).
@@ -98,9 +101,10 @@ class UtilityConfig:
     task: str = "regression"
     label: str = "bone_mm"
     seeds: int = 3
-    steps: int = 400
+    pool: int = 2
+    steps: int = 1200
     batch_size: int = 8
-    crop: int = 64
+    crop: int = 32
     lr: float = 2e-3
     widths: tuple[int, ...] = (16, 32, 64)
     train_split: str = "train"
@@ -141,8 +145,10 @@ class UtilityConfig:
             bad(f"--combo-tau must lie in [0, 1], got {self.combo_tau}")
         if self.task not in TASKS:
             bad(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.seeds < 1 or self.workers < 1 or self.bootstrap < 0 or self.min_test_images < 1:
-            bad("--seeds, --workers, --min-test-images must be >= 1 and --bootstrap >= 0")
+        if self.seeds < 1 or self.workers < 1 or self.bootstrap < 0 or self.min_test_images < 1 \
+                or self.pool < 1:
+            bad("--seeds, --workers, --pool, --min-test-images must be >= 1 and --bootstrap "
+                ">= 0")
         if self.max_train_images is not None and self.max_train_images < 1:
             bad(f"--max-train-images must be >= 1, got {self.max_train_images}")
         if self.tune_split == self.test_split or self.train_split == self.test_split:
@@ -245,6 +251,7 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
     from ..run import load_run
     from ..translator import Translator
     from . import utility_data as D
+    from .downstream import bin_views, check_size
     from .utility_report import write_report
 
     progress = cfg.progress if progress is None else progress
@@ -290,6 +297,7 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
                D.load_set(cfg.data, cfg.target, cfg.tune_split, domain_map=dmap))
         sets += list(val)
     D.check_same_size(*sets)
+    check_size(*src.x.shape[-2:], cfg.pool, cfg.budget())
     D.check_disjoint([s for s in (src, oracle, *(val or ())) if s is not None], test)
     out = _prepare_out(cfg, previous)
     log(f"[utility] {len(src)} labelled {cfg.source} {cfg.train_split} views, {len(test)} "
@@ -331,21 +339,30 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
                                src.y, True, cfg.combo_tau))
     if oracle is not None:
         conds.append(Condition("real (oracle)", "oracle", oracle.x, oracle.y))
+    # how close each condition's training images are to the real renderings of the same views
+    psnr_real = {}
+    if oracle is not None and D.aligned(src, oracle):
+        from .image import psnr
+
+        psnr_real = {c.name: float(psnr(c.x, oracle.x)) for c in conds
+                     if not c.randomize and c.key != "oracle"}
     # ---- training and scoring
     t0 = time.perf_counter()
-    per_seed, fig = _train_all(conds, test, cfg, cache, progress, log)
+    per_seed, fig, shown = _train_all(conds, test, cfg, cache, progress, log)
     timing["train_s"] = time.perf_counter() - t0
     settings = {**asdict(cfg), "run": str(run.path), "run_kind": run.kind,
                 "run_sha256": _run_hash(run), "n_train": len(src), "n_test": len(test),
                 "image_size": list(src.x.shape[-2:]), "budget": cfg.budget().to_dict(),
-                "scale": _scale(src.y, cfg.task),
+                "scale": _scale(bin_views(src.y, cfg.pool, cfg.task == "segmentation"),
+                                cfg.task),
                 "test_subjects": sorted({s for s in test.subjects if s is not None}),
                 "classical": classical.to_dict() if classical is not None else None,
                 "translation": {f"{w} τ={t:g}": tr.describe() for (w, t), tr in
                                 translators.items()},
-                "oracle_same_views": bool(oracle is not None and D.aligned(src, oracle))}
+                "oracle_same_views": bool(oracle is not None and D.aligned(src, oracle)),
+                "psnr_vs_real_db": psnr_real}
     timing["total_s"] = time.perf_counter() - t_all
-    res = write_report(out, conds, per_seed, test, fig, settings, timing, cfg)
+    res = write_report(out, per_seed, test, shown, fig, settings, timing, cfg)
     log(f"[utility] report written to {out}/report.md ({timing['total_s']:.0f} s)")
     return res
 
@@ -398,20 +415,29 @@ def _job(args: dict) -> dict:
 
 
 def _train_all(conds: list[Condition], test, cfg: UtilityConfig, cache: Path, progress, log):
-    """Train every (condition, seed); {name: [[score per test view] per seed]}, figure preds."""
+    """Train every (condition, seed) on binned views.
+
+    Returns:
+        {name: [[score per test view] per seed]}, {name: seed 0's prediction of the first test
+        view}, (that view, its label) as binned.
+    """
     import concurrent.futures as cf
     import multiprocessing as mp
 
     from tqdm.auto import tqdm
 
     from ..fileio import load_safetensors, save_safetensors
+    from .downstream import bin_views
 
     budget = cfg.budget()
-    scale = _scale(conds[0].y, cfg.task)
-    test_key = _digest(test.x, test.y)
+    mask = cfg.task == "segmentation"
+    x_test, y_test = bin_views(test.x, cfg.pool), bin_views(test.y, cfg.pool, mask)
+    scale = _scale(bin_views(conds[0].y, cfg.pool, mask), cfg.task)
+    test_key = _digest(x_test, y_test)
     jobs, keys, done = [], [], {}
     for c in conds:
-        data_key = _digest(c.x, c.y)
+        x, y = bin_views(c.x, cfg.pool), bin_views(c.y, cfg.pool, mask)
+        data_key = _digest(x, y)
         for s in range(cfg.seeds):
             key = _digest("train", data_key, test_key, budget.to_dict(), cfg.task, scale,
                           c.randomize, s)
@@ -422,7 +448,7 @@ def _train_all(conds: list[Condition], test, cfg: UtilityConfig, cache: Path, pr
                     done[(c.name, s)] = {"scores": t["scores"].tolist(), "pred": t["pred"],
                                          "loss": float(meta["loss"])}
                     continue
-            jobs.append(((c.name, s), {"x": c.x, "y": c.y, "x_test": test.x, "y_test": test.y,
+            jobs.append(((c.name, s), {"x": x, "y": y, "x_test": x_test, "y_test": y_test,
                                        "task": cfg.task, "budget": budget, "seed": s,
                                        "scale": scale, "randomize": c.randomize, "fig": 0}))
             keys.append((key, path))
@@ -458,4 +484,4 @@ def _train_all(conds: list[Condition], test, cfg: UtilityConfig, cache: Path, pr
     bar.close()
     per_seed = {c.name: [done[(c.name, s)]["scores"] for s in range(cfg.seeds)] for c in conds}
     fig = {c.name: done[(c.name, 0)]["pred"] for c in conds}
-    return per_seed, fig
+    return per_seed, fig, (x_test[0], y_test[0])

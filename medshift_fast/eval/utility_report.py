@@ -164,18 +164,20 @@ def _pct(v: float) -> int:
 
 
 def markdown_table(rows: list[dict], unit: str) -> str:
-    """The results table (score ± interval, seed spread, gap closed ± interval)."""
+    """The results table (score ± interval, seed spread, gap closed ± interval, and the PSNR of
+    the training images against the real renderings of the same views where known)."""
     m = rows[0]["metric"] if rows else "MAE"
-    head = (f"| condition | {m} ({unit}) | 95 % CI | seed spread (std) | gap closed | "
-            "95 % CI |\n|---|---:|---|---:|---:|---|")
+    head = (f"| condition | {m}{f' ({unit})' if unit else ''} | 95 % CI | seed spread (std) | "
+            "gap closed | 95 % CI | PSNR vs real (dB) |\n|---|---:|---|---:|---:|---|---:|")
     lines = [head]
     for r in rows:
         ci = f"{r['ci_lo']:.3f} – {r['ci_hi']:.3f}" if np.isfinite(r["ci_lo"]) else ""
         g = f"{_pct(r['gap_closed'])} %" if np.isfinite(r["gap_closed"]) else ""
         gci = (f"{_pct(r['gap_lo'])} – {_pct(r['gap_hi'])} %" if np.isfinite(r["gap_lo"])
                else "")
+        p = r.get("psnr_vs_real", float("nan"))
         lines.append(f"| {r['condition']} | {r['score']:.3f} | {ci} | {r['seed_std']:.3f} | "
-                     f"{g} | {gci} |")
+                     f"{g} | {gci} | {f'{p:.2f}' if np.isfinite(p) else ''} |")
     return "\n".join(lines)
 
 
@@ -189,45 +191,64 @@ def _csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def write_report(out: Path, conds, per_seed, test, fig, settings: dict, timing: dict, cfg):
+def unit_of(cfg) -> str:
+    """The score's unit: mm for the simulator's line-integral maps, else the label's own."""
+    if cfg.task != "regression":
+        return ""
+    return "mm" if cfg.label.endswith("_mm") else "label units"
+
+
+def section_lines(res, cfg, figure: str) -> list[str]:
+    """The result as markdown (what was trained and tested, the table, the verdicts, the
+    figure): report.md's body and the demo's section."""
+    s, b, unit = res.settings, res.settings["budget"], unit_of(cfg)
+    words = (f"MAE in {unit} over all pixels, lower is better" if cfg.task == "regression"
+             else "Dice, higher is better")
+    return [
+        f"A compact U-Net (widths {', '.join(map(str, b['widths']))}) learns `{cfg.label}` "
+        f"({cfg.task}) from {s['n_train']} labelled `{cfg.source}` `{cfg.train_split}` views "
+        f"under each condition, {cfg.seeds} training seeds each, {b['steps']} steps of "
+        f"{b['batch_size']} crops of {b['crop'] or 'whole'} px of the views binned "
+        f"{cfg.pool}×{cfg.pool}; it is scored on {s['n_test']} `{cfg.target}` "
+        f"`{cfg.test_split}` views of subjects never trained on ({words}). Translations by "
+        f"`{s['run']}`; the classical route fitted on `{cfg.tune_split}`.",
+        "",
+        markdown_table(res.rows, unit),
+        "",
+        "95 % CI: bootstrap over the test views of the seed-averaged scores; seed spread: std "
+        "of the per-seed scores; gap closed = (condition − synthetic) / (oracle − synthetic), "
+        "with its bootstrap interval; PSNR vs real: the training images against the real "
+        "renderings of the same views (the simulator's pixel-aligned ground truth; none for "
+        "the randomised conditions, whose images change every step).",
+        "",
+        *[f"- {v}" for v in res.verdicts],
+        "",
+        f"![predictions]({figure})",
+    ]
+
+
+def write_report(out: Path, per_seed, test, shown, fig, settings: dict, timing: dict, cfg):
     """Write report.md, metrics.csv, per_seed.csv, predictions.png and utility.json."""
     from ..fileio import atomic_write_text
     from .utility import MARKER, UtilityResult
 
-    unit = "mm" if cfg.label.endswith("_mm") and cfg.task == "regression" else (
-        "label units" if cfg.task == "regression" else "")
+    unit = unit_of(cfg)
     rows, boot = summarize(per_seed, cfg.task, cfg.bootstrap, cfg.seed)
+    for r in rows:
+        r["psnr_vs_real"] = settings.get("psnr_vs_real_db", {}).get(r["condition"],
+                                                                    float("nan"))
     verdicts = verdict_lines(rows, boot, cfg.task, unit)
     _csv(out / "metrics.csv", [{k: v for k, v in r.items() if k != "seeds"} for r in rows])
     _csv(out / "per_seed.csv", [{"condition": r["condition"], "seed": k, "score": v}
                                 for r in rows for k, v in enumerate(r["seeds"])])
     title = (f"{cfg.source} -> {cfg.target}: {cfg.label} {cfg.task}, one real test view "
              f"({test.view_ids[0] or Path(test.paths[0]).name}), training seed 0")
-    save_predictions(out / "predictions.png", test.x[0], test.y[0], fig, cfg.task,
+    save_predictions(out / "predictions.png", shown[0], shown[1], fig, cfg.task,
                      unit or "label", title)
     res = UtilityResult(rows, per_seed, settings, timing, verdicts, out)
-    score_words = (f"MAE in {unit} over all pixels, lower is better" if cfg.task == "regression"
-                   else "Dice, higher is better")
-    b = settings["budget"]
-    lines = [
-        f"# Sim-to-real utility: {cfg.source} → {cfg.target}",
-        "",
-        f"A compact U-Net (widths {', '.join(map(str, b['widths']))}) learns `{cfg.label}` "
-        f"({cfg.task}) from {settings['n_train']} labelled `{cfg.source}` `{cfg.train_split}` "
-        f"views under each condition, {cfg.seeds} training seeds each, {b['steps']} steps of "
-        f"{b['batch_size']} crops of {b['crop'] or 'whole'} px; it is scored on "
-        f"{settings['n_test']} `{cfg.target}` `{cfg.test_split}` views of subjects never "
-        f"trained on ({score_words}).",
-        "",
-        markdown_table(rows, unit),
-        "",
-        "95 % CI: bootstrap over the test views of the seed-averaged scores. Gap closed = "
-        "(condition − synthetic) / (oracle − synthetic), with its bootstrap interval.",
-        "",
-        *[f"- {v}" for v in verdicts],
-        "",
-        "![predictions](predictions.png)",
-        "",
+    lines = [f"# Sim-to-real utility: {cfg.source} → {cfg.target}", "",
+             *section_lines(res, cfg, "predictions.png"), ""]
+    lines += [
         "## Settings",
         "```json",
         json.dumps(settings, indent=1, default=str),

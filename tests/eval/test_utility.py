@@ -106,8 +106,10 @@ def test_training_never_sees_the_real_test_views(sim, tmp_path, monkeypatch):
 
     monkeypatch.setattr("medshift_fast.eval.downstream.train_task", spy)
     assert main(_args(sim, tmp_path / "u")) == 0
-    test_views = torch.cat([load_set(sim / "data", d, "test").x for d in DOMAINS])
-    train_src = load_set(sim / "data", "synthetic_low", "train").x
+    from medshift_fast.eval.downstream import bin_views
+
+    test_views = bin_views(torch.cat([load_set(sim / "data", d, "test").x for d in DOMAINS]), 2)
+    train_src = bin_views(load_set(sim / "data", "synthetic_low", "train").x, 2)
     assert len(seen) == 12
     for x in seen:
         assert x.shape[0] == train_src.shape[0]
