@@ -25,6 +25,7 @@ from ..errors import MedShiftError
 
 WARMUP = 0.1
 TASKS = ("regression", "segmentation")
+VERSION = 1  # bump when training or scoring changes: cached trainings are keyed by it
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class TaskBudget:
     steps: int = 400
     batch_size: int = 8
     crop: int = 64
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 1e-4
     widths: tuple[int, ...] = (16, 32, 64)
 

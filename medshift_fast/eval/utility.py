@@ -42,6 +42,9 @@ from ..errors import MedShiftError
 CONDITIONS = ("synthetic", "translated", "classical", "randomized", "translated+randomized",
               "oracle")
 MARKER = "utility.json"
+# The demo's budget (``medshift demo``'s utility section, <= ~3 min on 2 CPU threads): the
+# default tau only, 400 steps per training, two training processes.
+DEMO = {"taus": (0.6,), "combo_tau": 0.6, "steps": 400, "seeds": 3, "workers": 2}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,7 +108,7 @@ class UtilityConfig:
     steps: int = 1200
     batch_size: int = 8
     crop: int = 32
-    lr: float = 2e-3
+    lr: float = 5e-3
     widths: tuple[int, ...] = (16, 32, 64)
     train_split: str = "train"
     tune_split: str = "val"
@@ -427,7 +430,7 @@ def _train_all(conds: list[Condition], test, cfg: UtilityConfig, cache: Path, pr
     from tqdm.auto import tqdm
 
     from ..fileio import load_safetensors, save_safetensors
-    from .downstream import bin_views
+    from .downstream import VERSION, bin_views
 
     budget = cfg.budget()
     mask = cfg.task == "segmentation"
@@ -439,8 +442,8 @@ def _train_all(conds: list[Condition], test, cfg: UtilityConfig, cache: Path, pr
         x, y = bin_views(c.x, cfg.pool), bin_views(c.y, cfg.pool, mask)
         data_key = _digest(x, y)
         for s in range(cfg.seeds):
-            key = _digest("train", data_key, test_key, budget.to_dict(), cfg.task, scale,
-                          c.randomize, s)
+            key = _digest("train", VERSION, data_key, test_key, budget.to_dict(), cfg.task,
+                          scale, c.randomize, s)
             path = cache / f"trained_{key[:24]}.safetensors"
             if path.is_file():
                 t, meta = load_safetensors(path, "cached training")
