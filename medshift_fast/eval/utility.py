@@ -28,7 +28,6 @@ of the input images and labels, the budget, the seed), so a rerun only scores an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -192,25 +191,6 @@ class UtilityResult:
     out: Path | None = None
 
 
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, torch.Tensor):
-            h.update(str(tuple(p.shape)).encode())
-            h.update(p.detach().contiguous().float().numpy().tobytes())
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-        h.update(b"|")
-    return h.hexdigest()
-
-
-def _run_hash(run) -> str:
-    from ..fileio import sha256_file
-
-    want = (run.config.get("sha256") or {}).get("model.safetensors")
-    return want or sha256_file(Path(run.path) / "model.safetensors")
-
-
 def _is_previous(out: Path) -> bool:
     from ..fileio import folder_entries
 
@@ -256,6 +236,7 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
     from . import utility_data as D
     from .downstream import bin_views, check_size
     from .utility_report import write_report
+    from .utility_run import label_scale, run_hash, train_all, translated
 
     progress = cfg.progress if progress is None else progress
     log = log or (lambda m: print(m, flush=True))
@@ -315,7 +296,7 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
     made = {}
     for (who, tau), tr in translators.items():
         t0 = time.perf_counter()
-        made[(who, tau)] = _translated(tr, src.x, run if who == "translated" else teacher,
+        made[(who, tau)] = translated(tr, src.x, run if who == "translated" else teacher,
                                        cfg, cache, progress, f"{who} τ={tau:g}")
         timing[f"{who}_tau{tau:g}_s"] = time.perf_counter() - t0
         log(f"[utility] {who} τ={tau:g}: {len(src)} training views "
@@ -351,12 +332,12 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
                      if not c.randomize and c.key != "oracle"}
     # ---- training and scoring
     t0 = time.perf_counter()
-    per_seed, fig, shown = _train_all(conds, test, cfg, cache, progress, log)
+    per_seed, fig, shown = train_all(conds, test, cfg, cache, progress, log)
     timing["train_s"] = time.perf_counter() - t0
     settings = {**asdict(cfg), "run": str(run.path), "run_kind": run.kind,
-                "run_sha256": _run_hash(run), "n_train": len(src), "n_test": len(test),
+                "run_sha256": run_hash(run), "n_train": len(src), "n_test": len(test),
                 "image_size": list(src.x.shape[-2:]), "budget": cfg.budget().to_dict(),
-                "scale": _scale(bin_views(src.y, cfg.pool, cfg.task == "segmentation"),
+                "scale": label_scale(bin_views(src.y, cfg.pool, cfg.task == "segmentation"),
                                 cfg.task),
                 "test_subjects": sorted({s for s in test.subjects if s is not None}),
                 "classical": classical.to_dict() if classical is not None else None,
@@ -368,123 +349,3 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
     res = write_report(out, per_seed, test, shown, fig, settings, timing, cfg)
     log(f"[utility] report written to {out}/report.md ({timing['total_s']:.0f} s)")
     return res
-
-
-def _scale(y: torch.Tensor, task: str) -> float:
-    """Regression targets are divided by the labels' 99th percentile (>= 1e-6)."""
-    if task != "regression":
-        return 1.0
-    import numpy as np
-
-    return max(float(np.percentile(y.numpy(), 99)), 1e-6)
-
-
-def _translated(tr, x: torch.Tensor, run, cfg: UtilityConfig, cache: Path, progress,
-                desc: str) -> torch.Tensor:
-    """The translation of ``x`` (cached by the run's weights, its settings and the images)."""
-    from tqdm.auto import tqdm
-
-    from ..fileio import load_safetensors, save_safetensors
-
-    settings = {k: v for k, v in tr.describe().items() if k not in ("run", "mode")}
-    key = _digest("translate", _run_hash(run), settings, x)
-    path = cache / f"translated_{key[:24]}.safetensors"
-    if path.is_file():
-        t, meta = load_safetensors(path, "cached translation")
-        if meta.get("key") == key and tuple(t["x"].shape) == tuple(x.shape):
-            return t["x"]
-    outs, bs = [], 16
-    for k in tqdm(range(0, x.shape[0], bs), desc=desc, disable=not progress, leave=False):
-        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-                for i in range(k, min(k + bs, x.shape[0]))]
-        outs.append(tr.translate(x[k:k + bs], generators=gens).cpu().clamp(-1, 1))
-    y = torch.cat(outs)
-    save_safetensors(path, {"x": y}, {"key": key, "what": desc})
-    return y
-
-
-def _job(args: dict) -> dict:
-    """One training + scoring (runs in a worker process, one thread)."""
-    from .downstream import predict, scores, train_task
-
-    torch.set_num_threads(1)
-    budget = args["budget"]
-    r = train_task(args["x"], args["y"], task=args["task"], budget=budget, seed=args["seed"],
-                   scale=args["scale"], randomize=args["randomize"])
-    p = predict(r["state"], args["x_test"], task=args["task"], budget=budget,
-                scale=args["scale"])
-    s = scores(p, args["y_test"], args["task"])
-    return {"scores": s.double().tolist(), "loss": r["loss"], "pred": p[args["fig"]].clone()}
-
-
-def _train_all(conds: list[Condition], test, cfg: UtilityConfig, cache: Path, progress, log):
-    """Train every (condition, seed) on binned views.
-
-    Returns:
-        {name: [[score per test view] per seed]}, {name: seed 0's prediction of the first test
-        view}, (that view, its label) as binned.
-    """
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    from tqdm.auto import tqdm
-
-    from ..fileio import load_safetensors, save_safetensors
-    from .downstream import VERSION, bin_views
-
-    budget = cfg.budget()
-    mask = cfg.task == "segmentation"
-    x_test, y_test = bin_views(test.x, cfg.pool), bin_views(test.y, cfg.pool, mask)
-    scale = _scale(bin_views(conds[0].y, cfg.pool, mask), cfg.task)
-    test_key = _digest(x_test, y_test)
-    jobs, keys, done = [], [], {}
-    for c in conds:
-        x, y = bin_views(c.x, cfg.pool), bin_views(c.y, cfg.pool, mask)
-        data_key = _digest(x, y)
-        for s in range(cfg.seeds):
-            key = _digest("train", VERSION, data_key, test_key, budget.to_dict(), cfg.task,
-                          scale, c.randomize, s)
-            path = cache / f"trained_{key[:24]}.safetensors"
-            if path.is_file():
-                t, meta = load_safetensors(path, "cached training")
-                if meta.get("key") == key:
-                    done[(c.name, s)] = {"scores": t["scores"].tolist(), "pred": t["pred"],
-                                         "loss": float(meta["loss"])}
-                    continue
-            jobs.append(((c.name, s), {"x": x, "y": y, "x_test": x_test, "y_test": y_test,
-                                       "task": cfg.task, "budget": budget, "seed": s,
-                                       "scale": scale, "randomize": c.randomize, "fig": 0}))
-            keys.append((key, path))
-    bar = tqdm(total=len(jobs), desc="train", disable=not progress, leave=False)
-    left = {c.name: sum(1 for (n, _), _ in jobs if n == c.name) for c in conds}
-
-    def finish(i, r):
-        (name, s), (key, path) = jobs[i][0], keys[i]
-        done[(name, s)] = r
-        save_safetensors(path, {"scores": torch.tensor(r["scores"], dtype=torch.float64),
-                                "pred": r["pred"]}, {"key": key, "loss": repr(r["loss"])})
-        bar.update(1)
-        left[name] -= 1
-        if left[name] == 0:
-            got = [sum(done[(name, k)]["scores"]) / len(done[(name, k)]["scores"])
-                   for k in range(cfg.seeds)]
-            log(f"[utility] trained {name}: {cfg.seeds} seeds, mean score "
-                f"{sum(got) / len(got):.4g}")
-
-    if cfg.workers > 1 and len(jobs) > 1:
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx) as pool:
-            futs = {pool.submit(_job, a): i for i, (_, a) in enumerate(jobs)}
-            for f in cf.as_completed(futs):
-                finish(futs[f], f.result())
-    else:
-        n_threads = torch.get_num_threads()
-        try:
-            for i, (_, a) in enumerate(jobs):
-                finish(i, _job(a))
-        finally:
-            torch.set_num_threads(n_threads)
-    bar.close()
-    per_seed = {c.name: [done[(c.name, s)]["scores"] for s in range(cfg.seeds)] for c in conds}
-    fig = {c.name: done[(c.name, 0)]["pred"] for c in conds}
-    return per_seed, fig, (x_test[0], y_test[0])
