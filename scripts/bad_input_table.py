@@ -251,6 +251,20 @@ def _edited_config(w: Path) -> list[str]:
     return ["train", "--out", str(w / "run"), "--resume", "--steps", "2", "--no-progress"]
 
 
+def _utility(w: Path, *extra: str, drop_label: bool = False) -> list[str]:
+    import csv
+
+    from medshift_fast.data import simulate
+
+    data = simulate(w / "data", subjects=3, views=2, size=16, progress=False)
+    if drop_label:  # the label of the training view
+        rows = list(csv.DictReader(open(data / "manifest.csv")))
+        (data / next(r["labels"] for r in rows if r["split"] == "train")).unlink()
+    return ["utility", "--checkpoint", str(_run(w / "run")), "--data", str(data), "--source",
+            "synthetic_low", "--target", "real_normal", "--out", str(w / "u"), "--no-progress",
+            "--min-test-images", "1", *extra]
+
+
 CASES = (
     Case("`--out` is `--data`, or inside it (with or without `--overwrite`)", "train",
          lambda w: _train(_pngs(w / "data"), w / "data" / "runs" / "r", "--overwrite")),
@@ -303,6 +317,12 @@ CASES = (
          "is read", "evaluate", lambda w: _evaluate(w, True)),
     Case("`--max-images 4` (FID-ENL0 / KID on n < 16)", "evaluate",
          lambda w: _evaluate(w, False, "--max-images", "4")),
+    Case("a label folder that does not match the images (a view's label missing)", "utility",
+         lambda w: _utility(w, drop_label=True)),
+    Case("labels of the wrong kind (float maps for `--task segmentation`)", "utility",
+         lambda w: _utility(w, "--task", "segmentation", "--label", "bone_mm")),
+    Case("a run that does not know `--target`", "utility",
+         lambda w: _utility(w, "--target", "real_low")),
 )
 
 

@@ -259,7 +259,8 @@ def load_labels(root, images, shapes, *, channel: str, kind: str, what: str,
     listed = manifest_labels(root)
     paths = [label_path(root, p, listed) for p in images]
     missing = [p for p, lp in zip(images, paths) if lp is None]
-    if len(missing) == len(paths):
+    rels = [Path(p).relative_to(root).as_posix() for p in images]
+    if len(missing) == len(paths) and not any(r in listed for r in rels):
         raise MedShiftError(
             f"no labels found for the {len(paths)} {what} images under {str(root)!r}: expected "
             f"{LABELS_DIR}/<domain>/<name>{{{','.join(SUFFIXES)}}} beside <domain>/<name> (or a "
