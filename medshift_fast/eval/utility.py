@@ -31,16 +31,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import MedShiftError
+from .utility_report import MARKER, UtilityResult
 
 CONDITIONS = ("synthetic", "translated", "classical", "randomized", "translated+randomized",
               "oracle")
-MARKER = "utility.json"
 # The demo's budget (``medshift demo``'s utility section, <= ~3 min on 2 CPU threads): the
 # default tau only, 400 steps per training, two training processes.
 DEMO = {"taus": (0.6,), "combo_tau": 0.6, "steps": 400, "seeds": 3, "workers": 2}
@@ -177,18 +177,6 @@ class Condition:
     y: torch.Tensor
     randomize: bool = False
     tau: float | None = None
-
-
-@dataclass
-class UtilityResult:
-    """Rows (``utility_report.summarize``), per-seed scores and the settings."""
-
-    rows: list[dict] = field(default_factory=list)
-    per_seed: dict[str, list[list[float]]] = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
-    timing: dict = field(default_factory=dict)
-    verdicts: list[str] = field(default_factory=list)
-    out: Path | None = None
 
 
 def _is_previous(out: Path) -> bool:

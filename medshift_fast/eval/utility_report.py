@@ -19,13 +19,27 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 GAP_SPREADS = 3.0
+MARKER = "utility.json"  # the output's first write, rewritten with the results last
 LEVEL = 0.95
+
+
+@dataclass
+class UtilityResult:
+    """Rows (``utility_report.summarize``), per-seed scores and the settings."""
+
+    rows: list[dict] = field(default_factory=list)
+    per_seed: dict[str, list[list[float]]] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+    verdicts: list[str] = field(default_factory=list)
+    out: Path | None = None
 
 
 def summarize(per_seed: dict[str, list[list[float]]], task: str, resamples: int,
@@ -230,7 +244,6 @@ def section_lines(res, cfg, figure: str) -> list[str]:
 def write_report(out: Path, per_seed, test, shown, fig, settings: dict, timing: dict, cfg):
     """Write report.md, metrics.csv, per_seed.csv, predictions.png and utility.json."""
     from ..fileio import atomic_write_text
-    from .utility import MARKER, UtilityResult
 
     unit = unit_of(cfg)
     rows, boot = summarize(per_seed, cfg.task, cfg.bootstrap, cfg.seed)
