@@ -337,3 +337,29 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
     res = write_report(out, per_seed, test, shown, fig, settings, timing, cfg)
     log(f"[utility] report written to {out}/report.md ({timing['total_s']:.0f} s)")
     return res
+
+
+def demo_section(run_dir, data, out, *, progress: bool = False, log=None,
+                 **over) -> tuple[list[str], float]:
+    """The demo's utility section: the benchmark at the ``DEMO`` budget, synthetic_low ->
+    real_normal, on the demo's evaluation data; (markdown lines, seconds).
+
+    Args:
+        run_dir: the translation run (the shipped student).
+        data: the evaluation dataset (new test subjects; labels beside the images).
+        out: the output folder (replaced: the demo's own).
+        progress, log: as for :func:`utility`.
+        **over: other ``UtilityConfig`` fields (e.g. a smaller budget).
+    """
+    from .utility_report import section_lines
+
+    t0 = time.perf_counter()
+    cfg = UtilityConfig(checkpoint=str(run_dir), data=str(data), source="synthetic_low",
+                        target="real_normal", out=str(out), overwrite=True, progress=progress,
+                        **{**DEMO, **over})
+    res = utility(cfg, progress=progress, log=log)
+    lines = ["## Does the translation train better models? (sim-to-real utility)", "",
+             *section_lines(res, cfg, f"{Path(out).name}/predictions.png"), "",
+             f"Budget: `eval.utility.DEMO` (docs/utility.md has the full benchmark on this data "
+             f"and another seed); {time.perf_counter() - t0:.0f} s here.", ""]
+    return lines, time.perf_counter() - t0

@@ -274,3 +274,16 @@ def test_training_is_reproducible_and_scores_are_closed_form():
     assert TaskUNet((4, 8, 16))(torch.zeros(1, 1, 12, 20)).shape == (1, 1, 12, 20)
     with pytest.raises(MedShiftError, match="divisible by 4"):
         TaskUNet((4, 8, 16))(torch.zeros(1, 1, 10, 10))
+
+
+def test_demo_section_lines(sim, tmp_path):
+    from medshift_fast.eval.utility import demo_section
+
+    over = dict(taus=(0.5,), combo_tau=0.5, seeds=2, steps=2, batch_size=2, crop=8,
+                widths=(4, 8), min_test_images=2, bootstrap=50, workers=1)
+    lines, secs = demo_section(sim / "run", sim / "data", tmp_path / "utility",
+                               log=lambda m: None, **over)
+    text = "\n".join(lines)
+    assert lines[0].startswith("## Does the translation train better models?")
+    assert "| real (oracle) |" in text and "utility/predictions.png" in text and secs > 0
+    assert (tmp_path / "utility" / "predictions.png").is_file()
