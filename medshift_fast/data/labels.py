@@ -188,10 +188,11 @@ def manifest_labels(root) -> dict[str, str]:
             if (r.get(MANIFEST_COLUMN) or "").strip() and (r.get("path") or "").strip()}
 
 
-def _stem(rel: str) -> str:
-    """The image's relative path without its image extension (extensionless names kept)."""
+def _stem(rel: str, suffixes=_IMAGE_SUFFIXES) -> str:
+    """A relative path without its extension among ``suffixes`` (other names kept whole:
+    extensionless DICOMs, names such as 1.2.840.5)."""
     low = rel.lower()
-    for suf in _IMAGE_SUFFIXES:
+    for suf in suffixes:
         if low.endswith(suf):
             return rel[: -len(suf)]
     return rel
@@ -224,17 +225,9 @@ def _orphans(root: Path, images, listed: dict[str, str]) -> list[Path]:
         if folder.is_dir():
             for f in sorted(folder.rglob("*")):
                 if f.is_file() and not f.name.startswith(".") and \
-                        _stem_of_label(f.relative_to(root / LABELS_DIR).as_posix()) not in known:
+                        _stem(f.relative_to(root / LABELS_DIR).as_posix(), SUFFIXES) not in known:
                     out.append(f)
     return out
-
-
-def _stem_of_label(rel: str) -> str:
-    low = rel.lower()
-    for suf in SUFFIXES:
-        if low.endswith(suf):
-            return rel[: -len(suf)]
-    return rel
 
 
 def load_labels(root, images, shapes, *, channel: str, kind: str, what: str,
