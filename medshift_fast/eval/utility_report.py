@@ -107,12 +107,11 @@ def verdict_lines(rows: list[dict], boot: dict[str, np.ndarray], task: str,
     line = f"Best without real labels: {best['condition']} ({best['score']:.3f} {unit}{gc})"
     if len(ranked) > 1:
         second = ranked[1]
-        d = boot[best["condition"]] - boot[second["condition"]]
-        lo, hi = percentile_interval(d, LEVEL)
+        d = boot[second["condition"]] - boot[best["condition"]]
+        lo, hi = percentile_interval(d if lower else -d, LEVEL)
         line += (f"; ahead of {second['condition']} ({second['score']:.3f}) by "
-                 f"{abs(best['score'] - second['score']):.3f} {unit} (paired 95 % CI of the "
-                 f"difference {lo:+.3f} to {hi:+.3f}"
-                 f"{', not significant' if lo <= 0 <= hi else ''})")
+                 f"{abs(best['score'] - second['score']):.3f} {unit} (paired 95 % CI "
+                 f"{lo:.3f} to {hi:.3f}{', not significant' if lo <= 0 <= hi else ''})")
     out.append(line + ".")
     trans = [r for r in cands if r["condition"].startswith("translated")
              and "randomisation" not in r["condition"]]
@@ -125,7 +124,8 @@ def verdict_lines(rows: list[dict], boot: dict[str, np.ndarray], task: str,
             worse = (lo > 0) if lower else (hi < 0)
             word = "beats" if better else "loses to" if worse else "ties with"
             out.append(f"{t['condition']} {word} {r['condition']}: {t['score']:.3f} vs "
-                       f"{r['score']:.3f} {unit} (difference {lo:+.3f} to {hi:+.3f}).")
+                       f"{r['score']:.3f} {unit} (paired 95 % CI of the difference {lo:+.3f} "
+                       f"to {hi:+.3f}).")
     return out
 
 
