@@ -52,10 +52,9 @@ def dataset(work: Path, seed: int, progress: bool) -> Path:
 def run(work: Path, name: str, data: Path, workers: int, progress: bool, **over):
     from medshift_fast.eval.utility import UtilityConfig, utility
 
-    over = {"workers": workers, **over}
     cfg = UtilityConfig(checkpoint=str(STUDENT), data=str(data), source="synthetic_low",
                         target="real_normal", out=str(work / name), cache=str(work / "cache"),
-                        overwrite=True, progress=progress, **over)
+                        workers=workers, overwrite=True, progress=progress, **over)
     t0 = time.perf_counter()
     res = utility(cfg)
     print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -101,7 +100,8 @@ def main() -> int:
             fig = "utility/predictions_seed0.png"
         fill_block(DOC, f"utility-seed{seed}", block(cfg, res, fig), required=True)
         if seed == 0:
-            cfg, res = run(work, "demo_seed0", data, a.workers, a.progress, **DEMO)
+            demo = {k: v for k, v in DEMO.items() if k != "workers"}  # --workers (2)
+            cfg, res = run(work, "demo_seed0", data, a.workers, a.progress, **demo)
             fill_block(DOC, "utility-demo", block(cfg, res, None), required=True)
         cfg, res = run(work, f"seg_seed{seed}", data, a.workers, a.progress,
                        task="segmentation", label="bone_mask",
