@@ -140,7 +140,7 @@ def save_predictions(path: Path, image: torch.Tensor, truth: torch.Tensor,
     from ..fileio import atomic_write_bytes
 
     cols = 2 + len(preds)
-    fig, ax = plt.subplots(2, cols, figsize=(1.7 * cols, 3.9), squeeze=False)
+    fig, ax = plt.subplots(2, cols, figsize=(1.7 * cols, 4.1), squeeze=False)
     t = truth[0].numpy()
     vmax = float(max(np.percentile(t, 99.5), 1e-6)) if task == "regression" else 1.0
     ax[0, 0].imshow(image[0].numpy(), cmap="gray", vmin=-1, vmax=1)
@@ -156,8 +156,8 @@ def save_predictions(path: Path, image: torch.Tensor, truth: torch.Tensor,
                         else 1)
         s = err.mean() if task == "regression" else \
             2 * (pv * t).sum() / max(pv.sum() + t.sum(), 1e-12)
-        ax[1, j].set_title(f"|error| ({'MAE' if task == 'regression' else 'Dice'} {s:.2f})",
-                           fontsize=6)
+        ax[1, j].set_xlabel(f"|error|, {'MAE' if task == 'regression' else 'Dice'} {s:.2f}",
+                            fontsize=6)
     ax[1, 0].text(0.05, 0.5, f"errors: 0 to {vmax / 4:.0f} {unit}" if task == "regression"
                   else "errors: 0 / 1", fontsize=7)
     for a in ax.flat:
