@@ -184,3 +184,21 @@ def test_refuses_non_finite_maps(user_root):
     np.save(user_root / "labels/real/im0.npy", a)
     with pytest.raises(MedShiftError, match="NaN or Inf"):
         _load(user_root)
+
+
+def test_add_test_subjects_renders_new_labelled_subjects(sim_root, tmp_path):
+    from medshift_fast.data.extend import add_test_subjects
+
+    info = add_test_subjects(sim_root, tmp_path / "ev", 2)
+    rows = _rows(tmp_path / "ev")
+    test = [r for r in rows if r["split"] == "test"]
+    assert info["test_subjects"] == ["s003", "s004"] and {r["subject"] for r in test} == {
+        "s003", "s004"}
+    assert len(test) == 2 * 2 * 5 and all((tmp_path / "ev" / r["labels"]).is_file()
+                                          for r in rows)
+    old_test = {r["subject"] for r in _rows(sim_root) if r["split"] == "test"}
+    assert not old_test & {r["subject"] for r in rows}  # the source's test subjects left out
+    cfg = SimConfig.from_dict(json.loads((sim_root / "simulator.json").read_text())["config"])
+    np.testing.assert_array_equal(
+        read_label(tmp_path / "ev/labels/s004_v01.tif", "soft_mm").values,
+        subject_labels(cfg, 4)[1, 1])
