@@ -2,7 +2,7 @@
 
 Copies OUT/report.md (image links rewritten), each pair's metrics.csv (+ the teacher subset's
 teacher/metrics.csv), grid.png, tradeoff.png and zoom.png (renamed by pair) and the native-size
-section's native_rg1.png into docs/demo/
+section's native_rg1.png and the utility section's predictions.png into docs/demo/
 and runs scripts/update_readme.py.
 Usage: ``python scripts/publish_demo.py runs/demo``.
 """
@@ -32,6 +32,9 @@ def main(run: str) -> int:
             if (ev / f"{fig}.png").is_file():
                 shutil.copyfile(ev / f"{fig}.png", dst / f"{fig}_{pair}.png")
                 report = report.replace(f"{ev.name}/{fig}.png", f"{fig}_{pair}.png")
+    if (src / "utility" / "predictions.png").is_file():  # the utility section's figure
+        shutil.copyfile(src / "utility" / "predictions.png", dst / "utility_predictions.png")
+        report = report.replace("utility/predictions.png", "utility_predictions.png")
     if (src / "native_rg1.png").is_file():  # the native-size section's figure
         shutil.copyfile(src / "native_rg1.png", dst / "native_rg1.png")
     (dst / "report.md").write_text(report)

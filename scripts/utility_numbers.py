@@ -88,7 +88,7 @@ def residual_block(work: Path, data: Path) -> str:
     from medshift_fast.eval.utility_data import load_set
     from medshift_fast.eval.utility_run import translated
     from medshift_fast.run import load_run
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     cfg = UtilityConfig(checkpoint=str(STUDENT), data=str(data), source="synthetic_low",
                         target="real_normal", out=str(work / "residual"))

@@ -9,6 +9,7 @@ HELP = "sim-to-real utility: does translated synthetic data train models for rea
 
 
 def add_arguments(p) -> None:
+    """Add the flags of `medshift utility` to its parser ``p``."""
     from ..eval.utility import UtilityConfig
 
     add_config_flags(p, UtilityConfig, skip=("progress",))
@@ -17,6 +18,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    """Run `medshift utility` with the parsed flags; returns the exit status."""
     from ..eval.utility import UtilityConfig, utility
 
     cfg = config_from_args(UtilityConfig, args)

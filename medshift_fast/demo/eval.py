@@ -30,10 +30,6 @@ nearest-neighbour, 3 screen pixels per image pixel) per pair.
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,64 +61,14 @@ class PairEval:
 
 
 # ----------------------------------------------------------------------------------- images
-def _link(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def eval_dataset(data: Path, root: Path, subjects: int = EXTRA_SUBJECTS,
                  progress: bool = False) -> dict:
-    """Write the evaluation dataset into ``root`` (see the module docstring); returns its
-    summary (subjects, views, images per domain, seconds)."""
-    import time
+    """Write the evaluation dataset into ``root`` (see the module docstring; with the views'
+    labels, for the utility section: ``data.extend.add_test_subjects``); returns its summary
+    (subjects, views, images per domain, seconds)."""
+    from ..data.extend import add_test_subjects
 
-    from ..data.io import write_png16
-    from ..data.simulator import SIM_JSON, SimConfig, render_subject
-
-    t0 = time.perf_counter()
-    data, root = Path(data), Path(root)
-    meta = json.loads((data / SIM_JSON).read_text())
-    cfg = SimConfig.from_dict(meta["config"])
-    if root.exists():
-        shutil.rmtree(root)
-    with open(data / "manifest.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] != "test"]
-    for r in rows:
-        _link(data / r["path"], root / r["path"])
-    first = cfg.subjects
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops (as simulate does)
-    try:
-        for s in range(first, first + subjects):
-            imgs = render_subject(cfg, s)
-            sid = f"s{s:03d}"
-            for d in cfg.domains:
-                for v in range(cfg.views):
-                    rel = f"{d}/{sid}_v{v:02d}.png"
-                    write_png16(root / rel, imgs[d][v].float().numpy(), 1)
-                    rows.append({"path": rel, "domain": d, "subject": sid,
-                                 "view_id": f"{sid}_v{v:02d}", "split": "test"})
-    finally:
-        torch.set_num_threads(n_threads)
-    cols = ("path", "domain", "subject", "view_id", "split")
-    tmp = root / ".manifest.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, cols, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, root / "manifest.csv")
-    info = {"source_data": str(data), "seed": cfg.seed, "test_subjects":
-            [f"s{s:03d}" for s in range(first, first + subjects)], "views": cfg.views,
-            "test_images_per_domain": subjects * cfg.views,
-            "seconds": round(time.perf_counter() - t0, 1)}
-    (root / "eval_data.json").write_text(json.dumps(info, indent=1))
-    if progress:
-        print(f"  evaluation data: {subjects} new subjects x {cfg.views} views (test) + the "
-              f"demo's train/val -> {root}", flush=True)
-    return info
+    return add_test_subjects(data, root, subjects, progress)
 
 
 # ------------------------------------------------------------------------------- evaluation

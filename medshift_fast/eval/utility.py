@@ -220,7 +220,7 @@ def utility(cfg: UtilityConfig, progress: bool | None = None, log=None) -> Utili
         log: one-line stage messages (default: print).
     """
     from ..run import load_run
-    from ..translator import Translator
+    from ..translate import Translator
     from . import utility_data as D
     from .downstream import bin_views, check_size
     from .utility_report import write_report

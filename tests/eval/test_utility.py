@@ -87,7 +87,7 @@ def test_end_to_end_outputs_cache_and_stage_lines(sim, tmp_path, capsys, monkeyp
         raise AssertionError("recomputed")
 
     monkeypatch.setattr("medshift_fast.eval.downstream.train_task", boom)
-    monkeypatch.setattr("medshift_fast.translator.Translator.translate", boom)
+    monkeypatch.setattr("medshift_fast.translate.translator.Translator.translate", boom)
     assert main(_args(sim, out)) == 2  # a previous output needs --overwrite
     assert main(_args(sim, out, None, "run", "--overwrite")) == 0
     assert (out / "metrics.csv").read_text() == before
