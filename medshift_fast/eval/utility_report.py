@@ -81,6 +81,7 @@ def verdict_lines(rows: list[dict], boot: dict[str, np.ndarray], task: str,
     from .stats import percentile_interval
 
     lower = task == "regression"
+    sp = " " if unit else ""
     by = {r["condition"]: r for r in rows}
     syn = next((r for r in rows if r["condition"].startswith("synthetic")), None)
     orc = next((r for r in rows if r["condition"].startswith("real")), None)
@@ -92,7 +93,7 @@ def verdict_lines(rows: list[dict], boot: dict[str, np.ndarray], task: str,
         worse = (syn["score"] > orc["score"]) if lower else (syn["score"] < orc["score"])
         ok = worse and ratio > GAP_SPREADS
         out.append(f"The gap is {'real' if ok else 'NOT established'}: synthetic-only "
-                   f"{syn['score']:.3f} vs oracle {orc['score']:.3f} {unit} "
+                   f"{syn['score']:.3f} vs oracle {orc['score']:.3f}{sp}{unit} "
                    f"({'worse' if worse else 'not worse'} by {gap:.3f} = {ratio:.1f}x the "
                    f"larger seed spread {spread:.3f}; needs > {GAP_SPREADS:g}x).")
     cands = [r for r in rows if not r["condition"].startswith(("real", "synthetic"))]
@@ -104,13 +105,13 @@ def verdict_lines(rows: list[dict], boot: dict[str, np.ndarray], task: str,
     gc = (f", closing {_pct(best['gap_closed'])} % of the gap (95 % CI "
           f"{_pct(best['gap_lo'])} to {_pct(best['gap_hi'])} %)"
           if np.isfinite(best.get("gap_lo", np.nan)) else "")
-    line = f"Best without real labels: {best['condition']} ({best['score']:.3f} {unit}{gc})"
+    line = f"Best without real labels: {best['condition']} ({best['score']:.3f}{sp}{unit}{gc})"
     if len(ranked) > 1:
         second = ranked[1]
         d = boot[second["condition"]] - boot[best["condition"]]
         lo, hi = percentile_interval(d if lower else -d, LEVEL)
         line += (f"; ahead of {second['condition']} ({second['score']:.3f}) by "
-                 f"{abs(best['score'] - second['score']):.3f} {unit} (paired 95 % CI "
+                 f"{abs(best['score'] - second['score']):.3f}{sp}{unit} (paired 95 % CI "
                  f"{lo:.3f} to {hi:.3f}{', not significant' if lo <= 0 <= hi else ''})")
     out.append(line + ".")
     trans = [r for r in cands if r["condition"].startswith("translated")
@@ -124,7 +125,7 @@ def verdict_lines(rows: list[dict], boot: dict[str, np.ndarray], task: str,
             worse = (lo > 0) if lower else (hi < 0)
             word = "beats" if better else "loses to" if worse else "ties with"
             out.append(f"{t['condition']} {word} {r['condition']}: {t['score']:.3f} vs "
-                       f"{r['score']:.3f} {unit} (paired 95 % CI of the difference {lo:+.3f} "
+                       f"{r['score']:.3f}{sp}{unit} (paired 95 % CI of the difference {lo:+.3f} "
                        f"to {hi:+.3f}).")
     return out
 
