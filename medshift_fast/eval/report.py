@@ -215,6 +215,14 @@ def _bootstrap_section(res) -> list[str]:
     ]
 
 
+def json_sections(settings: dict, timing: dict) -> list[str]:
+    """A report's closing sections: the settings, the versions and the timing as JSON."""
+    return ["## Settings", "```json", json.dumps(settings, indent=2, default=str), "```",
+            "## Versions", "```json", json.dumps(versions(), indent=2), "```",
+            "## Timing (s)", "```json",
+            json.dumps({k: round(v, 2) for k, v in timing.items()}, indent=2), "```"]
+
+
 def write_all(out: Path, res) -> None:
     """Write every output of an :class:`~medshift_fast.eval.evaluate.EvalResult` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -279,18 +287,5 @@ def write_all(out: Path, res) -> None:
         lines += ["## Pareto verdicts against the classical baselines and SDEdit", "",
                   *[f"- {line}" for line in verdicts], ""]
     lines += _bootstrap_section(res)
-    lines += [
-        "## Settings",
-        "```json",
-        json.dumps(s, indent=2, default=str),
-        "```",
-        "## Versions",
-        "```json",
-        json.dumps(versions(), indent=2),
-        "```",
-        "## Timing (s)",
-        "```json",
-        json.dumps({k: round(v, 2) for k, v in res.timing.items()}, indent=2),
-        "```",
-    ]
+    lines += json_sections(s, res.timing)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -245,6 +245,7 @@ def section_lines(res, cfg, figure: str) -> list[str]:
 def write_report(out: Path, per_seed, test, shown, fig, settings: dict, timing: dict, cfg):
     """Write report.md, metrics.csv, per_seed.csv, predictions.png and utility.json."""
     from ..fileio import atomic_write_text
+    from .report import json_sections
 
     unit = unit_of(cfg)
     rows, boot = summarize(per_seed, cfg.task, cfg.bootstrap, cfg.seed)
@@ -262,16 +263,7 @@ def write_report(out: Path, per_seed, test, shown, fig, settings: dict, timing: 
     res = UtilityResult(rows, per_seed, settings, timing, verdicts, out)
     lines = [f"# Sim-to-real utility: {cfg.source} → {cfg.target}", "",
              *section_lines(res, cfg, "predictions.png"), ""]
-    lines += [
-        "## Settings",
-        "```json",
-        json.dumps(settings, indent=1, default=str),
-        "```",
-        "## Timing (s)",
-        "```json",
-        json.dumps({k: round(v, 1) for k, v in timing.items()}, indent=1),
-        "```",
-    ]
+    lines += json_sections(settings, timing)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     atomic_write_text(out / MARKER, json.dumps(
         {"rows": rows, "verdicts": verdicts, "settings": settings, "timing": timing},
