@@ -70,12 +70,12 @@ def block(cfg, res, fig: str | None) -> str:
 
     lines = section_lines(res, cfg, fig or "")
     if fig is None:
-        lines = lines[:-1]
+        lines = lines[:-2]  # the figure and the blank line before it
     s = res.settings
-    lines += ["", f"Data: `{Path(cfg.data).name}` (test subjects "
-              f"{', '.join(s['test_subjects'])}); classical route: blur "
-              f"{s['classical']['blur_px']:g} px" if s.get("classical") else ""]
-    return "\n".join(lines).rstrip() + "\n"
+    data = f"Data: `{Path(cfg.data).name}` (test subjects {', '.join(s['test_subjects'])})"
+    if s.get("classical"):
+        data += f"; classical route: blur {s['classical']['blur_px']:g} px"
+    return "\n".join([*lines, "", data + "."]) + "\n"
 
 
 def residual_block(work: Path, data: Path) -> str:

@@ -226,7 +226,7 @@ def section_lines(res, cfg, figure: str) -> list[str]:
         f"{b['batch_size']} crops of {b['crop'] or 'whole'} px of the views binned "
         f"{cfg.pool}×{cfg.pool}; it is scored on {s['n_test']} `{cfg.target}` "
         f"`{cfg.test_split}` views of subjects never trained on ({words}). Translations by "
-        f"`{s['run']}`; the classical route fitted on `{cfg.tune_split}`.",
+        f"the run `{Path(s['run']).name}`; the classical route fitted on `{cfg.tune_split}`.",
         "",
         markdown_table(res.rows, unit),
         "",
