@@ -225,8 +225,9 @@ def section_lines(res, cfg, figure: str) -> list[str]:
         f"under each condition, {cfg.seeds} training seeds each, {b['steps']} steps of "
         f"{b['batch_size']} crops of {b['crop'] or 'whole'} px of the views binned "
         f"{cfg.pool}×{cfg.pool}; it is scored on {s['n_test']} `{cfg.target}` "
-        f"`{cfg.test_split}` views of subjects never trained on ({words}). Translations by "
-        f"the run `{Path(s['run']).name}`; the classical route fitted on `{cfg.tune_split}`.",
+        f"`{cfg.test_split}` views of subjects never trained on ({words})."
+        + (f" Translations by the run `{Path(s['run']).name}`." if s.get("translation") else "")
+        + (f" The classical route fitted on `{cfg.tune_split}`." if s.get("classical") else ""),
         "",
         markdown_table(res.rows, unit),
         "",
