@@ -9,10 +9,10 @@ unpaired: no alignment, no labels), then applied to any set of source images:
    global, so the map is too);
 2. detector blur: a Gaussian of sigma ``blur`` pixels (the only free parameter);
 3. noise drawn to the target domain's *measured* level: the noise-vs-signal curve s_T(u) of the
-   target val images (robust std of the separable second difference, as ``physics.noise_level``,
-   in ``N_BINS`` bins of the local mean u) minus the curve of the processed images, added as
-   white noise through the same detector blur, scaled so that the processed images read s_T(u)
-   on the same measure (signal-dependent, as quantum noise is).
+   target val images (``noise_curve``: the robust std of the second difference in ``N_BINS``
+   bins of the local signal u, over the whole signal range) minus the curve of the processed
+   images, added as white noise through the same detector blur, scaled so that the processed
+   images read s_T(u) on the same measure (signal-dependent, as quantum noise is).
 
 ``blur`` is chosen from ``BLUR_GRID`` by the smallest NPS distance (``physics.nps_distance``)
 between the processed source val images and the target val images.
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import MedShiftError
 
@@ -53,33 +52,11 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x if sigma <= 0 else blur(x.double(), sigma).to(x.dtype)
 
 
-def _diff2(x: torch.Tensor) -> torch.Tensor:
-    d2 = torch.tensor([1.0, -2.0, 1.0], dtype=x.dtype)
-    k = torch.outer(d2, d2).view(1, 1, 3, 3) / 6.0  # white noise of std s reads s
-    return F.conv2d(x, k)
+def local_signal(x: torch.Tensor) -> torch.Tensor:
+    """The local signal u of every pixel (the low-pass of ``noise_curve``'s signal axis)."""
+    from .physics import highpass_residual
 
-
-def noise_curve(x: torch.Tensor, edges: np.ndarray) -> np.ndarray:
-    """Robust noise std (1.4826 MAD of the second difference) per bin of local mean.
-
-    Args:
-        x: (N, 1, H, W) images in [-1, 1].
-        edges: (B + 1,) bin edges of the local mean (Gaussian, ``LOCAL_MEAN_SIGMA``).
-
-    Returns:
-        (B,) float64; NaN where a bin holds fewer than 64 pixels.
-    """
-    x = x.double()
-    r = _diff2(x).flatten()
-    m = gaussian_blur(x, LOCAL_MEAN_SIGMA)[..., 1:-1, 1:-1].flatten()
-    idx = np.clip(np.searchsorted(edges, m.numpy(), side="right") - 1, 0, len(edges) - 2)
-    out = np.full(len(edges) - 1, np.nan)
-    rv = r.numpy()
-    for b in range(len(edges) - 1):
-        v = rv[idx == b]
-        if v.size >= 64:
-            out[b] = 1.4826 * np.median(np.abs(v - np.median(v)))
-    return out
+    return x - highpass_residual(x, LOCAL_MEAN_SIGMA)
 
 
 def match_histograms(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -116,15 +93,14 @@ class MatchNoiseBlur:
     def fit(cls, src_val: torch.Tensor, tgt_val: torch.Tensor, split: str = "val",
             grid=BLUR_GRID, seed: int = 0) -> MatchNoiseBlur:
         """Fit on unpaired val images of the source (``src_val``) and target (``tgt_val``)."""
+        from .noise_curve import signal_bins
         from .physics import noise_power_spectrum, nps_distance
 
         if src_val.shape[0] < 1 or tgt_val.shape[0] < 1:
             raise MedShiftError("the histogram/noise/blur baseline needs validation images of "
                                 "both domains")
-        lo, hi = float(tgt_val.min()), float(tgt_val.max())
-        edges = np.linspace(lo, hi + 1e-6, N_BINS + 1)
-        m = cls(tgt_val.float(), edges=edges, target_curve=noise_curve(tgt_val, edges),
-                split=split)
+        edges = signal_bins(tgt_val, N_BINS, body="all", sigma=LOCAL_MEAN_SIGMA)
+        m = cls(tgt_val.float(), edges=edges, target_curve=_curve(tgt_val, edges), split=split)
         nps_t = noise_power_spectrum(tgt_val)
         best = None
         for s in grid:
@@ -143,12 +119,12 @@ class MatchNoiseBlur:
         """(N, 1, H, W) source images -> processed images in [-1, 1] (noise per image from
         ``generators`` or generators seeded by (seed, index))."""
         y = gaussian_blur(match_histograms(x, self.reference), self.blur)
-        have = noise_curve(y, self.edges)
+        have = _curve(y, self.edges)
         add = np.sqrt(np.clip(self.target_curve ** 2 - np.nan_to_num(have) ** 2, 0.0, None))
         add = np.nan_to_num(add) / max(self.gain, 1e-12)
         centres = 0.5 * (self.edges[1:] + self.edges[:-1])
-        m = gaussian_blur(y, LOCAL_MEAN_SIGMA)
-        s = torch.from_numpy(np.interp(m.double().numpy(), centres, add)).float()
+        u = local_signal(y.double())
+        s = torch.from_numpy(np.interp(u.numpy(), centres, add)).float()
         gens = generators or [torch.Generator().manual_seed(seed * 1_000_003 + i)
                               for i in range(x.shape[0])]
         eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens])
@@ -162,11 +138,20 @@ class MatchNoiseBlur:
                                        for v in self.target_curve]}
 
 
+def _curve(x: torch.Tensor, edges: np.ndarray) -> np.ndarray:
+    """The noise-vs-signal curve's stds (``noise_curve``; nan in empty bins)."""
+    from .noise_curve import noise_curve
+
+    return noise_curve(x, edges, sigma=LOCAL_MEAN_SIGMA).std
+
+
 def _white_gain(sigma: float) -> float:
     """The second-difference noise reading of unit white noise after a Gaussian blur."""
+    from .physics import second_difference
+
     g = torch.Generator().manual_seed(0)
     e = torch.randn(1, 1, 256, 256, generator=g, dtype=torch.float64)
-    r = _diff2(gaussian_blur(e, sigma)).flatten()
+    r = second_difference(gaussian_blur(e, sigma)).flatten()
     return float(1.4826 * (r - r.median()).abs().median())
 
 
