@@ -8,8 +8,9 @@ domain (new subjects: ``utility_data.check_disjoint``):
 
 * ``synthetic``: the source images as they are (the lower bound);
 * ``translated``: the source images translated by the run (``--checkpoint``) at each tau (one
-  ``Translator``; per-image generators, so a stochastic run's output does not depend on the
-  batch), and by ``--teacher`` at ``teacher_taus`` when given;
+  ``Translator``, in fixed chunks on one thread each, image i with a generator seeded by
+  (seed, i): the result depends neither on the batch nor on the number of workers), and by
+  ``--teacher`` at ``teacher_taus`` when given;
 * ``classical``: histogram matching + measured noise + detector blur (``sim2real``), fitted on
   the validation split only;
 * ``randomized``: the source images with strong domain randomisation during training;

@@ -44,11 +44,30 @@ def label_scale(y: torch.Tensor, task: str) -> float:
     return max(float(np.percentile(y.numpy(), 99)), 1e-6)
 
 
-def translated(tr, x: torch.Tensor, run, cfg, cache: Path, progress,
-                desc: str) -> torch.Tensor:
-    """The translation of ``x`` (cached by the run's weights, its settings and the images)."""
-    from tqdm.auto import tqdm
+CHUNK = 16  # images per translation job (fixed: a batch's numerics depend on its size)
+_TRANSLATORS: dict = {}  # per worker process: the Translator of each (run, settings)
 
+
+def _translate_job(args: dict) -> torch.Tensor:
+    """Translate one chunk on one thread (a worker process, or in-process)."""
+    from ..translate import Translator
+
+    torch.set_num_threads(1)
+    key = (args["run"], args["source"], args["target"], args["tau"], args["seed"])
+    if key not in _TRANSLATORS:
+        _TRANSLATORS.clear()
+        _TRANSLATORS[key] = Translator(args["run"], args["source"], args["target"],
+                                       tau=args["tau"], seed=args["seed"])
+    gens = [torch.Generator().manual_seed(g) for g in args["generators"]]
+    return _TRANSLATORS[key].translate(args["x"], generators=gens).cpu().clamp(-1, 1)
+
+
+def translated(tr, x: torch.Tensor, run, cfg, cache: Path, progress,
+               desc: str) -> torch.Tensor:
+    """The translation of ``x`` by ``tr``'s run and settings, cached by the run's weights, its
+    settings and the images. Chunks of ``CHUNK`` images are translated on one thread each (in
+    ``cfg.workers`` processes), image i with a generator seeded by (seed, i): the result does
+    not depend on the number of workers or threads."""
     from ..fileio import load_safetensors, save_safetensors
 
     settings = {k: v for k, v in tr.describe().items() if k not in ("run", "mode")}
@@ -58,14 +77,51 @@ def translated(tr, x: torch.Tensor, run, cfg, cache: Path, progress,
         t, meta = load_safetensors(path, "cached translation")
         if meta.get("key") == key and tuple(t["x"].shape) == tuple(x.shape):
             return t["x"]
-    outs, bs = [], 16
-    for k in tqdm(range(0, x.shape[0], bs), desc=desc, disable=not progress, leave=False):
-        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
-                for i in range(k, min(k + bs, x.shape[0]))]
-        outs.append(tr.translate(x[k:k + bs], generators=gens).cpu().clamp(-1, 1))
-    y = torch.cat(outs)
+    src, tgt = tr.domains
+    jobs = [{"run": str(run.path), "source": src, "target": tgt, "tau": tr.settings.tau,
+             "seed": cfg.seed, "x": x[k:k + CHUNK],
+             "generators": [cfg.seed * 1_000_003 + i for i in range(k, min(k + CHUNK,
+                                                                           x.shape[0]))]}
+            for k in range(0, x.shape[0], CHUNK)]
+    y = torch.cat(run_jobs(_translate_job, jobs, cfg.workers, progress, desc))
     save_safetensors(path, {"x": y}, {"key": key, "what": desc})
     return y
+
+
+def run_jobs(fn, jobs: list, workers: int, progress, desc: str, on_done=None) -> list:
+    """``[fn(a) for a in jobs]`` in ``workers`` spawned processes (or in-process, one thread,
+    when ``workers`` is 1); ``on_done(i, result)`` as each finishes; results in job order."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    from tqdm.auto import tqdm
+
+    out: list = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
+
+    def done(i, r):
+        out[i] = r
+        bar.update(1)
+        if on_done is not None:
+            on_done(i, r)
+
+    try:
+        if workers > 1 and len(jobs) > 1:
+            ctx = mp.get_context("spawn")
+            with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+                futs = {pool.submit(fn, a): i for i, a in enumerate(jobs)}
+                for f in cf.as_completed(futs):
+                    done(futs[f], f.result())
+        else:
+            n_threads = torch.get_num_threads()
+            try:
+                for i, a in enumerate(jobs):
+                    done(i, fn(a))
+            finally:
+                torch.set_num_threads(n_threads)
+    finally:
+        bar.close()
+    return out
 
 
 def _job(args: dict) -> dict:
@@ -89,11 +145,6 @@ def train_all(conds, test, cfg, cache: Path, progress, log):
         {name: [[score per test view] per seed]}, {name: seed 0's prediction of the first test
         view}, (that view, its label) as binned.
     """
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    from tqdm.auto import tqdm
-
     from ..fileio import load_safetensors, save_safetensors
     from .downstream import VERSION, bin_views
 
@@ -120,7 +171,6 @@ def train_all(conds, test, cfg, cache: Path, progress, log):
                                        "task": cfg.task, "budget": budget, "seed": s,
                                        "scale": scale, "randomize": c.randomize, "fig": 0}))
             keys.append((key, path))
-    bar = tqdm(total=len(jobs), desc="train", disable=not progress, leave=False)
     left = {c.name: sum(1 for (n, _), _ in jobs if n == c.name) for c in conds}
 
     def finish(i, r):
@@ -128,7 +178,6 @@ def train_all(conds, test, cfg, cache: Path, progress, log):
         done[(name, s)] = r
         save_safetensors(path, {"scores": torch.tensor(r["scores"], dtype=torch.float64),
                                 "pred": r["pred"]}, {"key": key, "loss": repr(r["loss"])})
-        bar.update(1)
         left[name] -= 1
         if left[name] == 0:
             got = [sum(done[(name, k)]["scores"]) / len(done[(name, k)]["scores"])
@@ -136,20 +185,7 @@ def train_all(conds, test, cfg, cache: Path, progress, log):
             log(f"[utility] trained {name}: {cfg.seeds} seeds, mean score "
                 f"{sum(got) / len(got):.4g}")
 
-    if cfg.workers > 1 and len(jobs) > 1:
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx) as pool:
-            futs = {pool.submit(_job, a): i for i, (_, a) in enumerate(jobs)}
-            for f in cf.as_completed(futs):
-                finish(futs[f], f.result())
-    else:
-        n_threads = torch.get_num_threads()
-        try:
-            for i, (_, a) in enumerate(jobs):
-                finish(i, _job(a))
-        finally:
-            torch.set_num_threads(n_threads)
-    bar.close()
+    run_jobs(_job, [a for _, a in jobs], cfg.workers, progress, "train", finish)
     per_seed = {c.name: [done[(c.name, s)]["scores"] for s in range(cfg.seeds)] for c in conds}
     fig = {c.name: done[(c.name, 0)]["pred"] for c in conds}
     return per_seed, fig, (x_test[0], y_test[0])

@@ -287,3 +287,24 @@ def test_demo_section_lines(sim, tmp_path):
     assert lines[0].startswith("## Does the translation train better models?")
     assert "| real (oracle) |" in text and "utility/predictions.png" in text and secs > 0
     assert (tmp_path / "utility" / "predictions.png").is_file()
+
+
+def test_translation_does_not_depend_on_workers(sim, tmp_path):
+    """One thread per fixed chunk, a generator per image: 1 or 2 worker processes give the same
+    bits (so the cached training sets, and every score, do too)."""
+    from medshift_fast.eval.utility import UtilityConfig
+    from medshift_fast.eval.utility_data import load_set
+    from medshift_fast.eval.utility_run import CHUNK, translated
+    from medshift_fast.run import load_run
+    from medshift_fast.translate import Translator
+
+    x = load_set(sim / "data", "synthetic_low", "train").x
+    x = torch.cat([x] * (CHUNK // x.shape[0] + 1))[:CHUNK + 2]  # two chunks
+    run = load_run(sim / "run")
+    tr = Translator(run, "synthetic_low", "real_normal", tau=0.5, seed=0)
+    outs = []
+    for w in (1, 2):
+        cfg = UtilityConfig(checkpoint=str(sim / "run"), data=str(sim / "data"),
+                            source="synthetic_low", target="real_normal", out="o", workers=w)
+        outs.append(translated(tr, x, run, cfg, tmp_path / f"c{w}", False, "t"))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], x)
