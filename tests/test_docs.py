@@ -50,6 +50,9 @@ TINY = {
     "evaluate": ["--max-images", "4", "--allow-small-n", "--bootstrap", "20", "--tune-images",
                  "2", "--classical", "gaussian", "--taus", "0.6", "--steps", "2", "--no-c2st",
                  "--no-progress"],
+    "simulate": ["--size", "32", "--no-progress"],
+    "utility": ["--steps", "2", "--seeds", "2", "--crop", "8", "--max-train-images", "8",
+                "--bootstrap", "20", "--no-progress"],
 }
 #: flags appended only when the command does not give them (a documented --size stays)
 TINY_IF_ABSENT = {"translate": {"--size": "32"}}
