@@ -133,10 +133,8 @@ class AdversarialTask(DistillTask):
         if not cfg.anchor_run:
             self.anchor = None
             return super()._items(tr)
-        from ..models.student import StudentConfig
-
-        like = StudentConfig(unet=self.teacher.model.config.to_dict())
-        self.anchor = one_call_student(cfg.anchor_run, "--anchor-run", like, tr.device)
+        self.anchor = one_call_student(cfg.anchor_run, "--anchor-run", None, tr.device,
+                                       self.domains)
         self.anchor.requires_grad_(False).eval()
         a = self.anchor.config
         missing = [p for p in self.pairs if a.pairs and p not in a.pairs]
@@ -223,8 +221,9 @@ class AdversarialTask(DistillTask):
             x, target = self._crop_pair(tr, x, target)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        noise = self._noise(tr, x)
         with tr.autocast():
-            fake = fwd(x, tau, ys, yt)
+            fake = fwd(x, tau, ys, yt) if noise is None else fwd(x, tau, ys, yt, noise)
         zero = torch.zeros((), device=fake.device)
         if cfg.adv_weight > 0:
             d_stats = self._disc_step(tr, self._real_batch(tr, yt), fake.detach(), yt)
@@ -249,6 +248,19 @@ class AdversarialTask(DistillTask):
         return (cfg.adv_weight * adv + cfg.anchor_weight * anchor
                 + cfg.structure_weight * structure)
 
+    def _noise(self, tr: Trainer, x: torch.Tensor) -> torch.Tensor | None:
+        """A stochastic student's standard-normal noise maps for this rank's crops x (drawn for
+        the whole global micro-batch from the run's checkpointed noise generator, this rank's
+        share kept: ranks stay in step and --resume continues exactly); None otherwise."""
+        st = tr.model
+        c = int(getattr(st, "noise_channels", 0))
+        if not c:
+            return None
+        b, info = x.shape[0], tr.dist
+        n = torch.randn((b * info.world, c, *x.shape[-2:]), generator=tr.noise_gen,
+                        device=tr.noise_gen.device)
+        return n[info.rank * b:(info.rank + 1) * b].to(x.device, x.dtype)
+
     @torch.no_grad()
     def _matched(self, lx: torch.Tensor, ys: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
         """Low-passed sources through their pair's intensity map."""
@@ -271,9 +283,14 @@ class AdversarialTask(DistillTask):
         for key in torch.unique(keys, dim=0):
             m = (keys == key).all(1)
             tau = float(key[2]) / 1e6
-            pred = torch.cat([st.translate(v["x"][m][k:k + 8].to(dev), tau,
-                                           v["s"][m][k:k + 8].to(dev), v["g"][m][k:k + 8].to(dev))
-                              for k in range(0, int(m.sum()), 8)])
+            gen = torch.Generator().manual_seed(int(key[0]) * 7_919 + int(key[1]))
+            pred = []
+            for k in range(0, int(m.sum()), 8):
+                xb = v["x"][m][k:k + 8].to(dev)
+                pred.append(st.translate(xb, tau, v["s"][m][k:k + 8].to(dev),
+                                         v["g"][m][k:k + 8].to(dev),
+                                         st.draw_noise(xb.shape, gen, dev)))
+            pred = torch.cat(pred)
             scores.append(nps_distance(self._pixels(pred).clamp(-1, 1),
                                        self.ref_nps[int(key[1])]))
         return float(sum(scores) / len(scores))

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.student import STUDENT_METHODS
+from ..models.lean import LeanConfig
+from ..models.student import STUDENT_ARCHS, STUDENT_METHODS
 from ..translate.settings import RECIPE
 from .loop_config import LoopConfig
 
@@ -63,7 +64,22 @@ class DistillConfig(LoopConfig):
             one).
         anchor_run: adversarial: a one-call student run (e.g. the --init one) whose
             translation stands in for the teacher's as the anchor, computed on the fly at any
-            tau in range on every training image (no teacher cache).
+            tau in range on every training image (no teacher cache); any one-call student
+            (a U-Net anchor may train a lean student).
+        arch: the student's network: unet (the teacher's U-Net, initialised from it) | lean
+            (models/lean.py: pixel-unshuffle, low-resolution convolutions, no attention or
+            normalisation; ~1/13 of the U-Net's arithmetic per pixel; starts as the identity;
+            oneshot and adversarial only).
+        lean_unshuffle: lean: pixel-unshuffle factor of the stem.
+        lean_widths: lean: channels per level (each level halves the resolution).
+        lean_blocks: lean: residual blocks per level (as many again on the way up).
+        lean_kernel: lean: convolution kernel size (odd).
+        lean_block: lean: conv (two k x k convolutions) | dw (depthwise + pointwise).
+        noise_channels: lean: per-pixel standard-normal noise maps the student takes beside
+            the image (0: a deterministic student; 1: stochastic, issue 29).
+        noise: the default scale of those noise maps at translation time (recorded in the
+            student's config; the translation setting overrides it; training draws them at
+            scale 1).
     """
 
     teacher: str = ""
@@ -100,6 +116,14 @@ class DistillConfig(LoopConfig):
     disc_scales: int = 3
     disc_gain: float = 100.0
     anchor_run: str | None = None
+    arch: str = "unet"
+    lean_unshuffle: int = 2
+    lean_widths: tuple[int, ...] = (32, 64)
+    lean_blocks: tuple[int, ...] = (1, 2)
+    lean_kernel: int = 3
+    lean_block: str = "conv"
+    noise_channels: int = 0
+    noise: float = 1.0
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -122,12 +146,27 @@ class DistillConfig(LoopConfig):
              "--anchor-run applies to --method adversarial"),
             (self.structure_loss in ("matched", "l1", "ssim"),
              "structure_loss must be matched, l1 or ssim"),
+            (self.arch in STUDENT_ARCHS, f"arch must be one of {STUDENT_ARCHS}"),
+            (self.arch == "unet" or self.method != "meanflow",
+             "--arch lean makes a one-call student: use --method oneshot or adversarial"),
+            (self.arch == "lean" or self.noise_channels == 0,
+             "--noise-channels needs --arch lean (the U-Net student takes no noise)"),
+            (0.0 <= self.noise < float("inf"), f"noise must be >= 0, got {self.noise}"),
         ]
 
     def __post_init__(self) -> None:
         if self.method == "meanflow":
             object.__setattr__(self, "channels_last", False)
         super().__post_init__()
+        if self.arch == "lean":
+            self.lean_config(1, 1)  # its MedShiftError now, before any work
+
+    def lean_config(self, in_channels: int, num_classes: int) -> LeanConfig:
+        """The lean network of these settings (``arch == "lean"``)."""
+        return LeanConfig(in_channels=in_channels, num_classes=num_classes,
+                          unshuffle=self.lean_unshuffle, widths=self.lean_widths,
+                          blocks=self.lean_blocks, kernel=self.lean_kernel,
+                          block=self.lean_block, noise_channels=self.noise_channels)
 
     def teacher_settings(self) -> dict[str, Any]:
         """The teacher's translation settings (None fields: the TranslationSettings defaults)."""

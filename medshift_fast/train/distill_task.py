@@ -198,11 +198,13 @@ class DistillTask(Task):
     def build_model(self, tr: Trainer) -> Student:
         """Task hook: the student, initialised from the teacher's U-Net (or ``--init``)."""
         t = self.teacher
-        method = "meanflow" if self.cfg.method == "meanflow" else "oneshot"
-        scfg = StudentConfig(unet=t.model.config.to_dict(), method=method,
-                             pairs=self.pairs, tau_min=self.cfg.tau_min,
-                             tau_max=self.cfg.tau_max,
-                             teacher={**self.settings, "run": str(t.path)})
+        cfg = self.cfg
+        method = "meanflow" if cfg.method == "meanflow" else "oneshot"
+        net = ({"lean": cfg.lean_config(t.model.in_channels, t.model.num_classes).to_dict()}
+               if cfg.arch == "lean" else {"unet": t.model.config.to_dict()})
+        scfg = StudentConfig(method=method, pairs=self.pairs, tau_min=cfg.tau_min,
+                             tau_max=cfg.tau_max, teacher={**self.settings, "run": str(t.path)},
+                             arch=cfg.arch, noise=cfg.noise, **net)
         self.student_cfg = scfg
         st = Student(scfg)
         st.init_from_teacher(t.model)
@@ -275,20 +277,41 @@ class DistillTask(Task):
         resume_check(saved, self.cfg, _RESUMABLE)
 
 
-def one_call_student(path: str, flag: str, like: StudentConfig, device=None) -> Student:
-    """The network of a one-call student run, checked to be ``like``'s (MedShiftError if not)."""
+def one_call_student(path: str, flag: str, like: StudentConfig | None, device=None,
+                     domains: tuple[str, ...] | None = None) -> Student:
+    """The network of a one-call student run (MedShiftError if it is not one).
+
+    Args:
+        like: the network it must have (arch and its config), or None for any one-call
+            student (an anchor).
+        domains: the domains it must know, in label order (None: unchecked).
+    """
     run = load_run(path, device=device)
     m = run.model
     if run.kind != "student" or m.config.method != "oneshot":
         raise MedShiftError(f"{flag} {path}: not a one-call student run (it is a {run.kind} "
                             f"run{'' if run.kind != 'student' else ', ' + m.config.method}); "
                             "pass a run written by `medshift distill --method oneshot`")
+    if domains is not None and tuple(run.domains) != tuple(domains):
+        raise MedShiftError(f"{flag} {path}: it knows the domains {list(run.domains)}, this "
+                            f"run {list(domains)}; pass a student of the same teacher")
+    if like is not None:
+        got, want = _network(m.config), _network(like)
+        if got != want:
+            raise MedShiftError(f"{flag} {path}: its network differs from this run's "
+                                f"({got} vs {want}); pass --arch and the network flags of "
+                                "that run, or start from scratch")
+    return m
+
+
+def _network(c: StudentConfig) -> tuple:
+    """(arch, the network's config) of a student config, comparable."""
+    from ..models.lean import LeanConfig
     from ..models.unet import UNetConfig
 
-    if UNetConfig(**m.config.unet).to_dict() != UNetConfig(**like.unet).to_dict():
-        raise MedShiftError(f"{flag} {path}: its network differs from the teacher's "
-                            f"({m.config.unet} vs {like.unet})")
-    return m
+    if c.arch == "lean":
+        return "lean", LeanConfig.from_dict(c.lean).to_dict()
+    return "unet", UNetConfig(**c.unet).to_dict()
 
 
 def _init_from(st: Student, path: str) -> None:
