@@ -285,17 +285,31 @@ class TiledStudent(nn.Module):
         self.in_channels = int(student.in_channels)
         self.down_factor = int(student.down_factor)
 
+    @property
+    def stochastic(self) -> bool:
+        return bool(getattr(self.inner, "stochastic", False))
+
+    def draw_noise(self, *args, **kwargs):
+        """The student's noise maps for the WHOLE image (tiled with it: overlapping tiles see
+        the same noise where they overlap)."""
+        return self.inner.draw_noise(*args, **kwargs)
+
     def translate(self, z: torch.Tensor, tau: float, y_src: torch.Tensor,
-                  y_tgt: torch.Tensor) -> torch.Tensor:
-        """The student's translation over the whole image, tile by tile, blended once."""
+                  y_tgt: torch.Tensor, noise: torch.Tensor | None = None,
+                  noise_scale: float | None = None) -> torch.Tensor:
+        """The student's translation over the whole image, tile by tile, blended once
+        (``noise``: the whole image's noise maps, cut with it)."""
         g = plan_grid(z.shape, self.tile, self.overlap, self.down_factor)
         if g.whole:
-            return self.inner.translate(z, tau, y_src, y_tgt)
+            return self.inner.translate(z, tau, y_src, y_tgt, noise, noise_scale)
+        c = z.shape[1]
 
         def one(zt, a, b):
-            return self.inner.translate(zt, tau, a, b)
+            n = None if zt.shape[1] == c else zt[:, c:]
+            return self.inner.translate(zt[:, :c], tau, a, b, n, noise_scale)
 
-        return tiled_apply(one, z, (y_src, y_tgt), g, self.tile_batch).to(z.dtype)
+        zn = z if noise is None else torch.cat([z, noise.to(z.dtype)], 1)
+        return tiled_apply(one, zn, (y_src, y_tgt), g, self.tile_batch).to(z.dtype)
 
 
 class TiledCodec:

@@ -91,7 +91,11 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
     y_src = torch.full((b,), s.source, dtype=torch.long, device=z.device)
     y_tgt = torch.full((b,), s.target, dtype=torch.long, device=z.device)
     if getattr(model, "is_student", False):
-        return model.translate(z, s.tau, y_src, y_tgt)
+        noise = None
+        if getattr(model, "stochastic", False):  # per-pixel noise maps on the whole grid
+            noise = model.draw_noise(tuple(z.shape), generator or _generator(s), z.device,
+                                     z.dtype)
+        return model.translate(z, s.tau, y_src, y_tgt, noise)
     if s.method == "sdedit":
         return sdedit(model, z, y_tgt, tau=s.tau, guidance=s.guidance_decode, steps=s.steps,
                       solver=s.solver, generator=generator or _generator(s))
