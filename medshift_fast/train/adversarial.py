@@ -47,7 +47,7 @@ from ..errors import MedShiftError
 from ..fileio import save_safetensors
 from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, lowpass
 from .data import random_crop
-from .distill_task import DistillTask, one_call_student
+from .distill_task import DistillTask
 from .trainer import Trainer
 
 __all__ = ["AdversarialTask", "DISC_WEIGHTS", "lowpass"]
@@ -127,38 +127,6 @@ class AdversarialTask(DistillTask):
         return torch.cat([codec.decode(z[k:k + 16].to(self.teacher.device)).float().cpu()
                           for k in range(0, z.shape[0], 16)])
 
-    def _items(self, tr: Trainer) -> int:
-        """The teacher cache's items, or (``anchor_run``) every (training image, pair)."""
-        cfg = self.cfg
-        if not cfg.anchor_run:
-            self.anchor = None
-            return super()._items(tr)
-        self.anchor = one_call_student(cfg.anchor_run, "--anchor-run", None, tr.device,
-                                       self.domains)
-        self.anchor.requires_grad_(False).eval()
-        a = self.anchor.config
-        missing = [p for p in self.pairs if a.pairs and p not in a.pairs]
-        if missing or a.tau_min > cfg.tau_min + 1e-9 or a.tau_max < cfg.tau_max - 1e-9:
-            raise MedShiftError(f"--anchor-run {cfg.anchor_run} learned pairs {list(a.pairs)} "
-                                f"at tau {a.tau_min:g}..{a.tau_max:g}; this run needs "
-                                f"{list(self.pairs)} at {cfg.tau_min:g}..{cfg.tau_max:g}")
-        jobs = [(int(i), src, tgt) for src, tgt in self.pairs
-                for i in torch.nonzero(self.y == src).flatten()[:cfg.max_images]]
-        self.jobs = torch.tensor(jobs, dtype=torch.long)
-        return len(jobs)
-
-    def batch(self, tr: Trainer, m: int):
-        """Task hook: cached teacher pairs, or (anchor run) sources and taus drawn per step."""
-        if self.anchor is None:
-            return super().batch(tr, m)
-        idx = self.stream.rank_batch(m, tr.dist)
-        b, info, cfg = idx.shape[0], tr.dist, self.cfg
-        u = torch.rand(b * info.world, generator=tr.gen)[info.rank * b:(info.rank + 1) * b]
-        tau = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * u
-        j = self.jobs[idx]
-        return (self.x[j[:, 0]].to(tr.device), None, j[:, 1].to(tr.device),
-                j[:, 2].to(tr.device), tau.to(tr.device))
-
     def build_model(self, tr: Trainer):
         """Task hook: the one-call student, and beside it the discriminator and its optimizer."""
         st = super().build_model(tr)
@@ -213,12 +181,7 @@ class AdversarialTask(DistillTask):
         """Task hook: a discriminator step, then adversarial + anchor + structure loss."""
         cfg = self.cfg
         x, target, ys, yt, tau = batch
-        if target is None:  # the anchor run's translation of the same window
-            x = self._crop_pair(tr, x, x)[0]
-            with torch.no_grad():
-                target = self.anchor(x, tau, ys, yt)
-        else:
-            x, target = self._crop_pair(tr, x, target)
+        x, target = self._pair(tr, x, target, ys, yt, tau)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         noise = self._noise(tr, x)

@@ -62,10 +62,11 @@ class DistillConfig(LoopConfig):
         disc_gain: adversarial: scale of the fine-scale residual the discriminator sees beside
             the image (its spectral norm bounds its gain at 1, so a faint grain needs a large
             one).
-        anchor_run: adversarial: a one-call student run (e.g. the --init one) whose
-            translation stands in for the teacher's as the anchor, computed on the fly at any
-            tau in range on every training image (no teacher cache); any one-call student
-            (a U-Net anchor may train a lean student).
+        anchor_run: a one-call student run whose translation stands in for the teacher's,
+            computed on the fly at any tau in range on every training image (no teacher
+            cache): adversarial: the anchor (e.g. the --init run); oneshot: the regression
+            target and the validation reference (re-distil a student into another network,
+            e.g. --arch lean). Any one-call student of the same domains.
         arch: the student's network: unet (the teacher's U-Net, initialised from it) | lean
             (models/lean.py: pixel-unshuffle, low-resolution convolutions, no attention or
             normalisation; ~1/13 of the U-Net's arithmetic per pixel; starts as the identity;
@@ -142,8 +143,8 @@ class DistillConfig(LoopConfig):
              "disc_lr and disc_gain must be > 0, disc_channels and disc_scales >= 1"),
             (self.init is None or self.method != "meanflow",
              "--init starts a one-call student; meanflow students start from the teacher"),
-            (self.anchor_run is None or self.method == "adversarial",
-             "--anchor-run applies to --method adversarial"),
+            (self.anchor_run is None or self.method != "meanflow",
+             "--anchor-run applies to --method oneshot and adversarial"),
             (self.structure_loss in ("matched", "l1", "ssim"),
              "structure_loss must be matched, l1 or ssim"),
             (self.arch in STUDENT_ARCHS, f"arch must be one of {STUDENT_ARCHS}"),

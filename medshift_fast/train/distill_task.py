@@ -83,6 +83,7 @@ class DistillTask(Task):
                                      domain_map=t.train.get("domain_map"), skip_bad=False,
                                      resize=t.train.get("resize", "crop"))
         self.data_root = data
+        self.anchor = self._load_anchor(tr)
         train = open_split(view, "train")
         x, y = train.to_tensors()
         val = open_split(view, "val", t.domains) or train
@@ -94,12 +95,46 @@ class DistillTask(Task):
         self.val = self._val_set(tr, xv, yv)
         self.stream = IndexStream(self._items(tr), cfg.micro_batch, cfg.seed)
 
+    def _load_anchor(self, tr: Trainer) -> Student | None:
+        """The ``anchor_run`` one-call student (frozen), checked to cover the pairs and taus."""
+        cfg = self.cfg
+        if not cfg.anchor_run:
+            return None
+        anchor = one_call_student(cfg.anchor_run, "--anchor-run", None, tr.device, self.domains)
+        anchor.requires_grad_(False).eval()
+        a = anchor.config
+        missing = [p for p in self.pairs if a.pairs and p not in a.pairs]
+        if missing or a.tau_min > cfg.tau_min + 1e-9 or a.tau_max < cfg.tau_max - 1e-9:
+            raise MedShiftError(f"--anchor-run {cfg.anchor_run} learned pairs {list(a.pairs)} "
+                                f"at tau {a.tau_min:g}..{a.tau_max:g}; this run needs "
+                                f"{list(self.pairs)} at {cfg.tau_min:g}..{cfg.tau_max:g}")
+        return anchor
+
     def _items(self, tr: Trainer) -> int:
-        """How many items the data stream draws from: the teacher cache's, or the images."""
-        if self.cfg.method == "meanflow":
+        """How many items the data stream draws from: the teacher cache's, every (training
+        image, pair) with an anchor run (its translations on the fly), or the images."""
+        cfg = self.cfg
+        if cfg.method == "meanflow":
             return self.x.shape[0]
+        if self.anchor is not None:
+            jobs = [(int(i), src, tgt) for src, tgt in self.pairs
+                    for i in torch.nonzero(self.y == src).flatten()[:cfg.max_images]]
+            self.jobs = torch.tensor(jobs, dtype=torch.long)
+            return len(jobs)
         self.cache = self._cache(tr)
         return self.cache["x"].shape[0]
+
+    @torch.no_grad()
+    def _reference(self, z: torch.Tensor, src: int, tgt: int, tau: float) -> torch.Tensor:
+        """What the student is compared with: the anchor run's translation (its deterministic
+        member), or the teacher's."""
+        if self.anchor is None:
+            return self._teacher_translate(z, src, tgt, tau)
+        dev, b = next(self.anchor.parameters()).device, z.shape[0]
+        s, g = (torch.full((b,), v, device=dev) for v in (src, tgt))
+        return torch.cat([self.anchor.translate(z[k:k + 16].to(dev), tau, s[k:k + 16],
+                                                g[k:k + 16]).float().cpu()
+                          for k in range(0, b, 16)])
 
     def _translator(self, src: int, tgt: int, tau: float) -> Translator:
         return Translator(self.teacher, src, tgt, tau=tau, mode="fused", batch_size=16,
@@ -134,7 +169,7 @@ class DistillTask(Task):
             for tau in taus:
                 rows["x"].append(z)
                 if self.VAL_TEACHER:
-                    rows["t"].append(self._teacher_translate(z, src, tgt, tau))
+                    rows["t"].append(self._reference(z, src, tgt, tau))
                 rows["s"].append(torch.full((z.shape[0],), src))
                 rows["g"].append(torch.full((z.shape[0],), tgt))
                 rows["tau"].append(torch.full((z.shape[0],), tau))
@@ -218,12 +253,21 @@ class DistillTask(Task):
 
     # ------------------------------------------------------------------------------ one step
     def batch(self, tr: Trainer, m: int):
-        """Task hook: micro-batch ``m`` of cached (source, teacher translation, labels, tau)."""
+        """Task hook: (x, target, y_src, y_tgt, tau) from the teacher cache; target None with
+        an anchor run (``_pair`` computes it for the crop) and tau drawn per item; (x, y) for
+        meanflow."""
         idx = self.stream.rank_batch(m, tr.dist)
-        if self.cfg.method != "meanflow":
+        if self.cfg.method == "meanflow":
+            return self.x[idx].to(tr.device), self.y[idx].to(tr.device)
+        if self.anchor is None:
             c = self.cache
             return tuple(c[k][idx].to(tr.device) for k in ("x", "t", "s", "g", "tau"))
-        return self.x[idx].to(tr.device), self.y[idx].to(tr.device)
+        b, info, cfg = idx.shape[0], tr.dist, self.cfg
+        u = torch.rand(b * info.world, generator=tr.gen)[info.rank * b:(info.rank + 1) * b]
+        tau = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * u
+        j = self.jobs[idx]
+        return (self.x[j[:, 0]].to(tr.device), None, j[:, 1].to(tr.device),
+                j[:, 2].to(tr.device), tau.to(tr.device))
 
     def _crop_pair(self, tr: Trainer, a: torch.Tensor, b: torch.Tensor):
         crop = self.cfg.crop
@@ -232,12 +276,21 @@ class DistillTask(Task):
         both = random_crop(torch.cat([a, b], 1), crop, tr.gen, tr.dist)  # one window for both
         return both[:, :a.shape[1]], both[:, a.shape[1]:]
 
+    def _pair(self, tr: Trainer, x, target, ys, yt, tau):
+        """The (source, target) crops of a batch: the target is the cached translation, or
+        the anchor run's translation of the source's crop."""
+        if target is not None:
+            return self._crop_pair(tr, x, target)
+        x = self._crop_pair(tr, x, x)[0]
+        with torch.no_grad():
+            return x, self.anchor(x, tau, ys, yt)
+
     def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
         """Task hook: regression on the teacher's translation (oneshot) or the MeanFlow loss."""
         if self.cfg.method == "meanflow":
             return meanflow_loss(self, tr, batch)
         x, target, ys, yt, tau = batch
-        x, target = self._crop_pair(tr, x, target)
+        x, target = self._pair(tr, x, target, ys, yt, tau)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with tr.autocast():
@@ -315,6 +368,27 @@ def _network(c: StudentConfig) -> tuple:
 
 
 def _init_from(st: Student, path: str) -> None:
-    """Load a one-call student run's (EMA) weights into ``st`` (same network, same domains)."""
-    st.load_state_dict(one_call_student(path, "--init", st.config).state_dict())
+    """Load a one-call student run's (EMA) weights into ``st`` (same network, same domains).
+
+    A lean network may start from a lean run that differs only in its noise maps (e.g. a
+    stochastic student from a deterministic one): the stem's inputs of noise maps the run did
+    not have start at zero, so the start computes exactly the run's translation.
+    """
+    src = one_call_student(path, "--init", None)
+    got, want = _network(src.config), _network(st.config)
+    sd = src.state_dict()
+    if got != want:
+        same = (got[0] == want[0] == "lean"
+                and {**got[1], "noise_channels": 0} == {**want[1], "noise_channels": 0})
+        if not same:
+            raise MedShiftError(f"--init {path}: its network differs from this run's ({got} vs "
+                                f"{want}); pass --arch and the network flags of that run")
+        w = sd["net.stem.weight"]
+        r2 = int(want[1]["unshuffle"]) ** 2
+        keep = (int(want[1]["in_channels"]) + min(int(got[1]["noise_channels"]),
+                                                  int(want[1]["noise_channels"]))) * r2
+        new = w.new_zeros(st.net.stem.weight.shape)
+        new[:, :keep] = w[:, :keep]
+        sd["net.stem.weight"] = new
+    st.load_state_dict(sd)
 
