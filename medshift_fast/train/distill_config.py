@@ -67,6 +67,10 @@ class DistillConfig(LoopConfig):
             cache): adversarial: the anchor (e.g. the --init run); oneshot: the regression
             target and the validation reference (re-distil a student into another network,
             e.g. --arch lean). Any one-call student of the same domains.
+        anchor_cache: with anchor_run: translate every training image with it once, at
+            taus_per_image random taus per image and pair, and keep them in
+            RUN/teacher_cache.safetensors (reused on --resume) instead of translating every
+            crop on the fly -- cheaper when steps x batch exceeds images x taus_per_image.
         arch: the student's network: unet (the teacher's U-Net, initialised from it) | lean
             (models/lean.py: pixel-unshuffle, low-resolution convolutions, no attention or
             normalisation; ~1/13 of the U-Net's arithmetic per pixel; starts as the identity;
@@ -117,6 +121,7 @@ class DistillConfig(LoopConfig):
     disc_scales: int = 3
     disc_gain: float = 100.0
     anchor_run: str | None = None
+    anchor_cache: bool = False
     arch: str = "unet"
     lean_unshuffle: int = 2
     lean_widths: tuple[int, ...] = (32, 64)
@@ -147,6 +152,8 @@ class DistillConfig(LoopConfig):
              "--anchor-run applies to --method oneshot and adversarial"),
             (self.structure_loss in ("matched", "l1", "ssim"),
              "structure_loss must be matched, l1 or ssim"),
+            (self.anchor_run is not None or not self.anchor_cache,
+             "--anchor-cache needs --anchor-run"),
             (self.arch in STUDENT_ARCHS, f"arch must be one of {STUDENT_ARCHS}"),
             (self.arch == "unet" or self.method != "meanflow",
              "--arch lean makes a one-call student: use --method oneshot or adversarial"),

@@ -116,7 +116,7 @@ class DistillTask(Task):
         cfg = self.cfg
         if cfg.method == "meanflow":
             return self.x.shape[0]
-        if self.anchor is not None:
+        if self.anchor is not None and not cfg.anchor_cache:
             jobs = [(int(i), src, tgt) for src, tgt in self.pairs
                     for i in torch.nonzero(self.y == src).flatten()[:cfg.max_images]]
             self.jobs = torch.tensor(jobs, dtype=torch.long)
@@ -181,7 +181,11 @@ class DistillTask(Task):
         from ..fileio import sha256_file
 
         t = self.teacher
-        return {"teacher_weights_sha256": sha256_file(Path(t.path) / "model.safetensors"),
+        anchor = ({"anchor_weights_sha256": sha256_file(Path(self.cfg.anchor_run)
+                                                         / "model.safetensors")}
+                  if self.anchor is not None else {})
+        return {**anchor,
+                "teacher_weights_sha256": sha256_file(Path(t.path) / "model.safetensors"),
                 "settings": json.dumps(self.settings, sort_keys=True),
                 "pairs": json.dumps(self.pairs), "tau": f"{self.cfg.tau_min},{self.cfg.tau_max}",
                 "taus_per_image": str(self.cfg.taus_per_image),
@@ -189,7 +193,8 @@ class DistillTask(Task):
                 "data": str(self.data_root)}
 
     def _cache(self, tr: Trainer) -> dict[str, torch.Tensor]:
-        """The teacher's translations of the training images (computed once, then reused)."""
+        """The teacher's (or, ``anchor_cache``, the anchor run's) translations of the training
+        images (computed once, then reused)."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -217,7 +222,7 @@ class DistillTask(Task):
         for i, src, tgt, tau in jobs:
             z = self.x[i:i + 1]
             rows["x"].append(z)
-            rows["t"].append(self._teacher_translate(z, src, tgt, tau))
+            rows["t"].append(self._reference(z, src, tgt, tau))
             rows["s"].append(torch.tensor([src]))
             rows["g"].append(torch.tensor([tgt]))
             rows["tau"].append(torch.tensor([tau]))
@@ -259,7 +264,7 @@ class DistillTask(Task):
         idx = self.stream.rank_batch(m, tr.dist)
         if self.cfg.method == "meanflow":
             return self.x[idx].to(tr.device), self.y[idx].to(tr.device)
-        if self.anchor is None:
+        if self.anchor is None or self.cfg.anchor_cache:
             c = self.cache
             return tuple(c[k][idx].to(tr.device) for k in ("x", "t", "s", "g", "tau"))
         b, info, cfg = idx.shape[0], tr.dist, self.cfg

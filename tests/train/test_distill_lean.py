@@ -129,3 +129,22 @@ def test_lean_config_refusals(teacher, tmp_path, capsys):
                "--arch", "lean", "--lean-kernel", "4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "kernel must be odd" in err[0]
+
+
+def test_anchor_cache_holds_the_anchor_runs_translations(teacher, anchor, tmp_path):
+    out = distill(_cfg(teacher, tmp_path / "c", method="oneshot", anchor_run=str(anchor),
+                       anchor_cache=True, taus_per_image=2, steps=2, **LEAN), progress=False)
+    from medshift_fast.fileio import load_safetensors
+
+    cache, meta = load_safetensors(out / "teacher_cache.safetensors")
+    assert "anchor_weights_sha256" in meta
+    a = load_run(anchor).model
+    k = 3
+    want = a.translate(cache["x"][k:k + 1], float(cache["tau"][k]), cache["s"][k:k + 1],
+                       cache["g"][k:k + 1])
+    assert torch.allclose(cache["t"][k:k + 1], want, atol=1e-5)
+    n = cache["x"].shape[0]  # every training image twice (taus_per_image), at two taus
+    assert torch.unique(cache["x"].flatten(1), dim=0).shape[0] * 2 == n
+    assert torch.unique(cache["tau"]).numel() == n
+    with pytest.raises(MedShiftError, match="needs --anchor-run"):
+        _cfg(teacher, tmp_path / "x", anchor_cache=True)
