@@ -56,7 +56,8 @@ def _student(path: str):
     if noise:
         if not st:
             raise SystemExit(f"{path} is not a stochastic student: no @NOISE")
-        run.model.config = dataclasses.replace(run.model.config, noise=float(noise))
+        run.model.config = dataclasses.replace(run.model.config,
+                                               noise_scale=float(noise))
     return run, st
 
 
@@ -240,7 +241,7 @@ def settings_table(runs: dict[str, str]) -> list[str]:
         cells = [str(t.get(k, "")) if adv or k in ("arch", "method", "steps", "lr") else "–"
                  for k, _ in KNOBS]
         nc = int(t.get("noise_channels") or 0)
-        cells.append(f"{nc} × {float(noise or t.get('noise', 1.0)):g}" if nc else "–")
+        cells.append(f"{nc} × {float(noise or t.get('noise_scale', 1.0)):g}" if nc else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {d_loss(path)} |")
     return lines + [""]
 

@@ -25,8 +25,8 @@ initialisation). A lean student with ``noise_channels > 0`` is *stochastic*: it 
 standard-normal noise maps beside the image, G(x, n) = x + F(x, noise * n), drawn per image from
 the caller's generator (``Translator.translate(x, generators=...)``; ``medshift translate``
 seeds them from --seed and the image's path), so a rerun is byte-identical and another seed
-gives another realisation of the texture with the same anatomy. ``noise`` (the config's default,
-a translation setting at run time) scales the maps: 0 is the deterministic member of the family.
+gives another realisation of the texture with the same anatomy. ``noise_scale`` (the config's
+default, a translation setting at run time) scales the maps: 0 is the deterministic member.
 
 The teacher's settings (guidance, solver, steps) are recorded in the config: a request outside
 what the student learned (another pair, tau outside its range, another solver setting) is a
@@ -68,8 +68,8 @@ class StudentConfig:
             solver) and its run.
         arch: unet (the teacher's U-Net) | lean (``models.lean``; oneshot only).
         lean: the ``LeanConfig`` as a dict (arch lean).
-        noise: default scale of a stochastic student's noise maps (the translation setting
-            ``noise`` overrides it; 0 = deterministic). Ignored by deterministic students.
+        noise_scale: default scale of a stochastic student's noise maps (the translation setting
+            ``noise_scale`` overrides it; 0 = deterministic). Ignored by deterministic students.
     """
 
     unet: dict = dataclasses.field(default_factory=dict)
@@ -80,7 +80,7 @@ class StudentConfig:
     teacher: dict = dataclasses.field(default_factory=dict)
     arch: str = "unet"
     lean: dict = dataclasses.field(default_factory=dict)
-    noise: float = 1.0
+    noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pairs", tuple((int(a), int(b)) for a, b in self.pairs))
@@ -100,11 +100,11 @@ class StudentConfig:
                 raise MedShiftError("the lean network is a one-call student: method must be "
                                     f"oneshot, got {self.method!r}")
             object.__setattr__(self, "lean", LeanConfig.from_dict(dict(self.lean)).to_dict())
-        noise = float(self.noise)
+        noise = float(self.noise_scale)
         if not math.isfinite(noise) or noise < 0:
             raise MedShiftError(f"student noise scale must be a finite number >= 0, got "
-                                f"{self.noise!r}")
-        object.__setattr__(self, "noise", noise)
+                                f"{self.noise_scale!r}")
+        object.__setattr__(self, "noise_scale", noise)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -226,13 +226,13 @@ class Student(nn.Module):
         Args:
             noise: (B, noise_channels, h, w) standard-normal maps (``draw_noise``) of a
                 stochastic student; None: the deterministic member (zeros).
-            noise_scale: their scale (default: the config's ``noise``).
+            noise_scale: their scale (default: the config's ``noise_scale``).
         """
         b = z.shape[0]
         t = torch.full((b,), float(tau), device=z.device, dtype=torch.float32)
         if self.config.method == "oneshot":
             if noise is not None and self.stochastic:
-                scale = self.config.noise if noise_scale is None else float(noise_scale)
+                scale = self.config.noise_scale if noise_scale is None else float(noise_scale)
                 return self.oneshot(z, t, y_src, y_tgt, noise.to(z.dtype) * scale)
             return self.oneshot(z, t, y_src, y_tgt)
         one = torch.ones_like(t)

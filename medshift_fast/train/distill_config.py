@@ -82,7 +82,7 @@ class DistillConfig(LoopConfig):
         lean_block: lean: conv (two k x k convolutions) | dw (depthwise + pointwise).
         noise_channels: lean: per-pixel standard-normal noise maps the student takes beside
             the image (0: a deterministic student; 1: stochastic, issue 29).
-        noise: the default scale of those noise maps at translation time (recorded in the
+        noise_scale: the default scale of those noise maps at translation time (recorded in the
             student's config; the translation setting overrides it; training draws them at
             scale 1).
     """
@@ -129,7 +129,7 @@ class DistillConfig(LoopConfig):
     lean_kernel: int = 3
     lean_block: str = "conv"
     noise_channels: int = 0
-    noise: float = 1.0
+    noise_scale: float = 1.0
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -159,7 +159,8 @@ class DistillConfig(LoopConfig):
              "--arch lean makes a one-call student: use --method oneshot or adversarial"),
             (self.arch == "lean" or self.noise_channels == 0,
              "--noise-channels needs --arch lean (the U-Net student takes no noise)"),
-            (0.0 <= self.noise < float("inf"), f"noise must be >= 0, got {self.noise}"),
+            (0.0 <= self.noise_scale < float("inf"),
+             f"noise_scale must be >= 0, got {self.noise_scale}"),
         ]
 
     def __post_init__(self) -> None:

@@ -66,7 +66,7 @@ def test_student_config_validation_and_old_configs():
     with pytest.raises(MedShiftError, match="method must be oneshot"):
         StudentConfig(arch="lean", method="meanflow")
     with pytest.raises(MedShiftError, match="noise scale"):
-        StudentConfig(arch="lean", noise=-1.0)
+        StudentConfig(arch="lean", noise_scale=-1.0)
     with pytest.raises(MedShiftError, match="needs its U-Net config"):
         StudentConfig()
     with pytest.raises(MedShiftError, match="unknown field"):

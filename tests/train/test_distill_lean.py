@@ -123,8 +123,8 @@ def test_lean_config_refusals(teacher, tmp_path, capsys):
         _cfg(teacher, tmp_path / "x", method="meanflow", **LEAN)
     with pytest.raises(MedShiftError, match="one count >= 0 per level"):
         _cfg(teacher, tmp_path / "x", arch="lean", lean_widths=(8, 16), lean_blocks=(1,))
-    with pytest.raises(MedShiftError, match="noise must be >= 0"):
-        _cfg(teacher, tmp_path / "x", noise=-0.5, **LEAN)
+    with pytest.raises(MedShiftError, match="noise_scale must be >= 0"):
+        _cfg(teacher, tmp_path / "x", noise_scale=-0.5, **LEAN)
     rc = main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "c"),
                "--arch", "lean", "--lean-kernel", "4"])
     err = capsys.readouterr().err.strip().splitlines()
