@@ -123,18 +123,20 @@ def main(argv=None) -> int:
         rows.append((name, sum(full) / len(full), sum(low) / len(low)))
         print(f"{name}: PSNR vs anchor {rows[-1][1]:.2f} dB, low band {rows[-1][2]:.2f} dB",
               flush=True)
+        _write(args, argv, rows)  # after every candidate: a cut-off run keeps its rows
+    return 0
+
+
+def _write(args, argv, rows) -> None:
     lines = [f"Written by `python scripts/lean_capacity.py {' '.join(argv or sys.argv[1:])}` "
              f"({args.steps} steps, batch {args.batch}, lr {args.lr:g}; validation images, "
              f"both pairs, tau 0.3 / 0.45 / 0.6).", "",
              "| candidate | PSNR vs anchor, full band (dB) | low band sigma 2 (dB) |",
              "|---|---|---|"]
     lines += [f"| {n} | {f:.2f} | {lo:.2f} |" for n, f, lo in rows]
-    text = "\n".join(lines)
-    print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    return 0
+        Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
