@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     names = args.only or list(CANDIDATES)
     runs = {"anchor": anchor, **{n: lean_student(CANDIDATES[n], anchor) for n in names}}
     rep = H.Report("One-step student candidates: cost per megapixel (CPU)", "cpu",
-                   about=__doc__.split("\n\n")[1], params={
+                   about="\n\n".join(__doc__.split("\n\n")[1:3]), params={
                        "anchor": args.anchor, "size": args.size, "flop_size": args.flop_size,
                        "threads": args.threads, "reps": args.reps}, argv=argv)
     rows = []

@@ -120,7 +120,9 @@ def score(data: str, teacher: str, runs: dict[str, str], tau: float, split: str,
         f_ref, nps_ref = fx(ref), E.noise_power_spectrum(ref)
         noise_ref = float(E.noise_level(ref, reduction="mean"))
         curves = _curves(ref)
-        rows = {"identity": xs, "teacher": _teacher(cache, teacher, xs, src, tgt, tau, split)}
+        rows = {"identity": xs}
+        if teacher:
+            rows["teacher"] = _teacher(cache, teacher, xs, src, tgt, tau, split)
         seed_ssim = {}
         for name, path in runs.items():
             run, stochastic = _student(path)
@@ -250,7 +252,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
     p.add_argument("--data", default="runs/pretrain/data")
-    p.add_argument("--teacher", default="pretrained/demo128")
+    p.add_argument("--teacher", default="pretrained/demo128",
+                   help="the teacher's row (none: without it)")
     p.add_argument("--tau", type=float, default=0.6)
     p.add_argument("--split", default="val", choices=("val", "train"))
     p.add_argument("--cache", default="runs/adv/teacher_val.pt")
@@ -262,6 +265,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     runs = dict(r.split("=", 1) for r in a.runs)
+    if a.teacher.lower() == "none":
+        a.teacher = ""
     res = score(a.data, a.teacher, runs, a.tau, a.split, Path(a.cache))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
@@ -270,7 +275,8 @@ def main(argv=None) -> int:
         from _blocks import fill_block
 
         cmd = " ".join(["python scripts/distill_ablation.py", *a.runs, f"--tau {a.tau:g}",
-                        "--doc", *(["--block", a.block] if a.block != "ablation" else [])])
+                        "--doc", *(["--block", a.block] if a.block != "ablation" else []),
+                        *([] if a.teacher else ["--teacher none"])])
         n = next(iter(res.values()))[0]["n"]
         body = [f"Written by `{cmd}` ({n} validation images per pair, held-out subjects; the "
                 f"reference set is the target domain's training images; τ = {a.tau:g}).", "",

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_student_arch import CANDIDATES, lean_student  # noqa: E402
 
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--doc", action="store_true",
+                    help="also into docs/distill.md (the lean_capacity block)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     anchor = load_run(args.anchor)
@@ -137,6 +140,11 @@ def _write(args, argv, rows) -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(lines) + "\n")
+    if args.doc:
+        from _blocks import fill_block
+
+        fill_block(Path(__file__).resolve().parents[1] / "docs" / "distill.md", "lean_capacity",
+                   "\n".join(lines))
 
 
 if __name__ == "__main__":
