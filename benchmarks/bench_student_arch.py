@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from medshift_fast.models.lean import LeanConfig, halo
 from medshift_fast.models.student import Student, StudentConfig
 from medshift_fast.run import LoadedRun, load_run
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
 
 PAIR = ((0, 3),)
 # name -> LeanConfig fields (in_channels / num_classes from the anchor)

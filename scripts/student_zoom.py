@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     from medshift_fast.eval.figures import save_zoom_grid
-    from medshift_fast.translator import Translator
+    from medshift_fast.translate import Translator
 
     rows = [int(v) for v in a.rows.split(",")]
     crop = tuple(int(v) for v in a.crop.split(","))

@@ -10,7 +10,7 @@ import torch
 from medshift_fast.models.lean import LeanConfig
 from medshift_fast.models.student import Student, StudentConfig
 from medshift_fast.run import LoadedRun
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
 
 
 def _run(noise_channels: int = 1) -> LoadedRun:

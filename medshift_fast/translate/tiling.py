@@ -287,6 +287,7 @@ class TiledStudent(nn.Module):
 
     @property
     def stochastic(self) -> bool:
+        """Whether the student takes noise maps (``models.student.Student.stochastic``)."""
         return bool(getattr(self.inner, "stochastic", False))
 
     def draw_noise(self, *args, **kwargs):

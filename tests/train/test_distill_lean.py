@@ -19,7 +19,7 @@ from medshift_fast.train import TrainConfig, TrainingInterrupted
 from medshift_fast.train.adversarial import AdversarialTask
 from medshift_fast.train.distill import DistillConfig, distill
 from medshift_fast.train.trainer import run_training
-from medshift_fast.translator import Translator
+from medshift_fast.translate import Translator
 
 PAIR = "synthetic_low:real_normal"
 LEAN = dict(arch="lean", lean_widths=(8, 16), lean_blocks=(1, 1))
