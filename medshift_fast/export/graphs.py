@@ -69,6 +69,9 @@ class ExportSettings:
         guidance: CFG scale folded into the step graph (step).
         steps: fixed steps per leg (translate).
         solver: euler | midpoint | heun | rk4 (translate; dopri5 is adaptive, not exportable).
+        noise_scale: a stochastic distilled student's noise scale (translate; None: the
+            student's own). Only its deterministic member (0) exports so far: a graph with a
+            noise input is not built yet.
     """
 
     what: str = "translate"
@@ -84,6 +87,7 @@ class ExportSettings:
     guidance: float = DEFAULTS["guidance_decode"]
     steps: int = DEFAULTS["steps"]
     solver: str = DEFAULTS["solver"]
+    noise_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.what not in WHATS:
@@ -130,7 +134,8 @@ class ExportSettings:
         return TranslationSettings(int(self.source), int(self.target), tau=float(self.tau),
                                    guidance_encode=float(self.guidance_encode),
                                    guidance_decode=float(self.guidance_decode),
-                                   steps=int(self.steps), solver=self.solver)
+                                   steps=int(self.steps), solver=self.solver,
+                                   noise_scale=self.noise_scale)
 
     @classmethod
     def from_translator(cls, translator, what: str = "translate", size: int | None = None,
@@ -154,7 +159,8 @@ class ExportSettings:
                    target=s.target if what == "translate" else None, tau=s.tau,
                    guidance_encode=s.guidance_encode, guidance_decode=s.guidance_decode,
                    guidance=s.guidance_decode if guidance is None else guidance,
-                   steps=s.steps, solver=s.solver)
+                   steps=s.steps, solver=s.solver,
+                   noise_scale=s.noise_scale if what == "translate" else None)
 
     @classmethod
     def from_dict(cls, d: dict) -> ExportSettings:
@@ -352,6 +358,14 @@ def build_module(model: nn.Module, settings: ExportSettings, codec=None) -> nn.M
             raise MedShiftError("a distilled student has no velocity field to export; export "
                                 "--what translate (or the teacher run's step graph)")
         return StepModule(m, settings).eval()
+    if getattr(model, "stochastic", False):
+        scale = (model.config.noise_scale if settings.noise_scale is None
+                 else settings.noise_scale)
+        if scale != 0:
+            raise MedShiftError(f"this distilled student is stochastic (noise scale {scale:g}): "
+                                "an exported graph with a noise input is not built yet; export "
+                                "its deterministic member with --noise-scale 0, or translate "
+                                "with `medshift translate`")
     lc = None
     if codec is not None:
         lc = LatentCodec(codec).to(next(model.parameters()).device)

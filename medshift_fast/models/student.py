@@ -245,7 +245,10 @@ class Student(nn.Module):
     # ----------------------------------------------------------------------------- requests
     def defaults(self) -> dict[str, Any]:
         """The Translator settings a request to this student may omit (the teacher's)."""
-        return {k: self.config.teacher[k] for k in BOUND if k in self.config.teacher}
+        d = {k: self.config.teacher[k] for k in BOUND if k in self.config.teacher}
+        if self.stochastic:
+            d["noise_scale"] = self.config.noise_scale
+        return d
 
     @property
     def tau_range(self) -> tuple[float, float]:
@@ -280,6 +283,11 @@ class Student(nn.Module):
                                     f"it reproduces its teacher's {k}={want!r} in {self.calls} "
                                     "network call(s); leave it out (or pass "
                                     f"{k}={want!r})")
+        noise = getattr(s, "noise_scale", None)
+        if noise is not None and not self.stochastic:
+            raise MedShiftError(f"noise_scale={noise:g} does not apply to this student: it is "
+                                "deterministic (no noise input); leave it out, or use a "
+                                "student distilled with --noise-channels 1")
         if s.method != "medshift" or s.decode != "ode":
             raise MedShiftError("a distilled student reproduces the ODE translation only (no "
                                 "sdedit, no SDE decode); use the teacher run for those")

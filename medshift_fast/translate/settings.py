@@ -76,6 +76,9 @@ class TranslationSettings:
         tile: tile side in pixels for images larger than it: "auto" (the tile the run was
             trained on), an int, or None (never tile: the whole image at once).
         overlap: tile overlap in pixels (None: a quarter of the tile).
+        noise_scale: scale of a stochastic distilled student's noise maps (None: the
+            student's own, ``StudentConfig.noise_scale``; 0: its deterministic member). Any
+            other run takes no noise: it must stay None.
     """
 
     source: int
@@ -91,6 +94,7 @@ class TranslationSettings:
     seed: int = 0
     tile: int | str | None = "auto"
     overlap: int | None = None
+    noise_scale: float | None = None
 
     def __post_init__(self) -> None:
         tau = _finite("tau", self.tau)
@@ -123,6 +127,11 @@ class TranslationSettings:
             object.__setattr__(self, "overlap", int(self.overlap))
         object.__setattr__(self, "source", int(self.source))
         object.__setattr__(self, "target", int(self.target))
+        if self.noise_scale is not None:
+            v = _finite("noise_scale", self.noise_scale)
+            if v < 0:
+                raise MedShiftError(f"noise_scale must be >= 0, got {self.noise_scale}")
+            object.__setattr__(self, "noise_scale", v)
 
     def nfe(self) -> int:
         """Network evaluations of one translation (each a 2B forward when guided)."""
@@ -154,7 +163,7 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Transl
                             if f.default is not dataclasses.MISSING}
 #: the recipe: the settings a command's flags override (tau, guidance, solver, decode)
 RECIPE_KEYS = ("tau", "guidance_encode", "guidance_decode", "steps", "solver", "decode",
-               "sde_noise")
+               "sde_noise", "noise_scale")
 RECIPE: dict[str, Any] = {k: DEFAULTS[k] for k in RECIPE_KEYS}
 
 
@@ -174,6 +183,8 @@ class Recipe:
         solver: euler | midpoint | heun | rk4 | dopri5.
         decode: ode | sde (decode with the stochastic bridge).
         sde_noise: diffusion scale of the SDE decode.
+        noise_scale: scale of a stochastic distilled student's noise maps (0: its
+            deterministic member; default: the student's own).
     """
 
     SHOWN_DEFAULTS: ClassVar[dict[str, Any]] = DEFAULTS
@@ -185,6 +196,7 @@ class Recipe:
     solver: str | None = None
     decode: str | None = None
     sde_noise: float | None = None
+    noise_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.guidance is not None:
@@ -197,7 +209,7 @@ class Recipe:
     def recipe(self) -> dict[str, Any]:
         """The Translator keyword arguments of these settings (tau excluded; None = default)."""
         return {k: getattr(self, k) for k in ("guidance_encode", "guidance_decode", "steps",
-                                             "solver", "decode", "sde_noise")}
+                                             "solver", "decode", "sde_noise", "noise_scale")}
 
 
 def resolve(given: dict[str, Any], defaults: dict[str, Any], **extra) -> dict[str, Any]:

@@ -92,10 +92,10 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
     y_tgt = torch.full((b,), s.target, dtype=torch.long, device=z.device)
     if getattr(model, "is_student", False):
         noise = None
-        if getattr(model, "stochastic", False):  # per-pixel noise maps on the whole grid
+        if getattr(model, "stochastic", False) and s.noise_scale != 0:  # on the whole grid
             noise = model.draw_noise(tuple(z.shape), generator or _generator(s), z.device,
                                      z.dtype)
-        return model.translate(z, s.tau, y_src, y_tgt, noise)
+        return model.translate(z, s.tau, y_src, y_tgt, noise, s.noise_scale)
     if s.method == "sdedit":
         return sdedit(model, z, y_tgt, tau=s.tau, guidance=s.guidance_decode, steps=s.steps,
                       solver=s.solver, generator=generator or _generator(s))
@@ -138,9 +138,10 @@ class Translator:
         run: a loaded run (``run.load_run``), a run directory, or a bare velocity model
             (labels are then ints).
         source, target: domain names (or label ints).
-        tau, guidance_encode, guidance_decode, steps, solver, method, decode, sde_noise, seed:
-            see :class:`TranslationSettings`; None takes the run's default (the settings'
-            defaults; a distilled student's teacher settings and tau range).
+        tau, guidance_encode, guidance_decode, steps, solver, method, decode, sde_noise, seed,
+            noise_scale: see :class:`TranslationSettings`; None takes the run's default (the
+            settings' defaults; a distilled student's teacher settings, tau range and noise
+            scale).
         mode: eager | fused | compiled | cuda_graph (module docstring).
         device: where the network runs (default: where the run is).
         bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes).
@@ -172,7 +173,8 @@ class Translator:
                  guidance_encode: float | None = None, guidance_decode: float | None = None,
                  steps: int | None = None, solver: str | None = None,
                  method: str | None = None, decode: str | None = None,
-                 sde_noise: float | None = None, seed: int | None = None, mode: str = "eager",
+                 sde_noise: float | None = None, seed: int | None = None,
+                 noise_scale: float | None = None, mode: str = "eager",
                  device: torch.device | str | None = None, bf16: bool = False,
                  channels_last: bool = False, batch_size: int | None = None,
                  tile: int | str | None | _Default = DEFAULT, overlap: int | None = None,
@@ -199,13 +201,17 @@ class Translator:
         vals = resolve(dict(tau=tau, guidance_encode=guidance_encode,
                             guidance_decode=guidance_decode, steps=steps, solver=solver,
                             method=method, decode=decode, sde_noise=sde_noise, seed=seed,
-                            overlap=overlap), defaults)
+                            overlap=overlap, noise_scale=noise_scale), defaults)
         if not isinstance(tile, _Default):  # None here means "never tile", not "default"
             vals["tile"] = tile
         self.settings = TranslationSettings(run.label(source), run.label(target), **vals)
         s = self.settings
         if run.kind == "student":
             run.model.check_request(s, run.domains)
+        elif s.noise_scale is not None:
+            raise MedShiftError("noise_scale applies to a stochastic distilled student "
+                                "(`medshift distill --noise-channels 1`); a flow run's "
+                                "stochastic translation is decode='sde' with sde_noise")
         self.device = resolve_device(device) if device is not None else run.device
         if mode == "cuda_graph" and self.device.type != "cuda":
             raise MedShiftError("mode 'cuda_graph' needs a CUDA device")
