@@ -18,6 +18,10 @@ exact resume, EMA, the non-finite guard) with the sum of
   instead of 30, so computed on the fly for every training image at any tau), so the student
   keeps the teacher's tau-dependent mapping where it is right and is free where the teacher is
   wrong in texture;
+* a **diversity** term (``diversity_weight``, stochastic students only): mode seeking on the
+  fine band -- -log of the mean absolute difference between the high-passes of two
+  translations of the same crops under independent noise draws (:meth:`_diversity`), so the
+  texture comes from the noise input rather than from the source's own noise;
 * a **structure** term against the source (``structure_weight``), on Gaussian low-passes (std
   ``structure_sigma``) of the translation and of the source image, so the anatomy stays:
   ``matched`` (default): L1 to the source's low-pass passed through the intensity map that
@@ -53,7 +57,7 @@ from .trainer import Trainer
 __all__ = ["AdversarialTask", "DISC_WEIGHTS", "lowpass"]
 
 DISC_WEIGHTS = "discriminator.safetensors"
-TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake")
+TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake", "diversity")
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -185,8 +189,15 @@ class AdversarialTask(DistillTask):
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         noise = self._noise(tr, x)
+        fake2 = None
         with tr.autocast():
-            fake = fwd(x, tau, ys, yt) if noise is None else fwd(x, tau, ys, yt, noise)
+            if noise is None:
+                fake = fwd(x, tau, ys, yt)
+            elif cfg.diversity_weight > 0:  # a second noise draw, in the same forward
+                two = (torch.cat([v, v]) for v in (x, tau, ys, yt))
+                fake, fake2 = fwd(*two, torch.cat([noise, self._noise(tr, x)])).chunk(2)
+            else:
+                fake = fwd(x, tau, ys, yt, noise)
         zero = torch.zeros((), device=fake.device)
         if cfg.adv_weight > 0:
             d_stats = self._disc_step(tr, self._real_batch(tr, yt), fake.detach(), yt)
@@ -206,10 +217,24 @@ class AdversarialTask(DistillTask):
                 if cfg.structure_loss == "matched":
                     lx = self._matched(lx, ys, yt)
                 structure = (lf - lx).abs().mean()
+        diversity = zero if fake2 is None else self._diversity(f32, fake2.float())
         self._terms = torch.cat([torch.stack([adv.detach(), anchor.detach(),
-                                              structure.detach()]), d_stats])
+                                              structure.detach()]), d_stats,
+                                 diversity.detach()[None]])
         return (cfg.adv_weight * adv + cfg.anchor_weight * anchor
-                + cfg.structure_weight * structure)
+                + cfg.structure_weight * structure + cfg.diversity_weight * diversity)
+
+    def _diversity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Mode seeking on the fine band: -log of the mean absolute difference between the
+        high-passes (x - G_sigma * x, sigma = structure_sigma) of the translations ``a``, ``b``
+        of the same crops under two independent noise draws. A deterministic texture (e.g. the
+        source's own noise passed through) scores -log(0): the term makes the texture come
+        from the noise input, the adversarial term keeps it realistic, the structure term
+        keeps the low band (Mao et al. 2019's mode-seeking loss, on the high band, in log
+        form)."""
+        sig = self.cfg.structure_sigma
+        d = ((a - lowpass(a, sig)) - (b - lowpass(b, sig))).abs().mean()
+        return -torch.log(d + 1e-6)
 
     def _noise(self, tr: Trainer, x: torch.Tensor) -> torch.Tensor | None:
         """A stochastic student's standard-normal noise maps for this rank's crops x (drawn for

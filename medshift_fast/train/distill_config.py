@@ -67,6 +67,10 @@ class DistillConfig(LoopConfig):
             cache): adversarial: the anchor (e.g. the --init run); oneshot: the regression
             target and the validation reference (re-distil a student into another network,
             e.g. --arch lean). Any one-call student of the same domains.
+        diversity_weight: adversarial, stochastic students: weight of the mode-seeking term
+            (-log of the mean fine-band difference between two noise draws' translations of
+            the same crops): the texture must come from the noise input, not from the
+            source's own noise.
         anchor_cache: with anchor_run: translate every training image with it once, at
             taus_per_image random taus per image and pair, and keep them in
             RUN/teacher_cache.safetensors (reused on --resume) instead of translating every
@@ -122,6 +126,7 @@ class DistillConfig(LoopConfig):
     disc_gain: float = 100.0
     anchor_run: str | None = None
     anchor_cache: bool = False
+    diversity_weight: float = 0.0
     arch: str = "unet"
     lean_unshuffle: int = 2
     lean_widths: tuple[int, ...] = (32, 64)
@@ -152,6 +157,11 @@ class DistillConfig(LoopConfig):
              "--anchor-run applies to --method oneshot and adversarial"),
             (self.structure_loss in ("matched", "l1", "ssim"),
              "structure_loss must be matched, l1 or ssim"),
+            (self.diversity_weight >= 0, "diversity_weight must be >= 0"),
+            (self.diversity_weight == 0 or self.noise_channels > 0,
+             "--diversity-weight needs a stochastic student (--noise-channels >= 1)"),
+            (self.diversity_weight == 0 or self.method == "adversarial",
+             "--diversity-weight applies to --method adversarial"),
             (self.anchor_run is not None or not self.anchor_cache,
              "--anchor-cache needs --anchor-run"),
             (self.arch in STUDENT_ARCHS, f"arch must be one of {STUDENT_ARCHS}"),

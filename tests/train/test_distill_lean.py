@@ -102,8 +102,8 @@ def test_stochastic_lean_adversarial_resumes_exactly(teacher, anchor, tmp_path):
 def test_stochastic_start_from_a_deterministic_lean_run(teacher, anchor, tmp_path):
     det = distill(_cfg(teacher, tmp_path / "det", method="oneshot", anchor_run=str(anchor),
                        steps=2, **LEAN), progress=False)
-    sto = distill(_cfg(teacher, tmp_path / "sto", init=str(det), anchor_run=str(anchor),
-                       noise_channels=1, steps=1, lr=1e-12, adv_weight=0.0, **LEAN),
+    sto = distill(_cfg(teacher, tmp_path / "sto", method="adversarial", init=str(det),
+                       anchor_run=str(anchor), noise_channels=1, steps=1, lr=1e-12, **LEAN),
                   progress=False)
     d, s = load_run(det).model, load_run(sto).model
     assert s.stochastic and torch.all(s.net.stem.weight[:, 4:].abs() < 1e-9)
@@ -148,3 +148,24 @@ def test_anchor_cache_holds_the_anchor_runs_translations(teacher, anchor, tmp_pa
     assert torch.unique(cache["tau"]).numel() == n
     with pytest.raises(MedShiftError, match="needs --anchor-run"):
         _cfg(teacher, tmp_path / "x", anchor_cache=True)
+
+
+def test_diversity_term_makes_the_texture_depend_on_the_noise(teacher, anchor, tmp_path):
+    """With the mode-seeking term the two noise draws' translations drift apart (the term
+    falls); without it the run is the plain adversarial one; a deterministic student refuses
+    it."""
+    import csv
+
+    kw = dict(method="adversarial", anchor_run=str(anchor), noise_channels=1, steps=12,
+              log_every=1, lr=3e-3, **LEAN)
+    out = distill(_cfg(teacher, tmp_path / "div", diversity_weight=1.0, **kw), progress=False)
+    rows = list(csv.DictReader((out / "adversarial.csv").open()))
+    div = [float(r["diversity"]) for r in rows]
+    assert div[-1] < div[0] and all(d > 0 for d in div)
+    plain = distill(_cfg(teacher, tmp_path / "plain", **kw), progress=False)
+    rows = list(csv.DictReader((plain / "adversarial.csv").open()))
+    assert all(float(r["diversity"]) == 0 for r in rows)
+    with pytest.raises(MedShiftError, match="needs a stochastic student"):
+        _cfg(teacher, tmp_path / "x", method="adversarial", diversity_weight=1.0, **LEAN)
+    with pytest.raises(MedShiftError, match="adversarial"):
+        _cfg(teacher, tmp_path / "x", diversity_weight=1.0, noise_channels=1, **LEAN)
