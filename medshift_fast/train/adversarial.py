@@ -288,12 +288,18 @@ class AdversarialTask(DistillTask):
         if self._terms is None or step % self.cfg.log_every:
             return
         path = out / "adversarial.csv"
+        head = ("step", *TERMS, "d_skipped")
+        if path.is_file():  # a run begun by an older version keeps its file's columns
+            with path.open(newline="") as fh:
+                head = tuple(next(csv.reader(fh), head))
+        vals = {"step": step, "d_skipped": self.d_skipped,
+                **{k: f"{float(t):.6g}" for k, t in zip(TERMS, self._terms.cpu())}}
         new = not path.is_file()
         with path.open("a", newline="") as fh:
             w = csv.writer(fh)
             if new:
-                w.writerow(("step", *TERMS, "d_skipped"))
-            w.writerow((step, *(f"{float(t):.6g}" for t in self._terms.cpu()), self.d_skipped))
+                w.writerow(head)
+            w.writerow(tuple(vals.get(k, "") for k in head))
 
     # ---------------------------------------------------------------------------- checkpoints
     def state(self, tr: Trainer) -> dict:

@@ -32,7 +32,8 @@ __all__ = ["CACHE", "DistillTask", "one_call_student"]
 CACHE = "teacher_cache.safetensors"
 _RESUMABLE = frozenset({"out", "steps", "device", "precision", "log_every", "ckpt_every",
                         "keep_ckpts", "val_every", "tensorboard", "resume", "max_nonfinite",
-                        "overwrite", "compile", "channels_last"})
+                        "overwrite", "compile", "channels_last",
+                        "noise_scale"})  # the recorded default scale: no step's math
 
 
 def _pairs(spec: str | None, domains: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
