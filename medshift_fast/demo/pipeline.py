@@ -333,9 +333,12 @@ def _export_onnx(run, path: Path, cfg: DemoConfig, log) -> tuple[str, bool]:
     from ..translate import Translator
 
     src, tgt = PAIRS[0]
-    tr = Translator(run, src, tgt)
+    stochastic = bool(getattr(run.model, "stochastic", False))
+    # a stochastic student's graph with a noise input is not built yet: its deterministic member
+    tr = Translator(run, src, tgt, **({"noise_scale": 0.0} if stochastic else {}))
     s = tr.settings
-    what = ("the one-step student" if run.kind == "student" else
+    what = ("the one-step student's deterministic member (noise scale 0)" if stochastic else
+            "the one-step student" if run.kind == "student" else
             f"the translator ({s.steps} {s.solver} steps per leg, w = {s.guidance_encode:g}/"
             f"{s.guidance_decode:g}, guidance unrolled)")
     log(f"exporting {what} {src} -> {tgt} (τ={s.tau:g}) to {path}")
