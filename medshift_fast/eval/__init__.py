@@ -20,7 +20,7 @@ from .distribution import (
     standardize,
 )
 from .features import ENL0Features, enl0_features
-from .image import psnr, ssim
+from .image import psnr, seam_ratio, ssim
 from .physics import (
     NPS,
     highpass_residual,
@@ -47,6 +47,7 @@ __all__ = [
     "noise_ratio",
     "nps_distance",
     "psnr",
+    "seam_ratio",
     "ssim",
     "standardize",
 ]
