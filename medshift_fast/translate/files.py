@@ -55,7 +55,7 @@ from ..data.writers import new_series_uid, output_suffix, write_image
 from ..errors import MedShiftError
 from ..fileio import check_not_inside, check_writable_dir
 from .manifest import Manifest, Shard, new_run_id
-from .settings import MODES, TranslateOptions
+from .settings import ENGINES, MODES, PRECISIONS, TranslateOptions
 
 __all__ = ["TranslateConfig", "TranslateSummary", "translate_files"]
 
@@ -95,6 +95,13 @@ class TranslateConfig(TranslateOptions):
         seed: seed of the SDE / SDEdit noise (per image: with the input's relative path).
         batch_size: images per network batch (the memory plan may take fewer).
         mode: eager | fused | compiled | cuda_graph (fixed-step solvers for the last three).
+        engine: how a one-step student's network runs: auto (the fastest measured) | eager |
+            channels_last | compile | cuda_graph | onnx (ONNX Runtime through the exported
+            engine, cached and verified; ``translate.engine``).
+        precision: auto (bf16 where the CPU or GPU has it natively and the check holds) | fp32
+            | bf16 (a one-step student's network).
+        threads: CPU threads (default: OMP_NUM_THREADS when set, else the CPUs this process may
+            run on, os.sched_getaffinity).
         device: auto | cpu | cuda | cuda:N.
         backend: op backend preference for the whole pipeline (auto | reference | cpp |
             triton | cuda).
@@ -122,6 +129,9 @@ class TranslateConfig(TranslateOptions):
     seed: int | None = None
     batch_size: int = 16
     mode: str = "eager"
+    engine: str = ENGINES[0]
+    precision: str = PRECISIONS[0]
+    threads: int | None = None
     device: str = "auto"
     backend: str | None = None
     allow_modality: str | None = None
@@ -140,6 +150,14 @@ class TranslateConfig(TranslateOptions):
             raise MedShiftError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.mode not in MODES:
             raise MedShiftError(f"unknown --mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.engine not in ENGINES:
+            raise MedShiftError(f"unknown --engine {self.engine!r}; choose one of "
+                                f"{', '.join(ENGINES)}")
+        if self.precision not in PRECISIONS:
+            raise MedShiftError(f"unknown --precision {self.precision!r}; choose one of "
+                                f"{', '.join(PRECISIONS)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise MedShiftError(f"--threads must be >= 1, got {self.threads}")
         if self.out_format not in OUT_FORMATS:
             raise MedShiftError(f"unknown --out-format {self.out_format!r}; choose one of "
                                 f"{', '.join(OUT_FORMATS)}")
@@ -266,7 +284,18 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     the same bytes), writes its outputs and a partial manifest; rank 0 merges the partial
     manifests into one at the end. A rank that fails mid-run records it and still takes part
     in the merge, so the others' outputs are complete and listed.
+
+    Runs with ``cfg.threads`` CPU threads (``_threads``), restored afterwards.
     """
+    before = torch.get_num_threads()
+    torch.set_num_threads(_threads(cfg, Shard.from_env()))
+    try:
+        return _translate_files(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _translate_files(cfg: TranslateConfig) -> TranslateSummary:
     import contextlib
 
     from tqdm.auto import tqdm
@@ -286,7 +315,8 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     tr = Translator(run, cfg.source, cfg.target, tau=cfg.tau, mode=cfg.mode, device=dev,
                     batch_size=cfg.batch_size, seed=cfg.seed, overlap=cfg.overlap,
                     max_memory=cfg.max_memory, tile_batch=cfg.tile_batch, **tiles,
-                    **cfg.recipe())
+                    engine=cfg.engine, bf16={"auto": None, "fp32": False, "bf16": True}[
+                        cfg.precision], **cfg.recipe())
     seed = tr.settings.seed
     opts = dict(frame=cfg.frame, allow_modality=cfg.modalities(), allow_rgb=cfg.allow_rgb)
     run_id = shard.common(new_run_id())
@@ -364,12 +394,15 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     batches = [items[k:k + steps[shape]] for shape, items in groups.items()
                for k in range(0, len(items), steps[shape])]
     mine = [b for j, b in enumerate(batches) if j % shard.world == shard.rank]
+    engine = tr.engine  # built now, after every check: a bf16 check, or the ONNX cache
     if shard.is_main:  # one line per stage, with or without the progress bar
         big = max(groups, key=lambda g: g[0] * g[1])
         p = tr.plan((1, tr.image_channels, *big), io_bytes=_io_bytes(big))
+        how = "" if engine is None else f"; engine {engine.describe()}, " \
+            f"{torch.get_num_threads()} thread(s), tiles {tiles}"
         _say(f"translating {len(plan)} image(s) in {len(batches)} batch(es)"
              f"{f' over {shard.world} ranks' if shard.enabled else ''}; largest working grid "
-             f"{big[0]}x{big[1]}: {p.describe()}")
+             f"{big[0]}x{big[1]}: {p.describe()}{how}")
     derivation = {"model": desc["run"], "tau": desc["tau"], "source": desc["source_domain"],
                   "target": desc["target_domain"], "version": __version__,
                   "settings": {k: desc[k] for k in ("guidance_encode", "guidance_decode",
@@ -396,6 +429,21 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     if failure is not None:
         raise MedShiftError(f"rank {shard.rank}: {failure}")
     return summary
+
+
+def _threads(cfg: TranslateConfig, shard) -> int:
+    """--threads, else OMP_NUM_THREADS, else this process's CPUs (shared by torchrun's ranks)."""
+    import os
+
+    from .engine import machine_threads
+
+    if cfg.threads:
+        return int(cfg.threads)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if shard.enabled else 1
+    return max(1, machine_threads() // max(1, local))
 
 
 def _io_bytes(shape) -> int:

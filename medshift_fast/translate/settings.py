@@ -20,11 +20,16 @@ from typing import Any, ClassVar
 from ..errors import MedShiftError
 from ..flow.solvers import SOLVERS, nfe
 
-__all__ = ["DECODES", "DEFAULTS", "METHODS", "MODES", "RECIPE", "RECIPE_KEYS", "Recipe",
-           "TAU_SWEEP", "TranslateOptions", "TranslationSettings", "resolve"]
+__all__ = ["DECODES", "DEFAULTS", "ENGINES", "METHODS", "MODES", "PRECISIONS", "RECIPE",
+           "RECIPE_KEYS", "Recipe", "TAU_SWEEP", "TranslateOptions", "TranslationSettings",
+           "resolve"]
 
 METHODS = ("medshift", "sdedit")
 MODES = ("eager", "fused", "compiled", "cuda_graph")
+#: how a one-step student's network runs (``translate.engine``); the first is the default
+ENGINES = ("auto", "eager", "channels_last", "compile", "cuda_graph", "onnx")
+#: the network's arithmetic: auto (bf16 where native and checked, ``translate.engine``), fp32, bf16
+PRECISIONS = ("auto", "fp32", "bf16")
 DECODES = ("ode", "sde")
 #: the translation times ``evaluate`` and the demo score by default (the default tau among them)
 TAU_SWEEP = (0.3, 0.45, 0.6)
@@ -74,8 +79,11 @@ class TranslationSettings:
         sde_noise: diffusion scale of the SDE decode (g(t)^2 = 2 sde_noise (1 - t)^2).
         seed: seed of the noise that sdedit and the SDE decode draw.
         tile: tile side in pixels for images larger than it: "auto" (the tile the run was
-            trained on), an int, or None (never tile: the whole image at once).
-        overlap: tile overlap in pixels (None: a quarter of the tile).
+            trained on; for a local network, a one-step student with a known receptive field,
+            the fastest tile the memory plan allows: ``translate.native``), an int, or None
+            (never tile: the whole image at once).
+        overlap: tile overlap in pixels (None: for a local network twice its receptive-field
+            halo, rounded up to its factor -- exact tiles; otherwise a quarter of the tile).
         noise_scale: scale of a stochastic distilled student's noise maps (None: the
             student's own, ``StudentConfig.noise_scale``; 0: its deterministic member). Any
             other run takes no noise: it must stay None.

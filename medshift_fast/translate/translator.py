@@ -22,6 +22,10 @@ Execution modes (the same numbers, to the fp32 tolerance table):
   (a static batch: inputs are chunked to ``batch_size`` and the last chunk is padded);
 * ``cuda_graph``: the Sampler's whole loop captured as one CUDA graph (CUDA only).
 
+A one-step student has no solver loop: its network runs through an execution engine
+(``engine``: eager, channels_last, compile, cuda_graph, onnx; ``auto`` the fastest measured, bf16
+where the hardware has it natively and the check holds -- ``translate.engine``).
+
 Native resolution: the translator holds a :class:`~medshift_fast.translate.native.NativePlanner`
 (``translator.native``): tiles blended with a smooth window for images larger than the trained
 tile, a memory plan before any work, degenerate-shape checks, and what the run learned (working
@@ -41,7 +45,7 @@ from ..errors import MedShiftError
 from ..flow.solvers import FIXED_SOLVERS, PerSampleGenerators
 from . import memory
 from .native import MAX_ASPECT, NativePlanner
-from .settings import DEFAULTS, MODES, TranslationSettings, resolve
+from .settings import DEFAULTS, ENGINES, MODES, TranslationSettings, resolve
 
 __all__ = ["DEFAULT", "MAX_ASPECT", "Translator", "pipeline", "translate_model_space",
            "uint16_to_unit", "unit_to_uint16"]
@@ -76,7 +80,8 @@ def _generator(s: TranslationSettings) -> torch.Generator:
 
 
 def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSettings,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+                          generator: torch.Generator | None = None,
+                          noise: torch.Tensor | None = None) -> torch.Tensor:
     """The flow part of a translation on model-space tensors (no input checks: traceable).
 
     Args:
@@ -84,6 +89,8 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
         z: (B, C, h, w) model-space source images.
         s: the settings.
         generator: CPU generator for sdedit / SDE noise (default: seeded from ``s.seed``).
+        noise: a stochastic student's standard-normal noise maps (B, N, h, w) (default: drawn
+            from ``generator``; given by an exported graph, which takes them as an input).
     """
     from ..flow.translate import sde_translate_unchecked, sdedit, translate_unchecked
 
@@ -91,8 +98,7 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
     y_src = torch.full((b,), s.source, dtype=torch.long, device=z.device)
     y_tgt = torch.full((b,), s.target, dtype=torch.long, device=z.device)
     if getattr(model, "is_student", False):
-        noise = None
-        if getattr(model, "stochastic", False) and s.noise_scale != 0:  # on the whole grid
+        if noise is None and getattr(model, "stochastic", False) and s.noise_scale != 0:
             noise = model.draw_noise(tuple(z.shape), generator or _generator(s), z.device,
                                      z.dtype)
         return model.translate(z, s.tau, y_src, y_tgt, noise, s.noise_scale)
@@ -108,8 +114,8 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
 
 
 def pipeline(model: nn.Module, codec, x: torch.Tensor, s: TranslationSettings,
-             dtype: torch.dtype | None = None, generator: torch.Generator | None = None
-             ) -> torch.Tensor:
+             dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
     """The whole translation on pixels: codec encode -> flow part -> codec decode -> clamp.
 
     Args:
@@ -117,14 +123,15 @@ def pipeline(model: nn.Module, codec, x: torch.Tensor, s: TranslationSettings,
         x: (B, C, H, W) float pixels in [-1, 1].
         s: the settings.
         dtype: compute dtype of the network and the ODE state (default: x's).
-        generator: noise generator (sdedit / SDE decode).
+        generator: noise generator (sdedit / SDE decode / a stochastic student's maps).
+        noise: a stochastic student's noise maps (``translate_model_space``).
 
     Returns:
         (B, C, H, W) float32 pixels in [-1, 1].
     """
     x = x.to(torch.float32)
     z = codec.encode(x) if codec is not None else x
-    z = translate_model_space(model, z.to(dtype or z.dtype), s, generator)
+    z = translate_model_space(model, z.to(dtype or z.dtype), s, generator, noise)
     y = z.to(torch.float32)
     if codec is not None:
         y = codec.decode(y)
@@ -144,15 +151,22 @@ class Translator:
             scale).
         mode: eager | fused | compiled | cuda_graph (module docstring).
         device: where the network runs (default: where the run is).
-        bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes).
+        bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes; a one-step
+            student's engine). None (default): False for a flow run; for a student, bf16 where
+            the hardware has it natively and the quality check holds (``translate.engine``).
         channels_last: channels_last network weights (fused/compiled/cuda_graph modes).
+        engine: how a one-step student's network runs: auto | eager | channels_last | compile
+            | cuda_graph | onnx (``translate.engine``; onnx is provided by the export layer), or
+            an engine object with ``Student.translate``'s signature. A student given mode
+            compiled / cuda_graph runs engine compile / cuda_graph. Ignored by flow runs.
         batch_size: chunk size of a call; the compiled mode pads the last chunk to it (one
             static shape). Default: the whole input (compiled: the first call's batch); the
             memory plan may take fewer images per chunk.
         tile: tile side in pixels: "auto" (the tile the run was trained on, ``learned.tile``),
             an int, or None (never tile: global attention over the whole image); default
             (``DEFAULT``): the settings' default.
-        overlap: tile overlap in pixels (default: the settings' rule, a quarter of the tile).
+        overlap: tile overlap in pixels (default: the settings' rule: twice the receptive-field
+            halo for a local network, exact tiles; a quarter of the tile otherwise).
         tile_batch: tiles per network forward (default: what the memory plan allows, at
             most 16 on a CPU and 64 on a GPU).
         max_memory: memory budget of a call in bytes or as "4G" (default:
@@ -175,10 +189,11 @@ class Translator:
                  method: str | None = None, decode: str | None = None,
                  sde_noise: float | None = None, seed: int | None = None,
                  noise_scale: float | None = None, mode: str = "eager",
-                 device: torch.device | str | None = None, bf16: bool = False,
+                 device: torch.device | str | None = None, bf16: bool | None = None,
                  channels_last: bool = False, batch_size: int | None = None,
                  tile: int | str | None | _Default = DEFAULT, overlap: int | None = None,
-                 tile_batch: int | None = None, max_memory: int | str | None = None) -> None:
+                 tile_batch: int | None = None, max_memory: int | str | None = None,
+                 engine: str | Any = ENGINES[0]) -> None:
         from ..run import LoadedRun, load_run, resolve_device
 
         if isinstance(run, (str, Path)):
@@ -215,17 +230,28 @@ class Translator:
         self.device = resolve_device(device) if device is not None else run.device
         if mode == "cuda_graph" and self.device.type != "cuda":
             raise MedShiftError("mode 'cuda_graph' needs a CUDA device")
+        if isinstance(engine, str) and engine not in ENGINES:
+            raise MedShiftError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if not isinstance(engine, str) and not callable(getattr(engine, "translate", None)):
+            raise MedShiftError("engine must be a name or an object with a translate method")
         if mode != "eager":
-            if run.kind == "student":
-                mode = "eager"  # one network call: nothing to fuse
+            if run.kind == "student":  # one network call: no solver loop to fuse
+                if engine == "auto" and mode in ("compiled", "cuda_graph"):
+                    engine = "compile" if mode == "compiled" else "cuda_graph"
+                mode = "eager"
             elif s.solver not in FIXED_SOLVERS:
                 raise MedShiftError(f"mode {mode!r} needs a fixed-step solver "
                                     f"({', '.join(FIXED_SOLVERS)}), not {s.solver!r}")
             elif s.method != "medshift" or s.decode != "ode":
                 raise MedShiftError(f"mode {mode!r} runs the ODE translation only; use "
                                     "mode='eager' for sdedit or the SDE decode")
+        if engine == "cuda_graph" and self.device.type != "cuda":
+            raise MedShiftError("engine 'cuda_graph' needs a CUDA device")
         run.to(self.device)
-        self.mode, self.bf16, self.channels_last = mode, bool(bf16), bool(channels_last)
+        self.mode, self.channels_last = mode, bool(channels_last)
+        self._bf16_request = None if bf16 is None else bool(bf16)
+        self.bf16 = bool(bf16) if run.kind != "student" else False  # a student's: its engine's
+        self._engine_request, self._engine = engine, None
         self.batch_size = None if batch_size is None else int(batch_size)
         self.model, self.codec = run.model, run.codec
         self.dtype = next(self.model.parameters()).dtype
@@ -236,6 +262,32 @@ class Translator:
                                     run.domains[s.source] if run.domains else str(s.source))
         self.last_plan: memory.MemoryPlan | None = None
         self._plans: dict[tuple, memory.MemoryPlan] = {}
+
+    # ---------------------------------------------------------------------------- the engine
+    @property
+    def engine(self):
+        """A one-step student's execution engine (``translate.engine``; built on first use:
+        ``auto`` runs its bf16 check then, ``onnx`` exports or loads its cached engine); None
+        for a flow run."""
+        if self.run.kind != "student":
+            return None
+        if self._engine is None:
+            from . import engine as E
+
+            req, bf16 = self._engine_request, self._bf16_request
+            if not isinstance(req, str):
+                self._engine = req
+                return req
+            if req == "auto":
+                s = self.settings
+                side = max(self.factor * 2, 128 // self.factor * self.factor)
+                req, bf16 = E.choose(
+                    self.native.halo is not None, self.device, bf16,
+                    lambda: E.bf16_check(self.model, s.tau, s.source, s.target, side)
+                    >= E.BF16_MIN_PSNR)
+            self._engine = E.build(req, self, bool(bf16))
+            self.bf16 = bool(getattr(self._engine, "bf16", bf16))
+        return self._engine
 
     # ---------------------------------------------------------------------------- properties
     @property
@@ -411,7 +463,9 @@ class Translator:
             chunk = x[k:k + bs]
             gens = None if generators is None else list(generators[k:k + bs])
             if self.mode == "eager":
-                model, codec = self.native.tiled(plan.tile_batch)
+                eng = self.engine
+                model, codec = self.native.tiled(plan.tile_batch,
+                                                 None if eng is None else eng.translate)
                 outs.append(pipeline(model, codec, chunk, self.settings, self.dtype,
                                      PerSampleGenerators(gens) if gens else self._gen))
             else:
