@@ -16,6 +16,7 @@ pixel images like any other (the autoencoder is inside the graph); ``step`` work
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ class Engine:
         self.space = meta.get("space", "pixel")
         self.latent = meta.get("latent")
         self.input_names = [i["name"] for i in meta["inputs"]]
+        self.dynamic, self.factor = bool(meta.get("dynamic")), int(meta.get("factor", 1))
+        self.noise_channels = int(meta.get("noise_channels", 0))
         self.output_name = meta["outputs"][0]["name"]
 
     def __repr__(self) -> str:
@@ -87,9 +90,12 @@ class Engine:
     # ------------------------------------------------------------------------------ calling
     def __call__(self, *args):
         if self.what == "translate":
-            if len(args) != 1:
-                raise MedShiftError("a translate engine takes one argument: engine(images)")
-            return self._translate(args[0])
+            n = 2 if self.noise_channels else 1
+            if not 1 <= len(args) <= n:
+                raise MedShiftError("a translate engine takes one argument: engine(images)" +
+                                    (" (a stochastic student's also its noise maps: "
+                                     "engine(images, noise))" if n == 2 else ""))
+            return self._translate(*args)
         if len(args) != 3:
             raise MedShiftError("a step engine takes three arguments: engine(x, t, y)")
         return self._step(*args)
@@ -100,18 +106,38 @@ class Engine:
             x = x[None, None]
         elif x.dim() == 3:
             x = x[None]
-        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+        free = self.dynamic and x.dim() == 4 and x.shape[1] == c and min(x.shape[2:]) > 0 and \
+            x.shape[2] % self.factor == 0 and x.shape[3] % self.factor == 0
+        if not free and (x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s)):
             if self.space == "latent" and self.what == "step":
                 raise MedShiftError(f"step: this engine works in a latent-mode run's latent space "
                                     f"and takes ({c}, {s}, {s}) latents (batched or not), got "
                                     f"shape {tuple(x.shape)}; encode images with the run's "
                                     "autoencoder first, or export --what translate")
+            if self.dynamic:
+                raise MedShiftError(f"{what}: this engine takes ({c}, H, W) images (batched or "
+                                    f"not) with H and W multiples of {self.factor}, got shape "
+                                    f"{tuple(x.shape)}; pad or crop first")
             raise MedShiftError(f"{what}: this engine takes ({c}, {s}, {s}) images (batched or "
                                 f"not), got shape {tuple(x.shape)}; resize/crop first or "
                                 "re-export with --size")
         return x
 
-    def _translate(self, images):
+    def _noise(self, noise, x: torch.Tensor) -> torch.Tensor:
+        """A stochastic student's noise maps for images ``x`` (None: zeros)."""
+        want = (x.shape[0], self.noise_channels, *x.shape[2:])
+        if noise is None:
+            return torch.zeros(want, dtype=torch.float32)
+        n, _ = _as_tensor(noise, "noise")
+        n = n.reshape(want) if n.numel() == math.prod(want) else n
+        if tuple(n.shape) != want or not n.is_floating_point():
+            raise MedShiftError(f"noise must be float maps of shape {want}, got "
+                                f"{tuple(n.shape)} {n.dtype}")
+        if not bool(torch.isfinite(n).all()):
+            raise MedShiftError("the noise maps contain NaN or Inf")
+        return n.to(torch.float32).contiguous()
+
+    def _translate(self, images, noise=None):
         x, from_np = _as_tensor(images, "images")
         shape, device = tuple(x.shape), x.device
         x = self._check_image(x, "translate")
@@ -137,7 +163,10 @@ class Engine:
                 x = -x
         if not x.is_contiguous():
             x = x.contiguous()
-        out = self._run({self.input_names[0]: x}).reshape(shape)
+        feeds = {self.input_names[0]: x}
+        if self.noise_channels:
+            feeds[self.input_names[1]] = self._noise(noise, x)
+        out = self._run(feeds).reshape(shape)
         if self.monochrome1:
             out = (65535 - out.to(torch.int32)).to(torch.uint16) if out.dtype == torch.uint16 \
                 else -out
