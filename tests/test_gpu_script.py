@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_gpu_script_dry_run(tmp_path):
+    was_link = (ROOT / "medshift_fast" / "kernels").is_symlink()
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "MEDSHIFT_CACHE": str(tmp_path / "cache")}
     p = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run_gpu_checks.sh"),
@@ -28,3 +29,4 @@ def test_the_gpu_script_dry_run(tmp_path):
     assert all(r.get("refused") == "needs CUDA" for r in rows if r["provider"] == "cuda_graph")
     assert any(r["tiles"] > 1 for r in ran)
     assert (tmp_path / "out" / "log.txt").is_file()
+    assert not (ROOT / "medshift_fast" / "kernels").is_symlink() or was_link  # left as found

@@ -11,8 +11,6 @@ OUT=${1:-/tmp/gpu_out}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
-export MEDSHIFT_TEST_GPU=1 MEDSHIFT_FAST_TRITON_AUTOTUNE=0 TRITON_INTERPRET=0
-[ -e medshift_fast/kernels ] || ln -s ../kernels medshift_fast/kernels
 export PYTHONPATH=$PWD
 date +%s > "$OUT/t0"
 # The lean student's frame latency (issue 30): 512², 1024², 2048² (whole and in 512-px tiles),
@@ -38,6 +36,8 @@ if [ "$DRY" = "1" ]; then
   echo "=== elapsed $(( $(date +%s) - $(cat $OUT/t0) )) s"
   exit $rc
 fi
+export MEDSHIFT_TEST_GPU=1 MEDSHIFT_FAST_TRITON_AUTOTUNE=0 TRITON_INTERPRET=0
+[ -e medshift_fast/kernels ] || ln -s ../kernels medshift_fast/kernels
 nvidia-smi --query-gpu=name,memory.total --format=csv
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 MAX_JOBS=16 MEDSHIFT_FAST_BUILD_EXT=1 timeout 200 $PY setup.py -q build_ext --inplace 2>&1 | tail -15
