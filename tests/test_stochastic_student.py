@@ -82,17 +82,19 @@ def test_noise_scale_setting():
 
     run = _run()
     x = _images(1)
-    det = Translator(run, "a", "b", tile=None, noise_scale=0.0).translate(x, generators=_gens(1))
+    det = Translator(run, "a", "b", tile=None, noise_scale=0.0,
+                     engine="eager").translate(x, generators=_gens(1))
     plain = run.model.translate(x, 0.6, torch.zeros(1).long(), torch.ones(1).long())
     assert torch.allclose(det, plain.clamp(-1, 1), atol=1e-6)
-    tr = Translator(run, "a", "b", tile=None)
+    tr = Translator(run, "a", "b", tile=None, engine="eager")  # fp32: compared with the net
     assert tr.settings.noise_scale == run.model.config.noise_scale == 1.0
     one = tr.translate(x, generators=_gens(1))
-    two = Translator(run, "a", "b", tile=None, noise_scale=2.0).translate(x, generators=_gens(1))
+    two = Translator(run, "a", "b", tile=None, noise_scale=2.0,
+                     engine="eager").translate(x, generators=_gens(1))
     assert (two - det).abs().mean() > (one - det).abs().mean() > 0
     run.model.config = dataclasses.replace(run.model.config, noise_scale=2.0)
-    assert torch.equal(Translator(run, "a", "b", tile=None).translate(x, generators=_gens(1)),
-                       two)
+    again = Translator(run, "a", "b", tile=None, engine="eager")
+    assert torch.equal(again.translate(x, generators=_gens(1)), two)
     with pytest.raises(MedShiftError, match="deterministic"):
         Translator(_run(noise_channels=0), "a", "b", noise_scale=0.5)
     with pytest.raises(MedShiftError, match="noise_scale must be >= 0"):
@@ -144,22 +146,28 @@ def test_translate_cli_reruns_byte_identical_and_seed_changes_mottle(tmp_path):
 
 
 def test_export_of_a_stochastic_student(tmp_path):
-    """Its deterministic member (--noise-scale 0) exports and matches eager; the noise input
-    is refused with a clear message (not built yet)."""
+    """Its deterministic member (--noise-scale 0) exports a graph of the image alone; at its
+    own scale the graph takes the noise maps as a second input (issue 30) and matches the
+    Translator given the same maps."""
     import pytest
 
-    from medshift_fast.errors import MedShiftError
     from medshift_fast.export.graphs import ExportSettings
     from medshift_fast.export.onnx_export import export_onnx
+    from medshift_fast.flow.solvers import PerSampleGenerators
 
     ort = pytest.importorskip("onnxruntime")
     run = _run()
-    with pytest.raises(MedShiftError, match="--noise-scale 0"):
-        export_onnx(run.model, ExportSettings.from_translator(
-            Translator(run, "a", "b"), size=32), tmp_path / "x.onnx")
-    tr = Translator(run, "a", "b", noise_scale=0.0)
-    export_onnx(run.model, ExportSettings.from_translator(tr, size=32), tmp_path / "d.onnx")
     x = _images(2, size=32)
+    tr = Translator(run, "a", "b", engine="eager")
+    export_onnx(run.model, ExportSettings.from_translator(tr, size=32), tmp_path / "n.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "n.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image", "noise"]
+    n = run.model.draw_noise(tuple(x.shape), PerSampleGenerators(_gens(3, 4)))
+    got = sess.run(None, {"image": x.numpy(), "noise": n.numpy()})[0]
+    assert abs(got - tr.translate(x, generators=_gens(3, 4)).numpy()).max() < 1e-4
+    tr = Translator(run, "a", "b", noise_scale=0.0, engine="eager")
+    export_onnx(run.model, ExportSettings.from_translator(tr, size=32), tmp_path / "d.onnx")
     sess = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image"]
     got = sess.run(None, {"image": x.numpy()})[0]
     assert abs(got - tr.translate(x).numpy()).max() < 1e-4

@@ -74,25 +74,26 @@ class OnnxStudentEngine(E.StudentEngine):
     Args:
         engine: the loaded ``OnnxEngine`` (dynamic, float I/O).
         student: the student it was exported from (noise maps, factor).
-        tau, noise_scale: what the graph bakes in (a call asking for another is refused).
+        tau: what the graph bakes in (a call asking for another is refused).
     """
 
     name = "onnx"
 
-    def __init__(self, engine, student, tau: float, noise_scale: float | None) -> None:
+    def __init__(self, engine, student, tau: float) -> None:
         self.onnx, self.student, self.bf16, self.channels_last = engine, student, False, False
         self.device = torch.device("cpu")
-        self.tau, self.noise_scale = float(tau), noise_scale
+        self.tau = float(tau)
 
     def translate(self, z, tau, y_src, y_tgt, noise=None, noise_scale=None):
-        """The engine's translation of model-space tiles ``z`` (B, C, h, w), float32, clamped."""
-        if abs(float(tau) - self.tau) > 1e-9 or (noise_scale is not None
-                                                  and noise_scale != self.noise_scale):
-            raise MedShiftError("this ONNX engine was exported for tau "
-                                f"{self.tau:g}; build the translator's engine again")
-        args = (z.float().contiguous(),) if noise is None else (z.float().contiguous(),
-                                                                noise.float().contiguous())
-        return self.onnx(*args)
+        """The engine's translation of model-space tiles ``z`` (B, C, h, w), float32, clamped
+        (tau, the labels and the noise scale are the translator's, baked into the graph)."""
+        if abs(float(tau) - self.tau) > 1e-9:
+            raise MedShiftError(f"this ONNX engine was exported for tau {self.tau:g}, not "
+                                f"{float(tau):g}; build the translator's engine again")
+        z = z.float().contiguous()
+        if noise is None or not self.onnx.noise_channels:
+            return self.onnx(z)
+        return self.onnx(z, noise.float().contiguous())
 
     __call__ = translate
 
@@ -167,10 +168,7 @@ def onnx_student_engine(translator, bf16: bool = False, cache: str | Path | None
             os.replace(rep.sidecar, sidecar_path(path))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    noise_scale = getattr(st.config, "noise_scale", None) if getattr(st, "stochastic", False) \
-        else None
-    return OnnxStudentEngine(load_engine(path, threads=threads), st, translator.settings.tau,
-                             noise_scale)
+    return OnnxStudentEngine(load_engine(path, threads=threads), st, translator.settings.tau)
 
 
 onnx_student_engine.available = _available  # type: ignore[attr-defined]

@@ -241,12 +241,16 @@ def choose(local: bool, device: torch.device, bf16: bool | None,
     """The engine ``auto`` resolves to, and whether it runs bf16.
 
     What ``benchmarks/bench_lean.py`` measured on the lean student (one thread, a 512-px tile,
-    CPU time relative to eager fp32; results/lean_cpu.md): channels_last + bf16 fastest where the
-    CPU has native bf16, then ONNX Runtime (fp32), then channels_last, compile (no faster than
-    channels_last, and a minute to compile), eager. A network that is not local (the U-Net
-    student: attention, GroupNorm) keeps eager fp32, the path it was measured and published
-    with; on CUDA the network runs eager (the GPU stage of benchmarks/gpu/run_gpu_checks.sh
-    measures the others there).
+    CPU time relative to eager fp32, results/lean_cpu.md; a contended development run:
+    compile + bf16 3.0x, channels_last + bf16 2.5x, ONNX Runtime 1.7x, compile 1.6x,
+    channels_last 1.2x): ``compile`` is the fastest once compiled, but its first call costs
+    15-70 s per process and tile shape -- more than it saves on one 2k radiograph (~0.2 s) --
+    so ``auto`` takes the fastest path without a compile: channels_last + bf16 where the CPU
+    has native bf16 and the check holds, else ONNX Runtime (fp32; exported once, cached),
+    else channels_last; ``--engine compile`` is there for long runs. A network that is not
+    local (the U-Net student: attention, GroupNorm) keeps eager fp32, the path it was measured
+    and published with; on CUDA the network runs eager (the GPU stage of
+    benchmarks/gpu/run_gpu_checks.sh measures the others there).
 
     Args:
         local: the network has a finite receptive field (``models.receptive_halo``).
