@@ -137,13 +137,14 @@ def test_an_engine_object_is_used_as_given():
     assert torch.equal(y, ref) and len(calls) > 1 and all(c[-1] <= 128 for c in calls)
 
 
-def test_cli_engine_precision_threads(tmp_path):
+def test_cli_engine_precision_threads(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from medshift_fast.cli import main
     from medshift_fast.data import DOMAINS, read_image, write_png16
     from medshift_fast.run import save_run
     from medshift_fast.train import TrainConfig
 
+    monkeypatch.setenv("MEDSHIFT_CACHE", str(tmp_path / "cache"))
     run = lean_run()
     d = tmp_path / "run"
     save_run(d, TrainConfig(image_size=128), run.model.config, DOMAINS, run.model.state_dict(),
@@ -153,20 +154,13 @@ def test_cli_engine_precision_threads(tmp_path):
     g = torch.Generator().manual_seed(0)
     write_png16(inp / "a.png", torch.rand(160, 200, generator=g) * 1.6 - 0.8)
     src, tgt = DOMAINS[0], DOMAINS[3]
-    outs = {}
+    outs, before = {}, torch.get_num_threads()
     for eng, prec in (("eager", "fp32"), ("onnx", "fp32"), ("channels_last", "fp32")):
         out = tmp_path / f"out_{eng}"
-        env = {"MEDSHIFT_CACHE": str(tmp_path / "cache")}
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            rc = main(["translate", "--checkpoint", str(d), "--source", src, "--target", tgt,
-                       "--size", "native", "--engine", eng, "--precision", prec,
-                       "--threads", "1", "--out", str(out), "--no-progress", str(inp)])
-        finally:
-            for k, v in old.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        assert rc == 0
+        rc = main(["translate", "--checkpoint", str(d), "--source", src, "--target", tgt,
+                   "--size", "native", "--engine", eng, "--precision", prec,
+                   "--threads", "1", "--out", str(out), "--no-progress", str(inp)])
+        assert rc == 0 and torch.get_num_threads() == before  # --threads 1 for the command only
         (png,) = out.glob("a*.png")
         outs[eng] = read_image(png)
     for eng in ("onnx", "channels_last"):

@@ -84,9 +84,11 @@ class TranslateConfig(TranslateOptions):
             native (the input's own grid, in tiles), or N (short side resized to N pixels).
         resize: crop (short side to size; the whole image is translated) | pad (long side to
             size, padded with air); the result is mapped back to the input's geometry.
-        tile: tile side in pixels for large images (auto: the tile the run was trained on;
+        tile: tile side in pixels for large images (auto: the tile the run was trained on, or
+            for a local network -- a lean student -- the fastest tile, fitted to the image;
             none: the whole image at once, global attention).
-        overlap: tile overlap in pixels (default: a quarter of the tile).
+        overlap: tile overlap in pixels (default: twice a local network's receptive field,
+            exact tiles; a quarter of the tile for any other).
         max_memory: memory budget, e.g. 4G (default: half of the memory available).
         tile_batch: tiles per network forward (default: what the memory plan allows, at most
             4 on a CPU and 64 on a GPU).
@@ -148,14 +150,11 @@ class TranslateConfig(TranslateOptions):
             raise MedShiftError("translate needs --source and --target domain names")
         if isinstance(self.batch_size, bool) or int(self.batch_size) < 1:
             raise MedShiftError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.mode not in MODES:
-            raise MedShiftError(f"unknown --mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.engine not in ENGINES:
-            raise MedShiftError(f"unknown --engine {self.engine!r}; choose one of "
-                                f"{', '.join(ENGINES)}")
-        if self.precision not in PRECISIONS:
-            raise MedShiftError(f"unknown --precision {self.precision!r}; choose one of "
-                                f"{', '.join(PRECISIONS)}")
+        for flag, value, choices in (("mode", self.mode, MODES), ("engine", self.engine, ENGINES),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in choices:
+                raise MedShiftError(f"unknown --{flag} {value!r}; choose one of "
+                                    f"{', '.join(choices)}")
         if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
             raise MedShiftError(f"--threads must be >= 1, got {self.threads}")
         if self.out_format not in OUT_FORMATS:
