@@ -18,8 +18,8 @@ that call runs. ``Translator(engine=...)`` / ``medshift translate --engine``:
 Precision (``bf16``: None = auto): the network under bf16 autocast (the residual is added to the
 fp32 input, so the identity path stays exact). Auto takes bf16 only where the hardware computes
 it natively (a CPU with ``avx512_bf16`` or AMX, ``cpu_flags``; a CUDA GPU with bf16) AND the check
-holds: the bf16 translation of a fixed probe is within ``BF16_MIN_PSNR`` dB of the fp32 one
-(``bf16_check``, run once per translator on its own network and settings).
+holds: the PSNR of the bf16 translation of a fixed probe against the fp32 one is at least
+``BF16_MIN_PSNR`` dB (``bf16_check``, run once per translator on its own network and settings).
 
 Threads: ``machine_threads`` -- the CPUs this process may run on (``os.sched_getaffinity``), the
 thread count of ``medshift translate`` and of ONNX Runtime sessions unless told otherwise.
@@ -241,12 +241,12 @@ def choose(local: bool, device: torch.device, bf16: bool | None,
     """The engine ``auto`` resolves to, and whether it runs bf16.
 
     What ``benchmarks/bench_lean.py`` measured on the lean student (one thread, a 512-px tile,
-    CPU time relative to eager fp32, results/lean_cpu.md; a contended development run:
-    compile + bf16 3.0x, channels_last + bf16 2.5x, ONNX Runtime 1.7x, compile 1.6x,
-    channels_last 1.2x): ``compile`` is the fastest once compiled, but its first call costs
-    15-70 s per process and tile shape -- more than it saves on one 2k radiograph (~0.2 s) --
-    so ``auto`` takes the fastest path without a compile: channels_last + bf16 where the CPU
-    has native bf16 and the check holds, else ONNX Runtime (fp32; exported once, cached),
+    CPU time relative to eager fp32; results/lean_cpu.md), fastest first: compile + bf16,
+    channels_last + bf16, ONNX Runtime, compile, channels_last, eager. ``compile`` is the
+    fastest once compiled, but its first call compiles for tens of seconds per process and
+    tile shape (the table's "first call" column) -- more than it saves on one 2k radiograph --
+    so ``auto`` takes the fastest path without a compile step: channels_last + bf16 where the
+    CPU has native bf16 and the check holds, else ONNX Runtime (fp32; exported once, cached),
     else channels_last; ``--engine compile`` is there for long runs. A network that is not
     local (the U-Net student: attention, GroupNorm) keeps eager fp32, the path it was measured
     and published with; on CUDA the network runs eager (the GPU stage of
