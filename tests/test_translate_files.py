@@ -282,8 +282,8 @@ def test_bad_runs_and_domains(run_dir, tmp_path, capsys):
     # a run whose config.json was edited: domains reordered, or the image size changed
     import json
 
-    for edit, needle in ((lambda c: c["domains"].reverse(), "domains"),
-                         (lambda c: c["train"].update(image_size=64), "image_size")):
+    for edit, needle in ((lambda c: c["domains"].reverse(), "'domains'"),
+                         (lambda c: c["train"].update(image_size=64), "'train'")):
         bad = tmp_path / f"bad_{needle}"
         shutil.copytree(run_dir, bad)
         cfg = json.loads((bad / "config.json").read_text())

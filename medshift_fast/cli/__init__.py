@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, MedShiftWarning
 from . import (
     demo,
     distill,
@@ -53,6 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(command: str):
+    """``warnings.showwarning`` for a command: a MedShiftWarning is one line on stderr."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MedShiftWarning):
+            print(f"medshift {command}: warning: {' '.join(str(message).split())}",
+                  file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `medshift` command line; user errors: one line on stderr, exit 2."""
     parser = build_parser()
@@ -65,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             from .._backend import check_preference
 
             check_preference()
-        rc = args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", MedShiftWarning)  # once per place it is raised
+            warnings.showwarning = _one_line_warning(args.command)
+            rc = args.func(args)
     except MedShiftError as exc:
         msg = " ".join(str(exc).split())
         print(f"medshift {args.command}: error: {msg}", file=sys.stderr)
