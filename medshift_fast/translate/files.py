@@ -14,8 +14,10 @@ is rewritten after every batch), so a failure later never loses the outputs alre
 
 Outputs are in the input's own kind and geometry by default (``out_format="same"``): a DICOM
 becomes a derived DICOM of the same Rows/Columns, bit depth and photometric interpretation (new
-SOP Instance UIDs, ONE new series per command run, ImageType DERIVED\\SECONDARY, a
-DerivationDescription naming the model, tau and domains), an 8/16-bit PNG or TIFF one of the same
+SOP Instance UIDs, one derived series per source series and command run with its own
+SeriesNumber and SeriesDate/Time (``data.writers.derived_series``), ImageType DERIVED\\SECONDARY,
+our DerivationCodeSequence, a DerivationDescription naming the run by name and hash (never its
+local path), tau and domains), an 8/16-bit PNG or TIFF one of the same
 depth and size (12-bit data in a 16-bit container stays 12-bit). Relative paths of input folders
 are kept under ``out``, as ``<stem>_<target>.<ext>``.
 
@@ -42,6 +44,7 @@ not depend on what else is in the folder.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import sys
 from dataclasses import dataclass, field
@@ -51,7 +54,7 @@ import torch
 
 from ..data.geometry import RESIZE_MODES, plan_fit
 from ..data.io import find_images, probe_image, read_image
-from ..data.writers import new_series_uid, output_suffix, write_image
+from ..data.writers import derived_series, new_series_uid, output_suffix, write_image
 from ..errors import MedShiftError
 from ..fileio import check_not_inside, check_writable_dir
 from .manifest import Manifest, Shard, new_run_id
@@ -290,7 +293,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     seed = tr.settings.seed
     opts = dict(frame=cfg.frame, allow_modality=cfg.modalities(), allow_rgb=cfg.allow_rgb)
     run_id = shard.common(new_run_id())
-    series = shard.common(new_series_uid())
+    series = shard.common((new_series_uid(), datetime.datetime.now()))  # (seed, its time)
     summary = TranslateSummary(out=out, manifest=out / f"manifest-{run_id}.csv")
     desc = tr.describe()
     tiles = "none" if tr.tile is None else f"{tr.tile} px, overlap {tr.overlap}"
@@ -299,7 +302,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
         **{k: desc[k] for k in ("guidance_encode", "guidance_decode", "steps", "solver",
                                 "decode")},
         "seed": seed, "resize": cfg.resize, "run": desc["run"], "run_id": run_id,
-        "series_uid": series, "version": __version__, "tiles": tiles})
+        "series_uid": series[0], "version": __version__, "tiles": tiles})
     # 1. every input header, working grid, memory plan and output name, before any work
     files, left = _collect(cfg.inputs, out)
     summary.left_out = left
@@ -370,7 +373,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
         _say(f"translating {len(plan)} image(s) in {len(batches)} batch(es)"
              f"{f' over {shard.world} ranks' if shard.enabled else ''}; largest working grid "
              f"{big[0]}x{big[1]}: {p.describe()}")
-    derivation = {"model": desc["run"], "tau": desc["tau"], "source": desc["source_domain"],
+    derivation = {"model": tr.run.identity(), "tau": desc["tau"], "source": desc["source_domain"],
                   "target": desc["target_domain"], "version": __version__,
                   "settings": {k: desc[k] for k in ("guidance_encode", "guidance_decode",
                                                     "steps", "solver", "decode")},
@@ -431,7 +434,8 @@ def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
         res = fit.restore(yi[None])[0, 0].numpy()
         try:
             write_image(dst, res, src, cfg.out_format, derivation={**derivation, "working": note},
-                        series_uid=series, exclusive=not cfg.overwrite)
+                        series_uid=series[0], series_time=series[1],
+                        exclusive=not cfg.overwrite)
         except (MedShiftError, OSError) as exc:
             if not cfg.skip_bad:
                 raise MedShiftError(f"cannot write {dst}: {exc}") from exc
@@ -443,4 +447,6 @@ def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
         summary.outputs.append(dst)
         manifest.add(f, dst.relative_to(summary.out), "written",
                      working_size=f"{fit.resized[0]}x{fit.resized[1]}",
-                     scale=note.split(", ", 1)[1])
+                     scale=note.split(", ", 1)[1],
+                     series_uid=derived_series(series[0], src)[0] if dst.suffix.lower() in
+                     (".dcm", ".dicom") else "")

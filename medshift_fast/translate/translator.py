@@ -40,6 +40,7 @@ from torch import nn
 from ..errors import MedShiftError
 from ..flow.solvers import FIXED_SOLVERS, PerSampleGenerators
 from . import memory
+from .checks import check_unit_range
 from .native import MAX_ASPECT, NativePlanner
 from .settings import DEFAULTS, MODES, TranslationSettings, resolve
 
@@ -47,7 +48,9 @@ __all__ = ["DEFAULT", "MAX_ASPECT", "Translator", "pipeline", "translate_model_s
            "uint16_to_unit", "unit_to_uint16"]
 
 U16_MAX = 65535.0
-RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
+#: what to do with float pixels outside [-1, 1] (the Translator's one-line refusal)
+UNIT_FIX = ("map 8-bit values v with v / 127.5 - 1, pass raw 16-bit counts as uint16, or read "
+            "files with medshift_fast.read_image")
 
 
 class _Default:
@@ -368,14 +371,7 @@ class Translator:
                                 f"channel(s) and at least one image, got {tuple(x.shape)}")
         h, w = int(x.shape[-2]), int(x.shape[-1])
         self.check_shape(h, w)
-        if not bool(torch.isfinite(x).all()):
-            raise MedShiftError("Translator: input images contain NaN or Inf")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1.0 - RANGE_TOL or hi > 1.0 + RANGE_TOL:
-            raise MedShiftError(f"Translator: float images must lie in [-1, 1] (-1 = air / "
-                                f"darkest, +1 = bone), got values in [{lo:g}, {hi:g}]; map "
-                                "8-bit values v with v / 127.5 - 1, pass raw 16-bit counts as "
-                                "uint16, or read files with medshift_fast.read_image")
+        check_unit_range(x, "Translator", UNIT_FIX)
         if generators is not None and len(generators) != x.shape[0]:
             raise MedShiftError(f"Translator.translate: {len(generators)} generators for "
                                 f"{x.shape[0]} images")

@@ -1,0 +1,108 @@
+"""Per-image checks of a translation request, one function each, with one-line messages.
+
+Called by the Translator (the pixel range), by ``medshift translate``'s vetting of every input
+(``translate.files``: the scale decision; the intensity rule is ``translate.intensity``), by
+exported engines (``export.engines``: the same pixel-range message) and after a translation
+(the hallucination count of the manifest):
+
+* :func:`check_unit_range` -- float pixels must be finite and in [-1, 1] (raw counts are named).
+* :func:`check_scale` -- the scale is a decision, not a warning: an input more than
+  :data:`SCALE_FACTOR` times from the working scale is refused unless ``--size`` chose.
+* :func:`hallucination_stats` -- new compact structures in an output (see its docstring).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import MedShiftError
+
+__all__ = ["RANGE_TOL", "SCALE_FACTOR", "check_scale", "check_unit_range", "hallucination_stats"]
+
+RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
+#: beyond this factor between the working grid and the input's grid, ``translate`` writes
+#: nothing unless ``--size`` was chosen (docs/native.md)
+SCALE_FACTOR = 4.0
+
+
+def check_unit_range(x: torch.Tensor, what: str, fix: str) -> None:
+    """Refuse float images that are not finite or not in [-1, 1] (raw counts, 0..1 images).
+
+    Args:
+        x: float images (any shape).
+        what: what is refused, e.g. "Translator" or "this engine".
+        fix: what to do instead, appended to the message.
+    """
+    if not x.is_floating_point():
+        raise MedShiftError(f"{what}: expected float images in [-1, 1], got {x.dtype}; {fix}")
+    if x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise MedShiftError(f"{what}: the images contain NaN or Inf; only finite images in "
+                            f"[-1, 1] are translated; {fix}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.0 - RANGE_TOL or hi > 1.0 + RANGE_TOL:
+        kind = (" (raw counts?)" if hi > 2.0 and float(x.round().sub(x).abs().max()) == 0
+                else "")
+        raise MedShiftError(f"{what}: float images must lie in [-1, 1] (-1 = air / darkest, "
+                            f"+1 = bone), got values in [{lo:g}, {hi:g}]{kind}; {fix}")
+
+
+def check_scale(ws, size_chosen: bool, shape: tuple[int, int], learned) -> None:
+    """Refuse a working grid more than :data:`SCALE_FACTOR` x from the input's own grid when
+    ``--size`` did not choose it (the run's learned scale was only a default).
+
+    Args:
+        ws: the ``learned.WorkingScale`` of the input.
+        size_chosen: ``--size`` (``size=``) was given explicitly (native, learned or N).
+        shape: the input's (H, W).
+        learned: the run's ``learned.Learned`` (what it learned, for the message).
+
+    Raises:
+        MedShiftError: one line naming both choices, what each costs, and the real fix.
+    """
+    k = float(ws.factor)
+    if size_chosen or k <= 0 or max(k, 1.0 / k) <= SCALE_FACTOR:
+        return
+    h, w = int(shape[0]), int(shape[1])
+    r = max(k, 1.0 / k)
+    side = min(ws.shape)
+    coarse = k < 1
+    learned_choice = (f"--size learned (or --size {side}) translates at the scale the model "
+                      f"learned, {r:.1f}x {'coarser' if coarse else 'finer'} than the input, "
+                      "and resamples back: " + ("detail finer than the model's pixels is lost"
+                                                if coarse else "nothing is gained by the "
+                                                "upsampling"))
+    native_choice = ("--size native translates on the input's own grid, in tiles: the model "
+                     "sees texture at a scale it never learned and may invent structure")
+    raise MedShiftError(
+        f"the input's {h}x{w} grid is {r:.1f}x from the scale the model learned "
+        f"({learned.describe()}; more than {SCALE_FACTOR:g}x): choose one -- {learned_choice}; "
+        f"{native_choice}; the real fix is a model trained on native-resolution crops "
+        "(medshift train --native --crop N)")
+
+
+def hallucination_stats(source, output) -> dict | None:
+    """New compact structures in ``output`` that ``source`` does not have beyond its noise
+    (count, area, largest z), for the per-run manifest of ``medshift translate``.
+
+    HOOK (issue 31): the detector is the hallucination measure ``evaluate`` reports (the
+    "metrics" branch's ``eval/hallucination.py``: ``hallucination_stats(source, output) ->
+    dict``). translate/ sits below eval/, so on merging it moves to
+    ``medshift_fast/translate/hallucination.py`` (with what it imports from eval/), eval/
+    imports it from there, and this hook finds it. Until then this returns None and the
+    manifest's hallucination columns stay empty.
+
+    Args:
+        source: (H, W) source image on the working grid (what the model was given).
+        output: (H, W) its translation, same shape.
+
+    Returns:
+        The detector's dict ({"count", "area_px", "area_fraction", "max_z", ...}), or None
+        when the detector is not installed.
+    """
+    try:
+        from .hallucination import hallucination_stats as detect  # the lead's move (see above)
+    except ImportError:
+        return None
+    return detect(source, output)
