@@ -17,7 +17,8 @@ import torch
 
 from ..errors import MedShiftError
 
-__all__ = ["RANGE_TOL", "SCALE_FACTOR", "check_scale", "check_unit_range", "hallucination_stats"]
+__all__ = ["RANGE_TOL", "SCALE_FACTOR", "check_scale", "check_unit_range",
+           "hallucination_columns", "hallucination_stats"]
 
 RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
 #: beyond this factor between the working grid and the input's grid, ``translate`` writes
@@ -68,11 +69,9 @@ def check_scale(ws, size_chosen: bool, shape: tuple[int, int], learned) -> None:
     r = max(k, 1.0 / k)
     side = min(ws.shape)
     coarse = k < 1
-    learned_choice = (f"--size learned (or --size {side}) translates at the scale the model "
-                      f"learned, {r:.1f}x {'coarser' if coarse else 'finer'} than the input, "
-                      "and resamples back: " + ("detail finer than the model's pixels is lost"
-                                                if coarse else "nothing is gained by the "
-                                                "upsampling"))
+    learned_choice = (f"--size learned (or --size {side}) works at that scale and resamples "
+                      "back: " + (f"detail finer than {r:.0f} input pixels is lost" if coarse
+                                  else "the upsampling adds no detail"))
     native_choice = ("--size native translates on the input's own grid, in tiles: the model "
                      "sees texture at a scale it never learned and may invent structure")
     raise MedShiftError(
@@ -106,3 +105,11 @@ def hallucination_stats(source, output) -> dict | None:
     except ImportError:
         return None
     return detect(source, output)
+
+
+def hallucination_columns(found: dict | None) -> dict:
+    """The manifest's hallucination_* fields of one output (empty when not counted)."""
+    if found is None:
+        return {}
+    return {"hallucination_count": found["count"], "hallucination_area_px": found["area_px"],
+            "hallucination_max_z": f"{found['max_z']:.2f}"}

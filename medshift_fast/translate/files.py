@@ -24,14 +24,22 @@ are kept under ``out``, as ``<stem>_<target>.<ext>``.
 Working scale (``size``): by default the grid the run learned (``learned.Learned``): a model
 trained on native-resolution crops translates on the input's own grid (resampled to the learned
 pixel spacing when both are known); a model trained on images resized to S px resizes the short
-side to S (a one-line warning when that is more than 2x from the input); ``size="native"`` or
-``size=N`` choose explicitly. Large working grids are translated in tiles (``tile``), within a
-memory budget (``max_memory``) planned before any work. The working size, scale and tiles are
-written into every output's DerivationDescription and the manifest.
+side to S (a one-line warning when that is more than 2x from the input). The scale is a
+decision, not a warning: an input more than ``checks.SCALE_FACTOR`` (4x) from the learned scale
+is refused unless ``size`` chose -- ``"learned"`` (that scale, detail lost), ``"native"`` (the
+input's grid: texture at a scale the model never learned) or ``N`` (short side resized to N).
+Large working grids are translated in tiles (``tile``), within a memory budget (``max_memory``)
+planned before any work. The working size, scale and tiles are written into every output's
+DerivationDescription and the manifest.
 
 Intensity: integer samples are mapped by the bits the file declares (PNG sBIT, TIFF
-BitsPerSample / SMaxSampleValue, DICOM BitsStored) or ``input_bits``; an image whose values lie
-far outside what the run saw for the source domain is refused (``Translator.check_intensity``).
+BitsPerSample / SMaxSampleValue, DICOM BitsStored) or ``input_bits``; then the intensity rule
+(``translate.intensity``, ``intensity``): in range -> translated; outside -> translated with a
+one-line warning; a container / bit-depth mismatch -> refused naming ``--input-bits``; a
+non-radiograph far outside -> refused naming ``--intensity match`` / ``as-is``. ``match`` maps
+the image's percentiles onto the domain's and the output back. The verdict is in the manifest
+(``intensity``) and the output's metadata; so is the hallucination count of each output on its
+working grid (``checks.hallucination_stats``: ``hallucination_*`` columns).
 
 Output safety (docs/data.md): ``out`` may not be (or lie inside) an input folder, no output may
 replace an input (even with ``overwrite``), and every run writes its own manifest, so a second run
@@ -57,6 +65,8 @@ from ..data.io import find_images, probe_image, read_image
 from ..data.writers import derived_series, new_series_uid, output_suffix, write_image
 from ..errors import MedShiftError
 from ..fileio import check_not_inside, check_writable_dir
+from .checks import check_scale, hallucination_columns, hallucination_stats
+from .intensity import DEFAULT_MODE, INTENSITY_MODES
 from .manifest import Manifest, Shard, new_run_id
 from .settings import MODES, TranslateOptions
 
@@ -83,8 +93,9 @@ class TranslateConfig(TranslateOptions):
         tau: translation time in [0, 1] (larger keeps more structure).
         out_format: same (the input's own kind) | png | tiff | dicom.
         size: working grid: default the scale the run learned (its native grid or pixel
-            spacing; a run trained on resized images resizes the short side to its size),
-            native (the input's own grid, in tiles), or N (short side resized to N pixels).
+            spacing; a run trained on resized images resizes the short side to its size; an
+            input more than 4x from it is refused until you choose), learned (that scale,
+            chosen), native (the input's own grid, in tiles), or N (short side resized to N).
         resize: crop (short side to size; the whole image is translated) | pad (long side to
             size, padded with air); the result is mapped back to the input's geometry.
         tile: tile side in pixels for large images (auto: the tile the run was trained on;
@@ -105,6 +116,11 @@ class TranslateConfig(TranslateOptions):
             (comma-separated, e.g. CT,MR; all = any).
         frame: frame (0-based) of multi-frame DICOMs and multi-page TIFFs to translate.
         allow_rgb: convert colour inputs to grey (BT.601 luma) instead of refusing them.
+        intensity: check (refuse a bit-depth mismatch, warn when outside the training
+            intensities) | as-is (translate as read) | match (map the image's percentiles onto
+            the training ones and the output back; recorded in the manifest and metadata).
+        count_hallucinations: count new compact structures of each output (the manifest's
+            hallucination_* columns; about a second per megapixel of working grid).
         skip_bad: report unreadable or refused inputs on stderr and translate the others.
         overwrite: replace existing output files instead of refusing.
         progress: show a progress bar.
@@ -130,6 +146,8 @@ class TranslateConfig(TranslateOptions):
     allow_modality: str | None = None
     frame: int | None = None
     allow_rgb: bool = False
+    intensity: str = DEFAULT_MODE
+    count_hallucinations: bool = True
     skip_bad: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -148,14 +166,14 @@ class TranslateConfig(TranslateOptions):
                                 f"{', '.join(OUT_FORMATS)}")
         if self.resize not in RESIZE_MODES:
             raise MedShiftError(f"unknown --resize {self.resize!r}; choose crop or pad")
-        if self.size is not None and str(self.size).lower() not in ("native", "auto"):
+        if self.size is not None and str(self.size).lower() not in ("native", "auto", "learned"):
             try:
                 ok = str(int(str(self.size))) == str(self.size).strip() and int(self.size) >= 8
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise MedShiftError(f"--size must be a whole number of pixels >= 8, 'native' or "
-                                    f"'auto', got {self.size!r}")
+                raise MedShiftError(f"--size must be a whole number of pixels >= 8, 'learned', "
+                                    f"'native' or 'auto', got {self.size!r}")
         if self.tile is not None and str(self.tile).lower() not in ("auto", "none"):
             try:
                 ok = int(str(self.tile)) >= 8
@@ -176,6 +194,9 @@ class TranslateConfig(TranslateOptions):
             raise MedShiftError(f"--input-bits must be between 1 and 16, got {self.input_bits}")
         if self.frame is not None and int(self.frame) < 0:
             raise MedShiftError(f"--frame must be >= 0, got {self.frame}")
+        if self.intensity not in INTENSITY_MODES:
+            raise MedShiftError(f"--intensity must be one of {', '.join(INTENSITY_MODES)}, got "
+                                f"{self.intensity!r}")
         if not self.inputs:
             raise MedShiftError("no inputs: pass image files or folders")
 
@@ -197,9 +218,13 @@ class TranslateConfig(TranslateOptions):
 
     def working_size(self):
         """The ``size`` argument of ``Translator.working_scale``: None, "native" or an int."""
-        if self.size is None or str(self.size).lower() == "auto":
+        if self.size is None or str(self.size).lower() in ("auto", "learned"):
             return None
         return "native" if str(self.size).lower() == "native" else int(self.size)
+
+    def size_chosen(self) -> bool:
+        """``--size`` chose the working scale (learned, native or N; not the default / auto)."""
+        return self.size is not None and str(self.size).lower() != "auto"
 
 
 @dataclass
@@ -314,6 +339,10 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
             info = probe_image(f, **opts)
             tr.check_shape(*info.shape, what=f"image {str(f)!r}")
             ws = tr.working_scale(info.shape, info.spacing_mm, size)
+            try:
+                check_scale(ws, cfg.size_chosen(), info.shape, tr.learned)
+            except MedShiftError as exc:
+                raise MedShiftError(f"image {str(f)!r}: {exc}") from None
             fit = (plan_fit(info.shape, int(min(ws.shape)), cfg.resize, tr.factor)
                    if ws.how in ("image_size", "size") else
                    plan_fit(info.shape, "native", cfg.resize, tr.factor, shape=ws.shape))
@@ -412,7 +441,8 @@ def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
     for f, rel, dst, fit, note in items:
         try:
             img, src = read_image(f, with_source=True, input_bits=cfg.input_bits, **opts)
-            tr.check_intensity(img, f"image {str(f)!r}")
+            verdict = tr.check_intensity(img, f"image {str(f)!r}", source=src,
+                                         mode=cfg.intensity, input_bits=cfg.input_bits)
         except MedShiftError as exc:
             if not cfg.skip_bad:
                 raise
@@ -420,20 +450,25 @@ def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
             summary.failed += 1
             manifest.add(f, None, "failed", str(exc))
             continue
-        xs.append(fit.apply(torch.from_numpy(img))[0])
+        if verdict.warning:
+            _say(f"warning: {verdict.warning}")
+        xs.append(fit.apply(torch.from_numpy(verdict.apply(img)))[0])
         del img
-        srcs.append(src)
+        srcs.append((src, verdict))
         kept.append((f, rel, dst, fit, note))
     if not kept:
         return
     seed = tr.settings.seed
     gens = [torch.Generator().manual_seed(_image_seed(seed, rel)) for _, rel, *_ in kept]
     y = tr.translate(torch.stack(xs), generators=gens).cpu()
-    del xs
-    for (f, _rel, dst, fit, note), src, yi in zip(kept, srcs, y):
-        res = fit.restore(yi[None])[0, 0].numpy()
+    for (f, _rel, dst, fit, note), (src, verdict), xi, yi in zip(kept, srcs, xs, y):
+        found = hallucination_stats(xi[0], yi[0]) if cfg.count_hallucinations else None
+        res = verdict.restore(fit.restore(yi[None])[0, 0].numpy())
+        extra = {"working": note, "intensity": verdict.note}
+        if found is not None:
+            extra["new structures"] = f"{found['count']} ({found['area_px']} px, working grid)"
         try:
-            write_image(dst, res, src, cfg.out_format, derivation={**derivation, "working": note},
+            write_image(dst, res, src, cfg.out_format, derivation={**derivation, **extra},
                         series_uid=series[0], series_time=series[1],
                         exclusive=not cfg.overwrite)
         except (MedShiftError, OSError) as exc:
@@ -449,4 +484,6 @@ def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
                      working_size=f"{fit.resized[0]}x{fit.resized[1]}",
                      scale=note.split(", ", 1)[1],
                      series_uid=derived_series(series[0], src)[0] if dst.suffix.lower() in
-                     (".dcm", ".dicom") else "")
+                     (".dcm", ".dicom") else "", intensity=verdict.note,
+                     **hallucination_columns(found))
+    del xs

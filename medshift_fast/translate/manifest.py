@@ -31,7 +31,8 @@ class Manifest:
 
     COLS = ["input", "output", "status", "reason", "source", "target", "tau", "guidance_encode",
             "guidance_decode", "steps", "solver", "decode", "seed", "working_size", "scale",
-            "tiles", "resize", "run", "run_id", "series_uid", "version"]
+            "tiles", "resize", "intensity", "hallucination_count", "hallucination_area_px",
+            "hallucination_max_z", "run", "run_id", "series_uid", "version"]
 
     def __init__(self, path: Path, common: dict) -> None:
         self.path, self.common, self.rows = path, common, []

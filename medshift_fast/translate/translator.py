@@ -41,6 +41,7 @@ from ..errors import MedShiftError
 from ..flow.solvers import FIXED_SOLVERS, PerSampleGenerators
 from . import memory
 from .checks import check_unit_range
+from .intensity import DEFAULT_MODE
 from .native import MAX_ASPECT, NativePlanner
 from .settings import DEFAULTS, MODES, TranslationSettings, resolve
 
@@ -285,9 +286,29 @@ class Translator:
         """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
         return self.native.working_scale(shape, spacing_mm, size)
 
-    def check_intensity(self, img, what: str = "image") -> None:
-        """Refuse an input far outside the source domain's training intensities."""
-        self.native.check_intensity(img, what)
+    def check_intensity(self, img, what: str = "image", *, source=None,
+                        mode: str = DEFAULT_MODE, input_bits: int | None = None):
+        """The intensity rule for one input against the source domain's training record.
+
+        Args:
+            img: float pixels in [-1, 1] or raw uint16 counts (any shape).
+            what: the input named in messages.
+            source: the ``data.io.ImageSource`` of a file (its container, declared bits and
+                modality decide a refusal), or None for an array.
+            mode: check (refuse a container mismatch or a non-radiograph far outside the
+                training range, warn when outside) | as-is | match.
+            input_bits: the ``input_bits`` the file was read with.
+
+        Returns:
+            An ``intensity.Verdict``: print its ``warning`` if any, translate
+            ``verdict.apply(img)`` and pass the output through ``verdict.restore``.
+
+        Raises:
+            MedShiftError: a refusal, naming the flag that applies (``--input-bits N``,
+                ``--intensity match`` / ``as-is``).
+        """
+        return self.native.check_intensity(img, what, source=source, mode=mode,
+                                           input_bits=input_bits)
 
     def plan(self, shape: tuple[int, ...], io_bytes: int = 0, what: str | None = None
              ) -> memory.MemoryPlan:
