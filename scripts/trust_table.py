@@ -113,15 +113,32 @@ def other_run(path: Path) -> Path:
                     extra={"learned": learned})
 
 
+#: the inputs: name -> (what it is, how to build it in a folder)
+INPUTS: dict[str, tuple[str, Callable[[Path], Path]]] = {
+    "rg1": ("RG1_UNCI (1955×1841 CR, 15-bit)", lambda w: rg("RG1_UNCI.dcm")),
+    "rg3": ("RG3_UNCI (1760² CR, 10-bit)", lambda w: rg("RG3_UNCI.dcm")),
+    "crop": ("512² crop of RG1_UNCI", lambda w: rg1_crop(w / "rg1_512.dcm")),
+    "png12": ("12-bit values in a 16-bit PNG (no sBIT)", lambda w: png12(w / "rg1_12bit.png")),
+    "ct": ("CT slice (CT_small.dcm)", lambda w: ct(w / "ct.dcm")),
+}
+
+
 @dataclass(frozen=True)
 class Case:
-    """One input against one run: what it is, the run, the flags, how to build it in ``w``."""
+    """One input (a key of ``INPUTS``) against one run, with flags, and its documented
+    outcome."""
 
-    what: str
+    input: str
     run: str  # "student" | "teacher" | "other"
     flags: tuple[str, ...]
-    build: Callable[[Path], Path]
     expect: str  # written | warned | refused
+
+    @property
+    def what(self) -> str:
+        return INPUTS[self.input][0]
+
+    def build(self, w: Path) -> Path:
+        return INPUTS[self.input][1](w)
 
 
 _OTHER: dict[str, Path] = {}  # the run trained on other data: built once per process
@@ -145,28 +162,19 @@ def argv(case: Case, w: Path) -> list[str]:
 RUNS = {"student": "shipped `demo128_adv` (student)", "teacher": "shipped `demo128` (teacher)",
         "other": OTHER}
 CASES = (
-    Case("RG1_UNCI (1955×1841 CR, 15-bit)", "student", (),
-         lambda w: rg("RG1_UNCI.dcm"), "refused"),
-    Case("RG1_UNCI", "student", ("--size", "learned"), lambda w: rg("RG1_UNCI.dcm"), "warned"),
-    Case("RG3_UNCI (1760² CR, 10-bit)", "student", (), lambda w: rg("RG3_UNCI.dcm"), "refused"),
-    Case("RG3_UNCI", "teacher", ("--size", "128"), lambda w: rg("RG3_UNCI.dcm"), "written"),
-    Case("512² crop of RG1_UNCI", "student", (), lambda w: rg1_crop(w / "rg1_512.dcm"),
-         "warned"),
-    Case("512² crop of RG1_UNCI", "student", ("--size", "native"),
-         lambda w: rg1_crop(w / "rg1_512.dcm"), "warned"),
-    Case("12-bit values in a 16-bit PNG (no sBIT)", "student", (),
-         lambda w: png12(w / "rg1_12bit.png"), "refused"),
-    Case("12-bit values in a 16-bit PNG (no sBIT)", "student", ("--input-bits", "12"),
-         lambda w: png12(w / "rg1_12bit.png"), "warned"),
-    Case("512² crop of RG1_UNCI", "other", (), lambda w: rg1_crop(w / "rg1_512.dcm"), "warned"),
-    Case("512² crop of RG1_UNCI", "other", ("--intensity", "match"),
-         lambda w: rg1_crop(w / "rg1_512.dcm"), "written"),
-    Case("12-bit values in a 16-bit PNG (no sBIT)", "other", (),
-         lambda w: png12(w / "rg1_12bit.png"), "refused"),
-    Case("CT slice (CT_small.dcm)", "other", ("--allow-modality", "CT"),
-         lambda w: ct(w / "ct.dcm"), "refused"),
-    Case("CT slice (CT_small.dcm)", "other", ("--allow-modality", "CT", "--intensity", "as-is"),
-         lambda w: ct(w / "ct.dcm"), "written"),
+    Case("rg1", "student", (), "refused"),
+    Case("rg1", "student", ("--size", "learned"), "warned"),
+    Case("rg3", "student", (), "refused"),
+    Case("rg3", "teacher", ("--size", "128"), "written"),
+    Case("crop", "student", (), "warned"),
+    Case("crop", "student", ("--size", "native"), "warned"),
+    Case("png12", "student", (), "refused"),
+    Case("png12", "student", ("--input-bits", "12"), "warned"),
+    Case("crop", "other", (), "warned"),
+    Case("crop", "other", ("--intensity", "match"), "written"),
+    Case("png12", "other", (), "refused"),
+    Case("ct", "other", ("--allow-modality", "CT"), "refused"),
+    Case("ct", "other", ("--allow-modality", "CT", "--intensity", "as-is"), "written"),
 )
 
 

@@ -20,8 +20,8 @@ from medshift_fast.errors import MedShiftError
 tifffile = pytest.importorskip("tifffile")
 pydicom = pytest.importorskip("pydicom")
 
-DERIV = {"model": "demo128_adv sha256:ab0ae293ae0bb25c", "tau": 0.6, "source": "synthetic_low", "target": "real_normal",
-         "version": "0.1.0"}
+DERIV = {"model": "demo128_adv sha256:ab0ae293ae0bb25c", "tau": 0.6, "source": "synthetic_low",
+         "target": "real_normal", "version": "0.1.0"}
 
 
 def _offline(name):

@@ -1,0 +1,187 @@
+"""How often the shipped teacher and student invent compact structures (issue 31).
+
+The count is the one ``medshift translate`` writes per image into its manifest
+(``translate.checks.hallucination_stats``: new compact structures of the output that the source
+does not have beyond its noise, on the working grid). It is measured
+
+* on the demo's data at the scale the runs learned (128 px): new subjects of the demo's
+  simulator (``SUBJECTS``, never trained on), both shipped pairs, with the simulator's own
+  pixel-aligned rendering of the target domain as a control (a true domain change, nothing
+  invented: what the detector counts there is its false-alarm level);
+* on pydicom-data's radiographs at native size (``--size native``, tiles of 128 px): RG1_UNCI
+  and RG3_UNCI whole (the student) and their 512² crops (teacher and student), pair
+  real_low -> real_exposure.
+
+It writes the ``hallucination-counts`` block of docs/native.md and the figure
+docs/hallucination_rg1.png (100 % crops of RG1's lung masses: source, teacher, student, the
+detected pixels outlined). Needs the detector at ``medshift_fast/translate/hallucination.py``
+(see ``translate.checks.hallucination_stats``).
+
+    OMP_NUM_THREADS=1 python scripts/hallucination_numbers.py [--no-full-teacher]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+TEACHER, STUDENT = ROOT / "pretrained" / "demo128", ROOT / "pretrained" / "demo128_adv"
+PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
+SUBJECTS = (40, 41)  # the demo's simulator trained the runs on subjects 0..39
+DOC, FIG = ROOT / "docs" / "native.md", ROOT / "docs" / "hallucination_rg1.png"
+FIG_BOX = (96, 96, 288)  # (row, column, side) of the 100 % crop inside RG1's 512² crop
+
+
+def _detector():
+    from medshift_fast.translate import hallucination
+
+    return hallucination
+
+
+def _count(x: torch.Tensor, y: torch.Tensor) -> dict:
+    from medshift_fast.translate.checks import hallucination_stats
+
+    d = hallucination_stats(x[0, 0], y[0, 0])
+    if d is None:
+        raise SystemExit("the hallucination detector is not at medshift_fast/translate/"
+                         "hallucination.py (translate.checks.hallucination_stats)")
+    return d
+
+
+def _translator(run: Path, src: str, tgt: str):
+    from medshift_fast.translate import Translator
+
+    return Translator(run, src, tgt, device="cpu")
+
+
+def demo_rows() -> list[dict]:
+    """Counts per image on new subjects at 128 px: teacher, student, the true target."""
+    from medshift_fast.data.simulator import SimConfig, render_subject
+
+    cfg = SimConfig(subjects=40, views=6, size=128, seed=0)  # scripts/pretrain.sh's data
+    views = [render_subject(cfg, s) for s in SUBJECTS]
+    rows = []
+    for src, tgt in PAIRS:
+        xs = torch.cat([v[src] for v in views]).float()[:, None]
+        ts = torch.cat([v[tgt] for v in views]).float()[:, None]
+        outs = {"true target (simulator)": ts}
+        for name, run in (("teacher", TEACHER), ("student", STUDENT)):
+            tr = _translator(run, src, tgt)
+            outs[name] = torch.cat([tr.translate(x[None]) for x in xs])
+        for method, ys in outs.items():
+            rows.append(_summary("demo, new subjects", "128 px (learned)", f"{src} -> {tgt}",
+                                 method, [_count(x[None], y[None]) for x, y in zip(xs, ys)]))
+    return rows
+
+
+def _summary(data, scale, pair, method, counts: list[dict]) -> dict:
+    n = len(counts)
+    return {"data": data, "scale": scale, "pair": pair, "method": method, "images": n,
+            "count": sum(c["count"] for c in counts) / n,
+            "with_any": sum(c["count"] > 0 for c in counts),
+            "area_px": sum(c["area_px"] for c in counts) / n,
+            "max_z": max(c["max_z"] for c in counts)}
+
+
+def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
+    """Counts at native size on RG1 / RG3 (whole and 512² crops); the figure's images."""
+    import tempfile
+
+    from trust_table import RG1_CROP, rg, rg1_crop
+
+    from medshift_fast.data.io import read_image
+
+    src, tgt = PAIRS[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        crop = read_image(rg1_crop(Path(tmp) / "rg1.dcm"))
+    rg3 = read_image(rg("RG3_UNCI.dcm"))
+    images = {"RG1_UNCI 512² crop (lung masses)": crop,
+              "RG3_UNCI 512² crop": rg3[624:1136, 624:1136],
+              "RG1_UNCI (1955×1841)": read_image(rg("RG1_UNCI.dcm")),
+              "RG3_UNCI (1760×1760)": rg3}
+    rows, fig = [], {"source": torch.from_numpy(crop)}
+    for name, run in (("teacher", TEACHER), ("student", STUDENT)):
+        tr = _translator(run, src, tgt)
+        for what, img in images.items():
+            if name == "teacher" and "crop" not in what and not full_teacher:
+                continue
+            x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+            t0 = time.perf_counter()
+            y = tr.translate(x)
+            c = _count(x, y)
+            print(f"{what} {name}: {c['count']} new structures ({time.perf_counter() - t0:.0f} s"
+                  " contended)", flush=True)
+            rows.append(_summary(what, "native (tiles of 128 px)", f"{src} -> {tgt}", name,
+                                 [c]))
+            if what.startswith("RG1_UNCI 512"):
+                fig[name] = y[0, 0]
+    fig["box"], fig["crop_at"] = FIG_BOX, RG1_CROP
+    return rows, fig
+
+
+def figure(fig: dict, path: Path) -> None:
+    """Source | teacher | student at 100 % (one image pixel per pixel), detections in red."""
+    from PIL import Image, ImageDraw
+
+    det = _detector()
+    r, c, side = fig["box"]
+    panels = []
+    for name in ("source", "teacher", "student"):
+        img = fig[name][r:r + side, c:c + side].numpy()
+        g = np.clip((img + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        rgb = np.stack([g, g, g], -1)
+        if name != "source":
+            mask, _, _ = det.hallucination_mask(fig["source"], fig[name])
+            m = mask[r:r + side, c:c + side].numpy()
+            edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1)
+                         & np.roll(m, -1, 1))
+            rgb[edge] = (255, 0, 0)
+        panels.append(Image.fromarray(rgb))
+    pad, top = 8, 18
+    out = Image.new("RGB", (3 * side + 4 * pad, side + top + pad), "white")
+    draw = ImageDraw.Draw(out)
+    rr, cc = fig["crop_at"]
+    titles = (f"RG1_UNCI rows {rr + r}-{rr + r + side}, cols {cc + c}-{cc + c + side}",
+              "teacher (demo128), native", "student (demo128_adv), native")
+    for k, (p, t) in enumerate(zip(panels, titles)):
+        out.paste(p, (pad + k * (side + pad), top))
+        draw.text((pad + k * (side + pad), 3), t, fill="black")
+    out.save(path)
+
+
+def render(rows: list[dict]) -> str:
+    head = ["| data | scale | pair | translation | images | new structures / image | "
+            "images with any | area / image (px) | largest z |", "|---" * 9 + "|"]
+    for r in rows:
+        head.append(f"| {r['data']} | {r['scale']} | {r['pair']} | {r['method']} | "
+                    f"{r['images']} | {r['count']:.2f} | {r['with_any']} | {r['area_px']:.1f} | "
+                    f"{r['max_z']:.1f} |")
+    return "\n".join(head) + "\n"
+
+
+def main(argv=None) -> None:
+    from _blocks import fill_block
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-full-teacher", action="store_true",
+                    help="skip the teacher on the whole radiographs (minutes of CPU each)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = demo_rows()
+    more, fig = radiographs(not a.no_full_teacher)
+    rows += more
+    figure(fig, FIG)
+    fill_block(DOC, "hallucination-counts", render(rows), required=True)
+    print(json.dumps({"rows": len(rows), "doc": str(DOC), "figure": str(FIG)}))
+
+
+if __name__ == "__main__":
+    main()
