@@ -18,6 +18,11 @@ detected pixels outlined). Needs the detector at ``medshift_fast/translate/hallu
 (see ``translate.checks.hallucination_stats``).
 
     OMP_NUM_THREADS=1 python scripts/hallucination_numbers.py [--no-full-teacher]
+
+Resumable: every row (and the figure's translations) is cached under ``runs/hallucination/``
+as it is computed, so an interrupted run continues, and the teacher's whole-radiograph rows
+(about an hour of one contended core each) can be added by a later run without
+``--no-full-teacher``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ TEACHER, STUDENT = ROOT / "pretrained" / "demo128", ROOT / "pretrained" / "demo1
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 SUBJECTS = (40, 41)  # the demo's simulator trained the runs on subjects 0..39
 DOC, FIG = ROOT / "docs" / "native.md", ROOT / "docs" / "hallucination_rg1.png"
+CACHE = ROOT / "runs" / "hallucination"
 FIG_BOX = (96, 96, 288)  # (row, column, side) of the 100 % crop inside RG1's 512² crop
 
 
@@ -62,8 +68,25 @@ def _translator(run: Path, src: str, tgt: str):
     return Translator(run, src, tgt, device="cpu")
 
 
+def _cached(key: str, compute):
+    """The JSON row cached under ``key``, or ``compute()`` cached now."""
+    path = CACHE / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    CACHE.mkdir(parents=True, exist_ok=True)
+    row = compute()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row))
+    tmp.replace(path)
+    return row
+
+
 def demo_rows() -> list[dict]:
     """Counts per image on new subjects at 128 px: teacher, student, the true target."""
+    return _cached("demo", _demo_rows)
+
+
+def _demo_rows() -> list[dict]:
     from medshift_fast.data.simulator import SimConfig, render_subject
 
     cfg = SimConfig(subjects=40, views=6, size=128, seed=0)  # scripts/pretrain.sh's data
@@ -110,19 +133,25 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
     rows, fig = [], {"source": torch.from_numpy(crop)}
     for name, run in (("teacher", TEACHER), ("student", STUDENT)):
         tr = _translator(run, src, tgt)
-        for what, img in images.items():
+        for k, (what, img) in enumerate(images.items()):
             if name == "teacher" and "crop" not in what and not full_teacher:
                 continue
             x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-            t0 = time.perf_counter()
-            y = tr.translate(x)
-            c = _count(x, y)
-            print(f"{what} {name}: {c['count']} new structures ({time.perf_counter() - t0:.0f} s"
-                  " contended)", flush=True)
-            rows.append(_summary(what, "native (tiles of 128 px)", f"{src} -> {tgt}", name,
-                                 [c]))
-            if what.startswith("RG1_UNCI 512"):
-                fig[name] = y[0, 0]
+            keep = CACHE / f"rg1_crop_{name}.npy" if k == 0 else None
+
+            def compute(x=x, tr=tr, what=what, name=name, keep=keep):
+                t0 = time.perf_counter()
+                y = tr.translate(x)
+                c = _count(x, y)
+                print(f"{what} {name}: {c['count']} new structures "
+                      f"({time.perf_counter() - t0:.0f} s, contended)", flush=True)
+                if keep is not None:
+                    np.save(keep, y[0, 0].numpy())
+                return _summary(what, "native (tiles of 128 px)", f"{src} -> {tgt}", name, [c])
+
+            rows.append(_cached(f"radiograph{k}_{name}", compute))
+            if keep is not None:
+                fig[name] = torch.from_numpy(np.load(keep))
     fig["box"], fig["crop_at"] = FIG_BOX, RG1_CROP
     return rows, fig
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..data.io import RADIOGRAPHIC_MODALITIES
 from ..errors import MedShiftError
@@ -51,6 +52,8 @@ U16_MAX = 65535.0
 
 def _unit(img) -> tuple[np.ndarray, int | None]:
     """(float32 values in [-1, 1], container bits of raw uint16 input or None), flattened."""
+    if isinstance(img, torch.Tensor) and img.dtype == torch.uint16:
+        img = img.detach().cpu().to(torch.int32).numpy().astype(np.uint16)
     a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
     if a.dtype == np.uint16:
         return (a.astype(np.float32).ravel() * np.float32(2.0 / U16_MAX) - 1.0), 16
@@ -129,18 +132,27 @@ def _fmt(v) -> str:
 
 def _piecewise(img, xs, ys):
     """The monotone map of [-1, 1] onto itself through the knots (xs -> ys), with -1 -> -1 and
-    +1 -> +1 beyond them (a bijection: the inverse map is the same with the knots swapped);
-    same type, shape and dtype as ``img``."""
+    +1 -> +1 beyond them (a bijection: the inverse map is the same with the knots swapped).
+    ``img``: float pixels in [-1, 1] or raw uint16 counts (mapped as a 16-bit container), array
+    or tensor; the result has its type, shape, dtype and device."""
     xk = _increasing(np.clip(np.concatenate([[-1.0], xs, [1.0]]), -1.0, 1.0))
     yk = _increasing(np.clip(np.concatenate([[-1.0], ys, [1.0]]), -1.0, 1.0))
-    is_t = hasattr(img, "detach")
-    a = img.detach().cpu().numpy() if is_t else np.asarray(img)
-    out = np.clip(np.interp(a.astype(np.float64), xk, yk), -1.0, 1.0).astype(a.dtype)
-    if is_t:
-        import torch
-
-        return torch.from_numpy(out).to(img.device)
-    return out
+    t = img if isinstance(img, torch.Tensor) else None
+    if t is not None:
+        raw = t.dtype == torch.uint16
+        a = (t.detach().cpu().to(torch.int32) if raw else t.detach().cpu()).numpy()
+    else:
+        a = np.asarray(img)
+        raw = a.dtype == np.uint16
+    u = a.astype(np.float64)
+    if raw:
+        u = u * (2.0 / U16_MAX) - 1.0
+    out = np.clip(np.interp(u, xk, yk), -1.0, 1.0)
+    out = np.rint((out + 1.0) * (U16_MAX / 2.0)).astype(np.uint16) if raw else out.astype(a.dtype)
+    if t is None:
+        return out
+    o = torch.from_numpy(out.astype(np.int32)).to(torch.uint16) if raw else torch.from_numpy(out)
+    return o.to(t.device)
 
 
 def _container_bits(v: np.ndarray, source, raw_bits: int | None,
