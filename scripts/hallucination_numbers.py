@@ -12,10 +12,11 @@ does not have beyond its noise, on the working grid). It is measured
   and RG3_UNCI whole (the student) and their 512² crops (teacher and student), pair
   real_low -> real_exposure.
 
-It writes the ``hallucination-counts`` block of docs/native.md and the figure
+It writes the ``hallucination-counts`` block of docs/native.md and the figures
 docs/hallucination_rg1.png (100 % crops of RG1's lung masses: source, teacher, student, the
-detected pixels outlined). Needs the detector at ``medshift_fast/translate/hallucination.py``
-(see ``translate.checks.hallucination_stats``).
+counted pixels outlined, and a 4x zoom of each) and docs/hallucination_rg1_flat.png (the
+student on the whole RG1: its flat abdomen at 100 %). Needs the detector at
+``medshift_fast/translate/hallucination.py`` (see ``translate.checks.hallucination_stats``).
 
     OMP_NUM_THREADS=1 python scripts/hallucination_numbers.py [--no-full-teacher]
 
@@ -42,6 +43,8 @@ TEACHER, STUDENT = ROOT / "pretrained" / "demo128", ROOT / "pretrained" / "demo1
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 SUBJECTS = (40, 41)  # the demo's simulator trained the runs on subjects 0..39
 DOC, FIG = ROOT / "docs" / "native.md", ROOT / "docs" / "hallucination_rg1.png"
+FIG_FLAT = ROOT / "docs" / "hallucination_rg1_flat.png"
+FLAT_BOX = (1630, 760, 320)  # (row, column, side) in RG1_UNCI: the abdomen below the diaphragm
 CACHE = ROOT / "runs" / "hallucination"
 FIG_BOX = (96, 96, 288)  # (row, column, side) of the 100 % crop inside RG1's 512² crop
 
@@ -137,7 +140,7 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
             if name == "teacher" and "crop" not in what and not full_teacher:
                 continue
             x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-            keep = CACHE / f"rg1_crop_{name}.npy" if k == 0 else None
+            keep = CACHE / f"radiograph{k}_{name}.npy"  # the outputs, to look at
 
             def compute(x=x, tr=tr, what=what, name=name, keep=keep):
                 t0 = time.perf_counter()
@@ -145,45 +148,91 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
                 c = _count(x, y)
                 print(f"{what} {name}: {c['count']} new structures "
                       f"({time.perf_counter() - t0:.0f} s, contended)", flush=True)
-                if keep is not None:
-                    np.save(keep, y[0, 0].numpy())
+                np.save(keep, y[0, 0].numpy())
                 return _summary(what, "native (tiles of 128 px)", f"{src} -> {tgt}", name, [c])
 
             rows.append(_cached(f"radiograph{k}_{name}", compute))
-            if keep is not None:
-                fig[name] = torch.from_numpy(np.load(keep))
+            if k in (0, 2) and (k == 0 or name == "student"):
+                if not keep.is_file():  # a row cached before the outputs were kept
+                    (CACHE / f"radiograph{k}_{name}.json").unlink()
+                    rows[-1] = _cached(f"radiograph{k}_{name}", compute)
+                if k == 0:
+                    fig[name] = torch.from_numpy(np.load(keep))
+                else:
+                    fig["flat"] = (img, np.load(keep), FLAT_BOX)
     fig["box"], fig["crop_at"] = FIG_BOX, RG1_CROP
     return rows, fig
 
 
-def figure(fig: dict, path: Path) -> None:
-    """Source | teacher | student at 100 % (one image pixel per pixel), detections in red."""
+def _panel(img: np.ndarray, window: tuple[float, float], mask=None, zoom: int = 1):
+    """One grey panel (``window`` -> 0..255), detected pixels outlined in red, ``zoom`` x."""
+    from PIL import Image
+
+    lo, hi = window
+    g = np.clip((img - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    rgb = np.stack([g, g, g], -1)
+    if mask is not None:
+        m = mask
+        rgb[m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1)
+                  & np.roll(m, -1, 1))] = (255, 0, 0)
+    im = Image.fromarray(rgb)
+    return im.resize((im.width * zoom, im.height * zoom), Image.NEAREST) if zoom > 1 else im
+
+
+def _sheet(rows: list[list[tuple[str, object]]], path: Path) -> None:
+    """Rows of (title, panel) pasted on white with their titles."""
     from PIL import Image, ImageDraw
 
+    pad, head = 8, 18
+    w = max(sum(p.width + pad for _, p in r) + pad for r in rows)
+    h = sum(max(p.height for _, p in r) + head + pad for r in rows) + pad
+    out = Image.new("RGB", (w, h), "white")
+    draw, y = ImageDraw.Draw(out), pad
+    for r in rows:
+        x = pad
+        for title, p in r:
+            draw.text((x, y), title, fill="black")
+            out.paste(p, (x, y + head))
+            x += p.width + pad
+        y += max(p.height for _, p in r) + head + pad
+    out.save(path)
+
+
+def figures(fig: dict, zoom: int = 4) -> None:
+    """docs/hallucination_rg1.png: RG1's lung masses, source | teacher | student at 100 % in
+    the displayed window with the counted pixels outlined; below, the middle (side / zoom)² of
+    each, ``zoom`` x, in the source's local window: the texture each adds, which a count of
+    compact structures does not measure. docs/hallucination_rg1_flat.png: the student on the
+    whole RG1, its flat bright abdomen at 100 % in the local window (where it puts most of its
+    counted structures)."""
     det = _detector()
     r, c, side = fig["box"]
-    panels = []
-    for name in ("source", "teacher", "student"):
-        img = fig[name][r:r + side, c:c + side].numpy()
-        g = np.clip((img + 1.0) * 127.5, 0, 255).astype(np.uint8)
-        rgb = np.stack([g, g, g], -1)
-        if name != "source":
-            mask, _, _ = det.hallucination_mask(fig["source"], fig[name])
-            m = mask[r:r + side, c:c + side].numpy()
-            edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1)
-                         & np.roll(m, -1, 1))
-            rgb[edge] = (255, 0, 0)
-        panels.append(Image.fromarray(rgb))
-    pad, top = 8, 18
-    out = Image.new("RGB", (3 * side + 4 * pad, side + top + pad), "white")
-    draw = ImageDraw.Draw(out)
     rr, cc = fig["crop_at"]
-    titles = (f"RG1_UNCI rows {rr + r}-{rr + r + side}, cols {cc + c}-{cc + c + side}",
-              "teacher (demo128), native", "student (demo128_adv), native")
-    for k, (p, t) in enumerate(zip(panels, titles)):
-        out.paste(p, (pad + k * (side + pad), top))
-        draw.text((pad + k * (side + pad), 3), t, fill="black")
-    out.save(path)
+    z0, zs = side // 2 - side // (2 * zoom), side // zoom
+    src = fig["source"].numpy()
+    local = tuple(np.percentile(src[r + z0:r + z0 + zs, c + z0:c + z0 + zs], (1, 99))
+                  + np.array([-0.05, 0.05]))
+    top, bottom = [], []
+    for name, title in (("source", f"RG1_UNCI rows {rr + r}-{rr + r + side}, cols "
+                                   f"{cc + c}-{cc + c + side}, 100 %"),
+                        ("teacher", "teacher (demo128), native; counted: red"),
+                        ("student", "student (demo128_adv), native; counted: red")):
+        img = fig[name].numpy()
+        m = None if name == "source" else det.hallucination_mask(fig["source"],
+                                                                 fig[name])[0].numpy()
+        cut = (slice(r, r + side), slice(c, c + side))
+        top.append((title, _panel(img[cut], (-1.0, 1.0), None if m is None else m[cut])))
+        mid = (slice(r + z0, r + z0 + zs), slice(c + z0, c + z0 + zs))
+        bottom.append((f"its middle {zs}x{zs} px, {zoom}x, local window",
+                       _panel(img[mid], local, zoom=zoom)))
+    _sheet([top, bottom], FIG)
+    if "flat" in fig:
+        x, y, (fr, fc, fs) = fig["flat"]
+        m = det.hallucination_mask(torch.from_numpy(x), torch.from_numpy(y))[0].numpy()
+        cut = (slice(fr, fr + fs), slice(fc, fc + fs))
+        win = tuple(np.percentile(x[cut], (1, 99)) + np.array([-0.03, 0.03]))
+        _sheet([[(f"RG1 rows {fr}-{fr + fs}, cols {fc}-{fc + fs}", _panel(x[cut], win)),
+                 ("student, native (counted: red)", _panel(y[cut], win, m[cut]))]], FIG_FLAT)
 
 
 def render(rows: list[dict]) -> str:
@@ -207,7 +256,7 @@ def main(argv=None) -> None:
     rows = demo_rows()
     more, fig = radiographs(not a.no_full_teacher)
     rows += more
-    figure(fig, FIG)
+    figures(fig)
     fill_block(DOC, "hallucination-counts", render(rows), required=True)
     print(json.dumps({"rows": len(rows), "doc": str(DOC), "figure": str(FIG)}))
 
