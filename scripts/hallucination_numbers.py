@@ -144,11 +144,14 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
 
             def compute(x=x, tr=tr, what=what, name=name, keep=keep):
                 t0 = time.perf_counter()
-                y = tr.translate(x)
+                if keep.is_file():  # translated before: count it again
+                    y = torch.from_numpy(np.load(keep))[None, None]
+                else:
+                    y = tr.translate(x)
+                    np.save(keep, y[0, 0].numpy())
                 c = _count(x, y)
                 print(f"{what} {name}: {c['count']} new structures "
                       f"({time.perf_counter() - t0:.0f} s, contended)", flush=True)
-                np.save(keep, y[0, 0].numpy())
                 return _summary(what, "native (tiles of 128 px)", f"{src} -> {tgt}", name, [c])
 
             rows.append(_cached(f"radiograph{k}_{name}", compute))
@@ -162,6 +165,17 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
                     fig["flat"] = (img, np.load(keep), FLAT_BOX)
     fig["box"], fig["crop_at"] = FIG_BOX, RG1_CROP
     return rows, fig
+
+
+def _mask(source: torch.Tensor, output: torch.Tensor) -> np.ndarray:
+    """The pixels the manifest's count counts (the detector's mask, in the same windows)."""
+    from medshift_fast.translate.checks import count_windows
+
+    det = _detector()
+    m = np.zeros(tuple(source.shape), bool)
+    for ry, rx in count_windows(*source.shape):
+        m[ry, rx] = det.hallucination_mask(source[ry, rx], output[ry, rx])[0].numpy()
+    return m
 
 
 def _panel(img: np.ndarray, window: tuple[float, float], mask=None, zoom: int = 1):
@@ -205,7 +219,6 @@ def figures(fig: dict, zoom: int = 4) -> None:
     compact structures does not measure. docs/hallucination_rg1_flat.png: the student on the
     whole RG1, its flat bright abdomen at 100 % in the local window (where it puts most of its
     counted structures)."""
-    det = _detector()
     r, c, side = fig["box"]
     rr, cc = fig["crop_at"]
     z0, zs = side // 2 - side // (2 * zoom), side // zoom
@@ -218,8 +231,7 @@ def figures(fig: dict, zoom: int = 4) -> None:
                         ("teacher", "teacher (demo128), native; counted: red"),
                         ("student", "student (demo128_adv), native; counted: red")):
         img = fig[name].numpy()
-        m = None if name == "source" else det.hallucination_mask(fig["source"],
-                                                                 fig[name])[0].numpy()
+        m = None if name == "source" else _mask(fig["source"], fig[name])
         cut = (slice(r, r + side), slice(c, c + side))
         top.append((title, _panel(img[cut], (-1.0, 1.0), None if m is None else m[cut])))
         mid = (slice(r + z0, r + z0 + zs), slice(c + z0, c + z0 + zs))
@@ -228,7 +240,7 @@ def figures(fig: dict, zoom: int = 4) -> None:
     _sheet([top, bottom], FIG)
     if "flat" in fig:
         x, y, (fr, fc, fs) = fig["flat"]
-        m = det.hallucination_mask(torch.from_numpy(x), torch.from_numpy(y))[0].numpy()
+        m = _mask(torch.from_numpy(x), torch.from_numpy(y))
         cut = (slice(fr, fr + fs), slice(fc, fc + fs))
         win = tuple(np.percentile(x[cut], (1, 99)) + np.array([-0.03, 0.03]))
         _sheet([[(f"RG1 rows {fr}-{fr + fs}, cols {fc}-{fc + fs}", _panel(x[cut], win)),

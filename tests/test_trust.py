@@ -254,3 +254,30 @@ def test_a_forced_blob_is_counted_in_the_manifest(run_dir, tmp_path, monkeypatch
     assert _cli(run_dir, tmp_path / "blob", p, extra=flags) == 0
     (row,) = _rows(tmp_path / "blob")
     assert int(row["hallucination_count"]) >= 1 and int(row["hallucination_area_px"]) > 0
+
+
+def test_large_grids_are_counted_in_windows_of_bounded_size(monkeypatch):
+    """Memory flat in image size: a 2100 x 300 grid is counted in 3 windows of <= 1024 px a
+    side (sums of counts and areas, the largest z), a small one at once."""
+    from medshift_fast.translate.checks import COUNT_WINDOW, count_windows
+
+    calls = []
+
+    def fake(source, output):
+        calls.append(tuple(source.shape))
+        return {"count": 2, "area_px": 5, "max_z": 4.0 + len(calls)}
+
+    monkeypatch.setitem(sys.modules, "medshift_fast.translate.hallucination",
+                        types.SimpleNamespace(hallucination_stats=fake))
+    big = np.zeros((2100, 300), np.float32)
+    d = hallucination_stats(big, big)
+    assert calls == [(700, 300)] * 3 and max(max(c) for c in calls) <= COUNT_WINDOW
+    assert (d["count"], d["area_px"], d["max_z"], d["windows"]) == (6, 15, 7.0, 3)
+    assert d["area_fraction"] == 15 / (2100 * 300)
+    cover = np.zeros((2100, 3000), int)
+    for ry, rx in count_windows(2100, 3000):
+        cover[ry, rx] += 1
+    assert (cover == 1).all()  # every pixel in exactly one window
+    calls.clear()
+    hallucination_stats(big[:512], big[:512])
+    assert calls == [(512, 300)]

@@ -17,13 +17,14 @@ import torch
 
 from ..errors import MedShiftError
 
-__all__ = ["RANGE_TOL", "SCALE_FACTOR", "check_scale", "check_unit_range",
-           "hallucination_columns", "hallucination_stats"]
+__all__ = ["COUNT_WINDOW", "RANGE_TOL", "SCALE_FACTOR", "check_scale", "check_unit_range",
+           "count_windows", "hallucination_columns", "hallucination_stats"]
 
 RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
 #: beyond this factor between the working grid and the input's grid, ``translate`` writes
 #: nothing unless ``--size`` was chosen (docs/native.md)
 SCALE_FACTOR = 4.0
+COUNT_WINDOW = 1024  # the largest side the manifest's hallucination count takes at once
 
 
 def check_unit_range(x: torch.Tensor, what: str, fix: str) -> None:
@@ -81,30 +82,51 @@ def check_scale(ws, size_chosen: bool, shape: tuple[int, int], learned) -> None:
         "(medshift train --native --crop N)")
 
 
-def hallucination_stats(source, output) -> dict | None:
+def hallucination_stats(source, output, window: int = COUNT_WINDOW) -> dict | None:
     """New compact structures in ``output`` that ``source`` does not have beyond its noise
     (count, area, largest z), for the per-run manifest of ``medshift translate``.
 
-    HOOK (issue 31): the detector is the hallucination measure ``evaluate`` reports (the
-    "metrics" branch's ``eval/hallucination.py``: ``hallucination_stats(source, output) ->
-    dict``). translate/ sits below eval/, so on merging it moves to
-    ``medshift_fast/translate/hallucination.py`` (with what it imports from eval/), eval/
-    imports it from there, and this hook finds it. Until then this returns None and the
-    manifest's hallucination columns stay empty.
+    HOOK (issue 31): the detector is the hallucination measure ``evaluate`` reports
+    (``eval/hallucination.py``: ``hallucination_stats(source, output) -> dict``). translate/
+    sits below eval/, so it moves to ``medshift_fast/translate/hallucination.py`` (with what it
+    imports from eval/), eval/ imports it from there, and this hook finds it. Until then this
+    returns None and the manifest's hallucination columns stay empty.
+
+    Cheap and flat in memory: a working grid larger than ``window``² is counted in near-equal
+    windows of at most that side (the detector's whole-image filters take ~170 bytes a pixel:
+    a 3000x2500 grid at once would add more than the tiled translation itself), their counts
+    and areas summed, the largest z kept. Up to ``window``² it is the detector's own count.
 
     Args:
         source: (H, W) source image on the working grid (what the model was given).
         output: (H, W) its translation, same shape.
+        window: the largest side counted at once.
 
     Returns:
-        The detector's dict ({"count", "area_px", "area_fraction", "max_z", ...}), or None
-        when the detector is not installed.
+        {"count", "area_px", "area_fraction", "max_z", "windows"}, or None when the detector
+        is not installed.
     """
     try:
         from .hallucination import hallucination_stats as detect  # the lead's move (see above)
     except ImportError:
         return None
-    return detect(source, output)
+    s, o = torch.as_tensor(source).detach().cpu(), torch.as_tensor(output).detach().cpu()
+    h, w = int(s.shape[-2]), int(s.shape[-1])
+    parts = [detect(s[..., ry, rx], o[..., ry, rx]) for ry, rx in count_windows(h, w, window)]
+    area = sum(int(p["area_px"]) for p in parts)
+    return {"count": sum(int(p["count"]) for p in parts), "area_px": area,
+            "area_fraction": area / float(h * w), "max_z": max(float(p["max_z"]) for p in parts),
+            "windows": len(parts)}
+
+
+def count_windows(h: int, w: int, window: int = COUNT_WINDOW) -> list[tuple[slice, slice]]:
+    """The near-equal windows (row slice, column slice) of at most ``window`` a side that
+    :func:`hallucination_stats` counts an (h, w) grid in, row by row."""
+    ny, nx = -(-int(h) // window), -(-int(w) // window)
+    ys = [round(k * h / ny) for k in range(ny + 1)]
+    xs = [round(k * w / nx) for k in range(nx + 1)]
+    return [(slice(ys[a], ys[a + 1]), slice(xs[b], xs[b + 1])) for a in range(ny)
+            for b in range(nx)]
 
 
 def hallucination_columns(found: dict | None) -> dict:
