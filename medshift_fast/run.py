@@ -248,17 +248,22 @@ def record_run_hashes(run_dir: str | Path, force: bool = False) -> dict[str, Any
         The ``"sha256"`` entry written.
     """
     run_dir = Path(run_dir)
+    original = (run_dir / CONFIG).read_text() if (run_dir / CONFIG).is_file() else None
     cfg = read_run_config(run_dir)
+    for name in (WEIGHTS, RAW_WEIGHTS):  # every recorded weights hash, raw included
+        check_weights_hash(run_dir, cfg, name)
     if force:
-        rec = dict(_recorded(cfg))
-        rec.pop("config", None)
+        rec = {k: v for k, v in _recorded(cfg).items() if k != "config"}
         cfg = {**cfg, HASHES: rec}
-        for name in (WEIGHTS, RAW_WEIGHTS):
-            check_weights_hash(run_dir, cfg, name)
         atomic_write_text(run_dir / CONFIG, json.dumps(cfg, indent=2, sort_keys=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MedShiftWarning)  # it is being fixed now
-        load_run(run_dir)  # the weights must match the config before they are vouched for
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MedShiftWarning)  # it is being fixed now
+            load_run(run_dir)  # the weights must match the config before they are vouched for
+    except MedShiftError:
+        if force and original is not None:
+            atomic_write_text(run_dir / CONFIG, original)  # leave it as it was
+        raise
     return _write_hashes(run_dir, cfg)
 
 
