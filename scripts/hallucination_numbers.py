@@ -1,7 +1,7 @@
 """How often the shipped teacher and student invent compact structures (issue 31).
 
 The count is the one ``medshift translate`` writes per image into its manifest
-(``translate.checks.hallucination_stats``: new compact structures of the output that the source
+(``translate.checks.count_hallucinations``: new compact structures of the output that the source
 does not have beyond its noise, on the working grid). It is measured
 
 * on the demo's data at the scale the runs learned (128 px): new subjects of the demo's
@@ -16,7 +16,7 @@ It writes the ``hallucination-counts`` block of docs/native.md and the figures
 docs/hallucination_rg1.png (100 % crops of RG1's lung masses: source, teacher, student, the
 counted pixels outlined, and a 4x zoom of each) and docs/hallucination_rg1_flat.png (the
 student on the whole RG1: its flat abdomen at 100 %). Needs the detector at
-``medshift_fast/translate/hallucination.py`` (see ``translate.checks.hallucination_stats``).
+``medshift_fast/translate/hallucination.py`` (see ``translate.checks.count_hallucinations``).
 
     OMP_NUM_THREADS=1 python scripts/hallucination_numbers.py [--no-full-teacher]
 
@@ -56,13 +56,9 @@ def _detector():
 
 
 def _count(x: torch.Tensor, y: torch.Tensor) -> dict:
-    from medshift_fast.translate.checks import hallucination_stats
+    from medshift_fast.translate.checks import count_hallucinations
 
-    d = hallucination_stats(x[0, 0], y[0, 0])
-    if d is None:
-        raise SystemExit("the hallucination detector is not at medshift_fast/translate/"
-                         "hallucination.py (translate.checks.hallucination_stats)")
-    return d
+    return count_hallucinations(x[0, 0], y[0, 0])
 
 
 def _translator(run: Path, src: str, tgt: str):

@@ -20,7 +20,7 @@ from medshift_fast.models import build_model
 from medshift_fast.run import load_run, save_run
 from medshift_fast.train import TrainConfig
 from medshift_fast.translate import Translator
-from medshift_fast.translate.checks import SCALE_FACTOR, check_scale, hallucination_stats
+from medshift_fast.translate.checks import SCALE_FACTOR, check_scale, count_hallucinations
 from medshift_fast.translate.intensity import PERCENTILES, decide, percentiles
 from medshift_fast.translate.learned import Learned, domain_stats, record
 
@@ -217,14 +217,10 @@ def test_cli_match_writes_back_in_the_input_scale_and_records_it(run_dir, tmp_pa
 
 # ---------------------------------------------------------------------------- hallucinations
 def test_the_manifest_counts_through_the_hook(run_dir, tmp_path, monkeypatch):
-    """Without the detector module the columns stay empty; the detector the lead moves to
-    translate/hallucination.py is found by the hook and fills them (a stand-in here)."""
+    """The manifest's columns come from the detector module translate/hallucination.py on the
+    working grid (a stand-in here)."""
     p = tmp_path / "a.png"
     write_png16(p, np.random.default_rng(6).uniform(-0.9, 0.9, (32, 32)).astype(np.float32))
-    try:
-        import medshift_fast.translate.hallucination  # noqa: F401 - the lead's move
-    except ImportError:
-        assert hallucination_stats(np.zeros((8, 8)), np.zeros((8, 8))) is None
     seen = []
 
     def fake(source, output):
@@ -243,16 +239,11 @@ def test_the_manifest_counts_through_the_hook(run_dir, tmp_path, monkeypatch):
 
 
 def test_a_forced_blob_is_counted_in_the_manifest(run_dir, tmp_path, monkeypatch):
-    """The real detector (evaluate's, at eval/hallucination.py until the lead moves it under
-    translate/) through the manifest: an identity translation (tau = 1) of a smooth noisy
+    """The real detector (translate/hallucination.py, the one evaluate reports) through the
+    manifest: an identity translation (tau = 1) of a smooth noisy
     source counts 0, the same with a blob painted into the output counts it."""
     from medshift_fast.translate.translator import Translator as T
 
-    try:
-        import medshift_fast.translate.hallucination  # noqa: F401 - after the lead's move
-    except ImportError:
-        det = pytest.importorskip("medshift_fast.eval.hallucination")
-        monkeypatch.setitem(sys.modules, "medshift_fast.translate.hallucination", det)
     g = np.random.default_rng(7)
     yy, xx = np.mgrid[:128, :128]
     src = (0.3 * np.sin(xx / 20.0) + 0.02 * g.normal(size=(128, 128))).astype(np.float32)
@@ -283,7 +274,7 @@ def test_large_grids_are_counted_in_windows_of_bounded_size(monkeypatch):
     monkeypatch.setitem(sys.modules, "medshift_fast.translate.hallucination",
                         types.SimpleNamespace(hallucination_stats=fake))
     big = np.zeros((2100, 300), np.float32)
-    d = hallucination_stats(big, big)
+    d = count_hallucinations(big, big)
     assert calls == [(700, 300)] * 3 and max(max(c) for c in calls) <= COUNT_WINDOW
     assert (d["count"], d["area_px"], d["max_z"], d["windows"]) == (6, 15, 7.0, 3)
     assert d["area_fraction"] == 15 / (2100 * 300)
@@ -292,5 +283,5 @@ def test_large_grids_are_counted_in_windows_of_bounded_size(monkeypatch):
         cover[ry, rx] += 1
     assert (cover == 1).all()  # every pixel in exactly one window
     calls.clear()
-    hallucination_stats(big[:512], big[:512])
+    count_hallucinations(big[:512], big[:512])
     assert calls == [(512, 300)]

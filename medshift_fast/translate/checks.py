@@ -8,7 +8,7 @@ exported engines (``export.engines``: the same pixel-range message) and after a 
 * :func:`check_unit_range` -- float pixels must be finite and in [-1, 1] (raw counts are named).
 * :func:`check_scale` -- the scale is a decision, not a warning: an input more than
   :data:`SCALE_FACTOR` times from the working scale is refused unless ``--size`` chose.
-* :func:`hallucination_stats` -- new compact structures in an output (see its docstring).
+* :func:`count_hallucinations` -- new compact structures in an output (see its docstring).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from ..errors import MedShiftError, option
 
 __all__ = ["COUNT_WINDOW", "RANGE_TOL", "SCALE_FACTOR", "check_scale", "check_unit_range",
-           "count_windows", "hallucination_columns", "hallucination_stats"]
+           "count_hallucinations", "count_windows", "hallucination_columns"]
 
 RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
 #: beyond this factor between the working grid and the input's grid, ``translate`` writes
@@ -88,15 +88,12 @@ def check_scale(ws, size_chosen: bool, shape: tuple[int, int], learned) -> None:
         "(medshift train --native --crop N)")
 
 
-def hallucination_stats(source, output, window: int = COUNT_WINDOW) -> dict | None:
+def count_hallucinations(source, output, window: int = COUNT_WINDOW) -> dict:
     """New compact structures in ``output`` that ``source`` does not have beyond its noise
     (count, area, largest z), for the per-run manifest of ``medshift translate``.
 
-    HOOK (issue 31): the detector is the hallucination measure ``evaluate`` reports
-    (``eval/hallucination.py``: ``hallucination_stats(source, output) -> dict``). translate/
-    sits below eval/, so it moves to ``medshift_fast/translate/hallucination.py`` (with what it
-    imports from eval/), eval/ imports it from there, and this hook finds it. Until then this
-    returns None and the manifest's hallucination columns stay empty.
+    The detector is the hallucination measure ``evaluate`` reports
+    (:mod:`medshift_fast.translate.hallucination`; eval/ imports it from there).
 
     Cheap and flat in memory: a working grid larger than ``window``² is counted in near-equal
     windows of at most that side (the detector's whole-image filters take ~170 bytes a pixel:
@@ -109,13 +106,9 @@ def hallucination_stats(source, output, window: int = COUNT_WINDOW) -> dict | No
         window: the largest side counted at once.
 
     Returns:
-        {"count", "area_px", "area_fraction", "max_z", "windows"}, or None when the detector
-        is not installed.
+        {"count", "area_px", "area_fraction", "max_z", "windows"}.
     """
-    try:
-        from .hallucination import hallucination_stats as detect  # the lead's move (see above)
-    except ImportError:
-        return None
+    from .hallucination import hallucination_stats as detect
     s, o = torch.as_tensor(source).detach().cpu(), torch.as_tensor(output).detach().cpu()
     h, w = int(s.shape[-2]), int(s.shape[-1])
     parts = [detect(s[..., ry, rx], o[..., ry, rx]) for ry, rx in count_windows(h, w, window)]
@@ -127,7 +120,7 @@ def hallucination_stats(source, output, window: int = COUNT_WINDOW) -> dict | No
 
 def count_windows(h: int, w: int, window: int = COUNT_WINDOW) -> list[tuple[slice, slice]]:
     """The near-equal windows (row slice, column slice) of at most ``window`` a side that
-    :func:`hallucination_stats` counts an (h, w) grid in, row by row."""
+    :func:`count_hallucinations` counts an (h, w) grid in, row by row."""
     ny, nx = -(-int(h) // window), -(-int(w) // window)
     ys = [round(k * h / ny) for k in range(ny + 1)]
     xs = [round(k * w / nx) for k in range(nx + 1)]

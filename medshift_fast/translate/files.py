@@ -47,7 +47,7 @@ translated with a one-line warning; a container / bit-depth mismatch -> refused 
 ``--input-bits``; a non-radiograph far outside -> refused naming ``--intensity match`` /
 ``as-is``. ``match`` maps the image's percentiles onto the domain's and the output back. The
 verdict is in the manifest (``intensity``) and the output's metadata; so is the hallucination
-count of each output on its working grid (``checks.hallucination_stats``: ``hallucination_*``
+count of each output on its working grid (``checks.count_hallucinations``: ``hallucination_*``
 columns).
 
 Output safety (docs/data.md): ``out`` may not be (or lie inside) an input folder, no output may
@@ -73,7 +73,7 @@ from ..data.io import read_image
 from ..data.writers import derived_series, new_series_uid, write_image
 from ..errors import MedShiftError, offering, skip_note
 from ..fileio import check_not_inside, check_writable_dir, sha256_file
-from .checks import hallucination_columns, hallucination_stats
+from .checks import count_hallucinations, hallucination_columns
 from .intensity import DEFAULT_MODE, INTENSITY_MODES
 from .manifest import (
     FAILED,
@@ -464,7 +464,7 @@ def _batch(items: list[Planned], tr, cfg, opts, derivation, series, summary, man
         if item.kept:  # written and verified before the interruption: computed, not written
             continue
         # new compact structures, on the working grid (what the model was given and made)
-        found = hallucination_stats(xi[0], yi[0]) if cfg.count_hallucinations else None
+        found = count_hallucinations(xi[0], yi[0]) if cfg.count_hallucinations else None
         res = verdict.restore(item.fit.restore(yi[None])[0, 0].numpy())
         extra = {"working": item.note, "intensity": verdict.note}
         if found is not None:

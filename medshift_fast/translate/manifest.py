@@ -12,7 +12,7 @@ hidden partial manifest and rank 0 merges them, in input order, at the end (``Sh
 
 Per input it also records how the image was translated: its working size and scale, the
 intensity rule's verdict (``intensity``), the count, area and largest z of new compact
-structures in the output (``hallucination_*``, ``checks.hallucination_stats``) and, for a DICOM
+structures in the output (``hallucination_*``, ``checks.count_hallucinations``) and, for a DICOM
 output, the derived series it joined (``dicom_series_uid``; ``series_uid`` is the run's own UID,
 from which every derived series of the run is made: ``data.writers.derived_series``).
 """
