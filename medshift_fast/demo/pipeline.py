@@ -361,6 +361,7 @@ def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_di
     ``sections`` (markdown lines of later stages, e.g. native resolution), timing, versions."""
     from ..eval.report import versions
     from .eval import report_lines, verdict_lines
+    from .realism import realism_lines
 
     rec = resolve(cfg.recipe(), RECIPE)
     crops = f" on {own['crop']}-px crops" if own["crop"] else ""
@@ -390,6 +391,7 @@ def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_di
         "## Verdict",
         "",
         *verdict_lines(cfg, evals),
+        *realism_lines(cfg, evals),
         "",
         *[f"- {n}" for n in notes],
         "",

@@ -16,7 +16,14 @@ from torch import nn
 from ..errors import MedShiftError
 from ..translate import TranslateOptions
 from .graphs import ExportSettings, check_model, export_codec, io_layout, model_size
-from .sidecar import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, FORMATS, SUFFIXES, write_sidecar
+from .sidecar import (
+    ENGINE_FORMAT,
+    ENGINE_FORMAT_VERSION,
+    FORMATS,
+    SUFFIXES,
+    input_spec,
+    write_sidecar,
+)
 from .verify import VerifyResult, verify_engine
 
 
@@ -214,6 +221,7 @@ def export_engine(
         "model_channels": int(model.in_channels),
         "inputs": inputs,
         "outputs": outputs,
+        "input": input_spec(settings),  # what Engine.check_input accepts
         "device": info.get("device", next(model.parameters()).device.type),
         "io_contract": contract,
         **info,
