@@ -34,7 +34,7 @@ from ..translate import RECIPE, TAU_SWEEP, Recipe, resolve
 
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
-DEFAULT_STUDENT = "demo128_adv"  # the shipped one-call student the demo scores (adversarial)
+DEFAULT_STUDENT = "demo128_lean_sto"  # the shipped one-call student the demo scores (stochastic lean)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +62,7 @@ class DemoConfig(Recipe):
             ~30x the student; the student, identity and the classical baselines get all).
         pretrained: the shipped teacher run (auto: pretrained/demo128 beside the package;
             none: evaluate the demo's own run).
-        student: the shipped distilled student (auto: pretrained/demo128_adv; none:
+        student: the shipped distilled student (auto: pretrained/demo128_lean_sto; none:
             skip).
         export: export the translators to ONNX and verify them in ONNX Runtime.
         native: end by translating a real radiograph (pydicom-data's RG1_UNCI) at its native
