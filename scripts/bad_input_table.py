@@ -10,6 +10,7 @@ checks that the block is what they print, so the table can only say what the cod
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "data.md"
 BLOCK = "bad-input-safety"
-EXCERPT = 150  # characters of the message shown
+EXCERPT = 200  # characters of the message shown (its beginning and its end)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,113 @@ def _no_images(w: Path) -> list[str]:
     return _train(data, w / "run")
 
 
+def _quiet(argv: list[str]) -> int:
+    """Run a command whose output is not the case (the set-up of one)."""
+    from medshift_fast.cli import main
+
+    with redirect_stderr(StringIO()), redirect_stdout(StringIO()):
+        return main(argv)
+
+
+def _translate(run: Path, out: Path, *extra: str) -> list[str]:
+    return ["translate", "--checkpoint", str(run), "--source", "synthetic_low", "--target",
+            "real_normal", "--out", str(out), "--steps", "1", "--no-progress", *extra]
+
+
+def _folder_with_a_nan(w: Path) -> Path:
+    import numpy as np
+    import tifffile
+
+    folder = _pngs(w / "scans", ("a",), 3) / "a"
+    bad = np.zeros((8, 8), np.float32)
+    bad[2, 2] = np.nan
+    tifffile.imwrite(folder / "1bad.tif", bad)
+    return folder
+
+
+def _huge_png(w: Path) -> list[str]:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    side, z = 20000, zlib.compressobj(1)
+    row = bytes(side + 1)
+    idat = b"".join([z.compress(row) for _ in range(side)] + [z.flush()])
+    p = w / "huge.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8,
+                                                                    0, 0, 0, 0))
+                  + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return _translate(_run(w / "run"), w / "out", str(p))
+
+
+def _resumed(w: Path, edit: str) -> list[str]:
+    folder, run = _pngs(w / "scans", ("a",), 3) / "a", _run(w / "run")
+    _quiet(_translate(run, w / "out", str(folder)))
+    if edit == "output":
+        (w / "out" / "0_real_normal.png").write_bytes((w / "out" / "1_real_normal.png")
+                                                      .read_bytes())
+        return _translate(run, w / "out", "--resume", str(folder))
+    return _translate(run, w / "out", "--resume", "--tau", "0.45", str(folder))
+
+
+def _rgb_in_data(w: Path) -> list[str]:
+    import numpy as np
+    from PIL import Image
+
+    data = _pngs(w / "data")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / "real_normal" / "rgb.png")
+    return _train(data, w / "run")
+
+
+def _five_domains(w: Path) -> list[str]:
+    import torch
+
+    from medshift_fast.data import DOMAINS
+    from medshift_fast.models import build_model
+    from medshift_fast.run import save_run
+    from medshift_fast.train import TrainConfig
+
+    torch.manual_seed(0)
+    m = build_model("tiny", num_classes=5, model_channels=16, head_channels=16)
+    save_run(w / "t", TrainConfig(image_size=16, data=str(_pngs(w / "data"))), m.config,
+             DOMAINS, m.state_dict())
+    return ["distill", "--teacher", str(w / "t"), "--out", str(w / "st"), "--no-progress"]
+
+
+def _evaluate(w: Path, student: bool, *extra: str) -> list[str]:
+    import torch
+
+    from medshift_fast.data import DOMAINS, simulate
+    from medshift_fast.models import build_model
+    from medshift_fast.models.student import Student, StudentConfig
+    from medshift_fast.run import save_run
+    from medshift_fast.train import TrainConfig
+
+    torch.manual_seed(0)
+    m = build_model("tiny", num_classes=5, model_channels=16, head_channels=16)
+    run = save_run(w / "run", TrainConfig(image_size=16), m.config, DOMAINS, m.state_dict())
+    if student:
+        st = Student(StudentConfig(unet=m.config.to_dict(), pairs=((2, 4),)))
+        st.init_from_teacher(m)
+        run = save_run(w / "st", {"image_size": 16}, st.config.to_dict(), DOMAINS,
+                       st.state_dict(), kind="student")
+    data = w if student else simulate(w / "sim", subjects=3, views=6, size=16, progress=False)
+    return ["evaluate", "--checkpoint", str(run), "--data", str(data), "--source", "real_low",
+            "--target", "real_exposure", "--out", str(w / "ev"), "--no-progress", *extra]
+
+
+def _edited_config(w: Path) -> list[str]:
+    data = _pngs(w / "data", n=8)
+    assert _quiet(_train(data, w / "run")) == 0
+    cfg = json.loads((w / "run" / "config.json").read_text())
+    cfg["train"]["batch_size"] = "2"
+    (w / "run" / "config.json").write_text(json.dumps(cfg))
+    return ["train", "--out", str(w / "run"), "--resume", "--steps", "2", "--no-progress"]
+
+
 CASES = (
     Case("`--out` is `--data`, or inside it (with or without `--overwrite`)", "train",
          lambda w: _train(_pngs(w / "data"), w / "data" / "runs" / "r", "--overwrite")),
@@ -151,6 +259,27 @@ CASES = (
          _no_images),
     Case("`--minutes 0` (or negative, NaN, inf)", "train, distill, train-autoencoder",
          lambda w: _train(_pngs(w / "data"), w / "run", "--minutes", "0")),
+    Case("a wrong-typed value in a run's config.json (`\"batch_size\": \"2\"`), resumed",
+         "train", _edited_config),
+    Case("a folder with one bad file (pixels NaN) among good ones, without `--skip-bad`: "
+         "nothing is written", "translate",
+         lambda w: _translate(_run(w / "run"), w / "out", str(_folder_with_a_nan(w)))),
+    Case("a valid PNG of 20000 x 20000 px", "translate", _huge_png),
+    Case("`--resume` into a folder without an earlier run", "translate",
+         lambda w: _translate(_run(w / "run"), w / "new", "--resume",
+                              str(_pngs(w / "scans", ("a",), 1) / "a"))),
+    Case("`--resume` with settings the earlier run did not use", "translate",
+         lambda w: _resumed(w, "tau")),
+    Case("`--resume` when an output was changed after its run wrote it", "translate",
+         lambda w: _resumed(w, "output")),
+    Case("`--input scans/` (flags are never abbreviated: not `--input-bits`)", "translate",
+         lambda w: _translate(_run(w / "run"), w / "out", "--input", "scans/")),
+    Case("a colour image in the dataset (train has no `--allow-rgb`)", "train", _rgb_in_data),
+    Case("a teacher of more than two domains without `--pairs`", "distill", _five_domains),
+    Case("a distilled student with the default baselines (SDEdit, inversion), before any data "
+         "is read", "evaluate", lambda w: _evaluate(w, True)),
+    Case("`--max-images 4` (FID-ENL0 / KID on n < 16)", "evaluate",
+         lambda w: _evaluate(w, False, "--max-images", "4")),
 )
 
 
@@ -167,18 +296,21 @@ def run_case(case: Case) -> tuple[int, str]:
         err = StringIO()
         with redirect_stderr(err), redirect_stdout(StringIO()):
             rc = main(argv)
-    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("medshift ")]
+    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("medshift")]
     msg = lines[-1].split("error: ", 1)[-1] if lines else ""
     for p in sorted({tmp, str(Path(tmp).resolve())}, key=len, reverse=True):
         msg = msg.replace(p + "/", "").replace(p, ".")
+    msg = re.sub(r"\d{8}T\d{6}Z-[0-9a-f]{4}", "<run id>", msg)  # a translate run's id
     return rc, msg
 
 
 def _excerpt(msg: str) -> str:
+    """The message, or its beginning and its end (what is wrong, and the fix) when long."""
     if len(msg) <= EXCERPT:
         return msg
-    cut = msg[:EXCERPT].rsplit(" ", 1)[0]
-    return cut + " ..."
+    head = msg[:EXCERPT * 3 // 5].rsplit(" ", 1)[0]
+    tail = msg[-(EXCERPT * 2 // 5):].split(" ", 1)[-1]
+    return f"{head} ... {tail}"
 
 
 def render(results) -> str:

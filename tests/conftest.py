@@ -48,3 +48,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(
                 pytest.mark.skip(reason="needs the compiled extension medshift_fast._C")
             )
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The documented blocks (tests/test_docs.py) and how each ran, when that test ran."""
+    import sys
+
+    mod = sys.modules.get("tests.test_docs") or sys.modules.get("test_docs")
+    report = getattr(mod, "REPORT", None)
+    if report:
+        terminalreporter.section("documented blocks (README.md, docs/*.md)")
+        for line in report:
+            terminalreporter.write_line(line)

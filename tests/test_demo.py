@@ -25,6 +25,9 @@ def test_quick_demo_writes_report_metrics_and_a_verified_engine(quick_demo):
         methods = [r["method"] for r in rows]
         assert "identity" in methods and any(m.startswith("MedShift") for m in methods)
         assert (ev / "grid.png").stat().st_size > 0 and (ev / "tradeoff.png").is_file()
+        assert all(r["c2st_acc"] != "" and r["halluc_count"] != "" for r in rows)
+        assert (ev / "noise_curve.png").is_file()
+    assert "Issue 29's realism targets" in report and "hallucinations per image" in report
     assert (quick_demo / "translator.onnx").is_file()
     assert (quick_demo / "run" / "model.safetensors").is_file()
 

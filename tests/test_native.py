@@ -235,7 +235,7 @@ def test_translator_refuses_values_outside_its_range(tmp_path):
 def test_the_working_scale_follows_what_the_run_learned():
     img = Learned("image_size", 128, None, 128)
     ws = img.working_scale((2048, 1536))
-    assert ws.shape == (171, 128) and ws.warning and "--size native" in ws.warning
+    assert ws.shape == (171, 128) and ws.warning and "size='native'" in ws.warning
     assert img.working_scale((2048, 1536), size="native").shape == (2048, 1536)
     assert img.size_warning((2048, 1536))
     nat = Learned("native", 256, None, 256)

@@ -100,7 +100,7 @@ def test_extensionless_dicoms_in_nested_folders_are_found_and_others_listed(run_
     shutil.copy(src, tree / "p1" / "IM0001")
     shutil.copy(src, tree / "p2" / "s1" / "IM0002")
     (tree / "p1" / "README.txt").write_text("not an image")
-    assert _tr(run_dir, tmp_path / "out", tree) == 0
+    assert _tr(run_dir, tmp_path / "out", tree, extra=["--size", "learned"]) == 0
     assert (tmp_path / "out" / "p1" / "IM0001_real_normal.dcm").is_file()
     assert (tmp_path / "out" / "p2" / "s1" / "IM0002_real_normal.dcm").is_file()
     assert "1 file(s) in the input folders are not images" in capsys.readouterr().out
@@ -210,7 +210,15 @@ def test_a_failing_rank_leaves_the_others_outputs_complete_and_listed(run_dir, t
     raw[i + 4:i + 4 + n] = bytes(b ^ 0x5A for b in raw[i + 4:i + 4 + n])
     raw[i + 4 + n:i + 8 + n] = zlib.crc32(bytes(raw[i:i + 4 + n])).to_bytes(4, "big")
     (tree / "1.png").write_bytes(bytes(raw))
-    res = _torchrun(run_dir, tmp_path / "out", tree, 2, ["--batch-size", "1"])
+    # every rank vets every input before the first translation: nothing is written
+    res = _torchrun(run_dir, tmp_path / "vetted", tree, 2, ["--batch-size", "1"])
+    assert res.returncode != 0 and "1.png" in res.stderr
+    assert not list((tmp_path / "vetted").glob("*.png"))
+    # a failure only the translation meets (rank 1 cannot write its output) stops that rank
+    write_png16(tree / "1.png", np.full((16, 16), 0.1, np.float32))
+    (tmp_path / "out" / "1_real_normal.png").mkdir(parents=True)
+    (tmp_path / "out" / "1_real_normal.png" / "keep").write_text("x")
+    res = _torchrun(run_dir, tmp_path / "out", tree, 2, ["--batch-size", "1", "--overwrite"])
     assert res.returncode != 0
     assert (tmp_path / "out" / "0_real_normal.png").is_file()  # rank 0's share: complete
     assert (tmp_path / "out" / "2_real_normal.png").is_file()

@@ -10,7 +10,11 @@ def add_arguments(p) -> None:
     """Add the flags of `medshift distill` to its parser ``p``."""
     from ..train.distill import DistillConfig
 
-    add_config_flags(p, DistillConfig, required=("teacher", "out"))
+    add_config_flags(p, DistillConfig, required=("teacher", "out"), skip=("resume",))
+    p.add_argument("--resume", nargs="?", const="last", default=None,
+                   help="continue an interrupted run exactly: its teacher pass (from the "
+                   "partial save) or its training (alone = the run in --out, or a checkpoint "
+                   "folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, option
 from ._records import (
     _MODALITY_NAMES,
     _PIXEL_TAGS,
@@ -16,6 +16,7 @@ from ._records import (
     _one_bit_refusal,
     _refuse,
     _rgb_refusal,
+    given,
 )
 
 _DECODER_HINTS = (  # transfer syntax UID prefix -> what to install
@@ -64,8 +65,8 @@ def _dicom_mapping(path, ds, input_bits: int | None = None) -> DicomMapping:
     bs = int(ds.get("BitsStored", ba) or ba)
     if input_bits is not None:
         if not 1 <= int(input_bits) <= ba:
-            raise _refuse(path, f"--input-bits {input_bits} does not fit its {ba}-bit samples",
-                          f"pass --input-bits between 1 and {ba}")
+            raise _refuse(path, f"{given('input_bits', input_bits)} does not fit its {ba}-bit "
+                          "samples", f"pass {given('input_bits', 'B')} with B between 1 and {ba}")
         bs = int(input_bits)
     pr = int(ds.get("PixelRepresentation", 0) or 0)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
@@ -123,6 +124,12 @@ def _modality_ok(mod: str, allow: bool | str | Collection[str]) -> bool:
     return mod in {str(c).strip().upper() for c in codes}
 
 
+def _modality_fix(mod: str) -> str:
+    o = option("allow_modality", mod, f"{{{mod!r}}}")
+    return (f"pass {o} to translate it anyway" if o else
+            "remove it from the inputs (only projection X-ray modalities are taken here)")
+
+
 def _vet_dicom(path, hdr: _Header, allow_modality, allow_rgb: bool) -> None:
     from pydicom.uid import UID
 
@@ -136,8 +143,7 @@ def _vet_dicom(path, hdr: _Header, allow_modality, allow_rgb: bool) -> None:
         name = _MODALITY_NAMES.get(mod, "not a projection radiograph")
         raise _refuse(path, f"DICOM Modality {mod} ({name}) is not a radiograph (accepted: "
                       f"{', '.join(sorted(RADIOGRAPHIC_MODALITIES - {''}))} or none)",
-                      f"pass --allow-modality {mod} (allow_modality={{{mod!r}}}) to translate it "
-                      "anyway")
+                      _modality_fix(mod))
     if hdr.color and not allow_rgb:
         raise _rgb_refusal(path, f"DICOM {photo}")
     if photo not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR") and \
@@ -208,8 +214,8 @@ def _read_dicom(path, hdr: _Header, frame: int | None):
             smin, smax = mapping.stored_range
             if top > smax:
                 raise _refuse(path, f"it holds stored values up to {top}, more than "
-                              f"--input-bits {mapping.bits_stored} allows ({smax})",
-                              "pass a larger --input-bits or leave it out")
+                              f"{given('input_bits', mapping.bits_stored)} allows ({smax})",
+                              "pass a larger number of bits or leave the option out")
         img = mapping.to_unit(a)
     del ds.PixelData  # the header is what the writer needs
     ppm = None

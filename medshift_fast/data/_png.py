@@ -101,7 +101,16 @@ def _probe_png(path, verify_crc: bool) -> _Header:
 
 
 def _vet_png(path, hdr: _Header, allow_rgb: bool) -> None:
+    from PIL import Image
+
     bits, ctype = hdr.extra["bits"], hdr.extra["ctype"]
+    h, w = hdr.shape
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    if limit and h * w > limit:  # Pillow refuses it as a decompression bomb, whole or not
+        raise _refuse(path, f"it is {w}x{h} px ({h * w / 1e6:.0f} megapixels): too large for "
+                      f"the PNG decoder, which refuses images over {limit / 1e6:.0f} megapixels "
+                      "(a guard against decompression bombs)", "crop or downsample it, or save "
+                      "it as TIFF (read without that limit)")
     if hdr.color and not allow_rgb:
         raise _rgb_refusal(path, {2: "RGB", 3: "palette", 6: "RGBA"}[ctype] + " PNG")
     if bits == 1 and ctype == 0:

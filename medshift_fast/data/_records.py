@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MedShiftError
+from ..errors import BadInput, MedShiftError, option
 
 PNG_EXT = (".png",)
 TIFF_EXT = (".tif", ".tiff")
@@ -24,8 +24,6 @@ _MODALITY_NAMES = {"CT": "computed tomography", "MR": "magnetic resonance", "NM"
                    "XC": "external camera photograph", "OP": "ophthalmic photograph"}
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_FIX = "check the file (re-export or delete it) or pass --skip-bad / skip_bad=True to skip it"
-_SKIP = "or pass --skip-bad / skip_bad=True to skip it"
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -176,20 +174,36 @@ class _Header:
     extra: dict = field(default_factory=dict)
 
 
-def _fail(path, what: str) -> MedShiftError:
+def _skip_hint() -> str:
+    """", or pass --skip-bad to skip it" when the caller can skip bad inputs (else "")."""
+    o = option("skip_bad")
+    return f" or pass {o} to skip it" if o else ""
+
+
+def _fail(path, what: str) -> BadInput:
     """A damaged / unreadable file."""
-    return MedShiftError(f"cannot read image {str(path)!r}: {what}; {_FIX}")
+    return BadInput(f"cannot read image {str(path)!r}: {what}; check the file (re-export or "
+                    f"delete it){_skip_hint()}", path, what)
 
 
-def _refuse(path, what: str, remedy: str) -> MedShiftError:
+def _refuse(path, what: str, remedy: str) -> BadInput:
     """A readable file that is not what the translator takes unless told otherwise."""
-    return MedShiftError(f"refusing image {str(path)!r}: {what}; {remedy}, {_SKIP}")
+    skip = _skip_hint()
+    return BadInput(f"refusing image {str(path)!r}: {what}; {remedy}{',' if skip else ''}{skip}",
+                    path, what)
 
 
-def _rgb_refusal(path, kind: str) -> MedShiftError:
+def given(name: str, value) -> str:
+    """An option value as the caller spelled it: "--input-bits 12" / "input_bits=12"."""
+    return option(name, str(value), str(value)) or f"{name}={value}"
+
+
+def _rgb_refusal(path, kind: str) -> BadInput:
+    o = option("allow_rgb")
+    conv = (f"pass {o} to convert it to grey (ITU-R BT.601 luma; the result is written grey) "
+            "or " if o else "")
     return _refuse(path, f"it is a colour image ({kind}), not a greyscale radiograph",
-                   "pass --allow-rgb (allow_rgb=True) to convert it to grey (ITU-R BT.601 luma; "
-                   "the result is written grey) or convert it to greyscale yourself")
+                   conv + "convert it to greyscale yourself")
 
 
 def _one_bit_refusal(path, what: str) -> MedShiftError:
@@ -238,12 +252,13 @@ def significant_max(sample_max_data: int, container_bits: int, declared: int | N
     if override is not None:
         b = int(override)
         if not 1 <= b <= container_bits:
-            raise _refuse(path, f"--input-bits {b} does not fit its {container_bits}-bit "
-                          "samples", f"pass --input-bits between 1 and {container_bits}")
+            raise _refuse(path, f"{given('input_bits', b)} does not fit its {container_bits}-bit "
+                          "samples", f"pass {given('input_bits', 'B')} with B between 1 and "
+                          f"{container_bits}")
         if sample_max_data > 2**b - 1:
             raise _refuse(path, f"it holds values up to {sample_max_data}, more than "
-                          f"--input-bits {b} allows ({2**b - 1})", "pass a larger --input-bits "
-                          "or leave it out")
+                          f"{given('input_bits', b)} allows ({2**b - 1})", "pass a larger "
+                          "number of bits or leave the option out")
         return float(2**b - 1), b
     if declared is not None and 1 <= declared < container_bits \
             and sample_max_data <= 2**declared - 1:

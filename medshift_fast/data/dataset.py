@@ -39,11 +39,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import MedShiftError
+from ..errors import BadInput, MedShiftError, offering, option, skip_note
 from ._layout import check_map_keys, nested_error, report_skipped
 from .io import find_images, probe_image, read_image
 
 log = logging.getLogger("medshift_fast.data")
+#: the options a dataset's messages may advise when no command declared its own flags
+_OWN_OPTIONS = {"skip_bad": "skip_bad", "allow_mixed_depth": "allow_mixed_depth"}
+_SKIP_REPORTED: set[str] = set()  # each skipped file is reported once per process
 
 DOMAINS = ("synthetic_low", "synthetic_high", "real_low", "real_normal", "real_exposure")
 SPLITS = ("train", "val", "test")
@@ -200,7 +203,8 @@ class FolderDataset(torch.utils.data.Dataset):
         lab = {d: i for i, d in enumerate(self.domains)}
         samples = [Sample(p, lab[d], d, s, v, subj) for p, d, s, v, subj in recs if d in lab]
         if validate:
-            samples = self._validate(samples, allow_mixed_depth)
+            with offering(_OWN_OPTIONS):
+                samples = self._validate(samples, allow_mixed_depth)
         counts = Counter(s.domain for s in samples)
         empty = [d for d in self.domains if counts[d] == 0]
         if empty:
@@ -280,10 +284,13 @@ class FolderDataset(torch.utils.data.Dataset):
                                 "are its domain names - fix the map")
         return recs
 
-    def _bad(self, path, msg: str) -> None:
+    def _bad(self, path, exc: MedShiftError) -> None:
+        """Raise ``exc``, or (skip_bad) report the file once, without the remedy, and count it."""
         if not self.skip_bad:
-            raise MedShiftError(msg)
-        log.warning("skipping bad file: %s", msg)
+            raise exc
+        if str(path) not in _SKIP_REPORTED:
+            _SKIP_REPORTED.add(str(path))
+            log.warning("skipping bad file %s", skip_note(exc))
         self.n_skipped += 1
         self.bad_files.append(str(path))
 
@@ -294,7 +301,7 @@ class FolderDataset(torch.utils.data.Dataset):
                 info[s.path] = probe_image(s.path)
                 good.append(s)
             except MedShiftError as exc:
-                self._bad(s.path, str(exc))
+                self._bad(s.path, exc)
         if allow_mixed_depth:
             return good
         out = []
@@ -310,9 +317,12 @@ class FolderDataset(torch.utils.data.Dataset):
                 if d == d0:
                     out.append(s)
                 else:
-                    self._bad(s.path, f"mixed bit depths in domain {dom!r}: {str(s.path)!r} is "
-                              f"{fmt} {d}-bit but most files are {d0}-bit; convert them to one "
-                              "depth, or pass allow_mixed_depth=True / --skip-bad")
+                    what = f"is {fmt} {d}-bit but most files are {d0}-bit"
+                    opts = [o for o in (option("allow_mixed_depth"), option("skip_bad")) if o]
+                    self._bad(s.path, BadInput(
+                        f"mixed bit depths in domain {dom!r}: {str(s.path)!r} {what}; convert "
+                        "them to one depth" + (f", or pass {' or '.join(opts)}" if opts else ""),
+                        s.path, f"mixed bit depths in domain {dom!r}: it {what}"))
         keep = set(map(id, out))
         return [s for s in samples if id(s) in keep]
 
@@ -324,7 +334,8 @@ class FolderDataset(torch.utils.data.Dataset):
         """Decode sample i to a (1, S, S) (or native (1, H, W)) float32 tensor; may raise."""
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img = torch.from_numpy(read_image(self.samples[i].path))
+        with offering(_OWN_OPTIONS):
+            img = torch.from_numpy(read_image(self.samples[i].path))
         x = img.unsqueeze(0) if self.size is None else fit_square(img, self.size, self.resize)
         if self._cache is not None:
             self._cache[i] = x
@@ -341,7 +352,7 @@ class FolderDataset(torch.utils.data.Dataset):
             try:
                 return self.load(i), label
             except MedShiftError as exc:
-                self._bad(self.samples[i].path, str(exc))
+                self._bad(self.samples[i].path, exc)
                 self._bad_idx.add(i)
                 i = self._substitute(i)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, option
 from ._dicom import _probe_dicom, _read_dicom, _vet_dicom
 from ._png import _probe_png, _read_png, _vet_png
 from ._records import (
@@ -47,6 +47,7 @@ from ._records import (
     _fail,
     _Header,
     _refuse,
+    given,
 )
 from ._tiff import _probe_tiff, _read_tiff, _vet_tiff
 
@@ -196,11 +197,13 @@ def _vet(path, frame, allow_modality, allow_rgb, verify_crc=True) -> _Header:
     kind = {"png": "an animated PNG", "tiff": "a multi-page TIFF",
             "dicom": "a multi-frame DICOM"}[fmt]
     if hdr.frames > 1 and frame is None:
-        raise _refuse(path, f"it is {kind} with {hdr.frames} frames", "pass --frame K "
-                      f"(frame=K, 0-based, 0..{hdr.frames - 1}) to translate one of them")
+        o = option("frame", "K", "K")
+        raise _refuse(path, f"it is {kind} with {hdr.frames} frames",
+                      f"pass {o} (0-based, 0..{hdr.frames - 1}) to translate one of them" if o
+                      else "save the frame you want as a file of its own")
     if hdr.frames > 1 and not 0 <= int(frame) < hdr.frames:
         raise _refuse(path, f"frame {frame} asked for, but it is {kind} with {hdr.frames} "
-                      "frames", f"pass --frame K with K in 0..{hdr.frames - 1}")
+                      "frames", f"pass {given('frame', 'K')} with K in 0..{hdr.frames - 1}")
     return hdr
 
 

@@ -17,10 +17,15 @@ changes the data the teacher was checked against.
    image) and SDEdit at the default tau only, with the student and identity beside on the same
    images -- the teacher costs ~30x the student, so it gets fewer rows (stated in the report).
 
+Every row carries the realism and trust columns of ``evaluate`` (C2ST, the noise-vs-signal curve,
+hallucinations; in the teacher call the C2ST runs on the teacher and SDEdit rows only: the
+others are the first call's, on more images).
+
 The report states every target of issue 22 met or NOT met with its numbers
-(:func:`verdicts`), the paired bootstrap intervals and KID ± std of both calls, and a 100 %-zoom
-grid (source, teacher, student, TV, BM3D, true target; nearest-neighbour, 3 screen pixels per
-image pixel) per pair.
+(:func:`verdicts`), issue 29's realism targets and issue 31's hallucination count per method row
+(:mod:`.realism`), the paired bootstrap intervals and KID ± std of both calls, the
+noise-vs-signal curves and a 100 %-zoom grid (source, teacher, student, TV, BM3D, true target;
+nearest-neighbour, 3 screen pixels per image pixel) per pair.
 """
 
 from __future__ import annotations
@@ -144,7 +149,8 @@ def evaluate_pair(cfg, teacher, student, data: Path, src: str, tgt: str, ev_out:
 
     tau = float(cfg.recipe().get("tau") or RECIPE["tau"])
     base = dict(data=str(data), source=src, target=tgt, seed=cfg.seed, batch_size=16,
-                progress=progress, inversion=False, allow_small_n=cfg.quick, **cfg.recipe())
+                progress=progress, inversion=False, allow_small_n=cfg.quick, **cfg.recipe(),
+                **(dict(c2st_seeds=1, c2st_steps=20) if cfg.quick else {}))  # a smoke run
     n_all = cfg.eval_images or None
     if student is None:  # no shipped student (an installed wheel, --quick): the teacher's rows
         res = evaluate(EvalConfig(checkpoint=str(teacher.path), out=str(ev_out), taus=cfg.taus,
@@ -157,7 +163,8 @@ def evaluate_pair(cfg, teacher, student, data: Path, src: str, tgt: str, ev_out:
     tr = Translator(student, src, tgt, tau=tau)
     res_t = evaluate(EvalConfig(checkpoint=str(teacher.path), out=str(ev_out / "teacher"),
                                 taus=(tau,), max_images=cfg.teacher_images, baselines=True,
-                                classical="none", **base), run=teacher,
+                                classical="none", c2st_kinds="medshift,sdedit", **base),
+                     run=teacher,
                      extra_methods=[(f"{STUDENT} τ={tau:g}", "student", tau, tr.translate)])
     pe = PairEval(src, tgt, ev_out, res, res_t)
     try:
@@ -315,7 +322,8 @@ def _teacher_table(rows: list[dict]) -> list[str]:
 
 
 def verdict_lines(cfg, pairs: list[PairEval]) -> list[str]:
-    """The report's verdict: issue 22's targets at the default tau, met or NOT met."""
+    """The report's verdict: issue 22's targets at the default tau, met or NOT met (issue 29's
+    and 31's follow: :func:`.realism.realism_lines`)."""
     tau = float(cfg.recipe().get("tau") or RECIPE["tau"])
     return [f"Issue 22's targets at the default τ = {tau:g}:", "", *verdicts(pairs, tau)]
 
@@ -372,6 +380,8 @@ def report_lines(cfg, pairs: list[PairEval], out: Path) -> list[str]:
                 lines += [bootstrap_table(tb), ""]
         lines += [f"![grid]({rel(pe.out)}/grid.png)", "",
                   f"![tradeoff]({rel(pe.out)}/tradeoff.png)", ""]
+        if (pe.out / "noise_curve.png").is_file():
+            lines += [f"![noise vs signal]({rel(pe.out)}/noise_curve.png)", ""]
         if pe.zoom is not None:
             lines += ["100 % zoom (3 screen pixels per image pixel; source, teacher, student, "
                       "TV, BM3D, true target on three of the teacher's images):", "",

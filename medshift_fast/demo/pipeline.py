@@ -34,7 +34,7 @@ from ..translate import RECIPE, TAU_SWEEP, Recipe, resolve
 
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
-DEFAULT_STUDENT = "demo128_adv"  # the shipped one-call student the demo scores (adversarial)
+DEFAULT_STUDENT = "demo128_lean_sto"  # the one-call student the demo scores (stochastic, lean)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +62,7 @@ class DemoConfig(Recipe):
             ~30x the student; the student, identity and the classical baselines get all).
         pretrained: the shipped teacher run (auto: pretrained/demo128 beside the package;
             none: evaluate the demo's own run).
-        student: the shipped distilled student (auto: pretrained/demo128_adv; none:
+        student: the shipped distilled student (auto: pretrained/demo128_lean_sto; none:
             skip).
         export: export the translators to ONNX and verify them in ONNX Runtime.
         native: end by translating a real radiograph (pydicom-data's RG1_UNCI) at its native
@@ -361,6 +361,7 @@ def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_di
     ``sections`` (markdown lines of later stages, e.g. native resolution), timing, versions."""
     from ..eval.report import versions
     from .eval import report_lines, verdict_lines
+    from .realism import realism_lines
 
     rec = resolve(cfg.recipe(), RECIPE)
     crops = f" on {own['crop']}-px crops" if own["crop"] else ""
@@ -390,6 +391,7 @@ def _write_report(out: Path, cfg: DemoConfig, own: dict, teacher_dir, student_di
         "## Verdict",
         "",
         *verdict_lines(cfg, evals),
+        *realism_lines(cfg, evals),
         "",
         *[f"- {n}" for n in notes],
         "",

@@ -18,12 +18,21 @@ class ImageSet:
         view_ids: view id of each image (None where the dataset has none).
         paths: the files read, as strings.
         split: the split they come from.
+        subjects: subject id of each image (None where the dataset has none).
     """
 
     x: torch.Tensor
     view_ids: list[str | None] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     split: str = ""
+    subjects: list[str | None] = field(default_factory=list)
+
+    def groups(self) -> list[str]:
+        """A group id per image for splits that must keep a subject on one side: the subject,
+        else the view id, else the file."""
+        subj = self.subjects or [None] * len(self.paths)
+        views = self.view_ids or [None] * len(self.paths)
+        return [s or v or p for s, v, p in zip(subj, views, self.paths)]
 
 
 def count_split(data, domain: str, split: str, domain_map=None) -> int:
@@ -51,7 +60,7 @@ def load_domain(data, domain: str, split: str, size: int | None, max_images: int
                       for k in range(max_images)})
     x = torch.stack([ds[i][0] for i in idx])
     return ImageSet(x, [ds.samples[i].view_id for i in idx], [str(ds.samples[i].path) for i in idx],
-                    split)
+                    split, [ds.samples[i].subject for i in idx])
 
 
 def align(src: ImageSet, tgt: ImageSet) -> torch.Tensor | None:

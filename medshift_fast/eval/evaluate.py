@@ -12,7 +12,11 @@ decode with the target label) and full inversion (tau = 0). Each row is scored f
     std over subsets), coverage, density and an RBF MMD on EfficientNet-Lite0 ImageNet
     features (computed once per row);
   * X-ray physics: noise power spectrum distance, intensity-histogram distance and the noise
-    level relative to the target domain's.
+    level relative to the target domain's; the noise-vs-signal curve's largest deviation from
+    the target domain's over the body (``noise_curve``);
+  * realism and trust (``realism``): the classifier two-sample test's held-out accuracy with its
+    interval (``c2st``; 0.5 = indistinguishable from real target images) and the hallucination
+    count and area per image (``hallucination``).
 A "true target" row scores the real target images themselves: the floor every metric can reach.
 Paired bootstrap intervals (``stats``) compare every learned row with every baseline row.
 
@@ -30,10 +34,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, option
 from ..translate import DEFAULTS, TAU_SWEEP, TranslateOptions, Translator
 
 MIN_N_FID = 16  # fewest images FID-ENL0 / KID are computed on without allow_small_n
+ROW_KINDS = ("baseline", "medshift", "student", "classical", "sdedit", "inversion", "oracle")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +48,8 @@ class EvalConfig(TranslateOptions):
     Attributes:
         checkpoint: run directory written by ``medshift train``.
         data: dataset root (ROOT/<domain>/... with manifest.csv for the aligned ground truth).
-        out: report folder (report.md, metrics.csv, paired_bootstrap.csv, grid.png, tradeoff.png).
+        out: report folder (report.md, metrics.csv, paired_bootstrap.csv, grid.png, tradeoff.png,
+            noise_curve.csv/png, hallucinations.csv).
         taus: translation times to score (comma-separated).
         split: split whose source images are translated.
         reference_split: split of the target domain used as the reference distribution.
@@ -58,6 +64,13 @@ class EvalConfig(TranslateOptions):
         bootstrap: paired bootstrap resamples for the method-vs-baseline intervals (0: none).
         allow_small_n: compute FID-ENL0 / KID on fewer than 16 images (noise, not evidence).
         domain_map: FOLDER=DOMAIN,... as given to train (default: the run's stored map).
+        c2st: run the classifier two-sample test on every row (its cost: c2st_seeds classifiers
+            of c2st_steps steps per row).
+        c2st_seeds: C2ST classifiers (seeds) per row.
+        c2st_steps: C2ST training steps per classifier.
+        c2st_kinds: row kinds the C2ST runs on, comma-separated (baseline, medshift, student,
+            classical, sdedit, inversion, oracle) or all.
+        hallucination: count new compact structures (translation vs its source) per image.
         grid_rows: source images shown in grid.png.
         progress: show progress bars and per-method lines.
     """
@@ -79,6 +92,11 @@ class EvalConfig(TranslateOptions):
     bootstrap: int = 1000
     allow_small_n: bool = False
     domain_map: str | None = None
+    c2st: bool = True
+    c2st_seeds: int = 3
+    c2st_steps: int = 200
+    c2st_kinds: str = "all"
+    hallucination: bool = True
     grid_rows: int = 6
     progress: bool = True
 
@@ -98,21 +116,43 @@ class EvalConfig(TranslateOptions):
         if self.tune_images < 1 or self.bootstrap < 0:
             raise MedShiftError(f"tune_images must be >= 1 and bootstrap >= 0, got "
                                 f"{self.tune_images}, {self.bootstrap}")
+        if self.c2st:
+            self.c2st_config()  # bad seeds / steps fail now, before any work
+        bad = set(self.c2st_kind_set()) - set(ROW_KINDS)
+        if bad:
+            raise MedShiftError(f"--c2st-kinds: unknown row kind(s) {', '.join(sorted(bad))}; "
+                                f"choose from {', '.join(ROW_KINDS)} or all")
         parse_classical(self.classical)  # unknown names fail now, before any work
         if parse_classical(self.classical) and self.tune_split == self.split:
             raise MedShiftError(f"--tune-split {self.tune_split} is the evaluated split: the "
                                 "classical baselines must be tuned on another (e.g. val)")
 
 
+    def c2st_kind_set(self) -> tuple[str, ...]:
+        """The row kinds the C2ST runs on."""
+        v = self.c2st_kinds.strip()
+        return ROW_KINDS if v == "all" else tuple(k.strip() for k in v.split(",") if k.strip())
+
+    def c2st_config(self):
+        """The C2ST settings of this evaluation (None when ``c2st`` is off)."""
+        from .c2st import C2STConfig
+
+        return C2STConfig(seeds=self.c2st_seeds, steps=self.c2st_steps) if self.c2st else None
+
+
 @dataclass
 class EvalResult:
-    """Rows (one dict per method), images per method, settings, timing and bootstrap intervals."""
+    """Rows (one dict per method), images per method, settings, timing, bootstrap intervals,
+    the noise-vs-signal curves (one dict per row and signal bin) and the hallucination counts
+    (one dict per row and image)."""
 
     rows: list[dict] = field(default_factory=list)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
     bootstrap: list[dict] = field(default_factory=list)
+    noise_curves: list[dict] = field(default_factory=list)
+    hallucinations: list[dict] = field(default_factory=list)
 
 
 def _translate_all(fn, x, batch_size, progress, desc):
@@ -124,14 +164,36 @@ def _translate_all(fn, x, batch_size, progress, desc):
     return torch.cat(outs)
 
 
-def check_sample_size(n: int, n_reference: int, allow_small_n: bool) -> None:
-    """Refuse FID-ENL0 / KID on fewer than ``MIN_N_FID`` images unless allowed."""
+def check_sample_size(n: int, n_reference: int, allow_small_n: bool, *, n_split: int | None = None,
+                      split: str = "test", reference_split: str = "train") -> None:
+    """Refuse FID-ENL0 / KID on fewer than ``MIN_N_FID`` images unless allowed, naming what
+    to pass: ``n`` images scored (``n_split`` in the split before ``max_images``), and
+    ``n_reference`` reference images."""
     m = min(n, n_reference)
-    if m < MIN_N_FID and not allow_small_n:
-        which = "test images" if n <= n_reference else "reference images"
-        raise MedShiftError(f"FID-ENL0/KID on n = {m} {which} would be noise (minimum "
-                            f"{MIN_N_FID}); score more images or pass --allow-small-n "
-                            "(allow_small_n=True) to compute them anyway")
+    if m >= MIN_N_FID or allow_small_n:
+        return
+    fixes = []
+    if n <= n_reference:
+        which = f"{split} images"
+        avail = n if n_split is None else n_split
+        if n < avail and option("max_images"):
+            k = str(min(avail, MIN_N_FID))
+            fixes.append(f"raise {option('max_images', k, k)} (the {split} split holds "
+                         f"{avail})")
+        if avail < MIN_N_FID:
+            fixes.append(f"add images to the {split} split"
+                         + (f" or score another ({option('split', 'SPLIT', repr('val'))})"
+                            if option("split") else ""))
+    else:
+        which = f"reference images ({reference_split} split)"
+        if option("reference_split"):
+            fixes.append(f"use a larger reference split "
+                         f"({option('reference_split', 'SPLIT', repr('train'))})")
+    small = option("allow_small_n")
+    if small:
+        fixes.append(f"pass {small} to compute them anyway")
+    raise MedShiftError(f"FID-ENL0/KID on n = {m} {which} would be noise (minimum "
+                        f"{MIN_N_FID}); " + ("; ".join(fixes) or "score more images"))
 
 
 def _kid_subset(n: int, n_ref: int) -> int:
@@ -165,17 +227,41 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
     size = run.image_size
     dmap = cfg.domain_map if cfg.domain_map is not None else run.train.get("domain_map")
     classical = parse_classical(cfg.classical)
+
+    def translator(tau, method=None, baseline=None):
+        try:
+            return Translator(run, src, tgt, tau=tau, method=method, seed=cfg.seed,
+                              batch_size=cfg.batch_size, **cfg.recipe()).translate
+        except MedShiftError as exc:
+            if baseline is None:
+                raise
+            no = option("no_baselines", py="False", keyword="baselines")
+            raise MedShiftError(f"{exc} (the {baseline} baseline, which evaluate scores by "
+                                "default)" + (f"; pass {no} to leave the baselines out" if no
+                                              else "")) from None
+
+    # every translation row is built, and so checked, before any data is read
+    rows_medshift = [(f"MedShift τ={tau:g}", "medshift", tau, translator(tau))
+                     for tau in cfg.taus]
+    rows_baseline = []
+    if cfg.baselines:
+        rows_baseline += [(f"SDEdit τ={tau:g}", "sdedit", tau,
+                           translator(tau, "sdedit", baseline="SDEdit")) for tau in cfg.taus]
+        if cfg.inversion:
+            rows_baseline.append(("inversion τ=0", "inversion", 0.0,
+                                  translator(0.0, baseline="inversion (tau = 0)")))
     n_src = _data.count_split(cfg.data, cfg.source, cfg.split, dmap)
     check_sample_size(min(n_src, cfg.max_images or n_src),
                       _data.count_split(cfg.data, cfg.target, cfg.reference_split, dmap),
-                      cfg.allow_small_n)
+                      cfg.allow_small_n, n_split=n_src, split=cfg.split,
+                      reference_split=cfg.reference_split)
     s_set = _data.load_domain(cfg.data, cfg.source, cfg.split, size, cfg.max_images, dmap)
     x_src = s_set.x
     x_gt = _data.align(s_set, _data.load_domain(cfg.data, cfg.target, cfg.split, size,
                                                 domain_map=dmap))
     has_gt = x_gt is not None
-    x_ref = _data.load_domain(cfg.data, cfg.target, cfg.reference_split, size,
-                              domain_map=dmap).x
+    r_set = _data.load_domain(cfg.data, cfg.target, cfg.reference_split, size, domain_map=dmap)
+    x_ref = r_set.x
     nps_ref = E.noise_power_spectrum(x_ref)
     t0 = time.perf_counter()
     tuned = tune_all(classical, cfg.data, cfg.source, cfg.target, split=cfg.tune_split,
@@ -183,22 +269,19 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
                      progress=progress)
     t_tune = time.perf_counter() - t0
 
-    def translator(tau, method=None):
-        return Translator(run, src, tgt, tau=tau, method=method, seed=cfg.seed,
-                          batch_size=cfg.batch_size, **cfg.recipe()).translate
-
     methods: list[tuple[str, str, float | None, object]] = [
         ("identity", "baseline", None, lambda x: x)
     ]
-    methods += [(f"MedShift τ={tau:g}", "medshift", tau, translator(tau)) for tau in cfg.taus]
+    methods += rows_medshift
     methods += list(extra_methods)
     methods += [(t.method, "classical", None, t.translate) for t in tuned]
-    if cfg.baselines:
-        methods += [(f"SDEdit τ={tau:g}", "sdedit", tau, translator(tau, "sdedit"))
-                    for tau in cfg.taus]
-        if cfg.inversion:
-            methods.append(("inversion τ=0", "inversion", 0.0, translator(0.0)))
+    methods += rows_baseline
 
+    from .realism import Judges
+
+    judges = Judges(x_ref, r_set.groups(), cfg.c2st_config(), cfg.seed, cfg.hallucination)
+    groups = s_set.groups()  # the aligned true target views share the source's subjects
+    c2st_kinds = cfg.c2st_kind_set()
     fx = E.ENL0Features(batch_size=64)
     f_ref = fx(x_ref, progress="ENL0 features (reference)" if progress else False)
     noise_ref = float(E.noise_level(x_ref, reduction="mean"))
@@ -233,6 +316,8 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
             "nps_dist": float(E.nps_distance(y, nps_ref)),
             "hist_dist": float(E.histogram_distance(y, x_ref)),
             "noise_ratio": float(E.noise_level(y, reduction="mean")) / max(noise_ref, 1e-12),
+            **judges.row(name, y, groups, x_src, run_c2st=kind in c2st_kinds,
+                         image_ids=s_set.paths),
             "sec_per_image": dt / max(1, y.shape[0]) if kind != "oracle" else 0.0,
         }
         if kind == "classical":
@@ -250,10 +335,14 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
             print(
                 f"  {name:18s} SSIM(src) {row['ssim_src']:.3f}  FID-ENL0 {row['fid_enl0']:.3f}"
                 f"  NPS-dist {row['nps_dist']:.3f}  noise x{row['noise_ratio']:.2f}"
-                f"  {row['sec_per_image']:.3f} s/img",
+                f"  C2ST {row['c2st_acc']:.2f}  noise(s) ±{row['noise_curve_dev']:.2f}"
+                f"  halluc/img {row['halluc_count']:.2f}  {row['sec_per_image']:.3f} s/img",
                 flush=True,
             )
     res.rows = rows
+    res.noise_curves = judges.curve_rows()
+    res.hallucinations = judges.per_image
+    timing.update({f"{k}_s": v for k, v in judges.seconds.items()})
     res.images["source"] = x_src
     if has_gt:
         res.images["target (true)"] = x_gt
@@ -278,6 +367,8 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None, run=None,
         "domain_map_used": dmap,
         "aligned_ground_truth": has_gt,
         "default_tau": float(DEFAULTS["tau"]),
+        "c2st_config": cfg.c2st_config() and asdict(cfg.c2st_config()),
+        "noise_curve_edges": [float(e) for e in judges.edges],
         "classical_tuning": [t.to_dict() for t in tuned],
         "preset": run.train.get("preset"),
         "train_steps": run.config.get("step", run.train.get("steps")),

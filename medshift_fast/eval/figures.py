@@ -175,3 +175,42 @@ def save_tradeoff(path: Path, rows: list[dict], title: str | None = None) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_noise_curves(path: Path, curve_rows: list[dict], title: str | None = None) -> None:
+    """Noise std vs signal, one line per row of ``noise_curve.csv`` (the target domain's
+    reference curve thick and black), log scale; the right panel: the ratio to the reference
+    with the ±25 % band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by: dict[str, list[dict]] = {}
+    for r in curve_rows:
+        by.setdefault(r["method"], []).append(r)
+    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (name, rs) in enumerate(by.items()):
+        rs = [r for r in rs if _finite(r["signal"]) and _finite(r["std"]) and r["std"] > 0]
+        if not rs:
+            continue
+        x = [r["signal"] for r in rs]
+        ref = i == 0
+        kw = dict(color="k", lw=2.5, zorder=5) if ref else dict(lw=1.2, marker=".")
+        ax.plot(x, [r["std"] for r in rs], label=name, **kw)
+        if not ref:
+            ax_r.plot(x, [r["ratio_to_target"] for r in rs], label=name, lw=1.2, marker=".")
+    ax.set_yscale("log")
+    ax.set_xlabel("local signal (low-passed intensity, [-1, 1] scale)")
+    ax.set_ylabel("noise std (robust, second difference)")
+    ax_r.axhspan(0.75, 1.25, color="0.9", zorder=0)
+    ax_r.axhline(1.0, color="k", lw=1)
+    ax_r.set_yscale("log")
+    ax_r.set_xlabel("local signal")
+    ax_r.set_ylabel("noise std / target's")
+    ax.legend(fontsize=6, loc="best")
+    if title:
+        fig.suptitle(f"{title}: noise vs signal over the body", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MedShiftError
+from ..translate.hallucination import second_difference
 from ._common import batches, check_images
 
 DEFAULT_SIGMA = 1.5
@@ -69,6 +70,8 @@ def highpass_residual(x: torch.Tensor, sigma: float = DEFAULT_SIGMA) -> torch.Te
     y = F.conv2d(y, g.view(1, 1, 1, -1))
     y = F.conv2d(y, g.view(1, 1, -1, 1))
     return x - y
+
+
 
 
 def _white_gain(sigma: float) -> float:
@@ -108,9 +111,7 @@ def noise_level(
     if method == "diff2":
         if min(images.shape[-2:]) < 3:
             raise MedShiftError(f"noise_level needs images of at least 3x3, got {images.shape}")
-        gain = 6.0  # sqrt(Σ N²) = 1 + 4 + 1
-        d2 = torch.tensor([1.0, -2.0, 1.0], device=images.device)
-        kernel = torch.outer(d2, d2).view(1, 1, 3, 3)
+        gain = 1.0  # second_difference is already scaled to white noise
     elif method == "gaussian":
         gain = _white_gain(sigma)
     else:
@@ -118,7 +119,7 @@ def noise_level(
     out = []
     for sl in batches(images.shape[0], batch_size, progress):
         x = images[sl].float()
-        r = F.conv2d(x, kernel) if method == "diff2" else highpass_residual(x, sigma)
+        r = second_difference(x) if method == "diff2" else highpass_residual(x, sigma)
         r = r.flatten(1)
         if robust:
             med = r.median(dim=1, keepdim=True).values

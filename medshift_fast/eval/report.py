@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 
 from ..fileio import atomic_write_text
-from .figures import save_grid, save_tradeoff, save_zoom_grid, zoom_mosaic  # noqa: F401
+from .figures import (  # noqa: F401
+    save_grid,
+    save_noise_curves,
+    save_tradeoff,
+    save_zoom_grid,
+    zoom_mosaic,
+)
 from .pareto import (  # noqa: F401
     PLANES,
     VERDICT_PLANES,
@@ -40,6 +46,13 @@ def _kid(r: dict) -> str:
     return f"{k:.4f} ± {s:.4f}" if isinstance(s, float) and math.isfinite(s) else f"{k:.4f}"
 
 
+def _c2st(r: dict) -> str:
+    a, lo, hi = r.get("c2st_acc"), r.get("c2st_lo"), r.get("c2st_hi")
+    if not isinstance(a, float) or not math.isfinite(a):
+        return "–"
+    return f"{a:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 COLUMNS = [
     ("method", "method", "{}"),
     ("ssim_src", "SSIM↑ (src)", "{:.3f}"),
@@ -54,9 +67,24 @@ COLUMNS = [
     ("nps_dist", "NPS-dist↓", "{:.3f}"),
     ("hist_dist", "Hist-W1↓", "{:.3f}"),
     ("noise_ratio", "noise ×tgt", "{:.2f}"),
+    ("noise_curve_dev", "noise(s) max\\|Δ\\|↓", "{:.2f}"),
+    ("c2st_acc", "C2ST↓ [95% CI]", _c2st),
+    ("halluc_count", "halluc./img↓", "{:.2f}"),
+    ("halluc_area", "halluc. px/img", "{:.1f}"),
     ("sec_per_image", "s/img", "{:.3f}"),
 ]
 _DISTRIBUTION = ("fid_enl0", "kid", "coverage", "density", "mmd")
+
+
+METRIC_NOTE = (
+    "noise(s) max|Δ|: the largest |ratio − 1| of the row's noise std to the target domain's, "
+    "over signal bins of the body's range (noise as a function of signal; `noise_curve.csv`). "
+    "C2ST: held-out accuracy of small CNNs trained to tell the row's images from real "
+    "target-domain images on random native-scale crops (0.5 = indistinguishable, 1.0 = "
+    "trivially told apart; mean over seeds, bootstrap interval over seeds and held-out images). "
+    "halluc./img, px/img: new compact structures the output has and its source does not, beyond "
+    "the noise (count and area per image; the identity is 0 by construction, the true target "
+    "row is the floor of a perfect translation). docs/evaluation.md defines each.")
 
 
 def _fmt(v, f, row=None):
@@ -195,6 +223,11 @@ def write_all(out: Path, res) -> None:
     boot = getattr(res, "bootstrap", None) or []
     if boot:
         write_csv(out / "paired_bootstrap.csv", boot)
+    curves = getattr(res, "noise_curves", None) or []
+    if curves:
+        write_csv(out / "noise_curve.csv", curves)
+    if getattr(res, "hallucinations", None):
+        write_csv(out / "hallucinations.csv", res.hallucinations)
     title = f"{s['source']} → {s['target']}"
     cols = (
         ["source"]
@@ -206,6 +239,8 @@ def write_all(out: Path, res) -> None:
     )
     save_grid(out / "grid.png", res.images, cols, s.get("grid_rows", 6), title)
     save_tradeoff(out / "tradeoff.png", res.rows, title)
+    if curves:
+        save_noise_curves(out / "noise_curve.png", curves, title)
     tuned = s.get("classical_tuning") or []
     verdicts = verdict_lines(res.rows)
     lines = [
@@ -227,10 +262,13 @@ def write_all(out: Path, res) -> None:
         "averaged noise power spectra; Hist-W1: Wasserstein-1 of intensity histograms; "
         "noise ×tgt: high-pass noise level relative to the target domain's (1.0 = matched).",
         "",
+        METRIC_NOTE,
+        "",
         "![grid](grid.png)",
         "",
         "![tradeoff](tradeoff.png)",
         "",
+        *(["![noise curve](noise_curve.png)", ""] if curves else []),
         *[f"- {line}" for line in dominance(res.rows)],
         "",
     ]

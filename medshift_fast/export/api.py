@@ -23,7 +23,14 @@ from .graphs import (
     model_size,
     noise_channels,
 )
-from .sidecar import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, FORMATS, SUFFIXES, write_sidecar
+from .sidecar import (
+    ENGINE_FORMAT,
+    ENGINE_FORMAT_VERSION,
+    FORMATS,
+    SUFFIXES,
+    input_spec,
+    write_sidecar,
+)
 from .verify import VerifyResult, verify_engine
 
 
@@ -232,6 +239,7 @@ def export_engine(
         "model_channels": int(model.in_channels),
         "inputs": inputs,
         "outputs": outputs,
+        "input": input_spec(settings),  # what Engine.check_input accepts
         "device": info.get("device", next(model.parameters()).device.type),
         "io_contract": contract,
         "dynamic": bool(settings.dynamic),

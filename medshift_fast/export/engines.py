@@ -6,7 +6,11 @@ a ``step`` engine as ``engine(x, t, y)``. Inputs may be torch tensors or NumPy a
 is of the same kind (a tensor on the input's device, or an array).
 
 ``translate`` images: (B, C, S, S), (C, S, S) or (S, S) (the result has the same shape),
-float in [-1, 1] for ``io="float"`` engines, uint16 (or integers in 0..65535) for ``io="uint16"``.
+float in [-1, 1] for ``io="float"`` engines, uint16 (or integers in 0..2**bits - 1, the bit depth
+the sidecar declares) for ``io="uint16"``. Every input is checked against the sidecar's
+``"input"`` entry (:func:`input_spec`) before any work, by one function (:meth:`Engine.check_input`)
+with the Translator's one-line messages: dtype, range ([-1, 1] for float engines: raw counts
+such as float 0..1023 are refused; 0..2**bits - 1 for integer ones), NaN, shape.
 ``step``: x (B, C, S, S) float, t a float or (B,) floats, y an int or (B,) ints.
 
 Engines of latent-mode runs (``engine.space == "latent"``): ``translate`` takes and returns
@@ -24,8 +28,9 @@ import numpy as np
 import torch
 
 from ..errors import MedShiftError
+from ..translate.checks import check_unit_range
 from .graphs import ExportSettings
-from .sidecar import SUFFIXES, read_sidecar
+from .sidecar import SUFFIXES, input_spec, read_sidecar
 
 __all__ = ["Engine", "OnnxEngine", "AotiEngine", "TensorRTEngine", "load_engine"]
 
@@ -79,6 +84,7 @@ class Engine:
         self.dynamic, self.factor = bool(meta.get("dynamic")), int(meta.get("factor", 1))
         self.noise_channels = int(meta.get("noise_channels", 0))
         self.output_name = meta["outputs"][0]["name"]
+        self.input = meta.get("input") or input_spec(self.settings)  # older sidecars: from io
 
     def __repr__(self) -> str:
         s = self.settings
@@ -123,6 +129,39 @@ class Engine:
                                 "re-export with --size")
         return x
 
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Refuse what this translate engine does not take, before any work (one line each):
+        a float engine takes finite float images in [-1, 1] (not raw counts, not uint16), an
+        integer engine integers in 0..2**bits - 1 (not floats). Returns ``x`` as the engine's
+        input dtype (float32 / uint16)."""
+        spec = self.input
+        if spec["dtype"] == "uint16":
+            bits = int(spec.get("bits", 16))
+            if x.is_floating_point() or x.dtype == torch.bool:
+                raise MedShiftError(f"this engine takes {bits}-bit integer frames (io=uint16), "
+                                    f"got {x.dtype}; pass the raw counts as uint16 (or use an "
+                                    "engine exported with --io float for [-1, 1] images)")
+            if x.dtype != torch.uint16 and x.numel():
+                lo, hi = int(x.min()), int(x.max())
+                if lo < 0 or hi > 2**bits - 1:
+                    raise MedShiftError(f"this engine takes {bits}-bit frames (0..{2**bits - 1}), "
+                                        f"got values in [{lo}, {hi}]; pass the detector's raw "
+                                        "counts")
+            elif x.numel() and bits < 16 and int(x.to(torch.int32).max()) > 2**bits - 1:
+                raise MedShiftError(f"this engine takes {bits}-bit frames (0..{2**bits - 1}), got "
+                                    f"values up to {int(x.to(torch.int32).max())}")
+            return x if x.dtype == torch.uint16 else x.to(torch.int32).to(torch.uint16)
+        if x.dtype == torch.uint16 or not x.is_floating_point():
+            raise MedShiftError(f"this engine takes float images in [-1, 1] (io=float), got "
+                                f"{x.dtype} (raw counts?); {self.UNIT_FIX}")
+        check_unit_range(x, "this engine (io=float)", self.UNIT_FIX)
+        return x.to(torch.float32)
+
+    #: what to do with images that are not float in [-1, 1]
+    UNIT_FIX = ("map raw counts u of b bits to [-1, 1] with u / (2**b - 1) * 2 - 1 (or read "
+                "files with medshift_fast.read_image), or export with --io uint16 for raw "
+                "16-bit frames")
+
     def _noise(self, noise, x: torch.Tensor) -> torch.Tensor:
         """A stochastic student's noise maps for images ``x`` (None: zeros)."""
         want = (x.shape[0], self.noise_channels, *x.shape[2:])
@@ -140,27 +179,12 @@ class Engine:
     def _translate(self, images, noise=None):
         x, from_np = _as_tensor(images, "images")
         shape, device = tuple(x.shape), x.device
-        x = self._check_image(x, "translate")
-        if self.settings.io == "uint16":
-            if x.dtype != torch.uint16:
-                if x.is_floating_point() or x.dtype == torch.bool:
-                    raise MedShiftError("this engine takes uint16 frames (io=uint16), got "
-                                        f"{x.dtype}; pass raw 16-bit data")
-                if x.numel() and (int(x.min()) < 0 or int(x.max()) > 65535):
-                    raise MedShiftError("frame values must be in 0..65535 for a uint16 engine")
-                x = x.to(torch.int32).to(torch.uint16)
+        x = self.check_input(self._check_image(x, "translate"))
+        if x.dtype == torch.uint16:
             if self.monochrome1:  # raw MONOCHROME1 counts: high = dark; the model wants bone bright
                 x = (65535 - x.to(torch.int32)).to(torch.uint16)
-        else:
-            if not x.is_floating_point():
-                raise MedShiftError(f"this engine takes float images in [-1, 1] (io=float), got "
-                                    f"{x.dtype}; map raw data first or export with --io uint16")
-            x = x.to(torch.float32)
-            if x.numel() and not bool(torch.isfinite(x).all()):
-                raise MedShiftError("the images contain NaN or Inf; an engine translates finite "
-                                    "images in [-1, 1] only")
-            if self.monochrome1:
-                x = -x
+        elif self.monochrome1:
+            x = -x
         if not x.is_contiguous():
             x = x.contiguous()
         feeds = {self.input_names[0]: x}
@@ -193,6 +217,7 @@ class Engine:
             raise MedShiftError("translate_tiled needs a translate engine with float I/O")
         x, from_np = _as_tensor(images, "images")
         shape, device = tuple(x.shape), x.device
+        x = self.check_input(x)  # the whole image, before the first tile
         x = x.reshape((1,) * (4 - x.dim()) + tuple(x.shape)) if x.dim() < 4 else x
         s = self.size
         if x.shape[1] != self.in_channels or min(x.shape[-2:]) < s:

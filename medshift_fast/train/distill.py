@@ -23,21 +23,48 @@ teacher's translations of held-out (val split) images at tau_min, the mid point 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .adversarial import AdversarialTask
 from .distill_config import DISTILL_METHODS, DistillConfig
-from .distill_task import DistillTask
+from .distill_task import DistillTask, pairs_of
+from .teacher_pass import say
 from .trainer import run_training
 
 __all__ = ["DISTILL_METHODS", "DistillConfig", "DistillTask", "distill"]
 
 
 def distill(cfg: DistillConfig, progress: bool = True) -> Path:
-    """Distil ``cfg.teacher`` into ``cfg.out``; returns the student's run directory."""
+    """Distil ``cfg.teacher`` into ``cfg.out``; returns the student's run directory.
+
+    Talks from its first second: a line before the teacher and the data load, the plan and the
+    estimated time of the teacher pass before it runs, then its progress (train/teacher_pass.py).
+    ``resume`` continues an interrupted teacher pass, or training from the last checkpoint.
+    """
     from .flow import check_fresh_out
 
     check_fresh_out(cfg)
+    if cfg.teacher and (Path(cfg.teacher) / "config.json").is_file():  # before any work
+        from ..run import read_run_config
+
+        pairs_of(cfg.pairs, tuple(read_run_config(cfg.teacher).get("domains", ())))
+    if cfg.resume == "last" and _no_checkpoint(Path(cfg.out)):
+        # interrupted before the first checkpoint: the teacher pass continues from its
+        # partial save (or the complete cache is reused) and training starts at step 0
+        cfg = cfg.replace(resume=None)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        say(f"distilling {cfg.teacher} into {cfg.out} (method {cfg.method}, {cfg.steps} steps "
+            f"of batch {cfg.batch_size}): loading the teacher and the data")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)  # the run folder exists from the start
     if cfg.method == "adversarial":
         return run_training(cfg, AdversarialTask(cfg, progress), progress)
     return run_training(cfg, DistillTask(cfg, progress), progress)
+
+
+def _no_checkpoint(out: Path) -> bool:
+    """``out`` holds no training checkpoint (nothing but a teacher cache, if anything)."""
+    from ..run import CONFIG, STATE
+
+    return not any((p / CONFIG).is_file() and (p / STATE).is_file()
+                   for p in (out, out.with_name(f"{out.name}.old")))

@@ -26,7 +26,9 @@ class DistillConfig(LoopConfig):
         teacher: the teacher run directory (``medshift train``).
         out: the student's run directory.
         data: dataset root (default: the one the teacher was trained on).
-        pairs: source:target domain pairs, comma-separated (default: all ordered pairs).
+        pairs: source:target domain pairs, comma-separated, or all (every ordered pair);
+            required when the teacher knows more than two domains (each pair adds its own
+            teacher pass); default for a two-domain teacher: both directions.
         method: oneshot (regression onto the teacher's translations, one call) | meanflow
             (average velocity, two calls) | adversarial (one call: a discriminator on real
             target-domain images, the teacher's translations as a low-pass anchor and a

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import types
 from pathlib import Path
 
@@ -17,17 +16,20 @@ import torch.nn.functional as F
 
 from ..errors import MedShiftError
 from ..fileio import load_safetensors, save_safetensors
+from ..flow.solvers import nfe
 from ..models.codec import copy_autoencoder
 from ..models.student import Student, StudentConfig, pseudo_huber
 from ..run import load_run, save_run
 from ..translate import Translator
+from ..translate.settings import TranslationSettings
 from .data import IndexStream, open_split, random_crop
 from .distill_config import DISTILL_METHODS, DistillConfig  # noqa: F401
 from .loop_config import resume_check
 from .meanflow import meanflow_loss
+from .teacher_pass import TeacherJob, TeacherPass, say
 from .trainer import Task, Trainer
 
-__all__ = ["CACHE", "DistillTask", "one_call_student"]
+__all__ = ["CACHE", "DistillTask", "one_call_student", "pairs_of"]
 
 CACHE = "teacher_cache.safetensors"
 _RESUMABLE = frozenset({"out", "steps", "device", "precision", "log_every", "ckpt_every",
@@ -36,8 +38,16 @@ _RESUMABLE = frozenset({"out", "steps", "device", "precision", "log_every", "ckp
                         "noise_scale"})  # the recorded default scale: no step's math
 
 
-def _pairs(spec: str | None, domains: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+def pairs_of(spec: str | None, domains: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """The (source, target) labels of ``--pairs`` (required when the teacher knows more than two
+    domains: every pair multiplies the teacher pass, and a student learns only the ones asked)."""
     k = len(domains)
+    if not spec and k > 2:
+        raise MedShiftError(
+            f"pass --pairs SOURCE:TARGET[,...]: the teacher knows {k} domains "
+            f"({', '.join(domains)}), and a student learns only the translations it is asked "
+            f"for, each costing its own teacher pass (e.g. --pairs {domains[0]}:{domains[-1]}; "
+            f"--pairs all = all {k * (k - 1)} ordered pairs, {k * (k - 1)}x the work of one)")
     if not spec or spec.strip().lower() == "all":
         return tuple((a, b) for a in range(k) for b in range(k) if a != b)
     out = []
@@ -75,7 +85,7 @@ class DistillTask(Task):
         if t.kind != "flow":
             raise MedShiftError(f"{cfg.teacher} is a distilled student; distil a flow run")
         self.domains = t.domains
-        self.pairs = _pairs(cfg.pairs, t.domains)
+        self.pairs = pairs_of(cfg.pairs, t.domains)
         self.settings = cfg.teacher_settings()
         data = cfg.data or t.train.get("data")
         if not data:
@@ -93,8 +103,10 @@ class DistillTask(Task):
         self.x = torch.cat([enc(x[k:k + 64].to(tr.device)).float().cpu()
                             for k in range(0, x.shape[0], 64)])
         self.y = y
+        self._jobs: list[TeacherJob] = []  # the teacher pass: cache and validation targets
         self.val = self._val_set(tr, xv, yv)
         self.stream = IndexStream(self._items(tr), cfg.micro_batch, cfg.seed)
+        self._teacher_pass(tr)
 
     def _load_anchor(self, tr: Trainer) -> Student | None:
         """The ``anchor_run`` one-call student (frozen), checked to cover the pairs and taus."""
@@ -160,8 +172,6 @@ class DistillTask(Task):
         cfg = self.cfg
         taus = sorted({cfg.tau_min, (cfg.tau_min + cfg.tau_max) / 2, cfg.tau_max})
         rows: dict[str, list] = {"x": [], "s": [], "g": [], "tau": []}
-        if self.VAL_TEACHER:
-            rows["t"] = []
         for src, tgt in self.pairs:
             xs = xv[yv == src][:cfg.val_images]
             if xs.shape[0] == 0:
@@ -169,14 +179,14 @@ class DistillTask(Task):
             z = self.teacher.codec.encode(xs.to(tr.device)).float().cpu()
             for tau in taus:
                 rows["x"].append(z)
-                if self.VAL_TEACHER:
-                    rows["t"].append(self._reference(z, src, tgt, tau))
+                if self.VAL_TEACHER:  # the teacher's translation: by the teacher pass
+                    self._jobs.append(TeacherJob("val", z, src, tgt, tau))
                 rows["s"].append(torch.full((z.shape[0],), src))
                 rows["g"].append(torch.full((z.shape[0],), tgt))
                 rows["tau"].append(torch.full((z.shape[0],), tau))
         if not rows["x"]:
             raise MedShiftError("no validation images for the requested pairs")
-        return {k: torch.cat(v) for k, v in rows.items()}
+        return {k: torch.cat(v) for k, v in rows.items() if v}
 
     def _cache_meta(self) -> dict[str, str]:
         from ..fileio import sha256_file
@@ -191,13 +201,12 @@ class DistillTask(Task):
                 "pairs": json.dumps(self.pairs), "tau": f"{self.cfg.tau_min},{self.cfg.tau_max}",
                 "taus_per_image": str(self.cfg.taus_per_image),
                 "max_images": str(self.cfg.max_images), "seed": str(self.cfg.seed),
-                "data": str(self.data_root)}
+                "data": str(self.data_root), "val_images": str(self.cfg.val_images),
+                "val_teacher": str(self.VAL_TEACHER), "format": "2"}
 
     def _cache(self, tr: Trainer) -> dict[str, torch.Tensor]:
-        """The teacher's (or, ``anchor_cache``, the anchor run's) translations of the training
-        images (computed once, then reused)."""
-        from tqdm.auto import tqdm
-
+        """The cache's sources, labels and taus; their teacher translations ("t") come from the
+        teacher pass, or from RUN/teacher_cache.safetensors when it holds these settings'."""
         cfg = self.cfg
         path = Path(cfg.out) / CACHE
         meta = self._cache_meta()
@@ -206,35 +215,69 @@ class DistillTask(Task):
             if all(saved.get(k) == v for k, v in meta.items()):
                 self.cache_info = {"items": int(tensors["x"].shape[0]),
                                    "seconds": float(saved.get("seconds", "nan"))}
+                if "val_t" in tensors:
+                    self._jobs = [j for j in self._jobs if j.kind != "val"]
+                    self.val["t"] = tensors.pop("val_t")
+                self._cache_loaded = str(path)
                 return tensors
-        t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed + 7_919)
+        rows: dict[str, list] = {"x": [], "s": [], "g": [], "tau": []}
         jobs = []
         for src, tgt in self.pairs:
             idx = torch.nonzero(self.y == src).flatten()[:cfg.max_images]
             for _ in range(cfg.taus_per_image):
                 taus = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * torch.rand(len(idx),
                                                                             generator=g)
-                jobs += [(int(i), src, tgt, float(tau)) for i, tau in zip(idx, taus)]
-        rows: dict[str, list] = {"x": [], "t": [], "s": [], "g": [], "tau": []}
-        bar = tqdm(total=len(jobs), desc="teacher translations", unit="img",
-                   disable=not (tr.dist.is_main and self.progress))
-        # one translation per job: each has its own tau (the Sampler is per settings)
-        for i, src, tgt, tau in jobs:
-            z = self.x[i:i + 1]
-            rows["x"].append(z)
-            rows["t"].append(self._reference(z, src, tgt, tau))
-            rows["s"].append(torch.tensor([src]))
-            rows["g"].append(torch.tensor([tgt]))
-            rows["tau"].append(torch.tensor([tau]))
-            bar.update(1)
-        bar.close()
-        cache = {k: torch.cat(v) for k, v in rows.items()}
-        seconds = time.perf_counter() - t0
-        self.cache_info = {"items": len(jobs), "seconds": seconds}
-        if tr.dist.is_main:
-            save_safetensors(path, cache, {**meta, "seconds": f"{seconds:.1f}"})
-        return cache
+                for i, tau in zip(idx, taus):  # one translation per job: each has its own tau
+                    z = self.x[int(i):int(i) + 1]
+                    jobs.append(TeacherJob("cache", z, src, tgt, float(tau)))
+                    rows["x"].append(z)
+                    rows["s"].append(torch.tensor([src]))
+                    rows["g"].append(torch.tensor([tgt]))
+                    rows["tau"].append(torch.tensor([float(tau)]))
+        self._jobs = jobs + self._jobs  # the cache first, then the validation targets
+        return {k: torch.cat(v) for k, v in rows.items()}
+
+    def _teacher_pass(self, tr: Trainer) -> None:
+        """Run the teacher pass (train/teacher_pass.py: plan, progress, resumable) and fill the
+        cache's and the validation set's teacher translations."""
+        cfg = self.cfg
+        names = [f"{self.domains[a]}->{self.domains[b]}" for a, b in self.pairs]
+        taus = f"tau in [{cfg.tau_min:g}, {cfg.tau_max:g}]"
+        if getattr(self, "cache", None) is not None and "t" not in self.cache:
+            taus += f" ({cfg.taus_per_image} draw(s) per training image)"
+        if self.VAL_TEACHER:
+            vt = sorted(set(self.val["tau"].tolist()))
+            taus += f", validated at tau {', '.join(f'{v:g}' for v in vt)}"
+        describe = f"{len(names)} pair(s) {', '.join(names)}; {taus}"
+        if self.anchor is not None:  # the references are the anchor run's, one call each
+            describe += f"; references by --anchor-run {cfg.anchor_run}"
+        if not self._jobs:
+            say(f"plan: {describe}; teacher translations reused from "
+                f"{getattr(self, '_cache_loaded', CACHE)}")
+            return
+        s = TranslationSettings(0, 1, **self.settings)
+        calls = 1 if self.anchor is not None else None if s.solver == "dopri5" else nfe(
+            s.solver, s.steps) * sum(1 if w in (0.0, 1.0) else 2
+                                     for w in (s.guidance_encode, s.guidance_decode))
+        tp = TeacherPass(self._jobs, self._reference, Path(cfg.out),
+                         {**self._cache_meta(), "what": "teacher pass"},
+                         writer=tr.dist.is_main, progress=tr.dist.is_main and self.progress,
+                         calls=calls)
+        outs = tp.run(describe)
+        by_kind = {k: [o for j, o in zip(self._jobs, outs) if j.kind == k] for k in
+                   ("cache", "val")}
+        if by_kind["val"]:
+            self.val["t"] = torch.cat(by_kind["val"])
+        if by_kind["cache"]:
+            self.cache["t"] = torch.cat(by_kind["cache"])
+            self.cache_info = {"items": int(self.cache["x"].shape[0]), "seconds": tp.seconds}
+            if tr.dist.is_main:
+                extra = {"val_t": self.val["t"]} if "t" in self.val else {}
+                save_safetensors(Path(cfg.out) / CACHE, {**self.cache, **extra},
+                                 {**self._cache_meta(), "seconds": f"{tp.seconds:.1f}"})
+        tp.finish()
+        self._jobs = []
 
     def build_model(self, tr: Trainer) -> Student:
         """Task hook: the student, initialised from the teacher's U-Net (or ``--init``)."""

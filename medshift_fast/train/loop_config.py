@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, check_field_types
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -99,6 +99,7 @@ class LoopConfig:
         ]
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # a wrong-typed value names its field, before any comparison
         for ok, msg in self.checks():
             if not ok:
                 raise MedShiftError(f"{type(self).__name__}: {msg}")

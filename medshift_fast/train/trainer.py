@@ -424,9 +424,8 @@ def _loop(tr: Trainer, cfg, out: Path, logger: RunLogger, on_step) -> None:
             if tr.should_stop():
                 if main:
                     tr.save(out)
-                    print(f"\ninterrupted at step {tr.step}: checkpoint written to {out}; continue "
-                          "with --resume", flush=True)
-                raise TrainingInterrupted(f"interrupted at step {tr.step}")
+                raise TrainingInterrupted(f"at step {tr.step}: checkpoint written to {out}; "
+                                          "continue with --resume")
     if tr.out_of_time and main:
         print(f"\ntime budget of {cfg.minutes:g} min reached after {tr.clock.elapsed():.0f} s "
               f"at step {tr.step} (of at most {cfg.steps}); the run is saved at that step",

@@ -2,34 +2,53 @@
 
 Checked before any work (each a one-line error, exit 2 on the command line): the settings (tau
 in [0, 1] and finite, steps >= 1, guidance finite, batch >= 1, sizes), the output folder
-(writable, not a file), the run and its domains, every output name (no two inputs onto one
-output, no existing file unless ``overwrite``) and every input file's header: format, bit depth,
-modality (radiographs only unless ``allow_modality``), frames (``frame``), colour
-(``allow_rgb``), PNG chunk CRCs, a missing DICOM decoder (named). ``skip_bad`` reports a bad
-input on stderr and leaves it out instead.
+(writable, not a file), the run and its domains; then EVERY input is vetted before the first
+translation (``vet.vet_input``, one function per image): header (format, bit depth, modality
+-- radiographs only unless ``allow_modality`` --, frames (``frame``), colour (``allow_rgb``), PNG
+chunk CRCs, a missing DICOM decoder), size, working grid and memory plan, output name (no two
+inputs onto one output, no existing file unless ``overwrite``), the scale decision, and the
+decoded pixels (NaN / Inf, corrupt data, the intensity rule). So a bad file stops the command
+before anything is written, never half-way through a folder; ``skip_bad`` reports it on stderr,
+once, and lists it in the manifest as skipped instead.
 
-Then inputs are decoded lazily, translated in batches of equal working shape and written one by
-one, atomically, as soon as their batch is done (the run's manifest, ``manifest-<run id>.csv``,
-is rewritten after every batch), so a failure later never loses the outputs already written.
+Then inputs are decoded again batch by batch, translated in batches of equal working shape and
+written one by one, atomically, as soon as their batch is done. The run's manifest,
+``manifest-<run id>.csv``, lists every input from the start with its outcome (written, skipped,
+failed, not reached) and the SHA-256 of each input and output written; it is rewritten after
+every batch, so a failure or an interruption never loses the outputs already written, and says
+what was not done. ``resume`` continues an interrupted run, verified by those hashes
+(translate/manifest.py; why not ``--skip-existing``: docs/data.md).
 
 Outputs are in the input's own kind and geometry by default (``out_format="same"``): a DICOM
 becomes a derived DICOM of the same Rows/Columns, bit depth and photometric interpretation (new
-SOP Instance UIDs, ONE new series per command run, ImageType DERIVED\\SECONDARY, a
-DerivationDescription naming the model, tau and domains), an 8/16-bit PNG or TIFF one of the same
-depth and size (12-bit data in a 16-bit container stays 12-bit). Relative paths of input folders
-are kept under ``out``, as ``<stem>_<target>.<ext>``.
+SOP Instance UIDs, one derived series per source series and command run with its own
+SeriesNumber and SeriesDate/Time (``data.writers.derived_series``; a resumed run keeps its
+series and their time), ImageType DERIVED\\SECONDARY, our DerivationCodeSequence, a
+DerivationDescription naming the run by name and hash (never its local path), tau and
+domains), an 8/16-bit PNG or TIFF one of the same depth and size (12-bit data in a 16-bit
+container stays 12-bit). Relative paths of input folders are kept under ``out``, as
+``<stem>_<target>.<ext>``.
 
 Working scale (``size``): by default the grid the run learned (``learned.Learned``): a model
 trained on native-resolution crops translates on the input's own grid (resampled to the learned
 pixel spacing when both are known); a model trained on images resized to S px resizes the short
-side to S (a one-line warning when that is more than 2x from the input); ``size="native"`` or
-``size=N`` choose explicitly. Large working grids are translated in tiles (``tile``), within a
-memory budget (``max_memory``) planned before any work. The working size, scale and tiles are
-written into every output's DerivationDescription and the manifest.
+side to S (a one-line warning when that is more than 2x from the input). The scale is a
+decision, not a warning: an input more than ``checks.SCALE_FACTOR`` (4x) from the learned scale
+is refused unless ``size`` chose -- ``"learned"`` (that scale, detail lost), ``"native"`` (the
+input's grid: texture at a scale the model never learned) or ``N`` (short side resized to N).
+Large working grids are translated in tiles (``tile``), within a memory budget (``max_memory``)
+planned before any work. The working size, scale and tiles are written into every output's
+DerivationDescription and the manifest.
 
 Intensity: integer samples are mapped by the bits the file declares (PNG sBIT, TIFF
-BitsPerSample / SMaxSampleValue, DICOM BitsStored) or ``input_bits``; an image whose values lie
-far outside what the run saw for the source domain is refused (``Translator.check_intensity``).
+BitsPerSample / SMaxSampleValue, DICOM BitsStored) or ``input_bits``; then the intensity rule
+(``translate.intensity``, ``intensity``), in the vetting: in range -> translated; outside ->
+translated with a one-line warning; a container / bit-depth mismatch -> refused naming
+``--input-bits``; a non-radiograph far outside -> refused naming ``--intensity match`` /
+``as-is``. ``match`` maps the image's percentiles onto the domain's and the output back. The
+verdict is in the manifest (``intensity``) and the output's metadata; so is the hallucination
+count of each output on its working grid (``checks.count_hallucinations``: ``hallucination_*``
+columns).
 
 Output safety (docs/data.md): ``out`` may not be (or lie inside) an input folder, no output may
 replace an input (even with ``overwrite``), and every run writes its own manifest, so a second run
@@ -49,15 +68,30 @@ from pathlib import Path
 
 import torch
 
-from ..data.geometry import RESIZE_MODES, plan_fit
-from ..data.io import find_images, probe_image, read_image
-from ..data.writers import new_series_uid, output_suffix, write_image
-from ..errors import MedShiftError
-from ..fileio import check_not_inside, check_writable_dir
-from .manifest import Manifest, Shard, new_run_id
+from ..data.geometry import RESIZE_MODES
+from ..data.io import read_image
+from ..data.writers import derived_series, new_series_uid, write_image
+from ..errors import MedShiftError, offering, skip_note
+from ..fileio import check_not_inside, check_writable_dir, sha256_file
+from .checks import count_hallucinations, hallucination_columns
+from .intensity import DEFAULT_MODE, INTENSITY_MODES
+from .manifest import (
+    FAILED,
+    NOT_REACHED,
+    RUN_IDENTITY,
+    SKIPPED,
+    WRITTEN,
+    Manifest,
+    Shard,
+    new_run_id,
+    previous_run,
+    run_columns,
+    series_time,
+)
 from .settings import ENGINES, MODES, PRECISIONS, TranslateOptions
+from .vet import Planned, collect, io_bytes, vet_all
 
-__all__ = ["TranslateConfig", "TranslateSummary", "translate_files"]
+__all__ = ["TranslateConfig", "TranslateInterrupted", "TranslateSummary", "translate_files"]
 
 OUT_FORMATS = ("same", "png", "tiff", "dicom")
 #: DICOM Modality defined terms (PS3.3 C.7.3.1.1.1, current and retired), for --allow-modality.
@@ -80,8 +114,9 @@ class TranslateConfig(TranslateOptions):
         tau: translation time in [0, 1] (larger keeps more structure).
         out_format: same (the input's own kind) | png | tiff | dicom.
         size: working grid: default the scale the run learned (its native grid or pixel
-            spacing; a run trained on resized images resizes the short side to its size),
-            native (the input's own grid, in tiles), or N (short side resized to N pixels).
+            spacing; a run trained on resized images resizes the short side to its size; an
+            input more than 4x from it is refused until you choose), learned (that scale,
+            chosen), native (the input's own grid, in tiles), or N (short side resized to N).
         resize: crop (short side to size; the whole image is translated) | pad (long side to
             size, padded with air); the result is mapped back to the input's geometry.
         tile: tile side in pixels for large images (auto: the tile the run was trained on, or
@@ -111,8 +146,17 @@ class TranslateConfig(TranslateOptions):
             (comma-separated, e.g. CT,MR; all = any).
         frame: frame (0-based) of multi-frame DICOMs and multi-page TIFFs to translate.
         allow_rgb: convert colour inputs to grey (BT.601 luma) instead of refusing them.
-        skip_bad: report unreadable or refused inputs on stderr and translate the others.
+        intensity: check (refuse a bit-depth mismatch, warn when outside the training
+            intensities) | as-is (translate as read) | match (map the image's percentiles onto
+            the training ones and the output back; recorded in the manifest and metadata).
+        count_hallucinations: count new compact structures of each output (the manifest's
+            hallucination_* columns; about a second per megapixel of working grid).
+        skip_bad: report unreadable or refused inputs on stderr (once each) and translate
+            the others; the manifest lists them as skipped.
         overwrite: replace existing output files instead of refusing.
+        resume: continue an interrupted run into the same --out with the same settings: its
+            outputs whose input and output SHA-256 match its manifest are kept, the rest are
+            translated, under the same run id, manifest and DICOM series.
         progress: show a progress bar.
     """
 
@@ -121,11 +165,11 @@ class TranslateConfig(TranslateOptions):
     out: str
     tau: float | None = None
     out_format: str = "same"
-    size: str | None = None
+    size: int | str | None = None
     resize: str = "crop"
-    tile: str | None = None
+    tile: int | str | None = None
     overlap: int | None = None
-    max_memory: str | None = None
+    max_memory: int | str | None = None
     tile_batch: int | None = None
     input_bits: int | None = None
     seed: int | None = None
@@ -139,8 +183,11 @@ class TranslateConfig(TranslateOptions):
     allow_modality: str | None = None
     frame: int | None = None
     allow_rgb: bool = False
+    intensity: str = DEFAULT_MODE
+    count_hallucinations: bool = True
     skip_bad: bool = False
     overwrite: bool = False
+    resume: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -162,14 +209,14 @@ class TranslateConfig(TranslateOptions):
                                 f"{', '.join(OUT_FORMATS)}")
         if self.resize not in RESIZE_MODES:
             raise MedShiftError(f"unknown --resize {self.resize!r}; choose crop or pad")
-        if self.size is not None and str(self.size).lower() not in ("native", "auto"):
+        if self.size is not None and str(self.size).lower() not in ("native", "auto", "learned"):
             try:
                 ok = str(int(str(self.size))) == str(self.size).strip() and int(self.size) >= 8
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise MedShiftError(f"--size must be a whole number of pixels >= 8, 'native' or "
-                                    f"'auto', got {self.size!r}")
+                raise MedShiftError(f"--size must be a whole number of pixels >= 8, 'learned', "
+                                    f"'native' or 'auto', got {self.size!r}")
         if self.tile is not None and str(self.tile).lower() not in ("auto", "none"):
             try:
                 ok = int(str(self.tile)) >= 8
@@ -190,6 +237,9 @@ class TranslateConfig(TranslateOptions):
             raise MedShiftError(f"--input-bits must be between 1 and 16, got {self.input_bits}")
         if self.frame is not None and int(self.frame) < 0:
             raise MedShiftError(f"--frame must be >= 0, got {self.frame}")
+        if self.intensity not in INTENSITY_MODES:
+            raise MedShiftError(f"--intensity must be one of {', '.join(INTENSITY_MODES)}, got "
+                                f"{self.intensity!r}")
         if not self.inputs:
             raise MedShiftError("no inputs: pass image files or folders")
 
@@ -211,9 +261,17 @@ class TranslateConfig(TranslateOptions):
 
     def working_size(self):
         """The ``size`` argument of ``Translator.working_scale``: None, "native" or an int."""
-        if self.size is None or str(self.size).lower() == "auto":
+        if self.size is None or str(self.size).lower() in ("auto", "learned"):
             return None
         return "native" if str(self.size).lower() == "native" else int(self.size)
+
+    def size_chosen(self) -> bool:
+        """``--size`` chose the working scale (learned, native or N; not the default / auto)."""
+        return self.size is not None and str(self.size).lower() != "auto"
+
+
+class TranslateInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM during a folder translate; the manifest says what was done."""
 
 
 @dataclass
@@ -223,6 +281,7 @@ class TranslateSummary:
     written: int = 0
     skipped: int = 0
     failed: int = 0
+    kept: int = 0
     out: Path | None = None
     manifest: Path | None = None
     outputs: list[Path] = field(default_factory=list)
@@ -231,48 +290,20 @@ class TranslateSummary:
     def __str__(self) -> str:
         extra = (f"; {len(self.left_out)} file(s) in the input folders are not images (listed "
                  "in the manifest)" if self.left_out else "")
+        kept = (f"; {self.kept} written before the interruption were verified and kept"
+                if self.kept else "")
         return (f"wrote {self.written} image(s) to {self.out} ({self.skipped} skipped, "
-                f"{self.failed} failed){extra}; manifest: {self.manifest}")
-
-
-def _collect(inputs, out: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    """[(file, its output path relative to out, before the suffix)] in a stable order, and the
-    files of input folders left out, with why."""
-    files: list[tuple[Path, Path]] = []
-    left: list[tuple[Path, str]] = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            found, skipped = find_images(p)
-            if not found:
-                why = f" ({len(skipped)} other file(s), e.g. {skipped[0][0].name}: " \
-                      f"{skipped[0][1]})" if skipped else ""
-                raise MedShiftError(f"input folder {s!r} contains no images (PNG, TIFF or "
-                                    f"DICOM, by extension or content){why}")
-            files += [(f, f.relative_to(p)) for f in found]
-            left += skipped
-        elif p.is_file():
-            files.append((p, Path(p.name)))
-        else:
-            raise MedShiftError(f"input {s!r} does not exist")
-    return files, left
+                f"{self.failed} failed){kept}{extra}; manifest: {self.manifest}")
 
 
 def _say(msg: str) -> None:
-    print(f"medshift translate: {' '.join(msg.split())}", file=sys.stderr)
+    print(f"medshift translate: {' '.join(msg.split())}", file=sys.stderr, flush=True)
 
 
 def _image_seed(seed: int, rel: Path) -> int:
     """The noise seed of one input: a hash of --seed and its relative path (not its position)."""
     h = hashlib.sha256(f"{int(seed)}:{rel.as_posix()}".encode()).digest()
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
-
-
-def _suffix(cfg: TranslateConfig, info, f: Path) -> str:
-    if cfg.out_format != "same":
-        return output_suffix(cfg.out_format, None)
-    return {"png": ".png", "tiff": Path(f).suffix if Path(f).suffix.lower() in (".tif", ".tiff")
-            else ".tif", "dicom": ".dcm"}[info.format]
 
 
 def translate_files(cfg: TranslateConfig) -> TranslateSummary:
@@ -284,12 +315,24 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     manifests into one at the end. A rank that fails mid-run records it and still takes part
     in the merge, so the others' outputs are complete and listed.
 
+    Raises:
+        MedShiftError: a bad setting or input (before any translation), or a failure while
+            translating / writing (the outputs so far are complete and in the manifest).
+        TranslateInterrupted: SIGINT; the manifest lists every input's outcome, and
+            ``resume=True`` continues the run.
+
+    A message that advises an option names it as the caller passes it: the flag under
+    ``medshift translate``, else the field of ``cfg`` (``errors.offering``).
+
     Runs with ``cfg.threads`` CPU threads (``_threads``), restored afterwards.
     """
+    import dataclasses
+
     before = torch.get_num_threads()
     torch.set_num_threads(_threads(cfg, Shard.from_env()))
     try:
-        return _translate_files(cfg)
+        with offering({f.name: f.name for f in dataclasses.fields(cfg)}):
+            return _translate_files(cfg)
     finally:
         torch.set_num_threads(before)
 
@@ -299,7 +342,7 @@ def _translate_files(cfg: TranslateConfig) -> TranslateSummary:
 
     from tqdm.auto import tqdm
 
-    from .. import __version__, use_backend
+    from .. import use_backend
     from ..run import load_run, resolve_device
     from .translator import Translator
 
@@ -318,113 +361,98 @@ def _translate_files(cfg: TranslateConfig) -> TranslateSummary:
                         cfg.precision], **cfg.recipe())
     seed = tr.settings.seed
     opts = dict(frame=cfg.frame, allow_modality=cfg.modalities(), allow_rgb=cfg.allow_rgb)
-    run_id = shard.common(new_run_id())
-    series = shard.common(new_series_uid())
+    prev = previous_run(out, run_columns(tr, cfg, "", "", seed)) if cfg.resume else None
+    run_id = prev.run_id if prev else shard.common(new_run_id())
+    series = prev.series_uid if prev else shard.common(new_series_uid())
+    when = series_time(run_id)  # SeriesDate/Time of the DICOM outputs: when the run started
     summary = TranslateSummary(out=out, manifest=out / f"manifest-{run_id}.csv")
-    desc = tr.describe()
-    tiles = "none" if tr.tile is None else f"{tr.tile} px, overlap {tr.overlap}"
-    manifest = Manifest(shard.manifest_path(summary.manifest), {
-        "source": desc["source_domain"], "target": desc["target_domain"], "tau": desc["tau"],
-        **{k: desc[k] for k in ("guidance_encode", "guidance_decode", "steps", "solver",
-                                "decode")},
-        "seed": seed, "resize": cfg.resize, "run": desc["run"], "run_id": run_id,
-        "series_uid": series, "version": __version__, "tiles": tiles})
-    # 1. every input header, working grid, memory plan and output name, before any work
-    files, left = _collect(cfg.inputs, out)
+    common = run_columns(tr, cfg, run_id, series, seed)
+    manifest = Manifest(shard.manifest_path(summary.manifest), common)
+    # 1. every input vetted (header, grid, memory plan, output name, pixels) before any work
+    files, left = collect(cfg.inputs)
     summary.left_out = left
-    inputs = {f.resolve() for f, _ in files}
-    plan, seen, warnings = [], {}, []
-    size = cfg.working_size()
-    for f, rel in files:
-        try:
-            info = probe_image(f, **opts)
-            tr.check_shape(*info.shape, what=f"image {str(f)!r}")
-            ws = tr.working_scale(info.shape, info.spacing_mm, size)
-            fit = (plan_fit(info.shape, int(min(ws.shape)), cfg.resize, tr.factor)
-                   if ws.how in ("image_size", "size") else
-                   plan_fit(info.shape, "native", cfg.resize, tr.factor, shape=ws.shape))
-            tr.check_shape(*fit.shape, what=f"the working grid of {str(f)!r}")
-            tr.plan((1, tr.image_channels, *fit.shape), io_bytes=_io_bytes(info.shape),
-                    what=f"{str(f)!r} ({info.shape[0]}x{info.shape[1]} px, working "
-                    f"{fit.shape[0]}x{fit.shape[1]})")
-        except MedShiftError as exc:
-            if not cfg.skip_bad:
-                raise
-            _say(f"skipped {f}: {exc}")
-            summary.skipped += 1
-            manifest.add(f, None, "skipped", str(exc))
-            continue
-        warn = ws.warning or (tr.learned.size_warning(tuple(ws.shape or fit.shape))
-                              if ws.how == "native" else None)
-        if warn:
-            warnings.append(f"{f}: {warn}")
-        dst = out / rel.parent / f"{rel.stem}_{cfg.target}{_suffix(cfg, info, f)}"
-        if dst in seen and seen[dst].resolve() == f.resolve():
-            continue  # the same file given twice (e.g. a file and its folder)
-        if dst in seen:
-            raise MedShiftError(f"inputs {str(seen[dst])!r} and {str(f)!r} would both be written "
-                                f"to {str(dst)!r}; translate them into separate --out folders")
-        if dst.resolve() in inputs:
-            raise MedShiftError(f"output {str(dst)!r} would replace the input of that name (never "
-                                "done, even with --overwrite); choose another --out")
-        seen[dst] = f
-        if dst.exists() and not cfg.overwrite:
-            raise MedShiftError(f"output {str(dst)!r} already exists; pass --overwrite to replace "
-                                "it or choose another --out")
-        note = f"{fit.resized[0]}x{fit.resized[1]} px, {ws.note}"
-        plan.append((f, rel, dst, fit, note))
-    if not plan:
+    if shard.is_main:
+        for p, why in left:  # not images: listed first, with why
+            manifest.add(p, None, SKIPPED, why)
+    order, plan, kept, bad = vet_all(files, tr, cfg, out, opts, prev,
+                                     progress=cfg.progress and shard.is_main,
+                                     say=_say if shard.is_main else None)
+    if not plan and not kept:
         raise MedShiftError("no readable input image (all were skipped)")
+    warnings = [f"{p.path}: {p.warning}" for p in plan if p.warning]
     for w in warnings[:5]:
         _say(f"warning: {w}")
     if len(warnings) > 5:
         _say(f"warning: ... and {len(warnings) - 5} more input(s) like these")
-    if shard.is_main:
-        for p, why in left:
-            manifest.add(p, None, "skipped", why)
     # 2. batches of one working shape (the same batches whatever the number of ranks: a
-    # rank translates every world-th batch, so each image is computed exactly as alone)
-    groups: dict[tuple[int, int], list] = {}
-    for item in plan:
-        groups.setdefault(item[3].shape, []).append(item)
+    # rank translates every world-th batch, so each image is computed exactly as alone). A
+    # resumed run forms the batches of the whole run, outputs it keeps included, and
+    # translates every batch that holds an output still to write: the same bytes as one
+    # uninterrupted run (a batch's composition changes the last bits of a translation).
+    groups: dict[tuple[int, int], list[Planned]] = {}
+    for kind, item, _ in order:
+        if kind in ("plan", "kept"):
+            groups.setdefault(item.fit.shape, []).append(item)
     steps = shard.common({shape: max(1, min(cfg.batch_size, tr.plan(
-        (len(items), tr.image_channels, *shape), io_bytes=_io_bytes(shape)).images))
+        (len(items), tr.image_channels, *shape), io_bytes=io_bytes(shape)).images))
         for shape, items in groups.items()})
     batches = [items[k:k + steps[shape]] for shape, items in groups.items()
                for k in range(0, len(items), steps[shape])]
+    batches = [b for b in batches if not all(item.kept for item in b)]
     mine = [b for j, b in enumerate(batches) if j % shard.world == shard.rank]
+    mine_ids = {id(item) for items in mine for item in items}
+    for kind, what, extra in order:  # every input in the manifest from the start, in order
+        if kind == "plan" and id(what) in mine_ids:
+            manifest.add(what.path, what.dst.relative_to(out), NOT_REACHED, **what.per_image)
+        elif kind == "bad" and shard.is_main:
+            _say(f"skipped {skip_note(extra)}")
+            manifest.add(what, None, SKIPPED, getattr(extra, "problem", str(extra)))
+        elif kind == "kept" and shard.is_main:
+            manifest.add(what.path, extra["output"], WRITTEN, **{
+                k: v for k, v in extra.items()
+                if k not in ("input", "output", "status", "reason", *RUN_IDENTITY)})
+    summary.skipped, summary.kept = len(bad), len(kept)
+    manifest.write()
     engine = tr.engine  # built now, after every check: a bf16 check, or the ONNX cache
     if shard.is_main:  # one line per stage, with or without the progress bar
-        big = max(groups, key=lambda g: g[0] * g[1])
-        p = tr.plan((1, tr.image_channels, *big), io_bytes=_io_bytes(big))
+        big = max(groups, key=lambda g: g[0] * g[1]) if groups else None
         how = "" if engine is None else f"; engine {engine.describe()}, " \
-            f"{torch.get_num_threads()} thread(s), tiles {tiles}"
-        _say(f"translating {len(plan)} image(s) in {len(batches)} batch(es)"
-             f"{f' over {shard.world} ranks' if shard.enabled else ''}; largest working grid "
-             f"{big[0]}x{big[1]}: {p.describe()}{how}")
-    derivation = {"model": desc["run"], "tau": desc["tau"], "source": desc["source_domain"],
-                  "target": desc["target_domain"], "version": __version__,
-                  "settings": {k: desc[k] for k in ("guidance_encode", "guidance_decode",
-                                                    "steps", "solver", "decode")},
-                  "tiles": tiles}
-    bar = tqdm(total=sum(map(len, mine)), disable=not cfg.progress or not shard.is_main,
-               desc="translate", unit="img")
+            f"{torch.get_num_threads()} thread(s), tiles {common['tiles']}"
+        p = big and tr.plan((1, tr.image_channels, *big), io_bytes=io_bytes(big))
+        _say(f"vetted {len(files)} input(s){f', resuming run {run_id}' if prev else ''}: "
+             f"translating {len(plan)} image(s) in {len(batches)} batch(es)"
+             f"{f' over {shard.world} ranks' if shard.enabled else ''}"
+             + (f"; largest working grid {big[0]}x{big[1]}: {p.describe()}" if big else "")
+             + (f"; {len(kept)} already written and verified" if kept else "") + how)
+    derivation = {"model": tr.run.identity(), "tau": common["tau"], "source": common["source"],
+                  "target": common["target"], "version": common["version"],
+                  "settings": {k: common[k] for k in ("guidance_encode", "guidance_decode",
+                                                      "steps", "solver", "decode")},
+                  "tiles": common["tiles"]}
+    bar = tqdm(total=sum(not item.kept for b in mine for item in b),
+               disable=not cfg.progress or not shard.is_main, desc="translate", unit="img")
     failure = None
     try:
         with ctx:
             for items in mine:  # written as soon as its batch is done
-                _batch(items, tr, cfg, opts, derivation, series, summary, manifest)
+                _batch(items, tr, cfg, opts, derivation, (series, when), summary, manifest)
                 manifest.write()
-                bar.update(len(items))
+                bar.update(sum(not item.kept for item in items))
     except (MedShiftError, OSError) as exc:
         if not shard.enabled:
             raise
         failure = exc  # the other ranks finish; the merge lists what this one wrote
-        manifest.add("", None, "failed", f"rank {shard.rank} stopped: {exc}")
+        manifest.add("", None, FAILED, f"rank {shard.rank} stopped: {exc}")
+    except KeyboardInterrupt:
+        n = manifest.counts()
+        raise TranslateInterrupted(
+            f"after {n[WRITTEN]} of {n[WRITTEN] + n[NOT_REACHED] + n[FAILED]} image(s); "
+            f"{summary.manifest} lists every input's outcome; run the same command with "
+            "--resume to continue") from None
     finally:
         bar.close()
         manifest.write()
-    shard.finish(manifest, summary, {str(f): k for k, (f, *_) in enumerate(plan)})
+    shard.finish(manifest, summary, {str(f): k for k, (f, _) in enumerate(files)})
     if failure is not None:
         raise MedShiftError(f"rank {shard.rank}: {failure}")
     return summary
@@ -445,49 +473,69 @@ def _threads(cfg: TranslateConfig, shard) -> int:
     return max(1, machine_threads() // max(1, local))
 
 
-def _io_bytes(shape) -> int:
-    """Decoded input, its source copy and the output being written (float32 / float64)."""
-    return int(shape[0]) * int(shape[1]) * 24
-
-
-def _batch(items, tr, cfg, opts, derivation, series, summary, manifest) -> None:
-    """Decode, vet, translate and write one batch of inputs of one working shape."""
-    xs, srcs, kept = [], [], []
-    for f, rel, dst, fit, note in items:
+def _batch(items: list[Planned], tr, cfg, opts, derivation, series, summary, manifest) -> None:
+    """Decode, translate and write one batch of vetted inputs of one working shape (``series``:
+    the run's (series UID, series time))."""
+    xs, srcs, ok = [], [], []
+    for item in items:
+        what = f"image {str(item.path)!r}"
         try:
-            img, src = read_image(f, with_source=True, input_bits=cfg.input_bits, **opts)
-            tr.check_intensity(img, f"image {str(f)!r}")
-        except MedShiftError as exc:
-            if not cfg.skip_bad:
-                raise
-            _say(f"failed {f}: {exc}")
-            summary.failed += 1
-            manifest.add(f, None, "failed", str(exc))
+            img, src = read_image(item.path, with_source=True, input_bits=cfg.input_bits,
+                                  verify_crc=False, **opts)
+        except MedShiftError as exc:  # changed since it was vetted
+            _fail(item, exc, cfg, summary, manifest)
             continue
-        xs.append(fit.apply(torch.from_numpy(img))[0])
-        del img
-        srcs.append(src)
-        kept.append((f, rel, dst, fit, note))
-    if not kept:
+        verdict = item.verdict
+        if verdict is None:  # kept by a resume (vetted without its pixels): computed as before
+            try:
+                verdict = tr.check_intensity(img, what, source=src, mode=cfg.intensity,
+                                             input_bits=cfg.input_bits)
+            except MedShiftError:  # only its batch mates need it: they get the same batch
+                verdict = None
+        x = torch.from_numpy(img if verdict is None else verdict.apply(img))
+        xs.append(item.fit.apply(x)[0])
+        del img, x
+        srcs.append((src, verdict))
+        ok.append(item)
+    if not ok:
         return
     seed = tr.settings.seed
-    gens = [torch.Generator().manual_seed(_image_seed(seed, rel)) for _, rel, *_ in kept]
+    gens = [torch.Generator().manual_seed(_image_seed(seed, p.rel)) for p in ok]
     y = tr.translate(torch.stack(xs), generators=gens).cpu()
-    del xs
-    for (f, _rel, dst, fit, note), src, yi in zip(kept, srcs, y):
-        res = fit.restore(yi[None])[0, 0].numpy()
+    uid, when = series
+    for item, (src, verdict), xi, yi in zip(ok, srcs, xs, y):
+        if item.kept:  # written and verified before the interruption: computed, not written
+            continue
+        # new compact structures, on the working grid (what the model was given and made)
+        found = count_hallucinations(xi[0], yi[0]) if cfg.count_hallucinations else None
+        res = verdict.restore(item.fit.restore(yi[None])[0, 0].numpy())
+        extra = {"working": item.note, "intensity": verdict.note}
+        if found is not None:
+            extra["new structures"] = f"{found['count']} ({found['area_px']} px, working grid)"
         try:
-            write_image(dst, res, src, cfg.out_format, derivation={**derivation, "working": note},
-                        series_uid=series, exclusive=not cfg.overwrite)
+            write_image(item.dst, res, src, cfg.out_format, derivation={**derivation, **extra},
+                        series_uid=uid, series_time=when,
+                        exclusive=not (cfg.overwrite or cfg.resume))
         except (MedShiftError, OSError) as exc:
-            if not cfg.skip_bad:
-                raise MedShiftError(f"cannot write {dst}: {exc}") from exc
-            _say(f"failed to write {dst}: {exc}")
-            summary.failed += 1
-            manifest.add(f, None, "failed", str(exc))
+            _fail(item, MedShiftError(f"cannot write {item.dst}: {exc}"), cfg, summary,
+                  manifest)
             continue
         summary.written += 1
-        summary.outputs.append(dst)
-        manifest.add(f, dst.relative_to(summary.out), "written",
-                     working_size=f"{fit.resized[0]}x{fit.resized[1]}",
-                     scale=note.split(", ", 1)[1])
+        summary.outputs.append(item.dst)
+        dicom = item.dst.suffix.lower() in (".dcm", ".dicom")
+        manifest.add(item.path, item.dst.relative_to(summary.out), WRITTEN,
+                     working_size=f"{item.fit.resized[0]}x{item.fit.resized[1]}",
+                     scale=item.note.split(", ", 1)[1], input_sha256=sha256_file(item.path),
+                     sha256=sha256_file(item.dst), **item.per_image,
+                     dicom_series_uid=derived_series(uid, src)[0] if dicom else "",
+                     **hallucination_columns(found))
+    del xs
+
+
+def _fail(item: Planned, exc: MedShiftError, cfg, summary, manifest) -> None:
+    """Record a failed input; without ``skip_bad`` stop the run (the manifest keeps it)."""
+    summary.failed += 1
+    manifest.add(item.path, None, FAILED, getattr(exc, "problem", str(exc)), **item.per_image)
+    if not cfg.skip_bad:
+        raise exc
+    _say(f"failed {skip_note(exc)}")

@@ -18,26 +18,24 @@ applies it to every input:
   declares (DICOM BitsStored, PNG sBIT, TIFF BitsPerSample / SMaxSampleValue), else by the
   container depth; DICOM through its modality LUT and VOI window. Per training domain the run
   records the containers, the declared bits and percentiles of the mapped values.
-  ``check_intensity`` refuses an input whose values occupy a small part of the range the domain
-  covered (e.g. 12-bit data in an undeclared 16-bit container, for a model trained on full-range
-  images), naming the fix (``--input-bits N``), instead of translating it silently.
+  ``check_intensity`` applies the intensity rule (``translate.intensity``): in range ->
+  translate; outside -> translate with a warning (or ``--intensity match``); a container /
+  bit-depth mismatch -> refused naming ``--input-bits N``; never translated silently.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, option
+from .intensity import PERCENTILES, Verdict, decide
 
 __all__ = ["PERCENTILES", "Learned", "WorkingScale", "domain_stats", "record"]
 
-PERCENTILES = (0.5, 1.0, 5.0, 50.0, 95.0, 99.0, 99.5)
 SCALE_KINDS = ("image_size", "native", "spacing")
-MIN_SPAN_RATIO = 0.25  # an input spanning < 1/4 of the domain's p1..p99 range is "far outside"
 WARN_RATIO = 2.0
 
 
@@ -177,10 +175,11 @@ class Learned:
         k = int(self.size) / short
         warn = None
         if max(k, 1 / k) > WARN_RATIO:
-            warn = (f"translating at the model's {self.size}-px scale: {1 / k:.1f}x "
+            native = option("size", "native", "'native'")
+            warn = (f"translating at the model's {self.size}-px scale: {max(k, 1 / k):.1f}x "
                     f"{'coarser' if k < 1 else 'finer'} than the input's {h}x{w} grid (the "
-                    f"model learned {learned}); pass --size native to translate at full "
-                    "resolution, in tiles")
+                    f"model learned {learned})" + (f"; pass {native} to translate at full "
+                                                   "resolution, in tiles" if native else ""))
         return resized(k, "image_size", f"resized {k:.3g}x to the model's {self.size}-px "
                        "scale and back", warn)
 
@@ -205,44 +204,8 @@ class Learned:
         return None
 
     # ----------------------------------------------------------------------------- intensity
-    def check_intensity(self, img, domain: str, what: str) -> None:
-        """Refuse an image whose values lie far outside what ``domain`` covered in training.
-
-        Far outside: its p1..p99 span is below ``MIN_SPAN_RATIO`` of the domain's, or its
-        median lies outside the domain's p0.5..p99.5 range by more than that range's width.
-        Unknown domain records (old runs) check nothing.
-        """
-        rec = self.domains.get(domain)
-        if not rec:
-            return
-        p = rec.get("percentiles") or {}
-        try:
-            lo, hi = float(p["1"]), float(p["99"])
-            lo0, hi0 = float(p["0.5"]), float(p["99.5"])
-        except (KeyError, TypeError, ValueError):
-            return
-        a = np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img,
-                       dtype=np.float32).ravel()
-        a = a[:: max(1, a.size // 1_000_000)]
-        q1, q50, q99 = (float(v) for v in np.percentile(a, (1.0, 50.0, 99.0)))
-        span, ref = q99 - q1, max(hi - lo, 1e-6)
-        far = span < MIN_SPAN_RATIO * ref or not (lo0 - (hi0 - lo0) <= q50 <= hi0 + (hi0 - lo0))
-        if not far:
-            return
-        bits = _bits_hint(q99)
-        fix = (f"if it holds {bits}-bit data, pass --input-bits {bits} (input_bits={bits}) "
-               "to map 0..{m} to the full range".format(m=2**bits - 1)
-               if bits else "rescale it to the full range of its container")
-        raise MedShiftError(
-            f"{what}: its intensities (p1..p99 {q1:+.3f}..{q99:+.3f} in [-1, 1]) lie far outside "
-            f"what the model saw for {domain} in training (p1..p99 {lo:+.3f}..{hi:+.3f}); "
-            f"translating it would invent an image; {fix}")
-
-
-def _bits_hint(q99_unit: float) -> int | None:
-    """The smallest common bit depth whose full range holds a 16-bit container's p99 value."""
-    v = (q99_unit + 1.0) / 2.0 * 65535.0
-    for b in (8, 10, 12, 14):
-        if v <= 2**b - 1 + 0.5:
-            return b
-    return None if not math.isfinite(v) else None
+    def check_intensity(self, img, domain: str, what: str, **kw) -> Verdict:
+        """The intensity rule (``intensity.decide``) against ``domain``'s training record
+        (``source``, ``mode``, ``input_bits`` as keywords). Unknown records (old runs) check
+        nothing."""
+        return decide(img, self.domains.get(domain), domain, what, **kw)

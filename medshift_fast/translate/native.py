@@ -129,9 +129,10 @@ class NativePlanner:
         """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
         return self.learned.working_scale(shape, spacing_mm, size)
 
-    def check_intensity(self, img, what: str = "image") -> None:
-        """Refuse an input far outside the source domain's training intensities."""
-        self.learned.check_intensity(img, self.source_domain, what)
+    def check_intensity(self, img, what: str = "image", **kw):
+        """The intensity rule against the source domain's training record
+        (``intensity.decide``: keywords ``source``, ``mode``, ``input_bits``)."""
+        return self.learned.check_intensity(img, self.source_domain, what, **kw)
 
     # ---------------------------------------------------------------------------- planning
     def _net_config(self) -> Any:

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import MedShiftError
+from ..errors import MedShiftError, check_field_types
 from ..flow.solvers import SOLVERS, nfe
 
 __all__ = ["DECODES", "DEFAULTS", "ENGINES", "METHODS", "MODES", "PRECISIONS", "RECIPE",
@@ -207,6 +207,7 @@ class Recipe:
     noise_scale: float | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # a wrong-typed value names its field, before any comparison
         if self.guidance is not None:
             g = _finite("guidance", self.guidance)
             object.__setattr__(self, "guidance_encode", g)

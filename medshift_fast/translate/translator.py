@@ -44,6 +44,8 @@ from torch import nn
 from ..errors import MedShiftError
 from ..flow.solvers import FIXED_SOLVERS, PerSampleGenerators
 from . import memory
+from .checks import check_unit_range
+from .intensity import DEFAULT_MODE
 from .native import MAX_ASPECT, NativePlanner
 from .settings import DEFAULTS, ENGINES, MODES, TranslationSettings, resolve
 
@@ -51,7 +53,9 @@ __all__ = ["DEFAULT", "MAX_ASPECT", "Translator", "pipeline", "translate_model_s
            "uint16_to_unit", "unit_to_uint16"]
 
 U16_MAX = 65535.0
-RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
+#: what to do with float pixels outside [-1, 1] (the Translator's one-line refusal)
+UNIT_FIX = ("map 8-bit values v with v / 127.5 - 1, pass raw 16-bit counts as uint16, or read "
+            "files with medshift_fast.read_image")
 
 
 class _Default:
@@ -344,9 +348,29 @@ class Translator:
         """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
         return self.native.working_scale(shape, spacing_mm, size)
 
-    def check_intensity(self, img, what: str = "image") -> None:
-        """Refuse an input far outside the source domain's training intensities."""
-        self.native.check_intensity(img, what)
+    def check_intensity(self, img, what: str = "image", *, source=None,
+                        mode: str = DEFAULT_MODE, input_bits: int | None = None):
+        """The intensity rule for one input against the source domain's training record.
+
+        Args:
+            img: float pixels in [-1, 1] or raw uint16 counts (any shape).
+            what: the input named in messages.
+            source: the ``data.io.ImageSource`` of a file (its container, declared bits and
+                modality decide a refusal), or None for an array.
+            mode: check (refuse a container mismatch or a non-radiograph far outside the
+                training range, warn when outside) | as-is | match.
+            input_bits: the ``input_bits`` the file was read with.
+
+        Returns:
+            An ``intensity.Verdict``: print its ``warning`` if any, translate
+            ``verdict.apply(img)`` and pass the output through ``verdict.restore``.
+
+        Raises:
+            MedShiftError: a refusal, naming the flag that applies (``--input-bits N``,
+                ``--intensity match`` / ``as-is``).
+        """
+        return self.native.check_intensity(img, what, source=source, mode=mode,
+                                           input_bits=input_bits)
 
     def plan(self, shape: tuple[int, ...], io_bytes: int = 0, what: str | None = None
              ) -> memory.MemoryPlan:
@@ -430,14 +454,7 @@ class Translator:
                                 f"channel(s) and at least one image, got {tuple(x.shape)}")
         h, w = int(x.shape[-2]), int(x.shape[-1])
         self.check_shape(h, w)
-        if not bool(torch.isfinite(x).all()):
-            raise MedShiftError("Translator: input images contain NaN or Inf")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1.0 - RANGE_TOL or hi > 1.0 + RANGE_TOL:
-            raise MedShiftError(f"Translator: float images must lie in [-1, 1] (-1 = air / "
-                                f"darkest, +1 = bone), got values in [{lo:g}, {hi:g}]; map "
-                                "8-bit values v with v / 127.5 - 1, pass raw 16-bit counts as "
-                                "uint16, or read files with medshift_fast.read_image")
+        check_unit_range(x, "Translator", UNIT_FIX)
         if generators is not None and len(generators) != x.shape[0]:
             raise MedShiftError(f"Translator.translate: {len(generators)} generators for "
                                 f"{x.shape[0]} images")

@@ -24,9 +24,21 @@ pydicom = pytest.importorskip("pydicom")
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
+def _translate_flags() -> dict[str, str]:
+    import argparse
+
+    from medshift_fast.cli import build_parser, command_flags
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return command_flags(sub.choices["translate"])
+
+
 def _refused(fn, path, *remedy: str, **kw) -> str:
-    """Call fn(path, **kw), expect a one-line MedShiftError naming the file and the remedy."""
-    with pytest.raises(MedShiftError) as ei:
+    """Call fn(path, **kw) as `medshift translate` does (its flags are the fixes a message may
+    name), expect a one-line MedShiftError naming the file and the remedy."""
+    from medshift_fast.errors import offering
+
+    with pytest.raises(MedShiftError) as ei, offering(_translate_flags(), kind="flag"):
         fn(path, **kw)
     msg = str(ei.value)
     assert str(path) in msg and "\n" not in msg.strip(), msg
