@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import MedShiftError
 from .flow.solvers import FIXED_SOLVERS
-from .translate import Translator, uint16_to_unit, unit_to_uint16
+from .translate import DEFAULT, ENGINES, Translator, uint16_to_unit, unit_to_uint16
 
 __all__ = ["FrameTranslator"]
 
@@ -70,6 +70,11 @@ class FrameTranslator:
         monochrome1: invert uint16 frames on the way in and out (MONOCHROME1 data).
         bf16, channels_last, cuda_graph, compile: execution options (CUDA graph by default on
             CUDA; ``compile=True`` compiles the forward with Inductor freezing during warm-up).
+            ``bf16=None``: the Translator's choice (bf16 for a one-step student where the
+            hardware has it natively and the check holds; never for a flow run).
+        engine: a one-step student's execution engine (``translate.engine``: auto | eager |
+            channels_last | compile | cuda_graph | onnx); a flow run ignores it.
+        tile: the Translator's tile (default: its settings' rule; None: whole frames).
         warmup: frames of zeros translated at construction (CUDA graph capture, first-call
             costs); they are not counted in the latency statistics.
         history: latencies kept for ``latency_stats`` (the most recent ones).
@@ -98,13 +103,15 @@ class FrameTranslator:
         dtype: torch.dtype | None = None,
         input: str = "float",  # noqa: A002 - the documented option name
         monochrome1: bool = False,
-        bf16: bool = False,
+        bf16: bool | None = None,
         channels_last: bool = False,
         cuda_graph: bool | None = None,
         compile: bool = False,  # noqa: A002 - the Translator mode
         warmup: int = 1,
         history: int = 10_000,
         any_size: bool = False,
+        engine: str = ENGINES[0],
+        tile=DEFAULT,
     ) -> None:
         from .run import LoadedRun, load_run
 
@@ -143,7 +150,8 @@ class FrameTranslator:
         self.translator = Translator(run, source, target, tau=tau, steps=steps, solver=solver,
                                      guidance_encode=guidance_encode,
                                      guidance_decode=guidance_decode, mode=mode, device=dev,
-                                     bf16=bf16, channels_last=channels_last, batch_size=1)
+                                     bf16=bf16, channels_last=channels_last, batch_size=1,
+                                     engine=engine, tile=tile)
         tr = self.translator
         tr.check_size(h, w)
         tr.check_shape(h, w, "the frame size")
@@ -266,6 +274,7 @@ class FrameTranslator:
 # Engine files written by `medshift export` (ONNX Runtime .onnx, AOTInductor .pt2, TensorRT plans,
 # each with a FILE.json sidecar). Implemented in medshift_fast/export/engines.py, re-exported here;
 # importing it loads no runtime (onnxruntime / tensorrt are imported when an engine is opened).
+from .export import student_engine as _student_engine  # noqa: E402, F401 - engine "onnx"
 from .export.engines import (  # noqa: E402
     AotiEngine,
     Engine,

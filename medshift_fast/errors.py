@@ -1,7 +1,8 @@
-"""The one exception type for errors a user can cause (bad file, unknown domain, wrong shape...).
+"""The one exception type for errors a user can cause (bad file, unknown domain, wrong shape...),
+and the one warning type for what a user should know but that does not stop the work.
 
-The message must say what is wrong and what to do; the CLI prints it as one line on stderr and
-exits with status 2.
+The message must say what is wrong and what to do; the CLI prints an error as one line on stderr
+and exits with status 2, a warning (:class:`MedShiftWarning`) as one line on stderr.
 
 **Naming the fix the caller can apply.** A message that advises an option (``--allow-rgb``,
 ``--skip-bad``, ``--input-bits 12``) must name one the caller accepts: ``medshift train`` has no
@@ -48,6 +49,11 @@ class BadInput(MedShiftError):
 
 class BackendUnavailableError(MedShiftError, RuntimeError):
     """An explicitly requested backend (cuda / triton / cpp) is not available here."""
+
+
+class MedShiftWarning(UserWarning):
+    """Something a user should know that does not stop the work (e.g. a run saved without the
+    hashes that verify it); the CLI prints it as one line on stderr."""
 
 
 def skip_note(exc: BaseException) -> str:

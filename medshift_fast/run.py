@@ -15,11 +15,18 @@ crash mid-write leaves the previous checkpoint loadable. ``load_run`` checks the
 the weights (domain count, image size, channels, and the domain list recorded in the weights'
 metadata), so a hand-edited or mixed-up run is refused rather than translated with wrong labels.
 
-Integrity: ``save_run`` records the SHA-256 of each weights file in config.json
-(``"sha256": {"model.safetensors": ..., "raw.safetensors": ...}``) and ``load_run`` checks the
-file it loads against it before reading a byte of it as weights, so a flipped bit or a replaced
-file is refused ("damaged or tampered"). Runs saved before the hashes were recorded (no
-``sha256`` entry) still load; :func:`record_weight_hashes` adds the entry to such a run.
+Integrity (everything that changes a translation is verified at load): ``save_run`` records in
+config.json ``"sha256"`` the SHA-256 of each weights file and, under ``"config"``, one digest per
+entry of config.json that decides what the run computes -- every entry but the bookkeeping ones
+(:data:`BOOKKEEPING`: where and when it was trained, its step, validation figure): the domains
+and their order, ``model`` (architecture; for a student its tau range, pairs, teacher settings,
+arch), ``train`` (image size, crop, ...), ``learned`` (scale, intensity rule), ``latent``.
+``load_run`` checks the config digests before it builds a network and the weights file before it
+reads a byte of it as weights, so a flipped bit, a replaced file or an edited tau range is
+refused ("damaged or edited"). A run without the hashes (saved by an older medshift_fast) loads
+with one :class:`~medshift_fast.errors.MedShiftWarning` line; :func:`record_run_hashes`
+(``scripts/hash_run_weights.py``) adds them. :attr:`LoadedRun.digest` (a hash of the weights'
+and the config's digests) names the run in outputs' metadata without its local path.
 
 This module imports nothing from ``train/``: evaluation, export, deployment and the CLI's
 ``translate`` load runs through it.
@@ -27,7 +34,9 @@ This module imports nothing from ``train/``: evaluation, export, deployment and 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +45,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import MedShiftError
+from .errors import MedShiftError, MedShiftWarning
 from .fileio import (
     atomic_dir,
     atomic_write,
@@ -49,10 +58,11 @@ from .fileio import (
 from .models.codec import PixelCodec, codec_from_reference
 from .models.unet import UNet, UNetConfig
 
-__all__ = ["CONFIG", "FORMAT_VERSION", "RAW_WEIGHTS", "STATE", "WEIGHTS", "LoadedRun",
-           "check_weights_hash", "load_run", "load_weights", "read_run_config",
-           "record_weight_hashes", "resolve_device", "save_run", "save_run_atomic_dir",
-           "run_exists", "clear_run"]
+__all__ = ["BOOKKEEPING", "CONFIG", "FORMAT_VERSION", "RAW_WEIGHTS", "STATE", "WEIGHTS",
+           "LoadedRun", "check_config_hash", "check_weights_hash", "config_digests",
+           "load_run", "load_weights", "read_run_config", "record_run_hashes", "resolve_device",
+           "run_digest", "save_run", "save_run_atomic_dir", "run_exists", "clear_run",
+           "update_run_config"]
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -60,6 +70,11 @@ WEIGHTS = "model.safetensors"
 RAW_WEIGHTS = "raw.safetensors"
 STATE = "training_state.pt"
 KINDS = ("flow", "student")
+#: config.json entries that do not change what a run computes (where and when it was trained,
+#: how training went); every other entry is covered by the config digests
+BOOKKEEPING = frozenset({"sha256", "best_val", "step", "n_skipped", "medshift_fast_version",
+                         "teacher", "teacher_cache"})
+HASHES = "sha256"  # config.json entry of the digests: {weights file: hex, "config": {entry: hex}}
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -134,10 +149,58 @@ def save_run(
         "model": mcfg,
         "train": tcfg,
         **(extra or {}),
-        "sha256": hashes,
     }
+    cfg = json.loads(json.dumps(cfg))  # the digests are of what config.json will read back
+    cfg[HASHES] = {**hashes, "config": config_digests(cfg)}
     atomic_write_text(run_dir / CONFIG, json.dumps(cfg, indent=2, sort_keys=True))
     return run_dir
+
+
+def _digest(value) -> str:
+    """SHA-256 of a JSON value's canonical text (sorted keys, no whitespace)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_digests(cfg: dict[str, Any]) -> dict[str, str]:
+    """{entry: SHA-256} of every config.json entry that is not :data:`BOOKKEEPING`."""
+    return {k: _digest(v) for k, v in sorted(cfg.items()) if k not in BOOKKEEPING}
+
+
+def _recorded(cfg: dict[str, Any]) -> dict[str, Any]:
+    rec = cfg.get(HASHES)
+    return rec if isinstance(rec, dict) else {}
+
+
+def check_config_hash(run_dir: str | Path, cfg: dict[str, Any]) -> bool:
+    """Refuse a config.json whose covered entries differ from the digests recorded at saving.
+
+    Returns:
+        True when the config is verified, False when the run records no config digests (a
+        run saved by an older medshift_fast: nothing to check against).
+
+    Raises:
+        MedShiftError: an entry was edited, added or removed since the run was saved.
+    """
+    want = _recorded(cfg).get("config")
+    if not isinstance(want, dict):
+        return False
+    have = config_digests(cfg)
+    changed = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if changed:
+        what = ", ".join(f"'{k}'" + (" (added)" if k not in want else " (removed)"
+                                     if k not in have else "") for k in changed)
+        one = len(changed) == 1
+        raise MedShiftError(
+            f"checkpoint {run_dir}: {CONFIG} was edited since the run was saved: "
+            f"{'its entry' if one else 'its entries'} {what} {'differs' if one else 'differ'} "
+            f"from the SHA-256 recorded then ({_COVERS}); restore the original {CONFIG}, or "
+            "retrain")
+    return True
+
+
+_COVERS = ("the entries that decide a translation: domains, architecture, tau range, pairs, "
+           "teacher settings, learned scale and intensity rule")
 
 
 def check_weights_hash(run_dir: str | Path, cfg: dict[str, Any], name: str = WEIGHTS) -> None:
@@ -149,7 +212,7 @@ def check_weights_hash(run_dir: str | Path, cfg: dict[str, Any], name: str = WEI
     Raises:
         MedShiftError: the file is damaged or was replaced since the run was saved.
     """
-    want = (cfg.get("sha256") or {}).get(name) if isinstance(cfg.get("sha256"), dict) else None
+    want = _recorded(cfg).get(name)
     path = Path(run_dir) / name
     if want is None or not path.is_file():
         return
@@ -160,17 +223,72 @@ def check_weights_hash(run_dir: str | Path, cfg: dict[str, Any], name: str = WEI
                             "checkpoint)")
 
 
-def record_weight_hashes(run_dir: str | Path) -> dict[str, str]:
-    """Add the SHA-256 of a run's weights files to its config.json (for runs saved before the
-    hashes were recorded); the run is loaded (and so verified) first. Returns the hashes."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    load_run(run_dir)  # the weights must match the config before they are vouched for
+def _write_hashes(run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     hashes = {n: sha256_file(run_dir / n) for n in (WEIGHTS, RAW_WEIGHTS)
               if (run_dir / n).is_file()}
-    cfg["sha256"] = hashes
+    cfg = {k: v for k, v in cfg.items() if k != HASHES}
+    cfg[HASHES] = {**hashes, "config": config_digests(cfg)}
     atomic_write_text(run_dir / CONFIG, json.dumps(cfg, indent=2, sort_keys=True))
-    return hashes
+    return cfg[HASHES]
+
+
+def record_run_hashes(run_dir: str | Path, force: bool = False) -> dict[str, Any]:
+    """Record the SHA-256 of a run's weights files and config entries in its config.json (for
+    runs saved before they were recorded, e.g. shipped runs being republished).
+
+    The run is loaded first, so hashes are only vouched for a run that verifies: its recorded
+    weights hash (if any) must match, and a config with recorded digests must be unedited.
+
+    Args:
+        run_dir: the run directory.
+        force: re-record the config digests of a config.json that was edited ON PURPOSE
+            (the weights must still match their recorded hash).
+
+    Returns:
+        The ``"sha256"`` entry written.
+    """
+    run_dir = Path(run_dir)
+    original = (run_dir / CONFIG).read_text() if (run_dir / CONFIG).is_file() else None
+    cfg = read_run_config(run_dir)
+    for name in (WEIGHTS, RAW_WEIGHTS):  # every recorded weights hash, raw included
+        check_weights_hash(run_dir, cfg, name)
+    if force:
+        rec = {k: v for k, v in _recorded(cfg).items() if k != "config"}
+        cfg = {**cfg, HASHES: rec}
+        atomic_write_text(run_dir / CONFIG, json.dumps(cfg, indent=2, sort_keys=True))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MedShiftWarning)  # it is being fixed now
+            load_run(run_dir)  # the weights must match the config before they are vouched for
+    except MedShiftError:
+        if force and original is not None:
+            atomic_write_text(run_dir / CONFIG, original)  # leave it as it was
+        raise
+    return _write_hashes(run_dir, cfg)
+
+
+def update_run_config(run_dir: str | Path, **entries) -> dict[str, Any]:
+    """Set top-level config.json entries of a verified run and re-record its hashes (the one
+    way the package edits a saved run, e.g. ``scripts/record_learned.py``). Returns the
+    config."""
+    run_dir = Path(run_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedShiftWarning)
+        load_run(run_dir)
+    cfg = {**read_run_config(run_dir), **json.loads(json.dumps(entries))}
+    cfg[HASHES] = _write_hashes(run_dir, cfg)
+    return cfg
+
+
+def run_digest(run_dir: str | Path, cfg: dict[str, Any]) -> str:
+    """The run's identity: SHA-256 of its EMA weights' and its config entries' digests (the
+    recorded ones when present, else computed now). 64 hex digits."""
+    rec = _recorded(cfg)
+    w = rec.get(WEIGHTS)
+    if w is None and (Path(run_dir) / WEIGHTS).is_file():
+        w = sha256_file(Path(run_dir) / WEIGHTS)
+    conf = rec.get("config") if isinstance(rec.get("config"), dict) else config_digests(cfg)
+    return _digest({"weights": w, "config": conf})
 
 
 def save_run_atomic_dir(run_dir: str | Path, *args, **kwargs) -> Path:
@@ -240,6 +358,7 @@ class LoadedRun:
         config: the whole config.json (``config["train"]`` is the training configuration).
         codec: pixel <-> model space.
         kind: "flow" or "student".
+        digest: :func:`run_digest` (None for a bare model).
     """
 
     path: Path | None
@@ -249,6 +368,18 @@ class LoadedRun:
     config: dict[str, Any]
     codec: PixelCodec = field(default_factory=PixelCodec)
     kind: str = "flow"
+    digest: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The run's folder name (None for a bare model)."""
+        return None if self.path is None else Path(self.path).resolve().name
+
+    def identity(self) -> str:
+        """"NAME sha256:DIGEST16": the run named in outputs' metadata (no local path)."""
+        if self.path is None:
+            return "a bare model (no run directory)"
+        return f"{self.name} sha256:{(self.digest or '?')[:16]}"
 
     @classmethod
     def from_model(cls, model: nn.Module, domains=None, codec=None,
@@ -375,12 +506,16 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
     """Load a run directory's network (EMA weights by default) for translation and export.
 
     Raises:
-        MedShiftError: missing/damaged/tampered files (weights checked against the SHA-256
-            recorded in config.json), a config that does not describe the weights (domain
-            count or order, image size, channels), NaN/Inf weights.
+        MedShiftError: missing/damaged/tampered files (weights and config entries checked
+            against the SHA-256 recorded in config.json), a config that does not describe the
+            weights (domain count or order, image size, channels), NaN/Inf weights.
+
+    Warns:
+        MedShiftWarning: the run records no hashes (saved by an older medshift_fast).
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    verified = check_config_hash(run_dir, cfg)  # before a network is built from it
     kind = cfg.get("kind", "flow")
     try:
         model = build_network(kind, cfg["model"])
@@ -388,8 +523,15 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
         cfg["train"]["image_size"]  # noqa: B018 - must exist
     except (KeyError, TypeError, ValueError) as exc:
         raise MedShiftError(f"checkpoint config in {run_dir} is incomplete ({exc})") from exc
-    check_weights_hash(run_dir, cfg, WEIGHTS if ema else RAW_WEIGHTS)
-    sd, meta = load_safetensors(run_dir / (WEIGHTS if ema else RAW_WEIGHTS))
+    name = WEIGHTS if ema else RAW_WEIGHTS
+    check_weights_hash(run_dir, cfg, name)
+    if not verified or name not in _recorded(cfg):
+        what = "its weights and config" if name not in _recorded(cfg) else "its config"
+        warnings.warn(f"checkpoint {run_dir} records no SHA-256 of {what} (saved by an older "
+                      "medshift_fast): damage or edits cannot be detected; record them with "
+                      f"python scripts/hash_run_weights.py {run_dir}", MedShiftWarning,
+                      stacklevel=2)
+    sd, meta = load_safetensors(run_dir / name)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
@@ -406,4 +548,4 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
         p.requires_grad_(False)
     codec = codec_from_reference(cfg.get("latent"), run_dir, dev)
     return LoadedRun(run_dir, model, getattr(model, "config", cfg["model"]), domains, cfg, codec,
-                     kind)
+                     kind, run_digest(run_dir, cfg))

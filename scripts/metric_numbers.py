@@ -83,7 +83,7 @@ def _local_noise(src: torch.Tensor, out: torch.Tensor, cy: int, cx: int, r: int 
 
 
 def halluc_block(data: Path) -> str:
-    from medshift_fast.eval.hallucination import (
+    from medshift_fast.translate.hallucination import (
         _box_max,
         _plateaus,
         hallucination_batch,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the demo's shipped checkpoints (pretrained/demo128, pretrained/demo128_student,
-# pretrained/demo128_adv): the demo's data (same simulator seed), the recorded `medshift train`
+# pretrained/demo128_adv, pretrained/demo128_lean, pretrained/demo128_lean_sto): the demo's data (same simulator seed), the recorded `medshift train`
 # and `medshift distill` commands, then only what the demo needs is copied into pretrained/ (EMA
 # weights, config.json, log.csv, data.json = the data's fingerprint). About 2 hours of one core
 # here; minutes on a GPU.
@@ -44,5 +44,30 @@ if [ -f "$W/student_adv/training_state.pt" ]; then
   $PY -m medshift_fast distill "${ADV_ARGS[@]}" --resume last
 else
   $PY -m medshift_fast distill "${ADV_ARGS[@]}"
+fi
+# the lean student (models/lean.py): the adversarial student re-distilled into the lean network
+LEAN_ARGS=(--method oneshot --arch lean --teacher "$W/teacher" --out "$W/student_lean"
+           --anchor-run "$W/student_adv" --anchor-cache --taus-per-image 4
+           --pairs synthetic_low:real_normal,real_low:real_exposure --tau-min 0.3 --tau-max 0.6
+           --crop 64 --steps 2000 --batch-size 16 --lr 2e-3 --seed 0
+           --val-every 200 --ckpt-every 100 --keep-ckpts 0)
+if [ -f "$W/student_lean/training_state.pt" ]; then
+  $PY -m medshift_fast distill "${LEAN_ARGS[@]}" --resume last
+else
+  $PY -m medshift_fast distill "${LEAN_ARGS[@]}"
+fi
+# the stochastic lean student the demo scores (a noise-map input, adversarial + diversity terms)
+STO_ARGS=(--method adversarial --arch lean --noise-channels 1 --teacher "$W/teacher"
+          --out "$W/student_lean_sto" --init "$W/student_lean" --anchor-run "$W/student"
+          --anchor-cache --taus-per-image 4
+          --pairs synthetic_low:real_normal,real_low:real_exposure --tau-min 0.3 --tau-max 0.6
+          --crop 64 --steps 1500 --batch-size 8 --lr 2e-4 --ema-decay 0.99 --seed 0
+          --adv-weight 0.3 --diversity-weight 0.1 --disc-lr 4e-4 --anchor-weight 0.1
+          --structure-sigma 2 --noise-scale 0.5
+          --val-every 100 --ckpt-every 100 --keep-ckpts 0)
+if [ -f "$W/student_lean_sto/training_state.pt" ]; then
+  $PY -m medshift_fast distill "${STO_ARGS[@]}" --resume last
+else
+  $PY -m medshift_fast distill "${STO_ARGS[@]}"
 fi
 $PY scripts/publish_pretrained.py "$W"

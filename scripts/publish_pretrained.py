@@ -1,7 +1,9 @@
 """Copy what the demo needs of the pretrained runs into pretrained/ (scripts/pretrain.sh).
 
-pretrained/demo128/ (teacher), pretrained/demo128_student/ (regression student) and
-pretrained/demo128_adv/ (adversarial student) get config.json, model.safetensors (EMA),
+pretrained/demo128/ (teacher), pretrained/demo128_student/ (regression student),
+pretrained/demo128_adv/ (adversarial student), pretrained/demo128_lean/ (the lean student: the
+adversarial student re-distilled into models/lean.py) and pretrained/demo128_lean_sto/ (the
+stochastic lean student, trained adversarially from it) get config.json, model.safetensors (EMA),
 log.csv (+ adversarial.csv) and data.json (the SHA-256 of the simulated data's simulator.json
 and manifest.csv, which the demo compares with the data it simulates). A run missing from
 WORK_DIR leaves its folder as it is. pretrained/README.md gets each shipped run's command,
@@ -52,11 +54,12 @@ def command(name: str, cls, recorded: dict, paths: dict[str, str]) -> str:
     return " \\\n    ".join(parts)
 
 
-def last_val(log: Path, method: str | None = None) -> str:
+def last_val(log: Path, method: str | None = None, anchor: bool = False) -> str:
     rows = [r for r in csv.DictReader(log.open()) if r.get("val_loss")]
     if not rows:
         return "no validation"
     what = ("validation NPS distance to the target domains (dB)" if method == "adversarial"
+            else "validation MSE to the anchor run's translations" if anchor
             else "validation loss")
     return f"step {rows[-1]['step']}: {what} {float(rows[-1]['val_loss']):.4g}"
 
@@ -68,16 +71,22 @@ def main(work: str) -> None:
     lines = ["# Shipped checkpoints (written by scripts/publish_pretrained.py)", "",
              "The demo evaluates these (same simulated data: `data.json` holds its fingerprint, "
              "which the demo checks). `scripts/pretrain.sh` reruns the commands below from "
-             "scratch (about 1.5 hours of one core here, minutes on a GPU); a resumed run "
-             "continues "
-             "exactly where it stopped.", ""]
+             "scratch (about 3 hours of one core here, minutes on a GPU); a resumed run "
+             "continues exactly where it stopped. config.json records the SHA-256 of "
+             "model.safetensors, which `load_run` checks.", ""]
     specs = ((work / "teacher", "demo128", "train", TrainConfig,
               {"data": "runs/pretrain/data", "out": "runs/pretrain/teacher"}),
              (work / "student", "demo128_student", "distill", DistillConfig,
               {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student"}),
              (work / "student_adv", "demo128_adv", "distill", DistillConfig,
               {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student_adv",
-               "init": "runs/pretrain/student", "anchor_run": "runs/pretrain/student"}))
+               "init": "runs/pretrain/student", "anchor_run": "runs/pretrain/student"}),
+             (work / "student_lean", "demo128_lean", "distill", DistillConfig,
+              {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student_lean",
+               "anchor_run": "runs/pretrain/student_adv"}),
+             (work / "student_lean_sto", "demo128_lean_sto", "distill", DistillConfig,
+              {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student_lean_sto",
+               "init": "runs/pretrain/student_lean", "anchor_run": "runs/pretrain/student"}))
     for src, name, cmd, cls, paths in specs:
         dst = root / name
         if (src / "config.json").is_file():
@@ -97,9 +106,12 @@ def main(work: str) -> None:
         run = load_run(dst)
         size = sum(p.stat().st_size for p in dst.iterdir()) / 2**20
         recorded = json.loads((dst / "config.json").read_text())
+        sha = (recorded.get("sha256") or {}).get("model.safetensors", "unrecorded")
         recorded = recorded.get("train") or recorded.get("distill") or run.train
+        anchor = recorded.get("anchor_run") if recorded.get("method") == "oneshot" else None
         lines += [f"## `{name}/` ({run.kind}, {run.image_size} px, {size:.1f} MB; "
-                  f"{last_val(dst / 'log.csv', recorded.get('method'))})", "", "```bash",
+                  f"{last_val(dst / 'log.csv', recorded.get('method'), bool(anchor))}; "
+                  f"model.safetensors SHA-256 {sha[:16]}…)", "", "```bash",
                   command(cmd, cls, recorded, paths), "```", ""]
         print(f"{dst}: {size:.1f} MB")
     atomic_write_text(root / "README.md", "\n".join(lines))

@@ -5,7 +5,8 @@ config.json of a run trained before runs recorded it, from the dataset it was tr
     python scripts/record_learned.py STUDENT --teacher TEACHER  # a student: its teacher's record
 
 The record is computed exactly as ``medshift train`` computes it (``train.data.learned_record``
-on the run's train split at its training size); the weights are not touched.
+on the run's train split at its training size); the weights are not touched, the run's hashes
+(``run.record_run_hashes``) are re-recorded.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
-    from medshift_fast.fileio import atomic_write_text
-    from medshift_fast.run import read_run_config
+    from medshift_fast.run import read_run_config, update_run_config
     from medshift_fast.train import data as D
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,8 +42,7 @@ def main(argv=None) -> int:
         ds = D.open_split(view, "train", tuple(cfg["domains"]))
         td = types.SimpleNamespace(dataset=ds, domains=tuple(ds.domains), y=ds.labels, x=None)
         rec = D.learned_record(view, td)
-    cfg["learned"] = rec
-    atomic_write_text(Path(a.run) / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
+    update_run_config(a.run, learned=rec)  # verified first, its hashes re-recorded
     print(f"{a.run}: learned {json.dumps(rec['scale'])}, {len(rec['intensity']['domains'])} "
           "domain(s)")
     return 0

@@ -201,7 +201,7 @@ def test_a_flipped_bit_in_the_weights_is_refused(tmp_path, name, ema):
 
     run = tiny_run(tmp_path / "run")
     cfg = json.loads((run / "config.json").read_text())
-    assert set(cfg["sha256"]) == {"model.safetensors", "raw.safetensors"}
+    assert set(cfg["sha256"]) == {"model.safetensors", "raw.safetensors", "config"}
     load_run(run, ema=ema)
     _flip(run / name)
     with pytest.raises(MedShiftError, match=f"{name} are corrupt or tampered.*SHA-256"):
@@ -218,15 +218,17 @@ def test_a_flipped_bit_is_one_line_on_the_command_line(tmp_path, capsys):
 
 
 def test_runs_saved_before_the_hashes_load_and_can_be_hashed(tmp_path):
-    from medshift_fast.run import load_run, record_weight_hashes
+    from medshift_fast.errors import MedShiftWarning
+    from medshift_fast.run import load_run, record_run_hashes
 
     run = tiny_run(tmp_path / "run")
     cfg = json.loads((run / "config.json").read_text())
     del cfg["sha256"]
     (run / "config.json").write_text(json.dumps(cfg))
-    load_run(run)  # an old run (e.g. the shipped pretrained/ ones) still loads
-    hashes = record_weight_hashes(run)
-    assert set(hashes) == {"model.safetensors", "raw.safetensors"}
+    with pytest.warns(MedShiftWarning, match="records no SHA-256"):
+        load_run(run)  # an old run still loads, with a warning
+    hashes = record_run_hashes(run)
+    assert set(hashes) == {"model.safetensors", "raw.safetensors", "config"}
     _flip(run / "model.safetensors")
     with pytest.raises(MedShiftError, match="corrupt or tampered"):
         load_run(run)

@@ -59,21 +59,26 @@ def test_a_valid_huge_png_is_called_too_large_not_corrupt(run_dir, tmp_path, cap
 
 def test_a_small_crop_is_not_advised_input_bits(tmp_path, capsys):
     """An 8x8 crop of a 16-bit radiograph (dark: its values fit 12 bits) far outside the
-    domain's training range: the message says the crop is too small to judge, not that the
-    file holds 12- or 14-bit data; a whole image of 12-bit data is still advised --input-bits."""
+    domain's training range: too few pixels to claim a bit-depth mismatch (the intensity rule's
+    ``MISMATCH_PIXELS``), so it is translated with one warning line that names the intensity
+    choices, not --input-bits; a whole image of 12-bit data is refused naming --input-bits 12."""
     from PIL import Image
 
     from medshift_fast.translate.learned import record
 
-    rec = {"percentiles": {"0.5": -0.9, "1": -0.85, "50": 0.0, "99": 0.85, "99.5": 0.9}}
+    rec = {"percentiles": {"0.5": -0.9, "1": -0.85, "5": -0.6, "50": 0.0, "95": 0.6,
+                           "99": 0.85, "99.5": 0.9}}
     run = tiny_run(tmp_path / "run", DOMAINS,
                    learned=record("image_size", 32, None, 32, {"real_low": rec}))
     v = np.full((8, 8), 3000, np.uint16)
     v[::2] = 3100
     Image.fromarray(v).save(tmp_path / "crop.png")
-    assert _translate(run, tmp_path / "out", tmp_path / "crop.png") == 2
-    (err,) = _errors(capsys)
-    assert "8x8 px" in err and "too few pixels" in err and "--input-bits" not in err, err
+    assert _translate(run, tmp_path / "out", tmp_path / "crop.png") == 0
+    err = capsys.readouterr().err
+    warned = [e for e in err.splitlines() if "warning:" in e]
+    assert len(warned) == 1 and "crop.png" in warned[0], err
+    assert "far outside the training range" in warned[0] and "--intensity match" in warned[0]
+    assert "--input-bits" not in err and ": error:" not in err, err
     big = np.rint(np.linspace(0, 4095, 64 * 64)).astype(np.uint16).reshape(64, 64)
     Image.fromarray(big).save(tmp_path / "twelve.png")
     assert _translate(run, tmp_path / "out2", tmp_path / "twelve.png") == 2

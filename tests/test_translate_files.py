@@ -73,7 +73,7 @@ def _one_line(capsys, rc, *needles):
 @pytest.mark.parametrize("name", ["RG1_UNCI.dcm", "RG3_UNCI.dcm"])
 def test_real_radiograph_comes_back_as_a_derived_dicom(run_dir, tmp_path, name):
     src_path = _real(name)
-    assert _translate(run_dir, tmp_path / "out", src_path) == 0
+    assert _translate(run_dir, tmp_path / "out", src_path, extra=["--size", "learned"]) == 0
     out_path = tmp_path / "out" / (os.path.basename(src_path)[:-4] + "_real_normal.dcm")
     a, b = pydicom.dcmread(src_path), pydicom.dcmread(out_path)
     for kw in ("Rows", "Columns", "BitsStored", "BitsAllocated", "PhotometricInterpretation",
@@ -82,6 +82,9 @@ def test_real_radiograph_comes_back_as_a_derived_dicom(run_dir, tmp_path, name):
     assert b.SOPInstanceUID != a.SOPInstanceUID and b.SeriesInstanceUID != a.SeriesInstanceUID
     assert list(b.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert "synthetic_low" in b.DerivationDescription and "0.6" in b.DerivationDescription
+    digest = load_run(run_dir).digest[:16]  # the run by name and hash, never its local path
+    assert f"model {run_dir.name} sha256:{digest}" in b.DerivationDescription
+    assert str(run_dir.parent) not in b.DerivationDescription
     # the pixels are the model's output mapped back to the input's geometry, to one stored step
     img, src = read_image(src_path, with_source=True)
     run = load_run(run_dir)
@@ -97,19 +100,21 @@ def test_real_radiograph_comes_back_as_a_derived_dicom(run_dir, tmp_path, name):
     assert np.abs(got - img).max() > 10 * step  # it was translated
 
 
-def test_one_series_per_run_and_a_manifest(run_dir, tmp_path):
+def test_one_derived_series_per_source_series_and_run_and_a_manifest(run_dir, tmp_path):
     src = _real("RG3_UNCI.dcm")
     tree = tmp_path / "in"
     for sub in ("a", "b"):
         (tree / sub).mkdir(parents=True)
         shutil.copy(src, tree / sub / "img001.dcm")
-    assert _translate(run_dir, tmp_path / "out", tree) == 0
+    assert _translate(run_dir, tmp_path / "out", tree, extra=["--size", "32"]) == 0
     uids = {pydicom.dcmread(tmp_path / "out" / s / "img001_real_normal.dcm").SeriesInstanceUID
             for s in ("a", "b")}
-    assert len(uids) == 1
+    assert len(uids) == 1  # one derived series: one source series, one run
     rows = _manifest(tmp_path / "out")
     assert {r["output"] for r in rows} == {"a/img001_real_normal.dcm", "b/img001_real_normal.dcm"}
     assert all(r["status"] == "written" and r["target"] == "real_normal" for r in rows)
+    assert {r["dicom_series_uid"] for r in rows} == uids  # the manifest names it
+    assert rows[0]["series_uid"] not in uids  # the run's own UID, from which it is derived
 
 
 # -------------------------------------------------------------------------- PNG / TIFF geometry
@@ -285,8 +290,8 @@ def test_bad_runs_and_domains(run_dir, tmp_path, capsys):
     # a run whose config.json was edited: domains reordered, or the image size changed
     import json
 
-    for edit, needle in ((lambda c: c["domains"].reverse(), "domains"),
-                         (lambda c: c["train"].update(image_size=64), "image_size")):
+    for edit, needle in ((lambda c: c["domains"].reverse(), "'domains'"),
+                         (lambda c: c["train"].update(image_size=64), "'train'")):
         bad = tmp_path / f"bad_{needle}"
         shutil.copytree(run_dir, bad)
         cfg = json.loads((bad / "config.json").read_text())

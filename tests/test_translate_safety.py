@@ -100,7 +100,7 @@ def test_extensionless_dicoms_in_nested_folders_are_found_and_others_listed(run_
     shutil.copy(src, tree / "p1" / "IM0001")
     shutil.copy(src, tree / "p2" / "s1" / "IM0002")
     (tree / "p1" / "README.txt").write_text("not an image")
-    assert _tr(run_dir, tmp_path / "out", tree) == 0
+    assert _tr(run_dir, tmp_path / "out", tree, extra=["--size", "learned"]) == 0
     assert (tmp_path / "out" / "p1" / "IM0001_real_normal.dcm").is_file()
     assert (tmp_path / "out" / "p2" / "s1" / "IM0002_real_normal.dcm").is_file()
     assert "1 file(s) in the input folders are not images" in capsys.readouterr().out

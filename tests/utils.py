@@ -24,6 +24,22 @@ def assert_close(actual, expected, dtype=None, **kw):
     )
 
 
+def lean_run(seed: int = 0, **fields):
+    """A lean one-step student (``models.lean``) with random non-zero weights (its
+    zero-initialised layers included), wrapped as a run of 5 domains that learned 0 -> 3."""
+    from medshift_fast.models.student import Student, StudentConfig
+    from medshift_fast.run import LoadedRun
+
+    torch.manual_seed(seed)
+    teacher = {"guidance_encode": 0.0, "guidance_decode": 1.5, "solver": "euler", "steps": 10}
+    st = Student(StudentConfig(arch="lean", lean={"num_classes": 5, **fields}, pairs=((0, 3),),
+                               teacher=teacher))
+    with torch.no_grad():
+        for p in st.parameters():
+            p.normal_(0, 0.05 if p.dim() > 1 else 0.02)
+    return LoadedRun.from_model(st.eval(), image_size=128)
+
+
 def tiny_run(path, domains, image_size: int = 32, data: str = "", std: float = 0.02, **extra):
     """Save an untrained tiny-preset run (zero-initialised output layers drawn from N(0, std),
     so a translation is not the identity) over ``domains``; returns its folder."""

@@ -4,7 +4,8 @@ One module per subcommand (``cli/<command>.py``): each names its frozen config d
 fields become the flags (``cli/_flags.py``: type, one-line description and default from the
 dataclass), and calls one library function; no logic here. Every command module is imported
 when the parser is built, so a broken one fails loudly instead of vanishing from ``--help``.
-User errors (``MedShiftError``) become one line on stderr and exit status 2. A message that
+User errors (``MedShiftError``) become one line on stderr and exit status 2; a
+``MedShiftWarning`` is one line on stderr and the work goes on. A message that
 advises an option names the flag of the command that was run (``errors.offering``: the
 command's own flags), never one that only another command has. Flags are never abbreviated:
 ``--input`` is not taken for ``--input-bits``.
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from ..errors import MedShiftError, offering
+from ..errors import MedShiftError, MedShiftWarning, offering
 from . import (
     demo,
     distill,
@@ -75,6 +77,20 @@ def command_flags(p: argparse.ArgumentParser) -> dict[str, str]:
     return out
 
 
+def _one_line_warning(command: str):
+    """``warnings.showwarning`` for a command: a MedShiftWarning is one line on stderr."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MedShiftWarning):
+            print(f"medshift {command}: warning: {' '.join(str(message).split())}",
+                  file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `medshift` command line; user errors: one line on stderr, exit 2."""
     parser = build_parser()
@@ -87,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             from .._backend import check_preference
 
             check_preference()
-        with offering(args.flags, kind="flag"):
+        with offering(args.flags, kind="flag"), warnings.catch_warnings():
+            warnings.simplefilter("default", MedShiftWarning)  # once per place it is raised
+            warnings.showwarning = _one_line_warning(args.command)
             rc = args.func(args)
     except MedShiftError as exc:
         msg = " ".join(str(exc).split())

@@ -19,6 +19,7 @@ def run(args) -> int:
     """Run `medshift translate` with the parsed flags; returns the exit status."""
     import os
 
+    from ..export import student_engine  # noqa: F401 - provides --engine onnx (and auto's)
     from ..translate.files import TranslateConfig, translate_files
 
     summary = translate_files(config_from_args(TranslateConfig, args))

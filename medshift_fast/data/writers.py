@@ -8,11 +8,15 @@ step:
 * PNG / TIFF: the source's bit depth (8 / 16; signed TIFF stays signed, MINISWHITE stays
   MINISWHITE), 16-bit when there is no source or it was DICOM / float TIFF; resolution (pHYs /
   X/YResolution, or the DICOM pixel spacing) kept; quantised ``rint((x + 1) / 2 * (2**b - 1))``.
-* DICOM from a DICOM: the source's header with new SOP / series UIDs, ImageType
-  DERIVED\\SECONDARY, a DerivationDescription (model, tau, domains, version) and a
-  SourceImageSequence; pixels re-encoded by inverting the reader's exact intensity map
-  (:class:`~medshift_fast.data.io.DicomMapping`), uncompressed (Explicit VR Little Endian).
-  Without a DICOM source: a new Secondary Capture image.
+* DICOM from a DICOM: the source's header with a new SOP Instance UID and a series identity of
+  its own (:func:`derived_series`: one derived series per source series and run, SeriesNumber
+  ``SERIES_OFFSET`` + the source's, SeriesDate / SeriesTime of the translation), ImageType
+  DERIVED\\SECONDARY, a DerivationCodeSequence of our own (:data:`DERIVATION_CODE`, replacing
+  the source's), a DerivationDescription (the run's name and hash -- never a local path --, tau,
+  domains, version) and a SourceImageSequence; pixels re-encoded by inverting the reader's exact
+  intensity map (:class:`~medshift_fast.data.io.DicomMapping`), uncompressed (Explicit VR Little
+  Endian). Without a DICOM source: a new Secondary Capture image (SeriesNumber
+  ``SERIES_OFFSET``).
 
 Colour inputs (read with ``allow_rgb``) are written grey. Every file goes through
 ``fileio.atomic_write``: a crash never leaves a partial file, and ``exclusive=True`` (default)
@@ -33,12 +37,23 @@ from ..errors import MedShiftError
 from ..fileio import atomic_write
 from .io import DicomMapping, ImageSource
 
-__all__ = ["FORMATS", "new_series_uid", "output_suffix", "write_image"]
+__all__ = ["DERIVATION_CODE", "FORMATS", "SERIES_OFFSET", "derived_series", "new_series_uid",
+           "output_suffix", "write_image"]
 
 #: Output formats: "same" = the source's own kind (16-bit PNG without a source).
 FORMATS = ("same", "png", "tiff", "dicom")
 _ALIASES = {"tif": "tiff", "dcm": "dicom"}
 _ST_MAX, _LO_MAX = 1024, 64  # DICOM VR length limits (DerivationDescription, SeriesDescription)
+#: derived SeriesNumber = SERIES_OFFSET + the source's SeriesNumber (SERIES_OFFSET when it has
+#: none, and for a Secondary Capture of a PNG / TIFF): it sorts after its source in a viewer
+#: and reads as "derived from series N"
+SERIES_OFFSET = 1000
+_IS_MAX = 2**31 - 1
+#: the DerivationCodeSequence item of every derived image: a private coding scheme ("99" prefix,
+#: PS3.16 8.2), declared in CodingSchemeIdentificationSequence (no standard code in CID 7203
+#: "Image Derivation" names a generative translation between imaging domains)
+DERIVATION_CODE = ("TRANSLATION", "99MEDSHIFT",
+                   "Generative domain translation of an X-ray image (medshift_fast)")
 _LOSSY_TS = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
              "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203"}
 _COLOUR_TAGS = (
@@ -64,10 +79,50 @@ _STALE_TAGS = (
 
 
 def new_series_uid() -> str:
-    """A fresh DICOM UID for the one series that a run of the translator writes."""
+    """A fresh DICOM UID for a run of the translator (the seed of its derived series)."""
     from pydicom.uid import generate_uid
 
     return str(generate_uid())
+
+
+def derived_series(series_uid: str, source: ImageSource | None) -> tuple[str, int]:
+    """(SeriesInstanceUID, SeriesNumber) of the derived series an output of ``source`` joins.
+
+    One derived series per source series and run: its UID is a hash of the run's
+    ``series_uid`` and the source's SeriesInstanceUID (the same for every image of that source
+    series, another for another series or run); its number is ``SERIES_OFFSET`` + the
+    source's SeriesNumber. A non-DICOM source: the run's ``series_uid`` and ``SERIES_OFFSET``.
+    """
+    from pydicom.uid import generate_uid
+
+    ds = getattr(source, "dataset", None) if source is not None else None
+    if ds is None or source.format != "dicom":
+        return series_uid, SERIES_OFFSET
+    src_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    uid = str(generate_uid(entropy_srcs=[series_uid, src_uid])) if src_uid else series_uid
+    try:
+        n = int(str(ds.get("SeriesNumber", "") or "0").strip() or 0)
+    except ValueError:
+        n = 0
+    return uid, int(min(max(SERIES_OFFSET + n, -_IS_MAX), _IS_MAX))
+
+
+def _derivation_code(ds) -> None:
+    """Replace the source's DerivationCodeSequence with ours; declare our coding scheme."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    value, scheme, meaning = DERIVATION_CODE
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+    ds.DerivationCodeSequence = Sequence([code])
+    ident = Dataset()
+    ident.CodingSchemeDesignator = scheme
+    ident.CodingSchemeName = "medshift_fast derivation codes"
+    ident.CodingSchemeResponsibleOrganization = "medshift_fast"
+    kept = [it for it in ds.get("CodingSchemeIdentificationSequence", []) or []
+            if str(it.get("CodingSchemeDesignator", "")) != scheme]
+    ds.CodingSchemeIdentificationSequence = Sequence([*kept, ident])
 
 
 def _resolve(fmt: str, source: ImageSource | None) -> str:
@@ -241,7 +296,7 @@ def _secondary_capture(source: ImageSource | None, series_uid: str):
     return ds, mapping
 
 
-def _write_dicom(path, a, source, derivation, series_uid, exclusive: bool) -> Path:
+def _write_dicom(path, a, source, derivation, series_uid, series_time, exclusive: bool) -> Path:
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -292,8 +347,12 @@ def _write_dicom(path, a, source, derivation, series_uid, exclusive: bool) -> Pa
     _drop(ds, ("PixelData",))
 
     sop = generate_uid()
-    ds.SOPInstanceUID, ds.SeriesInstanceUID = sop, series_uid
+    ds.SOPInstanceUID = sop
+    ds.SeriesInstanceUID, ds.SeriesNumber = derived_series(series_uid, source)
+    when = series_time or datetime.datetime.now()
+    ds.SeriesDate, ds.SeriesTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
     ds.ImageType = ["DERIVED", "SECONDARY", *list(ds.get("ImageType", []) or [])[2:]]
+    _derivation_code(ds)
     ds.DerivationDescription = _ascii(_description(derivation, notes), _ST_MAX)
     target = (derivation or {}).get("target")
     desc = "MedShift translation" + (f" to {target}" if target else "") + (
@@ -326,7 +385,8 @@ def _write_dicom(path, a, source, derivation, series_uid, exclusive: bool) -> Pa
 
 def write_image(path: str | os.PathLike, img, source: ImageSource | None = None,
                 fmt: str = "same", *, derivation: dict | None = None,
-                series_uid: str | None = None, exclusive: bool = True) -> Path:
+                series_uid: str | None = None, series_time: datetime.datetime | None = None,
+                exclusive: bool = True) -> Path:
     """Write a translated image in [-1, 1] as PNG, TIFF or DICOM, atomically.
 
     Args:
@@ -337,10 +397,14 @@ def write_image(path: str | os.PathLike, img, source: ImageSource | None = None,
             (a 16-bit PNG / TIFF, or a Secondary Capture DICOM).
         fmt: "same" (the source's kind; PNG without a source), "png", "tiff" or "dicom".
         derivation: provenance for the DICOM DerivationDescription and the PNG / TIFF
-            description, e.g. ``{"model": "runs/x", "tau": 0.6, "source": "synthetic_low",
-            "target": "real_normal", "version": "0.1.0"}``.
-        series_uid: the SeriesInstanceUID of a DICOM output: one :func:`new_series_uid` per run
-            of the translator; a new one per file when None.
+            description, e.g. ``{"model": "demo128_adv sha256:ab0ae293ae0bb25c", "tau": 0.6,
+            "source": "synthetic_low", "target": "real_normal", "version": "0.1.0"}`` (name
+            the run by ``LoadedRun.identity()``, not by its local path).
+        series_uid: the run's :func:`new_series_uid` (one per run of the translator; a new one
+            per file when None): a DICOM output joins the derived series
+            :func:`derived_series` names for its source.
+        series_time: SeriesDate / SeriesTime of a DICOM output: when the run started (the same
+            for every file of the series); now when None.
         exclusive: refuse to replace an existing file (MedShiftError) instead of replacing it.
 
     Returns:
@@ -356,7 +420,7 @@ def write_image(path: str | os.PathLike, img, source: ImageSource | None = None,
         raise MedShiftError(f"{path} already exists; it is not overwritten (remove it or pass "
                             "--overwrite)")
     if f == "dicom":
-        return _write_dicom(path, a, source, derivation, series_uid, exclusive)
+        return _write_dicom(path, a, source, derivation, series_uid, series_time, exclusive)
     text = _description(derivation, ["colour source converted to grey (ITU-R BT.601 luma)"]
                         if source is not None and source.color else [])
     if derivation:

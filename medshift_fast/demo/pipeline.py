@@ -33,7 +33,7 @@ from ..translate import RECIPE, TAU_SWEEP, Recipe, resolve
 
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
-DEFAULT_STUDENT = "demo128_adv"  # the shipped one-call student the demo scores (adversarial)
+DEFAULT_STUDENT = "demo128_lean_sto"  # the one-call student the demo scores (stochastic, lean)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,7 @@ class DemoConfig(Recipe):
             ~30x the student; the student, identity and the classical baselines get all).
         pretrained: the shipped teacher run (auto: pretrained/demo128 beside the package;
             none: evaluate the demo's own run).
-        student: the shipped distilled student (auto: pretrained/demo128_adv; none:
+        student: the shipped distilled student (auto: pretrained/demo128_lean_sto; none:
             skip).
         export: export the translators to ONNX and verify them in ONNX Runtime.
         utility: the sim-to-real utility section (``eval.utility.demo_section``, about 3
@@ -350,9 +350,12 @@ def _export_onnx(run, path: Path, cfg: DemoConfig, log) -> tuple[str, bool]:
     from ..translate import Translator
 
     src, tgt = PAIRS[0]
-    tr = Translator(run, src, tgt)
+    stochastic = bool(getattr(run.model, "stochastic", False))
+    # a stochastic student's graph with a noise input is not built yet: its deterministic member
+    tr = Translator(run, src, tgt, **({"noise_scale": 0.0} if stochastic else {}))
     s = tr.settings
-    what = ("the one-step student" if run.kind == "student" else
+    what = ("the one-step student's deterministic member (noise scale 0)" if stochastic else
+            "the one-step student" if run.kind == "student" else
             f"the translator ({s.steps} {s.solver} steps per leg, w = {s.guidance_encode:g}/"
             f"{s.guidance_decode:g}, guidance unrolled)")
     log(f"exporting {what} {src} -> {tgt} (τ={s.tau:g}) to {path}")

@@ -8,12 +8,14 @@ X-ray physics: :func:`noise_level`, :func:`noise_ratio`, :func:`noise_power_spec
 :func:`nps_distance`, :func:`histogram_distance`; the noise-vs-signal curve in
 :mod:`.noise_curve`.
 Realism and trust: the classifier two-sample test in :mod:`.c2st`, the hallucination measure
-:func:`hallucination_stats` (one source/output pair; :mod:`.hallucination`).
+:func:`hallucination_stats` (one source/output pair; it lives in
+:mod:`medshift_fast.translate.hallucination` because ``medshift translate`` counts with it too).
 
 Every image metric runs in batches (``batch_size``) and can show a tqdm bar (``progress=True`` or a
 description string). torchmetrics is imported on first use; the ENL0 network loads on first use.
 """
 
+from ..translate.hallucination import hallucination_stats
 from .distribution import (
     coverage_density,
     feature_metrics,
@@ -23,8 +25,7 @@ from .distribution import (
     standardize,
 )
 from .features import ENL0Features, enl0_features
-from .hallucination import hallucination_stats
-from .image import psnr, ssim
+from .image import psnr, seam_ratio, ssim
 from .physics import (
     NPS,
     highpass_residual,
@@ -52,6 +53,7 @@ __all__ = [
     "noise_ratio",
     "nps_distance",
     "psnr",
+    "seam_ratio",
     "ssim",
     "standardize",
 ]

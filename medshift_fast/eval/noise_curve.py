@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MedShiftError
+from ..translate.hallucination import binned_std, second_difference
 from ._common import batches, check_images
-from .physics import DEFAULT_SIGMA, highpass_residual, second_difference
+from .physics import DEFAULT_SIGMA, highpass_residual
 
 MIN_PIXELS = 500  # fewest pixels of a bin that enter the deviation (MAD std error ~ 1.1/sqrt(n))
 CLIP_EPS = 1e-4  # a pixel within this of ±1 counts as clipped
@@ -189,31 +190,6 @@ def noise_curve(images: torch.Tensor, edges, *, sigma: float = DEFAULT_SIGMA,
     return NoiseCurve(edges, sig, std, cnt, int(images.shape[0]))
 
 
-def binned_std(r: np.ndarray, s: np.ndarray, edges: np.ndarray):
-    """Robust std (1.4826·MAD) of residuals ``r`` binned by signal ``s``.
-
-    Args:
-        r: (P,) residuals.
-        s: (P,) signal of the same pixels.
-        edges: (B + 1,) increasing edges; values outside them fall in no bin.
-
-    Returns:
-        (std, median signal, count), each (B,) (nan where a bin is empty).
-    """
-    idx = np.searchsorted(edges, s, side="right") - 1
-    idx[s == edges[-1]] = len(edges) - 2
-    nb = len(edges) - 1
-    std, sig, cnt = np.full(nb, np.nan), np.full(nb, np.nan), np.zeros(nb, dtype=np.int64)
-    order = np.argsort(idx, kind="stable")
-    bounds = np.searchsorted(idx[order], np.arange(nb + 1))
-    for b in range(nb):
-        sel = order[bounds[b]:bounds[b + 1]]
-        cnt[b] = sel.size
-        if sel.size:
-            rb = r[sel]
-            std[b] = 1.4826 * float(np.median(np.abs(rb - np.median(rb))))
-            sig[b] = float(np.median(s[sel]))
-    return std, sig, cnt
 
 
 def curve_deviation(curve: NoiseCurve, reference: NoiseCurve,

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MedShiftError
+from ..translate.hallucination import second_difference
 from ._common import batches, check_images
 
 DEFAULT_SIGMA = 1.5
@@ -71,18 +72,6 @@ def highpass_residual(x: torch.Tensor, sigma: float = DEFAULT_SIGMA) -> torch.Te
     return x - y
 
 
-def second_difference(x: torch.Tensor) -> torch.Tensor:
-    """Immerkær's noise residual ([1, −2, 1]ᵀ ⊗ [1, −2, 1]) * x / 6 on the valid grid.
-
-    Args:
-        x: (N, 1, H, W) images (H, W >= 3).
-
-    Returns:
-        (N, 1, H − 2, W − 2): white noise of std s gives std s (the kernel's norm is 6);
-        anything affine along x or along y gives 0.
-    """
-    d2 = torch.tensor([1.0, -2.0, 1.0], device=x.device, dtype=x.dtype)
-    return F.conv2d(x, torch.outer(d2, d2).view(1, 1, 3, 3)) / 6.0
 
 
 def _white_gain(sigma: float) -> float:

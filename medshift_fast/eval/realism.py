@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..translate.hallucination import hallucination_batch
 from .c2st import C2STConfig, c2st
-from .hallucination import hallucination_batch
 from .noise_curve import NoiseCurve, curve_deviation, noise_curve, signal_bins
 
 NOISE_BINS = 8  # signal bins of the noise curve over the body

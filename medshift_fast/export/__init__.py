@@ -9,6 +9,9 @@ and returns an object with one calling convention for all three runtimes. Latent
 export transparently: ``translate`` carries the run's autoencoder (pixel images in and out),
 ``step`` stays in latent space and its sidecar says so (``"space": "latent"``).
 
+``student_engine`` runs a one-step student's tiles through a cached, verified ONNX engine: the
+``onnx`` engine of the Translator (``medshift translate --engine onnx``).
+
 TensorRT is untested here: it cannot be installed on the development machines (see
 ``trt_engine.py``).
 """
@@ -27,6 +30,7 @@ from .graphs import (
     io_layout,
 )
 from .sidecar import ENGINE_FORMAT_VERSION, read_sidecar, sidecar_path
+from .student_engine import OnnxStudentEngine, onnx_student_engine
 from .verify import DEFAULT_TOL, VerifyResult, compare, verify_engine
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "ExportSettings",
     "LatentCodec",
     "OnnxEngine",
+    "OnnxStudentEngine",
     "StepModule",
     "TensorRTEngine",
     "TranslateModule",
@@ -49,6 +54,7 @@ __all__ = [
     "export_engine",
     "io_layout",
     "load_engine",
+    "onnx_student_engine",
     "read_sidecar",
     "sidecar_path",
     "verify_engine",

@@ -15,8 +15,22 @@ from torch import nn
 
 from ..errors import MedShiftError
 from ..translate import TranslateOptions
-from .graphs import ExportSettings, check_model, export_codec, io_layout, model_size
-from .sidecar import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, FORMATS, SUFFIXES, write_sidecar
+from .graphs import (
+    ExportSettings,
+    check_model,
+    export_codec,
+    io_layout,
+    model_size,
+    noise_channels,
+)
+from .sidecar import (
+    ENGINE_FORMAT,
+    ENGINE_FORMAT_VERSION,
+    FORMATS,
+    SUFFIXES,
+    input_spec,
+    write_sidecar,
+)
 from .verify import VerifyResult, verify_engine
 
 
@@ -45,12 +59,16 @@ class ExportReport:
         return self.verify is None or self.verify.ok
 
 
-def _io_spec(settings: ExportSettings, c: int, size: int) -> tuple[list[dict], list[dict]]:
-    shape = ["batch", c, size, size]
+def _io_spec(settings: ExportSettings, c: int, size: int, noise: int = 0
+             ) -> tuple[list[dict], list[dict]]:
+    hw = ["height", "width"] if settings.dynamic else [size, size]
+    shape = ["batch", c, *hw]
     if settings.what == "translate":
         dt = "uint16" if settings.io == "uint16" else "float32"
-        return ([{"name": "image", "dtype": dt, "shape": shape}],
-                [{"name": "translated", "dtype": dt, "shape": shape}])
+        ins = [{"name": "image", "dtype": dt, "shape": shape}]
+        if noise:
+            ins.append({"name": "noise", "dtype": "float32", "shape": ["batch", noise, *hw]})
+        return ins, [{"name": "translated", "dtype": dt, "shape": shape}]
     return ([{"name": "x", "dtype": "float32", "shape": shape},
              {"name": "t", "dtype": "float32", "shape": ["batch"]},
              {"name": "y", "dtype": "int64", "shape": ["batch"]}],
@@ -183,12 +201,19 @@ def export_engine(
     if getattr(model, "is_student", False):
         info["student"] = model.config.method
     c, size = io_layout(model, settings, codec)
-    inputs, outputs = _io_spec(settings, c, size)
+    n_noise = noise_channels(model, settings)
+    inputs, outputs = _io_spec(settings, c, size, n_noise)
     latent = codec is not None
     if settings.what == "translate":
         contract = ("translate: image in -> translated out, same shape/dtype; float = [-1, 1] "
                     "clamped output, uint16 = raw counts (u*2/65535-1 in, rint((y+1)*32767.5) "
                     "out)")
+        if n_noise:
+            contract += (f"; noise: the stochastic student's {n_noise} standard-normal map(s) "
+                         "per pixel (zeros: its deterministic member)")
+        if settings.dynamic:
+            contract += (f"; any height and width that are multiples of "
+                         f"{int(model.down_factor)}")
         if latent:
             contract += ("; pixel images: encoded in-graph by the run's autoencoder (fp32 "
                          "posterior mean, scaled), translated in its latent space, decoded "
@@ -214,8 +239,12 @@ def export_engine(
         "model_channels": int(model.in_channels),
         "inputs": inputs,
         "outputs": outputs,
+        "input": input_spec(settings),  # what Engine.check_input accepts
         "device": info.get("device", next(model.parameters()).device.type),
         "io_contract": contract,
+        "dynamic": bool(settings.dynamic),
+        "factor": int(getattr(model, "down_factor", 1)),
+        "noise_channels": n_noise,
         **info,
         **(extra_meta or {}),
     })

@@ -6,7 +6,11 @@ a ``step`` engine as ``engine(x, t, y)``. Inputs may be torch tensors or NumPy a
 is of the same kind (a tensor on the input's device, or an array).
 
 ``translate`` images: (B, C, S, S), (C, S, S) or (S, S) (the result has the same shape),
-float in [-1, 1] for ``io="float"`` engines, uint16 (or integers in 0..65535) for ``io="uint16"``.
+float in [-1, 1] for ``io="float"`` engines, uint16 (or integers in 0..2**bits - 1, the bit depth
+the sidecar declares) for ``io="uint16"``. Every input is checked against the sidecar's
+``"input"`` entry (:func:`input_spec`) before any work, by one function (:meth:`Engine.check_input`)
+with the Translator's one-line messages: dtype, range ([-1, 1] for float engines: raw counts
+such as float 0..1023 are refused; 0..2**bits - 1 for integer ones), NaN, shape.
 ``step``: x (B, C, S, S) float, t a float or (B,) floats, y an int or (B,) ints.
 
 Engines of latent-mode runs (``engine.space == "latent"``): ``translate`` takes and returns
@@ -16,6 +20,7 @@ pixel images like any other (the autoencoder is inside the graph); ``step`` work
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,9 @@ import numpy as np
 import torch
 
 from ..errors import MedShiftError
+from ..translate.checks import check_unit_range
 from .graphs import ExportSettings
-from .sidecar import SUFFIXES, read_sidecar
+from .sidecar import SUFFIXES, input_spec, read_sidecar
 
 __all__ = ["Engine", "OnnxEngine", "AotiEngine", "TensorRTEngine", "load_engine"]
 
@@ -75,7 +81,10 @@ class Engine:
         self.space = meta.get("space", "pixel")
         self.latent = meta.get("latent")
         self.input_names = [i["name"] for i in meta["inputs"]]
+        self.dynamic, self.factor = bool(meta.get("dynamic")), int(meta.get("factor", 1))
+        self.noise_channels = int(meta.get("noise_channels", 0))
         self.output_name = meta["outputs"][0]["name"]
+        self.input = meta.get("input") or input_spec(self.settings)  # older sidecars: from io
 
     def __repr__(self) -> str:
         s = self.settings
@@ -87,9 +96,12 @@ class Engine:
     # ------------------------------------------------------------------------------ calling
     def __call__(self, *args):
         if self.what == "translate":
-            if len(args) != 1:
-                raise MedShiftError("a translate engine takes one argument: engine(images)")
-            return self._translate(args[0])
+            n = 2 if self.noise_channels else 1
+            if not 1 <= len(args) <= n:
+                raise MedShiftError("a translate engine takes one argument: engine(images)" +
+                                    (" (a stochastic student's also its noise maps: "
+                                     "engine(images, noise))" if n == 2 else ""))
+            return self._translate(*args)
         if len(args) != 3:
             raise MedShiftError("a step engine takes three arguments: engine(x, t, y)")
         return self._step(*args)
@@ -100,44 +112,85 @@ class Engine:
             x = x[None, None]
         elif x.dim() == 3:
             x = x[None]
-        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+        free = self.dynamic and x.dim() == 4 and x.shape[1] == c and min(x.shape[2:]) > 0 and \
+            x.shape[2] % self.factor == 0 and x.shape[3] % self.factor == 0
+        if not free and (x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s)):
             if self.space == "latent" and self.what == "step":
                 raise MedShiftError(f"step: this engine works in a latent-mode run's latent space "
                                     f"and takes ({c}, {s}, {s}) latents (batched or not), got "
                                     f"shape {tuple(x.shape)}; encode images with the run's "
                                     "autoencoder first, or export --what translate")
+            if self.dynamic:
+                raise MedShiftError(f"{what}: this engine takes ({c}, H, W) images (batched or "
+                                    f"not) with H and W multiples of {self.factor}, got shape "
+                                    f"{tuple(x.shape)}; pad or crop first")
             raise MedShiftError(f"{what}: this engine takes ({c}, {s}, {s}) images (batched or "
                                 f"not), got shape {tuple(x.shape)}; resize/crop first or "
                                 "re-export with --size")
         return x
 
-    def _translate(self, images):
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Refuse what this translate engine does not take, before any work (one line each):
+        a float engine takes finite float images in [-1, 1] (not raw counts, not uint16), an
+        integer engine integers in 0..2**bits - 1 (not floats). Returns ``x`` as the engine's
+        input dtype (float32 / uint16)."""
+        spec = self.input
+        if spec["dtype"] == "uint16":
+            bits = int(spec.get("bits", 16))
+            if x.is_floating_point() or x.dtype == torch.bool:
+                raise MedShiftError(f"this engine takes {bits}-bit integer frames (io=uint16), "
+                                    f"got {x.dtype}; pass the raw counts as uint16 (or use an "
+                                    "engine exported with --io float for [-1, 1] images)")
+            if x.dtype != torch.uint16 and x.numel():
+                lo, hi = int(x.min()), int(x.max())
+                if lo < 0 or hi > 2**bits - 1:
+                    raise MedShiftError(f"this engine takes {bits}-bit frames (0..{2**bits - 1}), "
+                                        f"got values in [{lo}, {hi}]; pass the detector's raw "
+                                        "counts")
+            elif x.numel() and bits < 16 and int(x.to(torch.int32).max()) > 2**bits - 1:
+                raise MedShiftError(f"this engine takes {bits}-bit frames (0..{2**bits - 1}), got "
+                                    f"values up to {int(x.to(torch.int32).max())}")
+            return x if x.dtype == torch.uint16 else x.to(torch.int32).to(torch.uint16)
+        if x.dtype == torch.uint16 or not x.is_floating_point():
+            raise MedShiftError(f"this engine takes float images in [-1, 1] (io=float), got "
+                                f"{x.dtype} (raw counts?); {self.UNIT_FIX}")
+        check_unit_range(x, "this engine (io=float)", self.UNIT_FIX)
+        return x.to(torch.float32)
+
+    #: what to do with images that are not float in [-1, 1]
+    UNIT_FIX = ("map raw counts u of b bits to [-1, 1] with u / (2**b - 1) * 2 - 1 (or read "
+                "files with medshift_fast.read_image), or export with --io uint16 for raw "
+                "16-bit frames")
+
+    def _noise(self, noise, x: torch.Tensor) -> torch.Tensor:
+        """A stochastic student's noise maps for images ``x`` (None: zeros)."""
+        want = (x.shape[0], self.noise_channels, *x.shape[2:])
+        if noise is None:
+            return torch.zeros(want, dtype=torch.float32)
+        n, _ = _as_tensor(noise, "noise")
+        n = n.reshape(want) if n.numel() == math.prod(want) else n
+        if tuple(n.shape) != want or not n.is_floating_point():
+            raise MedShiftError(f"noise must be float maps of shape {want}, got "
+                                f"{tuple(n.shape)} {n.dtype}")
+        if not bool(torch.isfinite(n).all()):
+            raise MedShiftError("the noise maps contain NaN or Inf")
+        return n.to(torch.float32).contiguous()
+
+    def _translate(self, images, noise=None):
         x, from_np = _as_tensor(images, "images")
         shape, device = tuple(x.shape), x.device
-        x = self._check_image(x, "translate")
-        if self.settings.io == "uint16":
-            if x.dtype != torch.uint16:
-                if x.is_floating_point() or x.dtype == torch.bool:
-                    raise MedShiftError("this engine takes uint16 frames (io=uint16), got "
-                                        f"{x.dtype}; pass raw 16-bit data")
-                if x.numel() and (int(x.min()) < 0 or int(x.max()) > 65535):
-                    raise MedShiftError("frame values must be in 0..65535 for a uint16 engine")
-                x = x.to(torch.int32).to(torch.uint16)
+        x = self.check_input(self._check_image(x, "translate"))
+        if x.dtype == torch.uint16:
             if self.monochrome1:  # raw MONOCHROME1 counts: high = dark; the model wants bone bright
                 x = (65535 - x.to(torch.int32)).to(torch.uint16)
-        else:
-            if not x.is_floating_point():
-                raise MedShiftError(f"this engine takes float images in [-1, 1] (io=float), got "
-                                    f"{x.dtype}; map raw data first or export with --io uint16")
-            x = x.to(torch.float32)
-            if x.numel() and not bool(torch.isfinite(x).all()):
-                raise MedShiftError("the images contain NaN or Inf; an engine translates finite "
-                                    "images in [-1, 1] only")
-            if self.monochrome1:
-                x = -x
+        elif self.monochrome1:
+            x = -x
         if not x.is_contiguous():
             x = x.contiguous()
-        out = self._run({self.input_names[0]: x}).reshape(shape)
+        feeds = {self.input_names[0]: x}
+        if self.noise_channels:
+            feeds[self.input_names[1]] = self._noise(noise, x)
+        out = self._run(feeds).reshape(shape)
         if self.monochrome1:
             out = (65535 - out.to(torch.int32)).to(torch.uint16) if out.dtype == torch.uint16 \
                 else -out
@@ -164,6 +217,7 @@ class Engine:
             raise MedShiftError("translate_tiled needs a translate engine with float I/O")
         x, from_np = _as_tensor(images, "images")
         shape, device = tuple(x.shape), x.device
+        x = self.check_input(x)  # the whole image, before the first tile
         x = x.reshape((1,) * (4 - x.dim()) + tuple(x.shape)) if x.dim() < 4 else x
         s = self.size
         if x.shape[1] != self.in_channels or min(x.shape[-2:]) < s:

@@ -69,6 +69,12 @@ class ExportSettings:
         guidance: CFG scale folded into the step graph (step).
         steps: fixed steps per leg (translate).
         solver: euler | midpoint | heun | rk4 (translate; dopri5 is adaptive, not exportable).
+        noise_scale: a stochastic distilled student's noise scale (translate; None: the
+            student's own). Its translate graph takes the standard-normal noise maps as a
+            second input ``noise`` (scaled in the graph; zeros: the deterministic member).
+        dynamic: free height and width (multiples of the network's factor; ``size`` is then
+            the traced and verified side): the translate graph of a one-step student as a tile
+            engine (``export.student_engine``).
     """
 
     what: str = "translate"
@@ -84,6 +90,8 @@ class ExportSettings:
     guidance: float = DEFAULTS["guidance_decode"]
     steps: int = DEFAULTS["steps"]
     solver: str = DEFAULTS["solver"]
+    noise_scale: float | None = None
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         if self.what not in WHATS:
@@ -130,19 +138,21 @@ class ExportSettings:
         return TranslationSettings(int(self.source), int(self.target), tau=float(self.tau),
                                    guidance_encode=float(self.guidance_encode),
                                    guidance_decode=float(self.guidance_decode),
-                                   steps=int(self.steps), solver=self.solver)
+                                   steps=int(self.steps), solver=self.solver,
+                                   noise_scale=self.noise_scale)
 
     @classmethod
     def from_translator(cls, translator, what: str = "translate", size: int | None = None,
                         batch: int = 1, dtype: str = "fp32", io: str = "float",
-                        guidance: float | None = None) -> ExportSettings:
+                        guidance: float | None = None, dynamic: bool = False
+                        ) -> ExportSettings:
         """Export settings of a :class:`medshift_fast.translate.Translator`'s description.
 
         Args:
             translator: the Translator (its run gives the default size).
             what: "translate" (its whole pipeline) or "step" (the guided velocity with
                 ``guidance``, default its decode guidance).
-            size, batch, dtype, io: as the fields of the same name.
+            size, batch, dtype, io, dynamic: as the fields of the same name.
         """
         s = translator.settings
         if s.method != "medshift" or s.decode != "ode":
@@ -154,7 +164,9 @@ class ExportSettings:
                    target=s.target if what == "translate" else None, tau=s.tau,
                    guidance_encode=s.guidance_encode, guidance_decode=s.guidance_decode,
                    guidance=s.guidance_decode if guidance is None else guidance,
-                   steps=s.steps, solver=s.solver)
+                   steps=s.steps, solver=s.solver,
+                   noise_scale=s.noise_scale if what == "translate" else None,
+                   dynamic=bool(dynamic))
 
     @classmethod
     def from_dict(cls, d: dict) -> ExportSettings:
@@ -243,6 +255,19 @@ def check_model(model: nn.Module, settings: ExportSettings, codec=None) -> None:
         what = (f"size {size}" if codec is None else
                 f"latent size {size} (size {settings.size} / {_factor(codec)})")
         raise MedShiftError(f"{what} must be divisible by {f} for this model")
+    if settings.dynamic and (settings.what != "translate" or codec is not None
+                             or not getattr(model, "is_student", False)):
+        raise MedShiftError("a graph of free height and width (dynamic) is exported for a "
+                            "pixel-space one-step student's translation only")
+
+
+def noise_channels(model: nn.Module, settings: ExportSettings) -> int:
+    """Noise maps a stochastic student's translate graph takes as its second input (0: none,
+    also for its deterministic member, ``noise_scale`` 0)."""
+    if settings.what != "translate" or not getattr(model, "stochastic", False):
+        return 0
+    scale = model.config.noise_scale if settings.noise_scale is None else settings.noise_scale
+    return int(model.noise_channels) if scale != 0 else 0
 
 
 def cast_model(model: nn.Module, settings: ExportSettings) -> nn.Module:
@@ -325,12 +350,17 @@ class TranslateModule(nn.Module):
         self.s = settings
         self.translation = settings.translation()
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """image (B, C, S, S) float32 in [-1, 1] or uint16 -> translated, same shape and dtype."""
+    def forward(self, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """image (B, C, S, S) float32 in [-1, 1] or uint16 -> translated, same shape and dtype.
+        ``noise``: a stochastic student's standard-normal maps (B, N, S, S) (None: zeros, the
+        deterministic member)."""
         s = self.s
         x = uint16_to_unit(image) if s.io == "uint16" else image.to(torch.float32)
+        if noise is None and getattr(self.model, "stochastic", False):
+            noise = torch.zeros((x.shape[0], int(self.model.noise_channels), *x.shape[2:]),
+                                dtype=x.dtype, device=x.device)
         # the Translator's own pipeline: fp32 codec, the flow in the compute dtype, clamp
-        y = pipeline(self.model, self.codec, x, self.translation, s.torch_dtype)
+        y = pipeline(self.model, self.codec, x, self.translation, s.torch_dtype, noise=noise)
         return unit_to_uint16(y) if s.io == "uint16" else y
 
 
@@ -360,7 +390,8 @@ def build_module(model: nn.Module, settings: ExportSettings, codec=None) -> nn.M
 
 def example_inputs(settings: ExportSettings, num_classes: int, in_channels: int,
                    batch: int | None = None, device: str | torch.device = "cpu",
-                   seed: int = 0, size: int | None = None) -> tuple[torch.Tensor, ...]:
+                   seed: int = 0, size: int | tuple[int, int] | None = None,
+                   noise_channels: int = 0) -> tuple[torch.Tensor, ...]:
     """Deterministic inputs of the graph's signature (smooth images + noise, valid t and y).
 
     Args:
@@ -371,21 +402,27 @@ def example_inputs(settings: ExportSettings, num_classes: int, in_channels: int,
         device: where to put the tensors.
         seed: generator seed.
         size: S of the graph's image tensors (default settings.size; a latent run's step
-            graph takes settings.size / f, see ``io_layout``).
+            graph takes settings.size / f, see ``io_layout``), or (H, W) (a dynamic graph).
+        noise_channels: a stochastic student's noise maps (``noise_channels``): translate then
+            returns (image, noise).
 
     Returns:
-        (image,) (B, C, S, S) for translate; (x, t, y) with shapes (B, C, S, S), (B,), (B,)
-        for step.
+        (image,) (B, C, S, S) for translate (and noise (B, N, S, S) for a stochastic student);
+        (x, t, y) with shapes (B, C, S, S), (B,), (B,) for step.
     """
     b = int(batch or settings.batch)
-    s = int(size or settings.size)
+    hs, ws = (int(size[0]), int(size[1])) if isinstance(size, tuple) else (
+        int(size or settings.size),) * 2
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, hs), torch.linspace(-1, 1, ws), indexing="ij")
     phase = torch.rand(b, in_channels, 1, 1, generator=g) * 6.28
     img = 0.6 * torch.sin(3 * xx + 2 * yy + phase) * torch.cos(2 * yy - xx)
-    img = (img + 0.15 * torch.randn(b, in_channels, s, s, generator=g)).clamp(-1, 1)
+    img = (img + 0.15 * torch.randn(b, in_channels, hs, ws, generator=g)).clamp(-1, 1)
     if settings.what == "translate":
-        return ((unit_to_uint16(img) if settings.io == "uint16" else img).to(device),)
+        img = (unit_to_uint16(img) if settings.io == "uint16" else img).to(device)
+        if noise_channels:
+            return img, torch.randn(b, int(noise_channels), hs, ws, generator=g).to(device)
+        return (img,)
     t = torch.rand(b, generator=g)
     y = torch.randint(0, num_classes + 1, (b,), generator=g)
     return img.to(device), t.to(device), y.to(device)

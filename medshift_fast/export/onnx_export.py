@@ -127,8 +127,9 @@ def export_codec_cores(codec, settings: ExportSettings, exporter: str = "auto"):
 
 
 def _export(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
-            exporter: str, what: str):
-    """torch.onnx.export of ``module`` with a dynamic batch on every input and output."""
+            exporter: str, what: str, spatial: int = 0):
+    """torch.onnx.export of ``module`` with a dynamic batch on every input and output (and,
+    ``spatial`` > 0, a free height and width, multiples of ``spatial``, on every one)."""
     onnx = _onnx()
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise MedShiftError(f"unknown ONNX exporter {exporter!r}; choose auto, dynamo or "
@@ -141,16 +142,21 @@ def _export(module: nn.Module, args: tuple, input_names: list[str], output_names
             with use_backend("reference"), torch.no_grad(), _quiet():
                 if which == "dynamo":
                     b = torch.export.Dim("batch", min=1, max=65536)
+                    dims: dict = {0: b}
+                    if spatial:
+                        dims = {0: b, 2: spatial * torch.export.Dim("h", min=1, max=16384),
+                                3: spatial * torch.export.Dim("w", min=1, max=16384)}
                     prog = torch.onnx.export(
                         module, args, dynamo=True, opset_version=OPSET, verbose=False,
-                        dynamic_shapes={k: {0: b} for k in input_names},
+                        dynamic_shapes={k: dims for k in input_names},
                         optimize=True, external_data=False, **names)
                     proto = prog.model_proto
                 else:
                     buf = io.BytesIO()
+                    axes = {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}
                     torch.onnx.export(
                         module, args, buf, dynamo=False, opset_version=OPSET,
-                        dynamic_axes={k: {0: "batch"} for k in (*input_names, *output_names)},
+                        dynamic_axes={k: axes for k in (*input_names, *output_names)},
                         **names)
                     proto = onnx.load_from_string(buf.getvalue())
             proto = onnx.inliner.inline_local_functions(proto)
@@ -164,15 +170,21 @@ def _export(module: nn.Module, args: tuple, input_names: list[str], output_names
 
 def _export_student(mod: nn.Module, model: nn.Module, settings: ExportSettings, out,
                     metadata, exporter: str, codec) -> dict:
-    """A distilled student's translate graph: the whole TranslateModule through the exporter."""
-    from .graphs import example_inputs, io_layout
+    """A distilled student's translate graph: the whole TranslateModule through the exporter
+    (a stochastic student's noise maps as a second input ``noise``; free height and width when
+    ``settings.dynamic``)."""
+    from .graphs import example_inputs, io_layout, noise_channels
 
     onnx = _onnx()
     c, size = io_layout(model, settings, codec)
     dev = next(model.parameters()).device
+    n = noise_channels(model, settings)
     args = example_inputs(settings, int(model.num_classes), c, max(2, settings.batch), dev,
-                          size=size)
-    m, which = _export(mod, args, ["image"], ["translated"], exporter, "the distilled student")
+                          size=size, noise_channels=n)
+    names = ["image", "noise"] if n else ["image"]
+    spatial = int(model.down_factor) if settings.dynamic else 0
+    m, which = _export(mod, args, names, ["translated"], exporter, "the distilled student",
+                       spatial)
     onnx.helper.set_model_props(m, metadata or {})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

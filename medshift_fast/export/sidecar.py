@@ -1,8 +1,9 @@
 """The JSON sidecar ``FILE.json`` written beside every engine file.
 
-It records what the engine computes (settings, domains, sizes, I/O names and dtypes), which
-versions built it, and the SHA-256 of the engine file, so that a corrupted, replaced or
-wrong-version engine is refused with a clear :class:`MedShiftError` before any runtime touches it.
+It records what the engine computes (settings, domains, sizes, I/O names and dtypes, what its
+input must be: ``"input"``), which versions built it, and the SHA-256 of the engine file, so
+that a corrupted, replaced or wrong-version engine is refused with a clear
+:class:`MedShiftError` before any runtime touches it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ FORMATS = ("onnx", "aoti", "tensorrt")
 SUFFIXES = {"onnx": (".onnx",), "aoti": (".pt2",), "tensorrt": (".plan", ".engine", ".trt")}
 _REQUIRED = ("format", "format_version", "engine", "what", "settings", "inputs", "outputs",
              "sha256", "size", "in_channels", "num_classes", "domains")
+
+
+def input_spec(settings) -> dict[str, Any]:
+    """The sidecar's ``"input"`` entry: what a translate engine takes (dtype, range, bits),
+    checked by ``Engine.check_input`` before any work."""
+    if settings.what == "translate" and settings.io == "uint16":
+        return {"dtype": "uint16", "bits": 16, "range": [0, 65535]}
+    return {"dtype": "float32", "range": [-1.0, 1.0]}
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .graphs import ExportSettings, build_module, example_inputs, io_layout, uint16_to_unit
+from .graphs import (
+    ExportSettings,
+    build_module,
+    example_inputs,
+    io_layout,
+    noise_channels,
+    uint16_to_unit,
+)
 
 # Default max-abs tolerance (model space, [-1, 1] images) by compute dtype. A translation
 # integrates dozens of U-Net calls, so fp32 rounding differences between runtimes grow a little
@@ -62,7 +69,8 @@ def compare(out: torch.Tensor, ref: torch.Tensor, settings: ExportSettings, tole
 
 def verify_engine(engine, model: nn.Module, settings: ExportSettings,
                   tolerance: float | None = None, batch: int | None = None,
-                  seed: int = 1, codec=None) -> VerifyResult:
+                  seed: int = 1, codec=None, size: tuple[int, int] | None = None
+                  ) -> VerifyResult:
     """Run ``engine`` and the eager module on the same deterministic inputs.
 
     Args:
@@ -75,15 +83,17 @@ def verify_engine(engine, model: nn.Module, settings: ExportSettings,
         seed: input seed (not the one used for tracing).
         codec: the run's codec (latent mode): the reference is then the eager pipeline with
             the fp32 autoencoder (pixel images in and out for translate; step in latent space).
+        size: (H, W) of the compared images (a dynamic graph; default the export size).
 
     Returns:
         VerifyResult.
     """
     tol = DEFAULT_TOL[settings.dtype] if tolerance is None else float(tolerance)
     device = next(model.parameters()).device
-    c, size = io_layout(model, settings, codec)
+    c, side = io_layout(model, settings, codec)
     args = example_inputs(settings, int(model.num_classes), c, batch or settings.batch, device,
-                          seed, size=size)
+                          seed, size=size or side,
+                          noise_channels=noise_channels(model, settings))
     with torch.no_grad():
         ref = build_module(model, settings, codec).to(device)(*args)
     out = engine(*args)

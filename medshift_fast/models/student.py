@@ -1,6 +1,7 @@
 """Distilled students: a teacher's whole translation in one or two network calls, no guidance.
 
-Two routes, one module (``StudentConfig.method``), both initialised from the teacher's U-Net:
+Two routes, one module (``StudentConfig.method``), and two networks for the one-call route
+(``StudentConfig.arch``):
 
 * ``oneshot`` -- G(x, tau, y_src, y_tgt) = x + F(x; emb(tau) + label(y_tgt) + src(y_src)): the
   translated image in ONE evaluation. tau enters through the time embedding, the target label
@@ -16,6 +17,16 @@ Two routes, one module (``StudentConfig.method``), both initialised from the tea
   velocity, its s = e limit), and a leg embedding tells the encode field (w_enc) from the decode
   field (w_dec). Trained with the MeanFlow identity u = v + (e - s) du/ds on the teacher's
   guided velocity v.
+
+Networks (``arch``): ``unet`` -- the teacher's U-Net (initialised from it; both methods);
+``lean`` -- the lean network of ``models.lean`` (one call only; ~20x less arithmetic per pixel,
+no attention, no normalisation, a known receptive field; trained from the identity, no teacher
+initialisation). A lean student with ``noise_channels > 0`` is *stochastic*: it takes per-pixel
+standard-normal noise maps beside the image, G(x, n) = x + F(x, noise * n), drawn per image from
+the caller's generator (``Translator.translate(x, generators=...)``; ``medshift translate``
+seeds them from --seed and the image's path), so a rerun is byte-identical and another seed
+gives another realisation of the texture with the same anatomy. ``noise_scale`` (the config's
+default, a translation setting at run time) scales the maps: 0 is the deterministic member.
 
 The teacher's settings (guidance, solver, steps) are recorded in the config: a request outside
 what the student learned (another pair, tau outside its range, another solver setting) is a
@@ -33,11 +44,13 @@ import torch
 from torch import nn
 
 from ..errors import MedShiftError
+from .lean import LeanConfig, LeanNet
 from .unet import UNet, UNetConfig, timestep_embedding
 
-__all__ = ["STUDENT_METHODS", "Student", "StudentConfig"]
+__all__ = ["STUDENT_ARCHS", "STUDENT_METHODS", "Student", "StudentConfig"]
 
 STUDENT_METHODS = ("oneshot", "meanflow")
+STUDENT_ARCHS = ("unet", "lean")
 # teacher settings a student is bound to (TranslationSettings fields)
 BOUND = ("guidance_encode", "guidance_decode", "steps", "solver")
 
@@ -47,20 +60,27 @@ class StudentConfig:
     """A distilled student.
 
     Attributes:
-        unet: the network's ``UNetConfig`` (the teacher's) as a dict.
+        unet: the network's ``UNetConfig`` (the teacher's) as a dict (arch unet).
         method: oneshot | meanflow.
         pairs: (source, target) label pairs it learned.
         tau_min, tau_max: the translation times it learned.
         teacher: the teacher's translation settings (guidance_encode, guidance_decode, steps,
             solver) and its run.
+        arch: unet (the teacher's U-Net) | lean (``models.lean``; oneshot only).
+        lean: the ``LeanConfig`` as a dict (arch lean).
+        noise_scale: default scale of a stochastic student's noise maps (the translation setting
+            ``noise_scale`` overrides it; 0 = deterministic). Ignored by deterministic students.
     """
 
-    unet: dict
+    unet: dict = dataclasses.field(default_factory=dict)
     method: str = "oneshot"
     pairs: tuple[tuple[int, int], ...] = ()
     tau_min: float = 0.3
     tau_max: float = 0.6
     teacher: dict = dataclasses.field(default_factory=dict)
+    arch: str = "unet"
+    lean: dict = dataclasses.field(default_factory=dict)
+    noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pairs", tuple((int(a), int(b)) for a, b in self.pairs))
@@ -70,6 +90,21 @@ class StudentConfig:
         if not 0.0 <= self.tau_min <= self.tau_max < 1.0:
             raise MedShiftError(f"student tau range must satisfy 0 <= tau_min <= tau_max < 1, got "
                                 f"{self.tau_min}..{self.tau_max}")
+        if self.arch not in STUDENT_ARCHS:
+            raise MedShiftError(f"unknown student arch {self.arch!r}; choose one of "
+                                f"{', '.join(STUDENT_ARCHS)}")
+        if self.arch == "unet" and not self.unet:
+            raise MedShiftError("a unet student needs its U-Net config (StudentConfig.unet)")
+        if self.arch == "lean":
+            if self.method != "oneshot":
+                raise MedShiftError("the lean network is a one-call student: method must be "
+                                    f"oneshot, got {self.method!r}")
+            object.__setattr__(self, "lean", LeanConfig.from_dict(dict(self.lean)).to_dict())
+        noise = float(self.noise_scale)
+        if not math.isfinite(noise) or noise < 0:
+            raise MedShiftError(f"student noise scale must be a finite number >= 0, got "
+                                f"{self.noise_scale!r}")
+        object.__setattr__(self, "noise_scale", noise)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -90,6 +125,14 @@ class Student(nn.Module):
     def __init__(self, config: StudentConfig) -> None:
         super().__init__()
         self.config = config
+        if config.arch == "lean":
+            self.net = LeanNet(LeanConfig.from_dict(config.lean))
+            n = self.net
+            self.in_channels, self.num_classes, self.down_factor = (n.in_channels,
+                                                                    n.num_classes, n.down_factor)
+            self.noise_channels = n.noise_channels
+            return
+        self.noise_channels = 0
         self.unet = UNet(UNetConfig(**config.unet))
         u = self.unet
         self.in_channels, self.num_classes, self.down_factor = (u.in_channels, u.num_classes,
@@ -111,15 +154,41 @@ class Student(nn.Module):
         """Network evaluations per translation."""
         return 1 if self.config.method == "oneshot" else 2
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the student takes noise maps (a lean student with noise_channels > 0)."""
+        return self.noise_channels > 0
+
+    @property
+    def halo(self) -> int | None:
+        """The farthest input pixel that can change an output pixel (lean; None: the U-Net,
+        whose attention and GroupNorm make it global)."""
+        return self.net.halo if self.config.arch == "lean" else None
+
+    def draw_noise(self, shape: tuple[int, ...], generator=None, device=None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """Standard-normal noise maps (B, noise_channels, H, W) for images of ``shape``
+        (B, C, H, W), drawn on the CPU from ``generator`` (a ``torch.Generator`` or the
+        per-image ``flow.solvers.PerSampleGenerators``); None for a deterministic student."""
+        if not self.stochastic:
+            return None
+        from ..flow.solvers import randn
+
+        b, _, h, w = (int(v) for v in shape)
+        return randn((b, self.noise_channels, h, w), generator).to(device=device, dtype=dtype)
+
     # ------------------------------------------------------------------------------ networks
     def forward(self, *args):
-        """oneshot: (x, tau, y_src, y_tgt) -> G; meanflow: (z, s, e, y, leg) -> u."""
+        """oneshot: (x, tau, y_src, y_tgt[, noise]) -> G; meanflow: (z, s, e, y, leg) -> u."""
         if self.config.method == "oneshot":
             return self.oneshot(*args)
         return self.average_velocity(*args)
 
     def init_from_teacher(self, teacher: UNet) -> None:
-        """Copy the teacher's U-Net; a one-shot student's output convolution starts at zero."""
+        """Copy the teacher's U-Net; a one-shot student's output convolution starts at zero.
+        A lean student keeps its own initialisation (the identity map)."""
+        if self.config.arch == "lean":
+            return
         self.unet.load_state_dict(teacher.state_dict())
         if self.config.method == "oneshot":
             with torch.no_grad():
@@ -127,8 +196,14 @@ class Student(nn.Module):
                     p.zero_()
 
     def oneshot(self, x: torch.Tensor, tau: torch.Tensor, y_src: torch.Tensor,
-                y_tgt: torch.Tensor) -> torch.Tensor:
-        """G(x, tau, y_src, y_tgt): (B, C, H, W) model-space sources -> translations."""
+                y_tgt: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """G(x, tau, y_src, y_tgt[, noise]): (B, C, H, W) model-space sources -> translations.
+
+        ``noise``: (B, noise_channels, H, W) noise maps, already scaled (stochastic students;
+        None = zeros, the deterministic member).
+        """
+        if self.config.arch == "lean":
+            return x + self.net(x, tau, y_src, y_tgt, noise)
         return x + self.unet(x, tau, y_tgt, self.src_emb(y_src))
 
     def average_velocity(self, z: torch.Tensor, s: torch.Tensor, e: torch.Tensor,
@@ -144,11 +219,21 @@ class Student(nn.Module):
         return y_src
 
     def translate(self, z: torch.Tensor, tau: float, y_src: torch.Tensor,
-                  y_tgt: torch.Tensor) -> torch.Tensor:
-        """The whole translation of model-space images z (B, C, h, w) at time tau."""
+                  y_tgt: torch.Tensor, noise: torch.Tensor | None = None,
+                  noise_scale: float | None = None) -> torch.Tensor:
+        """The whole translation of model-space images z (B, C, h, w) at time tau.
+
+        Args:
+            noise: (B, noise_channels, h, w) standard-normal maps (``draw_noise``) of a
+                stochastic student; None: the deterministic member (zeros).
+            noise_scale: their scale (default: the config's ``noise_scale``).
+        """
         b = z.shape[0]
         t = torch.full((b,), float(tau), device=z.device, dtype=torch.float32)
         if self.config.method == "oneshot":
+            if noise is not None and self.stochastic:
+                scale = self.config.noise_scale if noise_scale is None else float(noise_scale)
+                return self.oneshot(z, t, y_src, y_tgt, noise.to(z.dtype) * scale)
             return self.oneshot(z, t, y_src, y_tgt)
         one = torch.ones_like(t)
         enc = torch.zeros(b, dtype=torch.long, device=z.device)
@@ -160,7 +245,10 @@ class Student(nn.Module):
     # ----------------------------------------------------------------------------- requests
     def defaults(self) -> dict[str, Any]:
         """The Translator settings a request to this student may omit (the teacher's)."""
-        return {k: self.config.teacher[k] for k in BOUND if k in self.config.teacher}
+        d = {k: self.config.teacher[k] for k in BOUND if k in self.config.teacher}
+        if self.stochastic:
+            d["noise_scale"] = self.config.noise_scale
+        return d
 
     @property
     def tau_range(self) -> tuple[float, float]:
@@ -195,14 +283,19 @@ class Student(nn.Module):
                                     f"it reproduces its teacher's {k}={want!r} in {self.calls} "
                                     "network call(s); leave it out (or pass "
                                     f"{k}={want!r})")
+        noise = getattr(s, "noise_scale", None)
+        if noise is not None and not self.stochastic:
+            raise MedShiftError(f"noise_scale={noise:g} does not apply to this student: it is "
+                                "deterministic (no noise input); leave it out, or use a "
+                                "student distilled with --noise-channels 1")
         if s.method != "medshift" or s.decode != "ode":
             raise MedShiftError("a distilled student reproduces the ODE translation only (no "
                                 "sdedit, no SDE decode); use the teacher run for those")
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"method={c.method}, calls={self.calls}, tau=[{c.tau_min:g}, {c.tau_max:g}], "
-                f"pairs={len(c.pairs)}")
+        return (f"arch={c.arch}, method={c.method}, calls={self.calls}, tau=[{c.tau_min:g}, "
+                f"{c.tau_max:g}], pairs={len(c.pairs)}, stochastic={self.stochastic}")
 
 
 def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float | None = None) -> torch.Tensor:

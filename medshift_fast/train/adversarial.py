@@ -18,6 +18,10 @@ exact resume, EMA, the non-finite guard) with the sum of
   instead of 30, so computed on the fly for every training image at any tau), so the student
   keeps the teacher's tau-dependent mapping where it is right and is free where the teacher is
   wrong in texture;
+* a **diversity** term (``diversity_weight``, stochastic students only): mode seeking on the
+  fine band -- -log of the mean absolute difference between the high-passes of two
+  translations of the same crops under independent noise draws (:meth:`_diversity`), so the
+  texture comes from the noise input rather than from the source's own noise;
 * a **structure** term against the source (``structure_weight``), on Gaussian low-passes (std
   ``structure_sigma``) of the translation and of the source image, so the anatomy stays:
   ``matched`` (default): L1 to the source's low-pass passed through the intensity map that
@@ -47,13 +51,13 @@ from ..errors import MedShiftError
 from ..fileio import save_safetensors
 from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, lowpass
 from .data import random_crop
-from .distill_task import DistillTask, one_call_student
+from .distill_task import DistillTask
 from .trainer import Trainer
 
 __all__ = ["AdversarialTask", "DISC_WEIGHTS", "lowpass"]
 
 DISC_WEIGHTS = "discriminator.safetensors"
-TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake")
+TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake", "diversity")
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -127,40 +131,6 @@ class AdversarialTask(DistillTask):
         return torch.cat([codec.decode(z[k:k + 16].to(self.teacher.device)).float().cpu()
                           for k in range(0, z.shape[0], 16)])
 
-    def _items(self, tr: Trainer) -> int:
-        """The teacher cache's items, or (``anchor_run``) every (training image, pair)."""
-        cfg = self.cfg
-        if not cfg.anchor_run:
-            self.anchor = None
-            return super()._items(tr)
-        from ..models.student import StudentConfig
-
-        like = StudentConfig(unet=self.teacher.model.config.to_dict())
-        self.anchor = one_call_student(cfg.anchor_run, "--anchor-run", like, tr.device)
-        self.anchor.requires_grad_(False).eval()
-        a = self.anchor.config
-        missing = [p for p in self.pairs if a.pairs and p not in a.pairs]
-        if missing or a.tau_min > cfg.tau_min + 1e-9 or a.tau_max < cfg.tau_max - 1e-9:
-            raise MedShiftError(f"--anchor-run {cfg.anchor_run} learned pairs {list(a.pairs)} "
-                                f"at tau {a.tau_min:g}..{a.tau_max:g}; this run needs "
-                                f"{list(self.pairs)} at {cfg.tau_min:g}..{cfg.tau_max:g}")
-        jobs = [(int(i), src, tgt) for src, tgt in self.pairs
-                for i in torch.nonzero(self.y == src).flatten()[:cfg.max_images]]
-        self.jobs = torch.tensor(jobs, dtype=torch.long)
-        return len(jobs)
-
-    def batch(self, tr: Trainer, m: int):
-        """Task hook: cached teacher pairs, or (anchor run) sources and taus drawn per step."""
-        if self.anchor is None:
-            return super().batch(tr, m)
-        idx = self.stream.rank_batch(m, tr.dist)
-        b, info, cfg = idx.shape[0], tr.dist, self.cfg
-        u = torch.rand(b * info.world, generator=tr.gen)[info.rank * b:(info.rank + 1) * b]
-        tau = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * u
-        j = self.jobs[idx]
-        return (self.x[j[:, 0]].to(tr.device), None, j[:, 1].to(tr.device),
-                j[:, 2].to(tr.device), tau.to(tr.device))
-
     def build_model(self, tr: Trainer):
         """Task hook: the one-call student, and beside it the discriminator and its optimizer."""
         st = super().build_model(tr)
@@ -215,16 +185,19 @@ class AdversarialTask(DistillTask):
         """Task hook: a discriminator step, then adversarial + anchor + structure loss."""
         cfg = self.cfg
         x, target, ys, yt, tau = batch
-        if target is None:  # the anchor run's translation of the same window
-            x = self._crop_pair(tr, x, x)[0]
-            with torch.no_grad():
-                target = self.anchor(x, tau, ys, yt)
-        else:
-            x, target = self._crop_pair(tr, x, target)
+        x, target = self._pair(tr, x, target, ys, yt, tau)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        noise = self._noise(tr, x)
+        fake2 = None
         with tr.autocast():
-            fake = fwd(x, tau, ys, yt)
+            if noise is None:
+                fake = fwd(x, tau, ys, yt)
+            elif cfg.diversity_weight > 0:  # a second noise draw, in the same forward
+                two = (torch.cat([v, v]) for v in (x, tau, ys, yt))
+                fake, fake2 = fwd(*two, torch.cat([noise, self._noise(tr, x)])).chunk(2)
+            else:
+                fake = fwd(x, tau, ys, yt, noise)
         zero = torch.zeros((), device=fake.device)
         if cfg.adv_weight > 0:
             d_stats = self._disc_step(tr, self._real_batch(tr, yt), fake.detach(), yt)
@@ -244,10 +217,37 @@ class AdversarialTask(DistillTask):
                 if cfg.structure_loss == "matched":
                     lx = self._matched(lx, ys, yt)
                 structure = (lf - lx).abs().mean()
+        diversity = zero if fake2 is None else self._diversity(f32, fake2.float())
         self._terms = torch.cat([torch.stack([adv.detach(), anchor.detach(),
-                                              structure.detach()]), d_stats])
+                                              structure.detach()]), d_stats,
+                                 diversity.detach()[None]])
         return (cfg.adv_weight * adv + cfg.anchor_weight * anchor
-                + cfg.structure_weight * structure)
+                + cfg.structure_weight * structure + cfg.diversity_weight * diversity)
+
+    def _diversity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Mode seeking on the fine band: -log of the mean absolute difference between the
+        high-passes (x - G_sigma * x, sigma = structure_sigma) of the translations ``a``, ``b``
+        of the same crops under two independent noise draws. A deterministic texture (e.g. the
+        source's own noise passed through) scores -log(0): the term makes the texture come
+        from the noise input, the adversarial term keeps it realistic, the structure term
+        keeps the low band (Mao et al. 2019's mode-seeking loss, on the high band, in log
+        form)."""
+        sig = self.cfg.structure_sigma
+        d = ((a - lowpass(a, sig)) - (b - lowpass(b, sig))).abs().mean()
+        return -torch.log(d + 1e-6)
+
+    def _noise(self, tr: Trainer, x: torch.Tensor) -> torch.Tensor | None:
+        """A stochastic student's standard-normal noise maps for this rank's crops x (drawn for
+        the whole global micro-batch from the run's checkpointed noise generator, this rank's
+        share kept: ranks stay in step and --resume continues exactly); None otherwise."""
+        st = tr.model
+        c = int(getattr(st, "noise_channels", 0))
+        if not c:
+            return None
+        b, info = x.shape[0], tr.dist
+        n = torch.randn((b * info.world, c, *x.shape[-2:]), generator=tr.noise_gen,
+                        device=tr.noise_gen.device)
+        return n[info.rank * b:(info.rank + 1) * b].to(x.device, x.dtype)
 
     @torch.no_grad()
     def _matched(self, lx: torch.Tensor, ys: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
@@ -271,9 +271,14 @@ class AdversarialTask(DistillTask):
         for key in torch.unique(keys, dim=0):
             m = (keys == key).all(1)
             tau = float(key[2]) / 1e6
-            pred = torch.cat([st.translate(v["x"][m][k:k + 8].to(dev), tau,
-                                           v["s"][m][k:k + 8].to(dev), v["g"][m][k:k + 8].to(dev))
-                              for k in range(0, int(m.sum()), 8)])
+            gen = torch.Generator().manual_seed(int(key[0]) * 7_919 + int(key[1]))
+            pred = []
+            for k in range(0, int(m.sum()), 8):
+                xb = v["x"][m][k:k + 8].to(dev)
+                pred.append(st.translate(xb, tau, v["s"][m][k:k + 8].to(dev),
+                                         v["g"][m][k:k + 8].to(dev),
+                                         st.draw_noise(xb.shape, gen, dev)))
+            pred = torch.cat(pred)
             scores.append(nps_distance(self._pixels(pred).clamp(-1, 1),
                                        self.ref_nps[int(key[1])]))
         return float(sum(scores) / len(scores))
@@ -283,12 +288,18 @@ class AdversarialTask(DistillTask):
         if self._terms is None or step % self.cfg.log_every:
             return
         path = out / "adversarial.csv"
+        head = ("step", *TERMS, "d_skipped")
+        if path.is_file():  # a run begun by an older version keeps its file's columns
+            with path.open(newline="") as fh:
+                head = tuple(next(csv.reader(fh), head))
+        vals = {"step": step, "d_skipped": self.d_skipped,
+                **{k: f"{float(t):.6g}" for k, t in zip(TERMS, self._terms.cpu())}}
         new = not path.is_file()
         with path.open("a", newline="") as fh:
             w = csv.writer(fh)
             if new:
-                w.writerow(("step", *TERMS, "d_skipped"))
-            w.writerow((step, *(f"{float(t):.6g}" for t in self._terms.cpu()), self.d_skipped))
+                w.writerow(head)
+            w.writerow(tuple(vals.get(k, "") for k in head))
 
     # ---------------------------------------------------------------------------- checkpoints
     def state(self, tr: Trainer) -> dict:

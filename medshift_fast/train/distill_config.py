@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.student import STUDENT_METHODS
+from ..models.lean import LeanConfig
+from ..models.student import STUDENT_ARCHS, STUDENT_METHODS
 from ..translate.settings import RECIPE
 from .loop_config import LoopConfig
 
@@ -63,9 +64,33 @@ class DistillConfig(LoopConfig):
         disc_gain: adversarial: scale of the fine-scale residual the discriminator sees beside
             the image (its spectral norm bounds its gain at 1, so a faint grain needs a large
             one).
-        anchor_run: adversarial: a one-call student run (e.g. the --init one) whose
-            translation stands in for the teacher's as the anchor, computed on the fly at any
-            tau in range on every training image (no teacher cache).
+        anchor_run: a one-call student run whose translation stands in for the teacher's,
+            computed on the fly at any tau in range on every training image (no teacher
+            cache): adversarial: the anchor (e.g. the --init run); oneshot: the regression
+            target and the validation reference (re-distil a student into another network,
+            e.g. --arch lean). Any one-call student of the same domains.
+        diversity_weight: adversarial, stochastic students: weight of the mode-seeking term
+            (-log of the mean fine-band difference between two noise draws' translations of
+            the same crops): the texture must come from the noise input, not from the
+            source's own noise.
+        anchor_cache: with anchor_run: translate every training image with it once, at
+            taus_per_image random taus per image and pair, and keep them in
+            RUN/teacher_cache.safetensors (reused on --resume) instead of translating every
+            crop on the fly -- cheaper when steps x batch exceeds images x taus_per_image.
+        arch: the student's network: unet (the teacher's U-Net, initialised from it) | lean
+            (models/lean.py: pixel-unshuffle, low-resolution convolutions, no attention or
+            normalisation; ~1/13 of the U-Net's arithmetic per pixel; starts as the identity;
+            oneshot and adversarial only).
+        lean_unshuffle: lean: pixel-unshuffle factor of the stem.
+        lean_widths: lean: channels per level (each level halves the resolution).
+        lean_blocks: lean: residual blocks per level (as many again on the way up).
+        lean_kernel: lean: convolution kernel size (odd).
+        lean_block: lean: conv (two k x k convolutions) | dw (depthwise + pointwise).
+        noise_channels: lean: per-pixel standard-normal noise maps the student takes beside
+            the image (0: a deterministic student; 1: stochastic, issue 29).
+        noise_scale: the default scale of those noise maps at translation time (recorded in the
+            student's config; the translation setting overrides it; training draws them at
+            scale 1).
     """
 
     teacher: str = ""
@@ -102,6 +127,16 @@ class DistillConfig(LoopConfig):
     disc_scales: int = 3
     disc_gain: float = 100.0
     anchor_run: str | None = None
+    anchor_cache: bool = False
+    diversity_weight: float = 0.0
+    arch: str = "unet"
+    lean_unshuffle: int = 2
+    lean_widths: tuple[int, ...] = (32, 64)
+    lean_blocks: tuple[int, ...] = (1, 2)
+    lean_kernel: int = 3
+    lean_block: str = "conv"
+    noise_channels: int = 0
+    noise_scale: float = 1.0
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -120,16 +155,39 @@ class DistillConfig(LoopConfig):
              "disc_lr and disc_gain must be > 0, disc_channels and disc_scales >= 1"),
             (self.init is None or self.method != "meanflow",
              "--init starts a one-call student; meanflow students start from the teacher"),
-            (self.anchor_run is None or self.method == "adversarial",
-             "--anchor-run applies to --method adversarial"),
+            (self.anchor_run is None or self.method != "meanflow",
+             "--anchor-run applies to --method oneshot and adversarial"),
             (self.structure_loss in ("matched", "l1", "ssim"),
              "structure_loss must be matched, l1 or ssim"),
+            (self.diversity_weight >= 0, "diversity_weight must be >= 0"),
+            (self.diversity_weight == 0 or self.noise_channels > 0,
+             "--diversity-weight needs a stochastic student (--noise-channels >= 1)"),
+            (self.diversity_weight == 0 or self.method == "adversarial",
+             "--diversity-weight applies to --method adversarial"),
+            (self.anchor_run is not None or not self.anchor_cache,
+             "--anchor-cache needs --anchor-run"),
+            (self.arch in STUDENT_ARCHS, f"arch must be one of {STUDENT_ARCHS}"),
+            (self.arch == "unet" or self.method != "meanflow",
+             "--arch lean makes a one-call student: use --method oneshot or adversarial"),
+            (self.arch == "lean" or self.noise_channels == 0,
+             "--noise-channels needs --arch lean (the U-Net student takes no noise)"),
+            (0.0 <= self.noise_scale < float("inf"),
+             f"noise_scale must be >= 0, got {self.noise_scale}"),
         ]
 
     def __post_init__(self) -> None:
         if self.method == "meanflow":
             object.__setattr__(self, "channels_last", False)
         super().__post_init__()
+        if self.arch == "lean":
+            self.lean_config(1, 1)  # its MedShiftError now, before any work
+
+    def lean_config(self, in_channels: int, num_classes: int) -> LeanConfig:
+        """The lean network of these settings (``arch == "lean"``)."""
+        return LeanConfig(in_channels=in_channels, num_classes=num_classes,
+                          unshuffle=self.lean_unshuffle, widths=self.lean_widths,
+                          blocks=self.lean_blocks, kernel=self.lean_kernel,
+                          block=self.lean_block, noise_channels=self.noise_channels)
 
     def teacher_settings(self) -> dict[str, Any]:
         """The teacher's translation settings (None fields: the TranslationSettings defaults)."""

@@ -34,7 +34,8 @@ __all__ = ["CACHE", "DistillTask", "one_call_student", "pairs_of"]
 CACHE = "teacher_cache.safetensors"
 _RESUMABLE = frozenset({"out", "steps", "device", "precision", "log_every", "ckpt_every",
                         "keep_ckpts", "val_every", "tensorboard", "resume", "max_nonfinite",
-                        "overwrite", "compile", "channels_last"})
+                        "overwrite", "compile", "channels_last",
+                        "noise_scale"})  # the recorded default scale: no step's math
 
 
 def pairs_of(spec: str | None, domains: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
@@ -93,6 +94,7 @@ class DistillTask(Task):
                                      domain_map=t.train.get("domain_map"), skip_bad=False,
                                      resize=t.train.get("resize", "crop"))
         self.data_root = data
+        self.anchor = self._load_anchor(tr)
         train = open_split(view, "train")
         x, y = train.to_tensors()
         val = open_split(view, "val", t.domains) or train
@@ -106,12 +108,46 @@ class DistillTask(Task):
         self.stream = IndexStream(self._items(tr), cfg.micro_batch, cfg.seed)
         self._teacher_pass(tr)
 
+    def _load_anchor(self, tr: Trainer) -> Student | None:
+        """The ``anchor_run`` one-call student (frozen), checked to cover the pairs and taus."""
+        cfg = self.cfg
+        if not cfg.anchor_run:
+            return None
+        anchor = one_call_student(cfg.anchor_run, "--anchor-run", None, tr.device, self.domains)
+        anchor.requires_grad_(False).eval()
+        a = anchor.config
+        missing = [p for p in self.pairs if a.pairs and p not in a.pairs]
+        if missing or a.tau_min > cfg.tau_min + 1e-9 or a.tau_max < cfg.tau_max - 1e-9:
+            raise MedShiftError(f"--anchor-run {cfg.anchor_run} learned pairs {list(a.pairs)} "
+                                f"at tau {a.tau_min:g}..{a.tau_max:g}; this run needs "
+                                f"{list(self.pairs)} at {cfg.tau_min:g}..{cfg.tau_max:g}")
+        return anchor
+
     def _items(self, tr: Trainer) -> int:
-        """How many items the data stream draws from: the teacher cache's, or the images."""
-        if self.cfg.method == "meanflow":
+        """How many items the data stream draws from: the teacher cache's, every (training
+        image, pair) with an anchor run (its translations on the fly), or the images."""
+        cfg = self.cfg
+        if cfg.method == "meanflow":
             return self.x.shape[0]
+        if self.anchor is not None and not cfg.anchor_cache:
+            jobs = [(int(i), src, tgt) for src, tgt in self.pairs
+                    for i in torch.nonzero(self.y == src).flatten()[:cfg.max_images]]
+            self.jobs = torch.tensor(jobs, dtype=torch.long)
+            return len(jobs)
         self.cache = self._cache(tr)
         return self.cache["x"].shape[0]
+
+    @torch.no_grad()
+    def _reference(self, z: torch.Tensor, src: int, tgt: int, tau: float) -> torch.Tensor:
+        """What the student is compared with: the anchor run's translation (its deterministic
+        member), or the teacher's."""
+        if self.anchor is None:
+            return self._teacher_translate(z, src, tgt, tau)
+        dev, b = next(self.anchor.parameters()).device, z.shape[0]
+        s, g = (torch.full((b,), v, device=dev) for v in (src, tgt))
+        return torch.cat([self.anchor.translate(z[k:k + 16].to(dev), tau, s[k:k + 16],
+                                                g[k:k + 16]).float().cpu()
+                          for k in range(0, b, 16)])
 
     def _translator(self, src: int, tgt: int, tau: float) -> Translator:
         return Translator(self.teacher, src, tgt, tau=tau, mode="fused", batch_size=16,
@@ -156,7 +192,11 @@ class DistillTask(Task):
         from ..fileio import sha256_file
 
         t = self.teacher
-        return {"teacher_weights_sha256": sha256_file(Path(t.path) / "model.safetensors"),
+        anchor = ({"anchor_weights_sha256": sha256_file(Path(self.cfg.anchor_run)
+                                                         / "model.safetensors")}
+                  if self.anchor is not None else {})
+        return {**anchor,
+                "teacher_weights_sha256": sha256_file(Path(t.path) / "model.safetensors"),
                 "settings": json.dumps(self.settings, sort_keys=True),
                 "pairs": json.dumps(self.pairs), "tau": f"{self.cfg.tau_min},{self.cfg.tau_max}",
                 "taus_per_image": str(self.cfg.taus_per_image),
@@ -210,14 +250,17 @@ class DistillTask(Task):
             vt = sorted(set(self.val["tau"].tolist()))
             taus += f", validated at tau {', '.join(f'{v:g}' for v in vt)}"
         describe = f"{len(names)} pair(s) {', '.join(names)}; {taus}"
+        if self.anchor is not None:  # the references are the anchor run's, one call each
+            describe += f"; references by --anchor-run {cfg.anchor_run}"
         if not self._jobs:
             say(f"plan: {describe}; teacher translations reused from "
                 f"{getattr(self, '_cache_loaded', CACHE)}")
             return
         s = TranslationSettings(0, 1, **self.settings)
-        calls = None if s.solver == "dopri5" else nfe(s.solver, s.steps) * sum(
-            1 if w in (0.0, 1.0) else 2 for w in (s.guidance_encode, s.guidance_decode))
-        tp = TeacherPass(self._jobs, self._teacher_translate, Path(cfg.out),
+        calls = 1 if self.anchor is not None else None if s.solver == "dopri5" else nfe(
+            s.solver, s.steps) * sum(1 if w in (0.0, 1.0) else 2
+                                     for w in (s.guidance_encode, s.guidance_decode))
+        tp = TeacherPass(self._jobs, self._reference, Path(cfg.out),
                          {**self._cache_meta(), "what": "teacher pass"},
                          writer=tr.dist.is_main, progress=tr.dist.is_main and self.progress,
                          calls=calls)
@@ -239,11 +282,13 @@ class DistillTask(Task):
     def build_model(self, tr: Trainer) -> Student:
         """Task hook: the student, initialised from the teacher's U-Net (or ``--init``)."""
         t = self.teacher
-        method = "meanflow" if self.cfg.method == "meanflow" else "oneshot"
-        scfg = StudentConfig(unet=t.model.config.to_dict(), method=method,
-                             pairs=self.pairs, tau_min=self.cfg.tau_min,
-                             tau_max=self.cfg.tau_max,
-                             teacher={**self.settings, "run": str(t.path)})
+        cfg = self.cfg
+        method = "meanflow" if cfg.method == "meanflow" else "oneshot"
+        net = ({"lean": cfg.lean_config(t.model.in_channels, t.model.num_classes).to_dict()}
+               if cfg.arch == "lean" else {"unet": t.model.config.to_dict()})
+        scfg = StudentConfig(method=method, pairs=self.pairs, tau_min=cfg.tau_min,
+                             tau_max=cfg.tau_max, teacher={**self.settings, "run": str(t.path)},
+                             arch=cfg.arch, noise_scale=cfg.noise_scale, **net)
         self.student_cfg = scfg
         st = Student(scfg)
         st.init_from_teacher(t.model)
@@ -257,12 +302,21 @@ class DistillTask(Task):
 
     # ------------------------------------------------------------------------------ one step
     def batch(self, tr: Trainer, m: int):
-        """Task hook: micro-batch ``m`` of cached (source, teacher translation, labels, tau)."""
+        """Task hook: (x, target, y_src, y_tgt, tau) from the teacher cache; target None with
+        an anchor run (``_pair`` computes it for the crop) and tau drawn per item; (x, y) for
+        meanflow."""
         idx = self.stream.rank_batch(m, tr.dist)
-        if self.cfg.method != "meanflow":
+        if self.cfg.method == "meanflow":
+            return self.x[idx].to(tr.device), self.y[idx].to(tr.device)
+        if self.anchor is None or self.cfg.anchor_cache:
             c = self.cache
             return tuple(c[k][idx].to(tr.device) for k in ("x", "t", "s", "g", "tau"))
-        return self.x[idx].to(tr.device), self.y[idx].to(tr.device)
+        b, info, cfg = idx.shape[0], tr.dist, self.cfg
+        u = torch.rand(b * info.world, generator=tr.gen)[info.rank * b:(info.rank + 1) * b]
+        tau = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * u
+        j = self.jobs[idx]
+        return (self.x[j[:, 0]].to(tr.device), None, j[:, 1].to(tr.device),
+                j[:, 2].to(tr.device), tau.to(tr.device))
 
     def _crop_pair(self, tr: Trainer, a: torch.Tensor, b: torch.Tensor):
         crop = self.cfg.crop
@@ -271,12 +325,21 @@ class DistillTask(Task):
         both = random_crop(torch.cat([a, b], 1), crop, tr.gen, tr.dist)  # one window for both
         return both[:, :a.shape[1]], both[:, a.shape[1]:]
 
+    def _pair(self, tr: Trainer, x, target, ys, yt, tau):
+        """The (source, target) crops of a batch: the target is the cached translation, or
+        the anchor run's translation of the source's crop."""
+        if target is not None:
+            return self._crop_pair(tr, x, target)
+        x = self._crop_pair(tr, x, x)[0]
+        with torch.no_grad():
+            return x, self.anchor(x, tau, ys, yt)
+
     def loss(self, tr: Trainer, fwd, batch) -> torch.Tensor:
         """Task hook: regression on the teacher's translation (oneshot) or the MeanFlow loss."""
         if self.cfg.method == "meanflow":
             return meanflow_loss(self, tr, batch)
         x, target, ys, yt, tau = batch
-        x, target = self._crop_pair(tr, x, target)
+        x, target = self._pair(tr, x, target, ys, yt, tau)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with tr.autocast():
@@ -316,23 +379,65 @@ class DistillTask(Task):
         resume_check(saved, self.cfg, _RESUMABLE)
 
 
-def one_call_student(path: str, flag: str, like: StudentConfig, device=None) -> Student:
-    """The network of a one-call student run, checked to be ``like``'s (MedShiftError if not)."""
+def one_call_student(path: str, flag: str, like: StudentConfig | None, device=None,
+                     domains: tuple[str, ...] | None = None) -> Student:
+    """The network of a one-call student run (MedShiftError if it is not one).
+
+    Args:
+        like: the network it must have (arch and its config), or None for any one-call
+            student (an anchor).
+        domains: the domains it must know, in label order (None: unchecked).
+    """
     run = load_run(path, device=device)
     m = run.model
     if run.kind != "student" or m.config.method != "oneshot":
         raise MedShiftError(f"{flag} {path}: not a one-call student run (it is a {run.kind} "
                             f"run{'' if run.kind != 'student' else ', ' + m.config.method}); "
                             "pass a run written by `medshift distill --method oneshot`")
-    from ..models.unet import UNetConfig
-
-    if UNetConfig(**m.config.unet).to_dict() != UNetConfig(**like.unet).to_dict():
-        raise MedShiftError(f"{flag} {path}: its network differs from the teacher's "
-                            f"({m.config.unet} vs {like.unet})")
+    if domains is not None and tuple(run.domains) != tuple(domains):
+        raise MedShiftError(f"{flag} {path}: it knows the domains {list(run.domains)}, this "
+                            f"run {list(domains)}; pass a student of the same teacher")
+    if like is not None:
+        got, want = _network(m.config), _network(like)
+        if got != want:
+            raise MedShiftError(f"{flag} {path}: its network differs from this run's "
+                                f"({got} vs {want}); pass --arch and the network flags of "
+                                "that run, or start from scratch")
     return m
 
 
+def _network(c: StudentConfig) -> tuple:
+    """(arch, the network's config) of a student config, comparable."""
+    from ..models.lean import LeanConfig
+    from ..models.unet import UNetConfig
+
+    if c.arch == "lean":
+        return "lean", LeanConfig.from_dict(c.lean).to_dict()
+    return "unet", UNetConfig(**c.unet).to_dict()
+
+
 def _init_from(st: Student, path: str) -> None:
-    """Load a one-call student run's (EMA) weights into ``st`` (same network, same domains)."""
-    st.load_state_dict(one_call_student(path, "--init", st.config).state_dict())
+    """Load a one-call student run's (EMA) weights into ``st`` (same network, same domains).
+
+    A lean network may start from a lean run that differs only in its noise maps (e.g. a
+    stochastic student from a deterministic one): the stem's inputs of noise maps the run did
+    not have start at zero, so the start computes exactly the run's translation.
+    """
+    src = one_call_student(path, "--init", None)
+    got, want = _network(src.config), _network(st.config)
+    sd = src.state_dict()
+    if got != want:
+        same = (got[0] == want[0] == "lean"
+                and {**got[1], "noise_channels": 0} == {**want[1], "noise_channels": 0})
+        if not same:
+            raise MedShiftError(f"--init {path}: its network differs from this run's ({got} vs "
+                                f"{want}); pass --arch and the network flags of that run")
+        w = sd["net.stem.weight"]
+        r2 = int(want[1]["unshuffle"]) ** 2
+        keep = (int(want[1]["in_channels"]) + min(int(got[1]["noise_channels"]),
+                                                  int(want[1]["noise_channels"]))) * r2
+        new = w.new_zeros(st.net.stem.weight.shape)
+        new[:, :keep] = w[:, :keep]
+        sd["net.stem.weight"] = new
+    st.load_state_dict(sd)
 

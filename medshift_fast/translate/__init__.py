@@ -7,6 +7,8 @@
 * ``native``     -- :class:`NativePlanner`: the memory plan, tiles and input checks a
   Translator holds; ``tiling`` (windows, grids, tiled views), ``memory`` (budgets),
   ``learned`` (what a run learned: pixel scale, intensity rule).
+* ``engine``     -- how a one-step student's network runs (eager, channels_last, compile,
+  cuda_graph, onnx through the export layer; bf16 where native and checked; ``auto``).
 * ``files``      -- ``medshift translate`` on files and folders; ``manifest`` its per-run CSV.
 
 Layering: this package sits above ``run``, ``flow``, ``models``, ``data`` and ``ops`` and below
@@ -21,8 +23,10 @@ from typing import Any
 from .settings import (
     DECODES,
     DEFAULTS,
+    ENGINES,
     METHODS,
     MODES,
+    PRECISIONS,
     RECIPE,
     RECIPE_KEYS,
     TAU_SWEEP,
@@ -41,8 +45,9 @@ from .translator import (
     unit_to_uint16,
 )
 
-__all__ = ["DECODES", "DEFAULT", "DEFAULTS", "MAX_ASPECT", "METHODS", "MODES", "RECIPE",
-           "RECIPE_KEYS", "TAU_SWEEP", "Recipe", "TranslateConfig", "TranslateOptions",
+__all__ = ["DECODES", "DEFAULT", "DEFAULTS", "ENGINES", "MAX_ASPECT", "METHODS", "MODES",
+           "PRECISIONS", "RECIPE", "RECIPE_KEYS", "TAU_SWEEP", "Recipe", "TranslateConfig",
+           "TranslateOptions",
            "TranslateSummary", "TranslationSettings", "Translator", "pipeline", "resolve",
            "translate_files", "translate_model_space", "uint16_to_unit", "unit_to_uint16"]
 

@@ -6,8 +6,8 @@ in [0, 1] and finite, steps >= 1, guidance finite, batch >= 1, sizes), the outpu
 translation (``vet.vet_input``, one function per image): header (format, bit depth, modality
 -- radiographs only unless ``allow_modality`` --, frames (``frame``), colour (``allow_rgb``), PNG
 chunk CRCs, a missing DICOM decoder), size, working grid and memory plan, output name (no two
-inputs onto one output, no existing file unless ``overwrite``), and the decoded pixels (NaN /
-Inf, corrupt data, intensities far outside what the run saw). So a bad file stops the command
+inputs onto one output, no existing file unless ``overwrite``), the scale decision, and the
+decoded pixels (NaN / Inf, corrupt data, the intensity rule). So a bad file stops the command
 before anything is written, never half-way through a folder; ``skip_bad`` reports it on stderr,
 once, and lists it in the manifest as skipped instead.
 
@@ -21,22 +21,34 @@ what was not done. ``resume`` continues an interrupted run, verified by those ha
 
 Outputs are in the input's own kind and geometry by default (``out_format="same"``): a DICOM
 becomes a derived DICOM of the same Rows/Columns, bit depth and photometric interpretation (new
-SOP Instance UIDs, ONE new series per command run, ImageType DERIVED\\SECONDARY, a
-DerivationDescription naming the model, tau and domains), an 8/16-bit PNG or TIFF one of the same
-depth and size (12-bit data in a 16-bit container stays 12-bit). Relative paths of input folders
-are kept under ``out``, as ``<stem>_<target>.<ext>``.
+SOP Instance UIDs, one derived series per source series and command run with its own
+SeriesNumber and SeriesDate/Time (``data.writers.derived_series``; a resumed run keeps its
+series and their time), ImageType DERIVED\\SECONDARY, our DerivationCodeSequence, a
+DerivationDescription naming the run by name and hash (never its local path), tau and
+domains), an 8/16-bit PNG or TIFF one of the same depth and size (12-bit data in a 16-bit
+container stays 12-bit). Relative paths of input folders are kept under ``out``, as
+``<stem>_<target>.<ext>``.
 
 Working scale (``size``): by default the grid the run learned (``learned.Learned``): a model
 trained on native-resolution crops translates on the input's own grid (resampled to the learned
 pixel spacing when both are known); a model trained on images resized to S px resizes the short
-side to S (a one-line warning when that is more than 2x from the input); ``size="native"`` or
-``size=N`` choose explicitly. Large working grids are translated in tiles (``tile``), within a
-memory budget (``max_memory``) planned before any work. The working size, scale and tiles are
-written into every output's DerivationDescription and the manifest.
+side to S (a one-line warning when that is more than 2x from the input). The scale is a
+decision, not a warning: an input more than ``checks.SCALE_FACTOR`` (4x) from the learned scale
+is refused unless ``size`` chose -- ``"learned"`` (that scale, detail lost), ``"native"`` (the
+input's grid: texture at a scale the model never learned) or ``N`` (short side resized to N).
+Large working grids are translated in tiles (``tile``), within a memory budget (``max_memory``)
+planned before any work. The working size, scale and tiles are written into every output's
+DerivationDescription and the manifest.
 
 Intensity: integer samples are mapped by the bits the file declares (PNG sBIT, TIFF
-BitsPerSample / SMaxSampleValue, DICOM BitsStored) or ``input_bits``; an image whose values lie
-far outside what the run saw for the source domain is refused (``Translator.check_intensity``).
+BitsPerSample / SMaxSampleValue, DICOM BitsStored) or ``input_bits``; then the intensity rule
+(``translate.intensity``, ``intensity``), in the vetting: in range -> translated; outside ->
+translated with a one-line warning; a container / bit-depth mismatch -> refused naming
+``--input-bits``; a non-radiograph far outside -> refused naming ``--intensity match`` /
+``as-is``. ``match`` maps the image's percentiles onto the domain's and the output back. The
+verdict is in the manifest (``intensity``) and the output's metadata; so is the hallucination
+count of each output on its working grid (``checks.count_hallucinations``: ``hallucination_*``
+columns).
 
 Output safety (docs/data.md): ``out`` may not be (or lie inside) an input folder, no output may
 replace an input (even with ``overwrite``), and every run writes its own manifest, so a second run
@@ -58,9 +70,11 @@ import torch
 
 from ..data.geometry import RESIZE_MODES
 from ..data.io import read_image
-from ..data.writers import new_series_uid, write_image
-from ..errors import MedShiftError, skip_note
+from ..data.writers import derived_series, new_series_uid, write_image
+from ..errors import MedShiftError, offering, skip_note
 from ..fileio import check_not_inside, check_writable_dir, sha256_file
+from .checks import count_hallucinations, hallucination_columns
+from .intensity import DEFAULT_MODE, INTENSITY_MODES
 from .manifest import (
     FAILED,
     NOT_REACHED,
@@ -72,8 +86,9 @@ from .manifest import (
     new_run_id,
     previous_run,
     run_columns,
+    series_time,
 )
-from .settings import MODES, TranslateOptions
+from .settings import ENGINES, MODES, PRECISIONS, TranslateOptions
 from .vet import Planned, collect, io_bytes, vet_all
 
 __all__ = ["TranslateConfig", "TranslateInterrupted", "TranslateSummary", "translate_files"]
@@ -99,13 +114,16 @@ class TranslateConfig(TranslateOptions):
         tau: translation time in [0, 1] (larger keeps more structure).
         out_format: same (the input's own kind) | png | tiff | dicom.
         size: working grid: default the scale the run learned (its native grid or pixel
-            spacing; a run trained on resized images resizes the short side to its size),
-            native (the input's own grid, in tiles), or N (short side resized to N pixels).
+            spacing; a run trained on resized images resizes the short side to its size; an
+            input more than 4x from it is refused until you choose), learned (that scale,
+            chosen), native (the input's own grid, in tiles), or N (short side resized to N).
         resize: crop (short side to size; the whole image is translated) | pad (long side to
             size, padded with air); the result is mapped back to the input's geometry.
-        tile: tile side in pixels for large images (auto: the tile the run was trained on;
+        tile: tile side in pixels for large images (auto: the tile the run was trained on, or
+            for a local network -- a lean student -- the fastest tile, fitted to the image;
             none: the whole image at once, global attention).
-        overlap: tile overlap in pixels (default: a quarter of the tile).
+        overlap: tile overlap in pixels (default: twice a local network's receptive field,
+            exact tiles; a quarter of the tile for any other).
         max_memory: memory budget, e.g. 4G (default: half of the memory available).
         tile_batch: tiles per network forward (default: what the memory plan allows, at most
             4 on a CPU and 64 on a GPU).
@@ -114,6 +132,13 @@ class TranslateConfig(TranslateOptions):
         seed: seed of the SDE / SDEdit noise (per image: with the input's relative path).
         batch_size: images per network batch (the memory plan may take fewer).
         mode: eager | fused | compiled | cuda_graph (fixed-step solvers for the last three).
+        engine: how a one-step student's network runs: auto (the fastest measured) | eager |
+            channels_last | compile | cuda_graph | onnx (ONNX Runtime through the exported
+            engine, cached and verified; ``translate.engine``).
+        precision: auto (bf16 where the CPU or GPU has it natively and the check holds) | fp32
+            | bf16 (a one-step student's network).
+        threads: CPU threads (default: OMP_NUM_THREADS when set, else the CPUs this process may
+            run on, os.sched_getaffinity).
         device: auto | cpu | cuda | cuda:N.
         backend: op backend preference for the whole pipeline (auto | reference | cpp |
             triton | cuda).
@@ -121,6 +146,11 @@ class TranslateConfig(TranslateOptions):
             (comma-separated, e.g. CT,MR; all = any).
         frame: frame (0-based) of multi-frame DICOMs and multi-page TIFFs to translate.
         allow_rgb: convert colour inputs to grey (BT.601 luma) instead of refusing them.
+        intensity: check (refuse a bit-depth mismatch, warn when outside the training
+            intensities) | as-is (translate as read) | match (map the image's percentiles onto
+            the training ones and the output back; recorded in the manifest and metadata).
+        count_hallucinations: count new compact structures of each output (the manifest's
+            hallucination_* columns; about a second per megapixel of working grid).
         skip_bad: report unreadable or refused inputs on stderr (once each) and translate
             the others; the manifest lists them as skipped.
         overwrite: replace existing output files instead of refusing.
@@ -145,11 +175,16 @@ class TranslateConfig(TranslateOptions):
     seed: int | None = None
     batch_size: int = 16
     mode: str = "eager"
+    engine: str = ENGINES[0]
+    precision: str = PRECISIONS[0]
+    threads: int | None = None
     device: str = "auto"
     backend: str | None = None
     allow_modality: str | None = None
     frame: int | None = None
     allow_rgb: bool = False
+    intensity: str = DEFAULT_MODE
+    count_hallucinations: bool = True
     skip_bad: bool = False
     overwrite: bool = False
     resume: bool = False
@@ -162,21 +197,26 @@ class TranslateConfig(TranslateOptions):
             raise MedShiftError("translate needs --source and --target domain names")
         if isinstance(self.batch_size, bool) or int(self.batch_size) < 1:
             raise MedShiftError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.mode not in MODES:
-            raise MedShiftError(f"unknown --mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        for flag, value, choices in (("mode", self.mode, MODES), ("engine", self.engine, ENGINES),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in choices:
+                raise MedShiftError(f"unknown --{flag} {value!r}; choose one of "
+                                    f"{', '.join(choices)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise MedShiftError(f"--threads must be >= 1, got {self.threads}")
         if self.out_format not in OUT_FORMATS:
             raise MedShiftError(f"unknown --out-format {self.out_format!r}; choose one of "
                                 f"{', '.join(OUT_FORMATS)}")
         if self.resize not in RESIZE_MODES:
             raise MedShiftError(f"unknown --resize {self.resize!r}; choose crop or pad")
-        if self.size is not None and str(self.size).lower() not in ("native", "auto"):
+        if self.size is not None and str(self.size).lower() not in ("native", "auto", "learned"):
             try:
                 ok = str(int(str(self.size))) == str(self.size).strip() and int(self.size) >= 8
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise MedShiftError(f"--size must be a whole number of pixels >= 8, 'native' or "
-                                    f"'auto', got {self.size!r}")
+                raise MedShiftError(f"--size must be a whole number of pixels >= 8, 'learned', "
+                                    f"'native' or 'auto', got {self.size!r}")
         if self.tile is not None and str(self.tile).lower() not in ("auto", "none"):
             try:
                 ok = int(str(self.tile)) >= 8
@@ -197,6 +237,9 @@ class TranslateConfig(TranslateOptions):
             raise MedShiftError(f"--input-bits must be between 1 and 16, got {self.input_bits}")
         if self.frame is not None and int(self.frame) < 0:
             raise MedShiftError(f"--frame must be >= 0, got {self.frame}")
+        if self.intensity not in INTENSITY_MODES:
+            raise MedShiftError(f"--intensity must be one of {', '.join(INTENSITY_MODES)}, got "
+                                f"{self.intensity!r}")
         if not self.inputs:
             raise MedShiftError("no inputs: pass image files or folders")
 
@@ -218,9 +261,13 @@ class TranslateConfig(TranslateOptions):
 
     def working_size(self):
         """The ``size`` argument of ``Translator.working_scale``: None, "native" or an int."""
-        if self.size is None or str(self.size).lower() == "auto":
+        if self.size is None or str(self.size).lower() in ("auto", "learned"):
             return None
         return "native" if str(self.size).lower() == "native" else int(self.size)
+
+    def size_chosen(self) -> bool:
+        """``--size`` chose the working scale (learned, native or N; not the default / auto)."""
+        return self.size is not None and str(self.size).lower() != "auto"
 
 
 class TranslateInterrupted(KeyboardInterrupt):
@@ -273,7 +320,24 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
             translating / writing (the outputs so far are complete and in the manifest).
         TranslateInterrupted: SIGINT; the manifest lists every input's outcome, and
             ``resume=True`` continues the run.
+
+    A message that advises an option names it as the caller passes it: the flag under
+    ``medshift translate``, else the field of ``cfg`` (``errors.offering``).
+
+    Runs with ``cfg.threads`` CPU threads (``_threads``), restored afterwards.
     """
+    import dataclasses
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(_threads(cfg, Shard.from_env()))
+    try:
+        with offering({f.name: f.name for f in dataclasses.fields(cfg)}):
+            return _translate_files(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _translate_files(cfg: TranslateConfig) -> TranslateSummary:
     import contextlib
 
     from tqdm.auto import tqdm
@@ -293,12 +357,14 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     tr = Translator(run, cfg.source, cfg.target, tau=cfg.tau, mode=cfg.mode, device=dev,
                     batch_size=cfg.batch_size, seed=cfg.seed, overlap=cfg.overlap,
                     max_memory=cfg.max_memory, tile_batch=cfg.tile_batch, **tiles,
-                    **cfg.recipe())
+                    engine=cfg.engine, bf16={"auto": None, "fp32": False, "bf16": True}[
+                        cfg.precision], **cfg.recipe())
     seed = tr.settings.seed
     opts = dict(frame=cfg.frame, allow_modality=cfg.modalities(), allow_rgb=cfg.allow_rgb)
     prev = previous_run(out, run_columns(tr, cfg, "", "", seed)) if cfg.resume else None
     run_id = prev.run_id if prev else shard.common(new_run_id())
     series = prev.series_uid if prev else shard.common(new_series_uid())
+    when = series_time(run_id)  # SeriesDate/Time of the DICOM outputs: when the run started
     summary = TranslateSummary(out=out, manifest=out / f"manifest-{run_id}.csv")
     common = run_columns(tr, cfg, run_id, series, seed)
     manifest = Manifest(shard.manifest_path(summary.manifest), common)
@@ -347,15 +413,18 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
                 if k not in ("input", "output", "status", "reason", *RUN_IDENTITY)})
     summary.skipped, summary.kept = len(bad), len(kept)
     manifest.write()
+    engine = tr.engine  # built now, after every check: a bf16 check, or the ONNX cache
     if shard.is_main:  # one line per stage, with or without the progress bar
         big = max(groups, key=lambda g: g[0] * g[1]) if groups else None
+        how = "" if engine is None else f"; engine {engine.describe()}, " \
+            f"{torch.get_num_threads()} thread(s), tiles {common['tiles']}"
         p = big and tr.plan((1, tr.image_channels, *big), io_bytes=io_bytes(big))
         _say(f"vetted {len(files)} input(s){f', resuming run {run_id}' if prev else ''}: "
              f"translating {len(plan)} image(s) in {len(batches)} batch(es)"
              f"{f' over {shard.world} ranks' if shard.enabled else ''}"
              + (f"; largest working grid {big[0]}x{big[1]}: {p.describe()}" if big else "")
-             + (f"; {len(kept)} already written and verified" if kept else ""))
-    derivation = {"model": common["run"], "tau": common["tau"], "source": common["source"],
+             + (f"; {len(kept)} already written and verified" if kept else "") + how)
+    derivation = {"model": tr.run.identity(), "tau": common["tau"], "source": common["source"],
                   "target": common["target"], "version": common["version"],
                   "settings": {k: common[k] for k in ("guidance_encode", "guidance_decode",
                                                       "steps", "solver", "decode")},
@@ -366,7 +435,7 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     try:
         with ctx:
             for items in mine:  # written as soon as its batch is done
-                _batch(items, tr, cfg, opts, derivation, series, summary, manifest)
+                _batch(items, tr, cfg, opts, derivation, (series, when), summary, manifest)
                 manifest.write()
                 bar.update(sum(not item.kept for item in items))
     except (MedShiftError, OSError) as exc:
@@ -389,33 +458,63 @@ def translate_files(cfg: TranslateConfig) -> TranslateSummary:
     return summary
 
 
+def _threads(cfg: TranslateConfig, shard) -> int:
+    """--threads, else OMP_NUM_THREADS, else this process's CPUs (shared by torchrun's ranks)."""
+    import os
+
+    from .engine import machine_threads
+
+    if cfg.threads:
+        return int(cfg.threads)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if shard.enabled else 1
+    return max(1, machine_threads() // max(1, local))
+
+
 def _batch(items: list[Planned], tr, cfg, opts, derivation, series, summary, manifest) -> None:
-    """Decode, translate and write one batch of vetted inputs of one working shape."""
+    """Decode, translate and write one batch of vetted inputs of one working shape (``series``:
+    the run's (series UID, series time))."""
     xs, srcs, ok = [], [], []
     for item in items:
+        what = f"image {str(item.path)!r}"
         try:
             img, src = read_image(item.path, with_source=True, input_bits=cfg.input_bits,
                                   verify_crc=False, **opts)
         except MedShiftError as exc:  # changed since it was vetted
             _fail(item, exc, cfg, summary, manifest)
             continue
-        xs.append(item.fit.apply(torch.from_numpy(img))[0])
-        del img
-        srcs.append(src)
+        verdict = item.verdict
+        if verdict is None:  # kept by a resume (vetted without its pixels): computed as before
+            try:
+                verdict = tr.check_intensity(img, what, source=src, mode=cfg.intensity,
+                                             input_bits=cfg.input_bits)
+            except MedShiftError:  # only its batch mates need it: they get the same batch
+                verdict = None
+        x = torch.from_numpy(img if verdict is None else verdict.apply(img))
+        xs.append(item.fit.apply(x)[0])
+        del img, x
+        srcs.append((src, verdict))
         ok.append(item)
     if not ok:
         return
     seed = tr.settings.seed
     gens = [torch.Generator().manual_seed(_image_seed(seed, p.rel)) for p in ok]
     y = tr.translate(torch.stack(xs), generators=gens).cpu()
-    del xs
-    for item, src, yi in zip(ok, srcs, y):
+    uid, when = series
+    for item, (src, verdict), xi, yi in zip(ok, srcs, xs, y):
         if item.kept:  # written and verified before the interruption: computed, not written
             continue
-        res = item.fit.restore(yi[None])[0, 0].numpy()
+        # new compact structures, on the working grid (what the model was given and made)
+        found = count_hallucinations(xi[0], yi[0]) if cfg.count_hallucinations else None
+        res = verdict.restore(item.fit.restore(yi[None])[0, 0].numpy())
+        extra = {"working": item.note, "intensity": verdict.note}
+        if found is not None:
+            extra["new structures"] = f"{found['count']} ({found['area_px']} px, working grid)"
         try:
-            write_image(item.dst, res, src, cfg.out_format,
-                        derivation={**derivation, "working": item.note}, series_uid=series,
+            write_image(item.dst, res, src, cfg.out_format, derivation={**derivation, **extra},
+                        series_uid=uid, series_time=when,
                         exclusive=not (cfg.overwrite or cfg.resume))
         except (MedShiftError, OSError) as exc:
             _fail(item, MedShiftError(f"cannot write {item.dst}: {exc}"), cfg, summary,
@@ -423,10 +522,14 @@ def _batch(items: list[Planned], tr, cfg, opts, derivation, series, summary, man
             continue
         summary.written += 1
         summary.outputs.append(item.dst)
+        dicom = item.dst.suffix.lower() in (".dcm", ".dicom")
         manifest.add(item.path, item.dst.relative_to(summary.out), WRITTEN,
                      working_size=f"{item.fit.resized[0]}x{item.fit.resized[1]}",
                      scale=item.note.split(", ", 1)[1], input_sha256=sha256_file(item.path),
-                     sha256=sha256_file(item.dst), **item.per_image)
+                     sha256=sha256_file(item.dst), **item.per_image,
+                     dicom_series_uid=derived_series(uid, src)[0] if dicom else "",
+                     **hallucination_columns(found))
+    del xs
 
 
 def _fail(item: Planned, exc: MedShiftError, cfg, summary, manifest) -> None:

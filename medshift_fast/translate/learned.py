@@ -18,26 +18,24 @@ applies it to every input:
   declares (DICOM BitsStored, PNG sBIT, TIFF BitsPerSample / SMaxSampleValue), else by the
   container depth; DICOM through its modality LUT and VOI window. Per training domain the run
   records the containers, the declared bits and percentiles of the mapped values.
-  ``check_intensity`` refuses an input whose values occupy a small part of the range the domain
-  covered (e.g. 12-bit data in an undeclared 16-bit container, for a model trained on full-range
-  images), naming the fix (``--input-bits N``), instead of translating it silently.
+  ``check_intensity`` applies the intensity rule (``translate.intensity``): in range ->
+  translate; outside -> translate with a warning (or ``--intensity match``); a container /
+  bit-depth mismatch -> refused naming ``--input-bits N``; never translated silently.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import MedShiftError, option
+from .intensity import PERCENTILES, Verdict, decide
 
 __all__ = ["PERCENTILES", "Learned", "WorkingScale", "domain_stats", "record"]
 
-PERCENTILES = (0.5, 1.0, 5.0, 50.0, 95.0, 99.0, 99.5)
 SCALE_KINDS = ("image_size", "native", "spacing")
-MIN_SPAN_RATIO = 0.25  # an input spanning < 1/4 of the domain's p1..p99 range is "far outside"
 WARN_RATIO = 2.0
 
 
@@ -206,67 +204,8 @@ class Learned:
         return None
 
     # ----------------------------------------------------------------------------- intensity
-    def check_intensity(self, img, domain: str, what: str,
-                        container_bits: int | None = None) -> None:
-        """Refuse an image whose values lie far outside what ``domain`` covered in training.
-
-        Far outside: its p1..p99 span is below ``MIN_SPAN_RATIO`` of the domain's, or its
-        median lies outside the domain's p0.5..p99.5 range by more than that range's width.
-        Unknown domain records (old runs) check nothing. The fix named: ``--input-bits b`` only
-        when the image came from an integer container of ``container_bits`` mapped by its full
-        range and its largest value fits b < container_bits bits (the 12-bit-in-16-bit case);
-        for an image of fewer than ``SMALL_PIXELS`` pixels (a crop), that its statistics cannot
-        be compared (no bit-depth hint: a dark crop is not a low-bit file); otherwise a
-        rescale.
-        """
-        rec = self.domains.get(domain)
-        if not rec:
-            return
-        p = rec.get("percentiles") or {}
-        try:
-            lo, hi = float(p["1"]), float(p["99"])
-            lo0, hi0 = float(p["0.5"]), float(p["99.5"])
-        except (KeyError, TypeError, ValueError):
-            return
-        a = np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img,
-                       dtype=np.float32)
-        shape = a.shape[-2:] if a.ndim >= 2 else (1, a.size)
-        a = a.ravel()
-        top = float(a.max()) if a.size else -1.0
-        a = a[:: max(1, a.size // 1_000_000)]
-        q1, q50, q99 = (float(v) for v in np.percentile(a, (1.0, 50.0, 99.0)))
-        span, ref = q99 - q1, max(hi - lo, 1e-6)
-        far = span < MIN_SPAN_RATIO * ref or not (lo0 - (hi0 - lo0) <= q50 <= hi0 + (hi0 - lo0))
-        if not far:
-            return
-        small = int(np.prod(shape)) < SMALL_PIXELS
-        bits = None if small else _bits_hint(top, container_bits)
-        flag = None if bits is None else option("input_bits", str(bits), str(bits))
-        if small:  # a crop of one region: its values say nothing of the file's bit depth
-            fix = (f"at {shape[0]}x{shape[1]} px it has too few pixels to compare with what the "
-                   "model saw: translate a larger region (or the whole image)")
-        elif bits is not None:
-            fix = (f"if it holds {bits}-bit data, pass {flag} to map 0..{2**bits - 1} to the "
-                   "full range" if flag else f"if it holds {bits}-bit data, scale 0..{2**bits - 1}"
-                   f" to the full range of its {container_bits}-bit container")
-        else:
-            fix = "rescale it to the full range of its container"
-        raise MedShiftError(
-            f"{what}: its intensities (p1..p99 {q1:+.3f}..{q99:+.3f} in [-1, 1]) lie far outside "
-            f"what the model saw for {domain} in training (p1..p99 {lo:+.3f}..{hi:+.3f}); "
-            f"translating it would invent an image; {fix}")
-
-
-SMALL_PIXELS = 32 * 32  # fewer pixels: percentiles say little about an image's intensity range
-
-
-def _bits_hint(top_unit: float, container_bits: int | None) -> int | None:
-    """The smallest common bit depth b < ``container_bits`` whose full range holds the image's
-    largest value (mapped from [-1, 1] by the container's full range), else None."""
-    if not container_bits or not math.isfinite(top_unit):
-        return None
-    v = (top_unit + 1.0) / 2.0 * (2.0**container_bits - 1)
-    for b in (8, 10, 12, 14):
-        if b < container_bits and v <= 2**b - 1 + 0.5:
-            return b
-    return None
+    def check_intensity(self, img, domain: str, what: str, **kw) -> Verdict:
+        """The intensity rule (``intensity.decide``) against ``domain``'s training record
+        (``source``, ``mode``, ``input_bits`` as keywords). Unknown records (old runs) check
+        nothing."""
+        return decide(img, self.domains.get(domain), domain, what, **kw)

@@ -9,11 +9,18 @@ vetting and after every batch, so an interrupted run's manifest says what was do
 not. ``translate --resume`` finds the interrupted run's manifest (:func:`previous_run`) and
 continues it under the same run id and DICOM series. Under ``torchrun`` each rank writes a
 hidden partial manifest and rank 0 merges them, in input order, at the end (``Shard.finish``).
+
+Per input it also records how the image was translated: its working size and scale, the
+intensity rule's verdict (``intensity``), the count, area and largest z of new compact
+structures in the output (``hallucination_*``, ``checks.count_hallucinations``) and, for a DICOM
+output, the derived series it joined (``dicom_series_uid``; ``series_uid`` is the run's own UID,
+from which every derived series of the run is made: ``data.writers.derived_series``).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import os
 import sys
@@ -26,7 +33,7 @@ from ..errors import MedShiftError
 from ..fileio import atomic_write_text, sha256_file
 
 __all__ = ["FAILED", "Manifest", "NOT_REACHED", "PreviousRun", "SKIPPED", "STATUSES", "Shard",
-           "WRITTEN", "new_run_id", "previous_run", "run_columns"]
+           "WRITTEN", "new_run_id", "previous_run", "run_columns", "series_time"]
 
 WRITTEN, SKIPPED, FAILED, NOT_REACHED = "written", "skipped", "failed", "not reached"
 STATUSES = (WRITTEN, SKIPPED, FAILED, NOT_REACHED)
@@ -34,9 +41,23 @@ STATUSES = (WRITTEN, SKIPPED, FAILED, NOT_REACHED)
 RUN_IDENTITY = ("run_id", "series_uid")
 
 
+RUN_TIME = "%Y%m%dT%H%M%SZ"  # the UTC start time in a run id
+
+
 def new_run_id() -> str:
     """A run id for the manifest's name: UTC time and 4 random hex digits."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(2).hex()
+    return time.strftime(RUN_TIME, time.gmtime()) + "-" + os.urandom(2).hex()
+
+
+def series_time(run_id: str) -> datetime.datetime:
+    """When run ``run_id`` started, in local time: the SeriesDate / SeriesTime of its DICOM
+    outputs (the same for every output of the run, a resumed one included); now for an id
+    that does not start with a time."""
+    try:
+        t = datetime.datetime.strptime(run_id.split("-", 1)[0], RUN_TIME)
+    except ValueError:
+        return datetime.datetime.now()
+    return t.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
 
 
 class Manifest:
@@ -49,8 +70,9 @@ class Manifest:
 
     COLS = ["input", "output", "status", "reason", "source", "target", "tau", "guidance_encode",
             "guidance_decode", "steps", "solver", "decode", "seed", "working_size", "scale",
-            "tiles", "resize", "input_sha256", "sha256", "run", "run_id", "series_uid",
-            "version"]
+            "tiles", "resize", "intensity", "hallucination_count", "hallucination_area_px",
+            "hallucination_max_z", "input_sha256", "sha256", "run", "run_id", "series_uid",
+            "dicom_series_uid", "version"]
 
     def __init__(self, path: Path, common: dict) -> None:
         self.path, self.common = path, common

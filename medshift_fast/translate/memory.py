@@ -25,14 +25,21 @@ import torch
 
 from ..errors import MedShiftError
 
-__all__ = ["CPU_TILE_BATCH", "DEFAULT_FRACTION", "GPU_TILE_BATCH", "MemoryPlan", "available_bytes",
-           "format_bytes", "image_buffers", "parse_bytes", "plan", "unet_forward_bytes"]
+__all__ = ["CPU_LOCAL_TILE", "CPU_TILE_BATCH", "DEFAULT_FRACTION", "GPU_LOCAL_TILE",
+           "GPU_TILE_BATCH", "MemoryPlan", "available_bytes", "format_bytes", "forward_bytes",
+           "image_buffers", "lean_forward_bytes", "parse_bytes", "plan", "unet_forward_bytes"]
 
 DEFAULT_FRACTION = 0.5
 # Tiles per forward when the caller does not say: on a CPU wider batches are slower and take more
 # memory (benchmarks/bench_native.py, its tile-batch rows: one thread is fastest at 1, two at
 # about 4); a GPU wants wide batches.
 CPU_TILE_BATCH, GPU_TILE_BATCH = 4, 64
+# The tile of a LOCAL network (a one-step student with a known receptive field, whose tiles are
+# exact at any size) when the caller does not say: the halo overlap is paid once per tile edge,
+# so larger tiles waste less, but on a CPU the time per pixel of the lean student grows past
+# ~512 px as a tile's activations leave the caches (benchmarks/bench_lean.py, its tile rows);
+# a GPU takes the whole image where memory allows. The memory plan shrinks either to the budget.
+CPU_LOCAL_TILE, GPU_LOCAL_TILE = 512, 4096
 # allocator slack and temporaries not modelled (estimate vs measured: results/native_cpu.md)
 SAFETY = 1.5
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
@@ -126,6 +133,35 @@ def unet_forward_bytes(cfg, h: int, w: int, itemsize: int = 4) -> int:
                 ds //= 2
     total = sum(skips) + peak_block
     return int(SAFETY * itemsize * total)
+
+
+def lean_forward_bytes(cfg, h: int, w: int, itemsize: int = 4) -> int:
+    """Peak activation bytes of ONE image (h, w) through a ``models.lean.LeanConfig`` network.
+
+    The input with its noise maps and their pixel-unshuffled copy, the skip of every level
+    above the deepest, ~5 tensors of the widest level's side inside a residual block (input,
+    activation, convolution, FiLM, activation), and the residual and the output at full size.
+    """
+    r = int(cfg.unshuffle)
+    cin = int(cfg.in_channels) + int(cfg.noise_channels)
+
+    def px(level):
+        ds = r * 2 ** level
+        return -(-h // ds) * -(-w // ds)
+
+    levels = [int(c) * px(i) for i, c in enumerate(cfg.widths)]
+    total = 2 * cin * h * w + sum(levels[:-1]) + 5 * max(levels) + 2 * int(cfg.in_channels) * h * w
+    return int(SAFETY * itemsize * total)
+
+
+def forward_bytes(cfg, h: int, w: int, itemsize: int = 4) -> int | None:
+    """Activation bytes of one (h, w) image through the network ``cfg`` describes (a
+    ``UNetConfig`` or a ``LeanConfig``); None for a configuration it does not know."""
+    if hasattr(cfg, "channel_mult"):
+        return unet_forward_bytes(cfg, h, w, itemsize)
+    if hasattr(cfg, "unshuffle") and hasattr(cfg, "widths"):
+        return lean_forward_bytes(cfg, h, w, itemsize)
+    return None
 
 
 def image_buffers(kind: str, solver: str, decode: str, method: str, latent: bool = False) -> int:

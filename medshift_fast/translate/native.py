@@ -8,6 +8,15 @@ stage for a flow model (one velocity field over the whole image, as MultiDiffusi
 translation once for a one-step student; attention stays inside a tile and memory is flat in
 image size. Every call is planned first (``plan``, ``memory``): whole-image buffers plus a tile
 batch chosen to fit ``max_memory``; what cannot fit is a MedShiftError before any work.
+
+The overlap rule (the one place it is written): a LOCAL network -- one whose output pixel
+depends only on inputs within ``halo`` pixels (``models.receptive_halo``: the lean student's,
+derived from its configuration) -- is tiled exactly: the default overlap is 2 x halo rounded up
+to the network's factor, the window is 0 on the halo next to a tile's inner edge (a hard cut
+between exact pixels), and the default tile is the largest that runs fastest per pixel
+(``memory.CPU_LOCAL_TILE`` / ``GPU_LOCAL_TILE``, fitted to the image, never larger than it
+needs). Any other network (attention, GroupNorm: no finite halo) keeps the trained tile and a
+quarter of it as the overlap, blended with sin^2 ramps.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import MedShiftError
+from ..models import receptive_halo
 from . import memory
 from .learned import Learned, WorkingScale
 
@@ -52,17 +62,34 @@ class NativePlanner:
         self.factor = int(getattr(model, "down_factor", 1)) * int(codec.factor)
         self.learned = Learned.from_config(run.config) if run.path is not None else Learned(
             "image_size", run.image_size, None, int(run.image_size or 0) or 128)
+        h = receptive_halo(model)
+        self.halo = None if h is None else int(h) * int(codec.factor)  # in pixels
         self.tile, self.overlap = self._resolve_tile(settings.tile, settings.overlap)
+        self.margin = self.halo if self._exact() else 0
         if tile_batch is not None and (isinstance(tile_batch, bool) or int(tile_batch) < 1):
             raise MedShiftError(f"tile_batch must be >= 1, got {tile_batch}")
         self.tile_batch = None if tile_batch is None else int(tile_batch)
         self.max_memory = None if max_memory is None else memory.parse_bytes(max_memory)
 
+    def _exact(self) -> bool:
+        """Tiles are exact: a local network and an overlap of at least twice its halo."""
+        return self.tile is not None and self.halo is not None and self.overlap >= 2 * self.halo
+
     def _resolve_tile(self, tile, overlap) -> tuple[int | None, int]:
+        """(tile, overlap) in pixels from the settings (module docstring: the overlap rule)."""
         f = self.factor
         if tile is None:
             return None, 0
-        if tile == "auto":
+        local = self.halo is not None
+        exact = -(-2 * self.halo // f) * f if local else None  # the halo on both sides
+        if overlap is not None:
+            o = int(overlap)
+            if o < 0 or o % f:
+                raise MedShiftError(f"tile overlap {o} must be a multiple of {f} and >= 0")
+        if tile == "auto" and local:  # exact tiles: the fastest size, fitted to the image
+            t = memory.GPU_LOCAL_TILE if self.device.type == "cuda" else memory.CPU_LOCAL_TILE
+            t = max(t // f * f, 2 * (exact if overlap is None else o) + f)
+        elif tile == "auto":
             t = int(self.learned.tile or self.run.image_size or 128)
             t = max(2 * f, t // f * f)
         else:
@@ -71,11 +98,12 @@ class NativePlanner:
                 raise MedShiftError(f"tile {t} must be a multiple of {f} (the network's "
                                     f"downsampling factor) and at least {2 * f} pixels")
         if overlap is None:
-            o = (t // 4) // f * f
-        else:
-            o = int(overlap)
-            if o < 0 or o >= t or o % f:
-                raise MedShiftError(f"tile overlap {o} must be a multiple of {f} in [0, {t})")
+            o = exact if local else (t // 4) // f * f
+        if o >= t:
+            why = (f" (this network's receptive field reaches {self.halo} px: exact tiles "
+                   f"overlap by {exact})" if local and overlap is None else "")
+            raise MedShiftError(f"tile overlap {o} must be smaller than the tile {t}{why}; pass "
+                                f"a larger --tile (at least {o + f}) or a smaller --overlap")
         return t, o
 
     # ------------------------------------------------------------------------------ checks
@@ -101,17 +129,19 @@ class NativePlanner:
         """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
         return self.learned.working_scale(shape, spacing_mm, size)
 
-    def check_intensity(self, img, what: str = "image", container_bits: int | None = None
-                        ) -> None:
-        """Refuse an input far outside the source domain's training intensities
-        (``Learned.check_intensity``)."""
-        self.learned.check_intensity(img, self.source_domain, what, container_bits)
+    def check_intensity(self, img, what: str = "image", **kw):
+        """The intensity rule against the source domain's training record
+        (``intensity.decide``: keywords ``source``, ``mode``, ``input_bits``)."""
+        return self.learned.check_intensity(img, self.source_domain, what, **kw)
 
     # ---------------------------------------------------------------------------- planning
     def _net_config(self) -> Any:
         m = self.model
-        cfg = getattr(getattr(m, "unet", None), "config", None) or getattr(m, "config", None)
-        return cfg if hasattr(cfg, "channel_mult") else None
+        for owner in (getattr(m, "unet", None), getattr(m, "net", None), m):
+            cfg = getattr(owner, "config", None)
+            if memory.forward_bytes(cfg, 8, 8) is not None:
+                return cfg
+        return None
 
     def plan(self, shape: tuple[int, ...], io_bytes: int = 0, what: str | None = None
              ) -> memory.MemoryPlan:
@@ -129,11 +159,12 @@ class NativePlanner:
         cm = int(self.run.in_channels)
         item = 2 if self.bf16 else 4
         tile_m = None if self.tile is None else self.tile // cf
-        grid = plan_grid((hm, wm), tile_m, self.overlap // cf, f // cf)
+        grid = plan_grid((hm, wm), tile_m, self.overlap // cf, f // cf, self.margin // cf)
         th, tw = grid.tile
         cfg = self._net_config()
-        tile_bytes = (memory.unet_forward_bytes(cfg, th, tw, item) if cfg is not None
-                      else 64 * cm * th * tw * 4)
+        tile_bytes = memory.forward_bytes(cfg, th, tw, item) if cfg is not None else None
+        if tile_bytes is None:
+            tile_bytes = 64 * cm * th * tw * 4
         s = self.settings
         guided = s.guidance_decode not in (0.0, 1.0) or s.guidance_encode not in (0.0, 1.0)
         mult = 2 if guided and self.run.kind != "student" else 1
@@ -151,16 +182,24 @@ class NativePlanner:
                                   p.peak, p.budget)
         return p
 
-    def tiled(self, tile_batch: int):
-        """The network and codec as tiled views (or themselves when not tiling)."""
+    def tiled(self, tile_batch: int, forward=None):
+        """The network and codec as tiled views (or themselves when not tiling).
+
+        Args:
+            tile_batch: tiles per forward.
+            forward: a one-step student's execution engine (``Student.translate``'s signature;
+                ``translate.engine``), used for the tiles and for an untiled image alike.
+        """
         from .tiling import TiledCodec, TiledModel, TiledStudent
 
-        if self.tile is None:
-            return self.model, self.codec
         cf = int(self.codec.factor)
+        if self.tile is None:
+            if forward is not None and self.run.kind == "student":
+                return TiledStudent(self.model, None, 0, 1, forward=forward), self.codec
+            return self.model, self.codec
         t, o = self.tile // cf, self.overlap // cf
         if self.run.kind == "student":
-            model = TiledStudent(self.model, t, o, tile_batch)
+            model = TiledStudent(self.model, t, o, tile_batch, self.margin // cf, forward)
         else:
             model = TiledModel(self.model, t, o, tile_batch)
         codec = self.codec if self.codec.kind == "pixel" else TiledCodec(

@@ -20,11 +20,16 @@ from typing import Any, ClassVar
 from ..errors import MedShiftError, check_field_types
 from ..flow.solvers import SOLVERS, nfe
 
-__all__ = ["DECODES", "DEFAULTS", "METHODS", "MODES", "RECIPE", "RECIPE_KEYS", "Recipe",
-           "TAU_SWEEP", "TranslateOptions", "TranslationSettings", "resolve"]
+__all__ = ["DECODES", "DEFAULTS", "ENGINES", "METHODS", "MODES", "PRECISIONS", "RECIPE",
+           "RECIPE_KEYS", "Recipe", "TAU_SWEEP", "TranslateOptions", "TranslationSettings",
+           "resolve"]
 
 METHODS = ("medshift", "sdedit")
 MODES = ("eager", "fused", "compiled", "cuda_graph")
+#: how a one-step student's network runs (``translate.engine``); the first is the default
+ENGINES = ("auto", "eager", "channels_last", "compile", "cuda_graph", "onnx")
+#: the network's arithmetic: auto (bf16 where native and checked, ``translate.engine``), fp32, bf16
+PRECISIONS = ("auto", "fp32", "bf16")
 DECODES = ("ode", "sde")
 #: the translation times ``evaluate`` and the demo score by default (the default tau among them)
 TAU_SWEEP = (0.3, 0.45, 0.6)
@@ -74,8 +79,14 @@ class TranslationSettings:
         sde_noise: diffusion scale of the SDE decode (g(t)^2 = 2 sde_noise (1 - t)^2).
         seed: seed of the noise that sdedit and the SDE decode draw.
         tile: tile side in pixels for images larger than it: "auto" (the tile the run was
-            trained on), an int, or None (never tile: the whole image at once).
-        overlap: tile overlap in pixels (None: a quarter of the tile).
+            trained on; for a local network, a one-step student with a known receptive field,
+            the fastest tile the memory plan allows: ``translate.native``), an int, or None
+            (never tile: the whole image at once).
+        overlap: tile overlap in pixels (None: for a local network twice its receptive-field
+            halo, rounded up to its factor -- exact tiles; otherwise a quarter of the tile).
+        noise_scale: scale of a stochastic distilled student's noise maps (None: the
+            student's own, ``StudentConfig.noise_scale``; 0: its deterministic member). Any
+            other run takes no noise: it must stay None.
     """
 
     source: int
@@ -91,6 +102,7 @@ class TranslationSettings:
     seed: int = 0
     tile: int | str | None = "auto"
     overlap: int | None = None
+    noise_scale: float | None = None
 
     def __post_init__(self) -> None:
         tau = _finite("tau", self.tau)
@@ -123,6 +135,11 @@ class TranslationSettings:
             object.__setattr__(self, "overlap", int(self.overlap))
         object.__setattr__(self, "source", int(self.source))
         object.__setattr__(self, "target", int(self.target))
+        if self.noise_scale is not None:
+            v = _finite("noise_scale", self.noise_scale)
+            if v < 0:
+                raise MedShiftError(f"noise_scale must be >= 0, got {self.noise_scale}")
+            object.__setattr__(self, "noise_scale", v)
 
     def nfe(self) -> int:
         """Network evaluations of one translation (each a 2B forward when guided)."""
@@ -154,7 +171,7 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Transl
                             if f.default is not dataclasses.MISSING}
 #: the recipe: the settings a command's flags override (tau, guidance, solver, decode)
 RECIPE_KEYS = ("tau", "guidance_encode", "guidance_decode", "steps", "solver", "decode",
-               "sde_noise")
+               "sde_noise", "noise_scale")
 RECIPE: dict[str, Any] = {k: DEFAULTS[k] for k in RECIPE_KEYS}
 
 
@@ -174,6 +191,8 @@ class Recipe:
         solver: euler | midpoint | heun | rk4 | dopri5.
         decode: ode | sde (decode with the stochastic bridge).
         sde_noise: diffusion scale of the SDE decode.
+        noise_scale: scale of a stochastic distilled student's noise maps (0: its
+            deterministic member; default: the student's own).
     """
 
     SHOWN_DEFAULTS: ClassVar[dict[str, Any]] = DEFAULTS
@@ -185,6 +204,7 @@ class Recipe:
     solver: str | None = None
     decode: str | None = None
     sde_noise: float | None = None
+    noise_scale: float | None = None
 
     def __post_init__(self) -> None:
         check_field_types(self)  # a wrong-typed value names its field, before any comparison
@@ -198,7 +218,7 @@ class Recipe:
     def recipe(self) -> dict[str, Any]:
         """The Translator keyword arguments of these settings (tau excluded; None = default)."""
         return {k: getattr(self, k) for k in ("guidance_encode", "guidance_decode", "steps",
-                                             "solver", "decode", "sde_noise")}
+                                             "solver", "decode", "sde_noise", "noise_scale")}
 
 
 def resolve(given: dict[str, Any], defaults: dict[str, Any], **extra) -> dict[str, Any]:

@@ -20,6 +20,16 @@ Tile origins are multiples of the network's downsampling factor, so each tile se
 pixel phase of every strided convolution as the whole-image pass does: where the network is
 local (no attention, a receptive field inside the overlap) tiled equals whole up to the
 GroupNorm statistics.
+
+Exact tiles for a local network (``margin`` > 0, a one-step student with a known receptive
+field, ``models.lean.halo``): an output pixel at least ``margin`` = halo pixels inside every
+inner edge of its tile IS the whole-image pass's pixel (the zero padding at a tile's edge cannot
+reach it). The window is then 0 on the ``margin`` pixels next to an inner edge and the tiles
+overlap by at least 2 x margin, so every pixel is blended only from tiles where it is exact:
+tiled = whole up to float summation order, whatever the tile size. The tiles are also *fitted*
+(``fitted_tiles``): n = ceil((L - o) / (t - o)) equal tiles of side ceil((L - o) / n) + o <= t,
+so the only pixels computed twice are the overlaps (no tile hangs past the image, none is
+larger than the image needs).
 """
 
 from __future__ import annotations
@@ -33,8 +43,8 @@ from torch import nn
 
 from ..errors import MedShiftError
 
-__all__ = ["TileGrid", "TiledCodec", "TiledModel", "TiledStudent", "plan_grid", "tile_starts",
-           "tiled_apply", "window_1d"]
+__all__ = ["TileGrid", "TiledCodec", "TiledModel", "TiledStudent", "fitted_tiles", "plan_grid",
+           "tile_starts", "tiled_apply", "window_1d"]
 
 
 def tile_starts(length: int, tile: int, overlap: int, factor: int = 1) -> tuple[int, ...]:
@@ -55,17 +65,47 @@ def tile_starts(length: int, tile: int, overlap: int, factor: int = 1) -> tuple[
     return tuple(sorted(set(out)))
 
 
-def window_1d(n: int, ramp: int, lo: bool = True, hi: bool = True) -> torch.Tensor:
+def fitted_tiles(length: int, tile: int, overlap: int, factor: int = 1
+                 ) -> tuple[int, tuple[int, ...]]:
+    """The side and origins of the fewest equal tiles of at most ``tile`` px covering
+    [0, length) with every overlap >= ``overlap`` (all multiples of ``factor``).
+
+    n = ceil((L - o) / (t - o)) tiles of side t' = ceil((L - o) / n + o) (rounded up to the
+    factor, <= t); origins k * (L - t') / (n - 1) rounded to the factor (to nearest, half up),
+    so consecutive origins differ by at most t' - o. A length that fits one tile gives
+    (length, (0,)).
+    """
+    length, tile, overlap, f = int(length), int(tile), int(overlap), int(factor)
+    if length <= tile:
+        return length, (0,)
+    if tile - overlap < f or length % f or tile % f or overlap % f:
+        raise MedShiftError(f"tiles of {tile} px overlapping by {overlap} px cannot cover {length} "
+                            f"px in steps of the factor {f}")
+    n = -(-(length - overlap) // (tile - overlap))
+    side = -(-(-(-(length - overlap) // n) + overlap) // f) * f
+    side = min(side, tile)
+    last, gaps = (length - side) // f, n - 1
+    return side, tuple(((2 * k * last + gaps) // (2 * gaps)) * f for k in range(n))
+
+
+def window_1d(n: int, ramp: int, lo: bool = True, hi: bool = True,
+              margin: int = 0) -> torch.Tensor:
     """(n,) float32 window: sin^2 ramps of ``ramp`` samples up from ~0 (and down at the end),
-    1 in between; ``lo`` / ``hi`` False keep that end at 1 (an image border: no neighbour)."""
+    1 in between; ``lo`` / ``hi`` False keep that end at 1 (an image border: no neighbour).
+    ``margin`` > 0: 0 on the first (last) ``margin`` samples of a ``lo`` (``hi``) end, the ramp
+    after them (the pixels a local network computes wrongly next to a tile's inner edge)."""
     w = torch.ones(n, dtype=torch.float32)
-    r = min(int(ramp), n // 2)
+    m = min(int(margin), n // 2)
+    r = min(int(ramp), n // 2 - m)
+    prof = torch.ones(n, dtype=torch.float32)
+    prof[:m] = 0.0
     if r > 0:
-        up = torch.sin(0.5 * math.pi * (torch.arange(r, dtype=torch.float32) + 0.5) / r) ** 2
-        if lo:
-            w[:r] = up
-        if hi:
-            w[n - r:] = up.flip(0)
+        prof[m:m + r] = torch.sin(0.5 * math.pi * (torch.arange(r, dtype=torch.float32) + 0.5)
+                                  / r) ** 2
+    if lo:
+        w = w * prof
+    if hi:
+        w = w * prof.flip(0)
     return w
 
 
@@ -75,9 +115,13 @@ class TileGrid:
 
     Attributes:
         shape: (H, W) of the image (multiples of ``factor``).
-        tile: (th, tw) of every tile (the tile size, clipped to the image).
-        overlap: the requested overlap in pixels (ramp length of the window).
+        tile: (th, tw) of every tile (the tile size, clipped to the image; fitted to it when
+            ``margin`` > 0).
+        overlap: the requested overlap in pixels (ramp length of the window, plus the two
+            margins).
         ys, xs: tile origins along each axis.
+        margin: pixels next to a tile's inner edge that get weight 0 (a local network's halo;
+            0: the sin^2 ramp over the whole overlap).
     """
 
     shape: tuple[int, int]
@@ -85,6 +129,7 @@ class TileGrid:
     overlap: int
     ys: tuple[int, ...]
     xs: tuple[int, ...]
+    margin: int = 0
 
     @property
     def origins(self) -> list[tuple[int, int]]:
@@ -110,7 +155,23 @@ class TileGrid:
 
         return TileGrid((f(self.shape[0]), f(self.shape[1])), (f(self.tile[0]), f(self.tile[1])),
                         f(self.overlap), tuple(f(y) for y in self.ys),
-                        tuple(f(x) for x in self.xs))
+                        tuple(f(x) for x in self.xs), f(self.margin))
+
+    def seams(self) -> tuple[list[int], list[int]]:
+        """The lines where the blend hands over between tiles: indices i of the gradients
+        I[i + 1] - I[i] along each axis (rows, cols). Exact tiles (``margin``): the pixels
+        ``margin`` inside an inner edge, where a tile's weight starts; otherwise the tile edges."""
+        def lines(starts, side, length):
+            out = set()
+            for s in starts:
+                for edge, inner in ((s, s > 0), (s + side, s + side < length)):
+                    if inner:
+                        cut = edge + self.margin if edge == s else edge - self.margin
+                        out.add(cut - 1)
+            return sorted(i for i in out if 0 <= i < length - 1)
+
+        return (lines(self.ys, self.tile[0], self.shape[0]),
+                lines(self.xs, self.tile[1], self.shape[1]))
 
     def windows(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights (n_tiles, 1, th, tw), normaliser (1, 1, H, W) = 1 / sum of placed weights).
@@ -119,11 +180,13 @@ class TileGrid:
         border it stays 1, so a pixel covered by one tile takes that tile's value exactly.
         """
         th, tw = self.tile
+        m = self.margin
+        ramp = self.overlap - 2 * m if m else self.overlap
         ws = []
         for y in self.ys:
-            wy = window_1d(th, self.overlap, y > 0, y + th < self.shape[0])
+            wy = window_1d(th, ramp, y > 0, y + th < self.shape[0], m)
             for x in self.xs:
-                wx = window_1d(tw, self.overlap, x > 0, x + tw < self.shape[1])
+                wx = window_1d(tw, ramp, x > 0, x + tw < self.shape[1], m)
                 ws.append(wy[:, None] * wx[None, :])
         w = torch.stack(ws)[:, None]
         acc = torch.zeros((1, 1, *self.shape), dtype=torch.float32)
@@ -132,8 +195,13 @@ class TileGrid:
         return w.to(device), (1.0 / acc).to(device)
 
 
-def plan_grid(shape: Sequence[int], tile: int | None, overlap: int, factor: int = 1) -> TileGrid:
+def plan_grid(shape: Sequence[int], tile: int | None, overlap: int, factor: int = 1,
+              margin: int = 0) -> TileGrid:
     """The tile grid of an (H, W) image for tiles of side ``tile`` (None: the whole image).
+
+    ``margin`` > 0 (a local network's halo; ``overlap`` >= 2 margin): exact, fitted tiles
+    (module docstring, ``fitted_tiles``); 0: tiles of side ``tile`` spread evenly
+    (``tile_starts``) and blended over the whole overlap.
 
     Raises:
         MedShiftError: H or W not a multiple of ``factor``, a tile or overlap that is not one.
@@ -150,6 +218,14 @@ def plan_grid(shape: Sequence[int], tile: int | None, overlap: int, factor: int 
     overlap = max(0, int(overlap))
     if overlap >= tile:
         raise MedShiftError(f"tile overlap {overlap} must be smaller than the tile {tile}")
+    margin = max(0, int(margin))
+    if margin:
+        if overlap < 2 * margin or overlap % factor:
+            raise MedShiftError(f"tile overlap {overlap} must be a multiple of {factor} and at "
+                                f"least twice the network's receptive-field halo {margin}")
+        th, ys = fitted_tiles(h, tile, overlap, factor)
+        tw, xs = fitted_tiles(w, tile, overlap, factor)
+        return TileGrid((h, w), (th, tw), overlap, ys, xs, margin)
     th, tw = min(tile, h), min(tile, w)
     return TileGrid((h, w), (th, tw), overlap, tile_starts(h, th, overlap, factor),
                     tile_starts(w, tw, overlap, factor))
@@ -270,32 +346,61 @@ class TiledModel(nn.Module):
 class TiledStudent(nn.Module):
     """A distilled student's one-step translation, tile by tile, blended once.
 
-    ``translate(z, tau, y_src, y_tgt)`` like :meth:`Student.translate`; images no larger than
-    the tile go straight to the student.
+    ``translate(z, tau, y_src, y_tgt, noise, noise_scale)`` like :meth:`Student.translate`;
+    images no larger than the tile go straight to the student (or ``forward``).
+
+    Args:
+        student: the student.
+        tile: tile side (None: never tile).
+        overlap: overlap in pixels.
+        tile_batch: tiles per forward.
+        margin: the student's receptive-field halo when the tiles are exact (``plan_grid``);
+            0 for a network without one (attention, GroupNorm).
+        forward: what evaluates a batch of tiles, with ``Student.translate``'s signature
+            (default ``student.translate``; an execution engine, ``translate.engine``).
     """
 
     is_student = True
 
     def __init__(self, student: nn.Module, tile: int | None, overlap: int,
-                 tile_batch: int) -> None:
+                 tile_batch: int, margin: int = 0, forward: Callable | None = None) -> None:
         super().__init__()
         self.inner = student
         self.tile, self.overlap, self.tile_batch = tile, int(overlap), max(1, int(tile_batch))
+        self.margin = int(margin)
+        # not a registered submodule: an engine must not duplicate the weights
+        self.__dict__["_fwd"] = forward if forward is not None else student.translate
         self.num_classes = int(student.num_classes)
         self.in_channels = int(student.in_channels)
         self.down_factor = int(student.down_factor)
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the student takes noise maps (``models.student.Student.stochastic``)."""
+        return bool(getattr(self.inner, "stochastic", False))
+
+    def draw_noise(self, *args, **kwargs):
+        """The student's noise maps for the WHOLE image (tiled with it: overlapping tiles see
+        the same noise where they overlap)."""
+        return self.inner.draw_noise(*args, **kwargs)
+
     def translate(self, z: torch.Tensor, tau: float, y_src: torch.Tensor,
-                  y_tgt: torch.Tensor) -> torch.Tensor:
-        """The student's translation over the whole image, tile by tile, blended once."""
-        g = plan_grid(z.shape, self.tile, self.overlap, self.down_factor)
+                  y_tgt: torch.Tensor, noise: torch.Tensor | None = None,
+                  noise_scale: float | None = None) -> torch.Tensor:
+        """The student's translation over the whole image, tile by tile, blended once
+        (``noise``: the whole image's noise maps, cut with it)."""
+        g = plan_grid(z.shape, self.tile, self.overlap, self.down_factor,
+                      self.margin if self.tile is not None else 0)
         if g.whole:
-            return self.inner.translate(z, tau, y_src, y_tgt)
+            return self._fwd(z, tau, y_src, y_tgt, noise, noise_scale)
+        c = z.shape[1]
 
         def one(zt, a, b):
-            return self.inner.translate(zt, tau, a, b)
+            n = None if zt.shape[1] == c else zt[:, c:]
+            return self._fwd(zt[:, :c], tau, a, b, n, noise_scale)
 
-        return tiled_apply(one, z, (y_src, y_tgt), g, self.tile_batch).to(z.dtype)
+        zn = z if noise is None else torch.cat([z, noise.to(z.dtype)], 1)
+        return tiled_apply(one, zn, (y_src, y_tgt), g, self.tile_batch).to(z.dtype)
 
 
 class TiledCodec:

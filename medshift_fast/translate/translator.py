@@ -22,6 +22,10 @@ Execution modes (the same numbers, to the fp32 tolerance table):
   (a static batch: inputs are chunked to ``batch_size`` and the last chunk is padded);
 * ``cuda_graph``: the Sampler's whole loop captured as one CUDA graph (CUDA only).
 
+A one-step student has no solver loop: its network runs through an execution engine
+(``engine``: eager, channels_last, compile, cuda_graph, onnx; ``auto`` the fastest measured, bf16
+where the hardware has it natively and the check holds -- ``translate.engine``).
+
 Native resolution: the translator holds a :class:`~medshift_fast.translate.native.NativePlanner`
 (``translator.native``): tiles blended with a smooth window for images larger than the trained
 tile, a memory plan before any work, degenerate-shape checks, and what the run learned (working
@@ -40,14 +44,18 @@ from torch import nn
 from ..errors import MedShiftError
 from ..flow.solvers import FIXED_SOLVERS, PerSampleGenerators
 from . import memory
+from .checks import check_unit_range
+from .intensity import DEFAULT_MODE
 from .native import MAX_ASPECT, NativePlanner
-from .settings import DEFAULTS, MODES, TranslationSettings, resolve
+from .settings import DEFAULTS, ENGINES, MODES, TranslationSettings, resolve
 
 __all__ = ["DEFAULT", "MAX_ASPECT", "Translator", "pipeline", "translate_model_space",
            "uint16_to_unit", "unit_to_uint16"]
 
 U16_MAX = 65535.0
-RANGE_TOL = 1e-3  # float inputs may exceed [-1, 1] by resampling round-off, no more
+#: what to do with float pixels outside [-1, 1] (the Translator's one-line refusal)
+UNIT_FIX = ("map 8-bit values v with v / 127.5 - 1, pass raw 16-bit counts as uint16, or read "
+            "files with medshift_fast.read_image")
 
 
 class _Default:
@@ -76,7 +84,8 @@ def _generator(s: TranslationSettings) -> torch.Generator:
 
 
 def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSettings,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+                          generator: torch.Generator | None = None,
+                          noise: torch.Tensor | None = None) -> torch.Tensor:
     """The flow part of a translation on model-space tensors (no input checks: traceable).
 
     Args:
@@ -84,6 +93,8 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
         z: (B, C, h, w) model-space source images.
         s: the settings.
         generator: CPU generator for sdedit / SDE noise (default: seeded from ``s.seed``).
+        noise: a stochastic student's standard-normal noise maps (B, N, h, w) (default: drawn
+            from ``generator``; given by an exported graph, which takes them as an input).
     """
     from ..flow.translate import sde_translate_unchecked, sdedit, translate_unchecked
 
@@ -91,7 +102,10 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
     y_src = torch.full((b,), s.source, dtype=torch.long, device=z.device)
     y_tgt = torch.full((b,), s.target, dtype=torch.long, device=z.device)
     if getattr(model, "is_student", False):
-        return model.translate(z, s.tau, y_src, y_tgt)
+        if noise is None and getattr(model, "stochastic", False) and s.noise_scale != 0:
+            noise = model.draw_noise(tuple(z.shape), generator or _generator(s), z.device,
+                                     z.dtype)
+        return model.translate(z, s.tau, y_src, y_tgt, noise, s.noise_scale)
     if s.method == "sdedit":
         return sdedit(model, z, y_tgt, tau=s.tau, guidance=s.guidance_decode, steps=s.steps,
                       solver=s.solver, generator=generator or _generator(s))
@@ -104,8 +118,8 @@ def translate_model_space(model: nn.Module, z: torch.Tensor, s: TranslationSetti
 
 
 def pipeline(model: nn.Module, codec, x: torch.Tensor, s: TranslationSettings,
-             dtype: torch.dtype | None = None, generator: torch.Generator | None = None
-             ) -> torch.Tensor:
+             dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
     """The whole translation on pixels: codec encode -> flow part -> codec decode -> clamp.
 
     Args:
@@ -113,14 +127,15 @@ def pipeline(model: nn.Module, codec, x: torch.Tensor, s: TranslationSettings,
         x: (B, C, H, W) float pixels in [-1, 1].
         s: the settings.
         dtype: compute dtype of the network and the ODE state (default: x's).
-        generator: noise generator (sdedit / SDE decode).
+        generator: noise generator (sdedit / SDE decode / a stochastic student's maps).
+        noise: a stochastic student's noise maps (``translate_model_space``).
 
     Returns:
         (B, C, H, W) float32 pixels in [-1, 1].
     """
     x = x.to(torch.float32)
     z = codec.encode(x) if codec is not None else x
-    z = translate_model_space(model, z.to(dtype or z.dtype), s, generator)
+    z = translate_model_space(model, z.to(dtype or z.dtype), s, generator, noise)
     y = z.to(torch.float32)
     if codec is not None:
         y = codec.decode(y)
@@ -134,20 +149,28 @@ class Translator:
         run: a loaded run (``run.load_run``), a run directory, or a bare velocity model
             (labels are then ints).
         source, target: domain names (or label ints).
-        tau, guidance_encode, guidance_decode, steps, solver, method, decode, sde_noise, seed:
-            see :class:`TranslationSettings`; None takes the run's default (the settings'
-            defaults; a distilled student's teacher settings and tau range).
+        tau, guidance_encode, guidance_decode, steps, solver, method, decode, sde_noise, seed,
+            noise_scale: see :class:`TranslationSettings`; None takes the run's default (the
+            settings' defaults; a distilled student's teacher settings, tau range and noise
+            scale).
         mode: eager | fused | compiled | cuda_graph (module docstring).
         device: where the network runs (default: where the run is).
-        bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes).
+        bf16: bf16 autocast of the forward (fused/compiled/cuda_graph modes; a one-step
+            student's engine). None (default): False for a flow run; for a student, bf16 where
+            the hardware has it natively and the quality check holds (``translate.engine``).
         channels_last: channels_last network weights (fused/compiled/cuda_graph modes).
+        engine: how a one-step student's network runs: auto | eager | channels_last | compile
+            | cuda_graph | onnx (``translate.engine``; onnx is provided by the export layer), or
+            an engine object with ``Student.translate``'s signature. A student given mode
+            compiled / cuda_graph runs engine compile / cuda_graph. Ignored by flow runs.
         batch_size: chunk size of a call; the compiled mode pads the last chunk to it (one
             static shape). Default: the whole input (compiled: the first call's batch); the
             memory plan may take fewer images per chunk.
         tile: tile side in pixels: "auto" (the tile the run was trained on, ``learned.tile``),
             an int, or None (never tile: global attention over the whole image); default
             (``DEFAULT``): the settings' default.
-        overlap: tile overlap in pixels (default: the settings' rule, a quarter of the tile).
+        overlap: tile overlap in pixels (default: the settings' rule: twice the receptive-field
+            halo for a local network, exact tiles; a quarter of the tile otherwise).
         tile_batch: tiles per network forward (default: what the memory plan allows, at
             most 16 on a CPU and 64 on a GPU).
         max_memory: memory budget of a call in bytes or as "4G" (default:
@@ -168,11 +191,13 @@ class Translator:
                  guidance_encode: float | None = None, guidance_decode: float | None = None,
                  steps: int | None = None, solver: str | None = None,
                  method: str | None = None, decode: str | None = None,
-                 sde_noise: float | None = None, seed: int | None = None, mode: str = "eager",
-                 device: torch.device | str | None = None, bf16: bool = False,
+                 sde_noise: float | None = None, seed: int | None = None,
+                 noise_scale: float | None = None, mode: str = "eager",
+                 device: torch.device | str | None = None, bf16: bool | None = None,
                  channels_last: bool = False, batch_size: int | None = None,
                  tile: int | str | None | _Default = DEFAULT, overlap: int | None = None,
-                 tile_batch: int | None = None, max_memory: int | str | None = None) -> None:
+                 tile_batch: int | None = None, max_memory: int | str | None = None,
+                 engine: str | Any = ENGINES[0]) -> None:
         from ..run import LoadedRun, load_run, resolve_device
 
         if isinstance(run, (str, Path)):
@@ -195,27 +220,42 @@ class Translator:
         vals = resolve(dict(tau=tau, guidance_encode=guidance_encode,
                             guidance_decode=guidance_decode, steps=steps, solver=solver,
                             method=method, decode=decode, sde_noise=sde_noise, seed=seed,
-                            overlap=overlap), defaults)
+                            overlap=overlap, noise_scale=noise_scale), defaults)
         if not isinstance(tile, _Default):  # None here means "never tile", not "default"
             vals["tile"] = tile
         self.settings = TranslationSettings(run.label(source), run.label(target), **vals)
         s = self.settings
         if run.kind == "student":
             run.model.check_request(s, run.domains)
+        elif s.noise_scale is not None:
+            raise MedShiftError("noise_scale applies to a stochastic distilled student "
+                                "(`medshift distill --noise-channels 1`); a flow run's "
+                                "stochastic translation is decode='sde' with sde_noise")
         self.device = resolve_device(device) if device is not None else run.device
         if mode == "cuda_graph" and self.device.type != "cuda":
             raise MedShiftError("mode 'cuda_graph' needs a CUDA device")
+        if isinstance(engine, str) and engine not in ENGINES:
+            raise MedShiftError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if not isinstance(engine, str) and not callable(getattr(engine, "translate", None)):
+            raise MedShiftError("engine must be a name or an object with a translate method")
         if mode != "eager":
-            if run.kind == "student":
-                mode = "eager"  # one network call: nothing to fuse
+            if run.kind == "student":  # one network call: no solver loop to fuse
+                if engine == "auto" and mode in ("compiled", "cuda_graph"):
+                    engine = "compile" if mode == "compiled" else "cuda_graph"
+                mode = "eager"
             elif s.solver not in FIXED_SOLVERS:
                 raise MedShiftError(f"mode {mode!r} needs a fixed-step solver "
                                     f"({', '.join(FIXED_SOLVERS)}), not {s.solver!r}")
             elif s.method != "medshift" or s.decode != "ode":
                 raise MedShiftError(f"mode {mode!r} runs the ODE translation only; use "
                                     "mode='eager' for sdedit or the SDE decode")
+        if engine == "cuda_graph" and self.device.type != "cuda":
+            raise MedShiftError("engine 'cuda_graph' needs a CUDA device")
         run.to(self.device)
-        self.mode, self.bf16, self.channels_last = mode, bool(bf16), bool(channels_last)
+        self.mode, self.channels_last = mode, bool(channels_last)
+        self._bf16_request = None if bf16 is None else bool(bf16)
+        self.bf16 = bool(bf16) if run.kind != "student" else False  # a student's: its engine's
+        self._engine_request, self._engine = engine, None
         self.batch_size = None if batch_size is None else int(batch_size)
         self.model, self.codec = run.model, run.codec
         self.dtype = next(self.model.parameters()).dtype
@@ -226,6 +266,32 @@ class Translator:
                                     run.domains[s.source] if run.domains else str(s.source))
         self.last_plan: memory.MemoryPlan | None = None
         self._plans: dict[tuple, memory.MemoryPlan] = {}
+
+    # ---------------------------------------------------------------------------- the engine
+    @property
+    def engine(self):
+        """A one-step student's execution engine (``translate.engine``; built on first use:
+        ``auto`` runs its bf16 check then, ``onnx`` exports or loads its cached engine); None
+        for a flow run."""
+        if self.run.kind != "student":
+            return None
+        if self._engine is None:
+            from . import engine as E
+
+            req, bf16 = self._engine_request, self._bf16_request
+            if not isinstance(req, str):
+                self._engine = req
+                return req
+            if req == "auto":
+                s = self.settings
+                side = max(self.factor * 2, 128 // self.factor * self.factor)
+                req, bf16 = E.choose(
+                    self.native.halo is not None, self.device, bf16,
+                    lambda: E.bf16_check(self.model, s.tau, s.source, s.target, side)
+                    >= E.BF16_MIN_PSNR)
+            self._engine = E.build(req, self, bool(bf16))
+            self.bf16 = bool(getattr(self._engine, "bf16", bf16))
+        return self._engine
 
     # ---------------------------------------------------------------------------- properties
     @property
@@ -282,12 +348,29 @@ class Translator:
         """The grid a file input of ``shape`` is translated on (``learned.WorkingScale``)."""
         return self.native.working_scale(shape, spacing_mm, size)
 
-    def check_intensity(self, img, what: str = "image", container_bits: int | None = None
-                        ) -> None:
-        """Refuse an input far outside the source domain's training intensities
-        (``container_bits``: the integer container it was read from, mapped by its full range,
-        if any: then a low-bit hint can be given)."""
-        self.native.check_intensity(img, what, container_bits)
+    def check_intensity(self, img, what: str = "image", *, source=None,
+                        mode: str = DEFAULT_MODE, input_bits: int | None = None):
+        """The intensity rule for one input against the source domain's training record.
+
+        Args:
+            img: float pixels in [-1, 1] or raw uint16 counts (any shape).
+            what: the input named in messages.
+            source: the ``data.io.ImageSource`` of a file (its container, declared bits and
+                modality decide a refusal), or None for an array.
+            mode: check (refuse a container mismatch or a non-radiograph far outside the
+                training range, warn when outside) | as-is | match.
+            input_bits: the ``input_bits`` the file was read with.
+
+        Returns:
+            An ``intensity.Verdict``: print its ``warning`` if any, translate
+            ``verdict.apply(img)`` and pass the output through ``verdict.restore``.
+
+        Raises:
+            MedShiftError: a refusal, naming the flag that applies (``--input-bits N``,
+                ``--intensity match`` / ``as-is``).
+        """
+        return self.native.check_intensity(img, what, source=source, mode=mode,
+                                           input_bits=input_bits)
 
     def plan(self, shape: tuple[int, ...], io_bytes: int = 0, what: str | None = None
              ) -> memory.MemoryPlan:
@@ -371,14 +454,7 @@ class Translator:
                                 f"channel(s) and at least one image, got {tuple(x.shape)}")
         h, w = int(x.shape[-2]), int(x.shape[-1])
         self.check_shape(h, w)
-        if not bool(torch.isfinite(x).all()):
-            raise MedShiftError("Translator: input images contain NaN or Inf")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1.0 - RANGE_TOL or hi > 1.0 + RANGE_TOL:
-            raise MedShiftError(f"Translator: float images must lie in [-1, 1] (-1 = air / "
-                                f"darkest, +1 = bone), got values in [{lo:g}, {hi:g}]; map "
-                                "8-bit values v with v / 127.5 - 1, pass raw 16-bit counts as "
-                                "uint16, or read files with medshift_fast.read_image")
+        check_unit_range(x, "Translator", UNIT_FIX)
         if generators is not None and len(generators) != x.shape[0]:
             raise MedShiftError(f"Translator.translate: {len(generators)} generators for "
                                 f"{x.shape[0]} images")
@@ -404,7 +480,9 @@ class Translator:
             chunk = x[k:k + bs]
             gens = None if generators is None else list(generators[k:k + bs])
             if self.mode == "eager":
-                model, codec = self.native.tiled(plan.tile_batch)
+                eng = self.engine
+                model, codec = self.native.tiled(plan.tile_batch,
+                                                 None if eng is None else eng.translate)
                 outs.append(pipeline(model, codec, chunk, self.settings, self.dtype,
                                      PerSampleGenerators(gens) if gens else self._gen))
             else:

@@ -2,11 +2,14 @@
 
 Every input is vetted by ONE function, :func:`vet_input`: its header (format, bit depth,
 modality, frames, colour, PNG CRCs, a missing DICOM decoder), its size, the working grid and
-scale, the memory plan, its output name, and then its pixels (decoded once: NaN / Inf, corrupt
-compressed data, intensities far outside what the run saw). A refused input therefore stops
-the command before anything is written (or, with ``--skip-bad``, is listed as skipped), never
-half-way through a folder. Per-image checks that decide how an image is translated add their
-findings to :attr:`Planned.per_image`, which becomes columns of the run's manifest.
+scale (the scale decision, ``checks.check_scale``: beyond 4x from the learned scale only an
+explicit ``--size`` translates), the memory plan, its output name, and then its pixels (decoded
+once: NaN / Inf, corrupt compressed data, the intensity rule of ``translate.intensity``). A
+refused input therefore stops the command before anything is written (or, with
+``--skip-bad``, is listed as skipped), never half-way through a folder. Per-image checks that
+decide how an image is translated add their findings to :attr:`Planned.per_image`, which
+becomes columns of the run's manifest (the intensity verdict: ``intensity``), and keep what
+the translation needs (the verdict's ``apply`` / ``restore``: :attr:`Planned.verdict`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..data.geometry import Fit, plan_fit
 from ..data.io import find_images, probe_image, read_image
 from ..data.writers import output_suffix
 from ..errors import MedShiftError
+from .checks import check_scale
 
 __all__ = ["Planned", "collect", "vet_all", "vet_input"]
 
@@ -36,8 +40,11 @@ class Planned:
         dst: the output path.
         fit: the geometry from the input's grid to the working grid and back.
         note: the working size and scale, for the metadata and the manifest.
-        warning: a one-line warning about how it will be translated, or None.
+        warning: a one-line warning about how it will be translated (the scale, the
+            intensities), or None.
         per_image: extra manifest columns of this input (name: value).
+        verdict: the intensity rule's ``intensity.Verdict`` (None when the pixels were not
+            vetted: an output a resumed run keeps).
         kept: a resumed run keeps the output an interrupted run wrote (verified).
     """
 
@@ -48,6 +55,7 @@ class Planned:
     note: str
     warning: str | None = None
     per_image: dict[str, Any] = field(default_factory=dict)
+    verdict: Any = None
     kept: bool = False
 
 
@@ -86,13 +94,6 @@ def io_bytes(shape) -> int:
     return int(shape[0]) * int(shape[1]) * 24
 
 
-def container_bits(src) -> int | None:
-    """The integer container an image was mapped from by its full range (PNG / TIFF without
-    declared significant bits), else None: where a low-bit hint can apply."""
-    full = src.format in ("png", "tiff") and getattr(src, "sample_max", None) is None
-    return int(src.bits) if full and str(src.dtype).startswith("uint") else None
-
-
 def vet_input(f: Path, rel: Path, tr, cfg, out: Path, opts: dict, pixels: bool = True
               ) -> Planned:
     """Vet one input completely, before any translation (see the module docstring).
@@ -112,9 +113,14 @@ def vet_input(f: Path, rel: Path, tr, cfg, out: Path, opts: dict, pixels: bool =
     Raises:
         MedShiftError: the input is refused (a ``BadInput`` for a file-level problem).
     """
+    what = f"image {str(f)!r}"
     info = probe_image(f, **opts)
-    tr.check_shape(*info.shape, what=f"image {str(f)!r}")
+    tr.check_shape(*info.shape, what=what)
     ws = tr.working_scale(info.shape, info.spacing_mm, cfg.working_size())
+    try:
+        check_scale(ws, cfg.size_chosen(), info.shape, tr.learned)
+    except MedShiftError as exc:
+        raise MedShiftError(f"{what}: {exc}") from None
     fit = (plan_fit(info.shape, int(min(ws.shape)), cfg.resize, tr.factor)
            if ws.how in ("image_size", "size") else
            plan_fit(info.shape, "native", cfg.resize, tr.factor, shape=ws.shape))
@@ -122,15 +128,21 @@ def vet_input(f: Path, rel: Path, tr, cfg, out: Path, opts: dict, pixels: bool =
     tr.plan((1, tr.image_channels, *fit.shape), io_bytes=io_bytes(info.shape),
             what=f"{str(f)!r} ({info.shape[0]}x{info.shape[1]} px, working "
             f"{fit.shape[0]}x{fit.shape[1]})")
-    warn = ws.warning or (tr.learned.size_warning(tuple(ws.shape or fit.shape))
-                          if ws.how == "native" else None)
+    warns = [ws.warning or (tr.learned.size_warning(tuple(ws.shape or fit.shape))
+                            if ws.how == "native" else None)]
     dst = out / rel.parent / f"{rel.stem}_{cfg.target}{_suffix(cfg, info, f)}"
     note = f"{fit.resized[0]}x{fit.resized[1]} px, {ws.note}"
+    item = Planned(f, rel, dst, fit, note)
     if pixels:
         img, src = read_image(f, with_source=True, input_bits=cfg.input_bits, **opts)
-        tr.check_intensity(img, f"image {str(f)!r}", container_bits(src))
+        item.verdict = tr.check_intensity(img, what, source=src, mode=cfg.intensity,
+                                          input_bits=cfg.input_bits)
         del img
-    return Planned(f, rel, dst, fit, note, warn)
+        item.per_image["intensity"] = item.verdict.note
+        if item.verdict.warning:  # it names the image; the caller's line names it once
+            warns.append(item.verdict.warning.removeprefix(f"{what}: "))
+    item.warning = "; ".join(w for w in warns if w) or None
+    return item
 
 
 def vet_all(files, tr, cfg, out: Path, opts: dict, prev=None, progress: bool = False,

@@ -7,14 +7,21 @@ import pytest
 from PIL import Image
 
 from medshift_fast.data.io import read_image
-from medshift_fast.data.writers import new_series_uid, output_suffix, write_image
+from medshift_fast.data.writers import (
+    DERIVATION_CODE,
+    SERIES_OFFSET,
+    derived_series,
+    new_series_uid,
+    output_suffix,
+    write_image,
+)
 from medshift_fast.errors import MedShiftError
 
 tifffile = pytest.importorskip("tifffile")
 pydicom = pytest.importorskip("pydicom")
 
-DERIV = {"model": "runs/x", "tau": 0.6, "source": "synthetic_low", "target": "real_normal",
-         "version": "0.1.0"}
+DERIV = {"model": "demo128_adv sha256:ab0ae293ae0bb25c", "tau": 0.6, "source": "synthetic_low",
+         "target": "real_normal", "version": "0.1.0"}
 
 
 def _offline(name):
@@ -40,6 +47,41 @@ def _step(src) -> float:
 
 
 # --- DICOM -> DICOM ------------------------------------------------------------------------
+def test_a_derived_dicom_has_its_own_series_identity(tmp_path):
+    """New SeriesNumber (SERIES_OFFSET + the source's), SeriesDate/Time of the translation,
+    our DerivationCodeSequence instead of the source's, one derived series per source series
+    and run (another run or another source series: another series)."""
+    import datetime
+
+    path = _offline("RG1_UNCI.dcm")
+    img, src = read_image(path, with_source=True)
+    a = pydicom.dcmread(path, stop_before_pixels=True)
+    assert "DerivationCodeSequence" in a and a.SeriesDate == "19950926"  # what was copied
+    run, when = new_series_uid(), datetime.datetime(2026, 12, 7, 9, 30, 15, 250000)
+    outs = [write_image(tmp_path / f"{k}.dcm", img, src, derivation=DERIV, series_uid=run,
+                        series_time=when) for k in range(2)]
+    b, b2 = (pydicom.dcmread(o, stop_before_pixels=True) for o in outs)
+    assert b.SeriesInstanceUID == b2.SeriesInstanceUID != a.SeriesInstanceUID
+    assert b.SOPInstanceUID != b2.SOPInstanceUID
+    assert int(b.SeriesNumber) == SERIES_OFFSET + int(a.SeriesNumber) == 1001
+    assert (b.SeriesDate, b.SeriesTime) == ("20261207", "093015.250000")
+    (code,) = b.DerivationCodeSequence
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == DERIVATION_CODE
+    assert any(it.CodingSchemeDesignator == DERIVATION_CODE[1]
+               for it in b.CodingSchemeIdentificationSequence)
+    assert "/" not in b.DerivationDescription.split(";")[1]  # the run by name + hash, no path
+    other = pydicom.dcmread(path)
+    other.SeriesInstanceUID, other.SeriesNumber = pydicom.uid.generate_uid(), 7
+    other.save_as(tmp_path / "other_series.dcm")
+    img2, src2 = read_image(tmp_path / "other_series.dcm", with_source=True)
+    c = pydicom.dcmread(write_image(tmp_path / "c.dcm", img2, src2, derivation=DERIV,
+                                    series_uid=run), stop_before_pixels=True)
+    assert c.SeriesInstanceUID != b.SeriesInstanceUID and int(c.SeriesNumber) == 1007
+    d = pydicom.dcmread(write_image(tmp_path / "d.dcm", img, src, derivation=DERIV,
+                                    series_uid=new_series_uid()), stop_before_pixels=True)
+    assert d.SeriesInstanceUID not in (b.SeriesInstanceUID, a.SeriesInstanceUID)
+
+
 @pytest.mark.parametrize("name", ["RG1_UNCI.dcm", "RG3_UNCI.dcm"])
 def test_real_cr_dicom_roundtrip(tmp_path, name):
     path = _offline(name)
@@ -55,12 +97,13 @@ def test_real_cr_dicom_roundtrip(tmp_path, name):
                "ImagerPixelSpacing", "LossyImageCompression"):
         assert a.get(kw) == b.get(kw), kw
     assert b.PhotometricInterpretation == "MONOCHROME1" and b.SamplesPerPixel == 1
-    assert b.SOPInstanceUID != a.SOPInstanceUID and b.SeriesInstanceUID == series != \
-        a.SeriesInstanceUID
+    assert b.SOPInstanceUID != a.SOPInstanceUID
+    assert b.SeriesInstanceUID == derived_series(series, src)[0] != a.SeriesInstanceUID
     assert b.file_meta.MediaStorageSOPInstanceUID == b.SOPInstanceUID
     assert b.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert list(b.ImageType[:2]) == ["DERIVED", "SECONDARY"]
-    for part in ("runs/x", "0.6", "synthetic_low", "real_normal", "0.1.0"):
+    for part in ("demo128_adv sha256:ab0ae293ae0bb25c", "0.6", "synthetic_low", "real_normal",
+                 "0.1.0"):
         assert part in b.DerivationDescription
     assert "translation" in b.SeriesDescription and len(b.SeriesDescription) <= 64
     ref = b.SourceImageSequence[0]
@@ -82,13 +125,14 @@ def test_signed_rescaled_and_big_endian_dicom_roundtrip(tmp_path):
     assert (ds.PatientName, ds.Rows) == (pydicom.dcmread(_offline(name)).PatientName, 64)
 
 
-def test_series_uid_one_per_run(tmp_path):
+def test_series_uid_one_per_source_series_and_run(tmp_path):
     img, src = read_image(_offline("CT_small.dcm"), allow_modality=True, with_source=True)
     uid = new_series_uid()
     a = pydicom.dcmread(write_image(tmp_path / "a.dcm", img, src, series_uid=uid))
     b = pydicom.dcmread(write_image(tmp_path / "b.dcm", img, src, series_uid=uid))
     c = pydicom.dcmread(write_image(tmp_path / "c.dcm", img, src))  # None: a fresh series
-    assert a.SeriesInstanceUID == b.SeriesInstanceUID == uid != c.SeriesInstanceUID
+    assert a.SeriesInstanceUID == b.SeriesInstanceUID == derived_series(uid, src)[0] != \
+        c.SeriesInstanceUID
     assert len({a.SOPInstanceUID, b.SOPInstanceUID, c.SOPInstanceUID}) == 3
 
 

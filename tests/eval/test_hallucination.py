@@ -8,7 +8,7 @@ from _xray import xray
 from scipy.ndimage import gaussian_filter
 
 from medshift_fast.errors import MedShiftError
-from medshift_fast.eval.hallucination import (
+from medshift_fast.translate.hallucination import (
     hallucination_batch,
     hallucination_mask,
     hallucination_stats,
@@ -98,7 +98,7 @@ def test_bad_input_is_refused(pair):
 def test_spectral_filters_equal_direct_convolution(sigma):
     """The FFT path (one transform per image, every filter a product) is the reflect-padded
     separable convolution: the LoG and the Gaussian against their direct versions."""
-    from medshift_fast.eval.hallucination import (
+    from medshift_fast.translate.hallucination import (
         _blur_terms,
         _log_terms,
         _Spectrum,

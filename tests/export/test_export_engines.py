@@ -197,3 +197,35 @@ def test_cli_argparse_errors_exit_2(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], err
+
+
+def test_a_float_engine_refuses_raw_counts_and_uint16_before_any_work(onnx_engine, monkeypatch):
+    """Issue 31: float32 raw counts (0..1023) returned an all-1.0 image; translate_tiled took a
+    raw uint16 pixel_array and returned garbage after a minute. Now each is one line from the
+    sidecar's "input" entry, before the runtime runs."""
+    eng = load_engine(onnx_engine[0])
+    assert read_sidecar(onnx_engine[0])["input"] == {"dtype": "float32", "range": [-1.0, 1.0]}
+    monkeypatch.setattr(type(eng), "_run", lambda *a: pytest.fail("the runtime ran"))
+    g = np.random.default_rng(0)
+    counts = g.integers(0, 1024, (1, 1, SIZE, SIZE)).astype(np.float32)
+    raw16 = g.integers(0, 65536, (SIZE * 4, SIZE * 4)).astype(np.uint16)
+    for call, x, needle in ((eng, counts, r", 10\d\d\] \(raw counts\?\)"),
+                            (eng, raw16[:SIZE, :SIZE], "uint16"),
+                            (eng.translate_tiled, raw16, "uint16"),
+                            (eng.translate_tiled, raw16.astype(np.float32), "raw counts"),
+                            (eng, np.full((SIZE, SIZE), np.nan, np.float32), "NaN")):
+        with pytest.raises(MedShiftError, match=needle) as err:
+            call(x)
+        assert "\n" not in str(err.value) and "[-1, 1]" in str(err.value)
+    assert eng.check_input(torch.zeros(1, 1, SIZE, SIZE, dtype=torch.float64)).dtype == \
+        torch.float32
+
+
+def test_an_old_sidecar_without_the_input_entry_is_checked_by_its_io(onnx_engine):
+    out, _ = onnx_engine
+    meta = json.loads(sidecar_path(out).read_text())
+    del meta["input"]
+    sidecar_path(out).write_text(json.dumps(meta))
+    eng = load_engine(out)
+    with pytest.raises(MedShiftError, match="raw counts"):
+        eng(np.full((SIZE, SIZE), 700, np.float32))

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from medshift_fast.errors import MedShiftError
+from medshift_fast.errors import MedShiftError, MedShiftWarning
 from medshift_fast.models import build_model
 from medshift_fast.run import load_run, save_run
 from medshift_fast.train import TrainConfig
@@ -58,7 +58,12 @@ def test_tampered_and_missing_checkpoints(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["model"]["model_channels"] = 32
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(MedShiftError, match="do not match"):
+    with pytest.raises(MedShiftError, match="config.json was edited .*'model'"):
+        load_run(tmp_path)
+    del cfg["sha256"]  # an old run without hashes: the weights still refuse the wrong config
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MedShiftError, match="do not match"), \
+            pytest.warns(MedShiftWarning, match="records no SHA-256"):
         load_run(tmp_path)
     cfg["format_version"] = 99
     (tmp_path / "config.json").write_text(json.dumps(cfg))

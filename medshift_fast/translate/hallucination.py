@@ -181,10 +181,49 @@ def _plateaus(x: torch.Tensor, min_pixels: int = 16) -> torch.Tensor:
     return out
 
 
-def _diff2(x: torch.Tensor) -> torch.Tensor:
-    """``physics.second_difference`` of (1, 1, H, W), replicate-padded back to (H, W)."""
-    from .physics import second_difference
+def second_difference(x: torch.Tensor) -> torch.Tensor:
+    """Immerkær's noise residual ([1, −2, 1]ᵀ ⊗ [1, −2, 1]) * x / 6 on the valid grid.
 
+    Args:
+        x: (N, 1, H, W) images (H, W >= 3).
+
+    Returns:
+        (N, 1, H − 2, W − 2): white noise of std s gives std s (the kernel's norm is 6);
+        anything affine along x or along y gives 0.
+    """
+    d2 = torch.tensor([1.0, -2.0, 1.0], device=x.device, dtype=x.dtype)
+    return F.conv2d(x, torch.outer(d2, d2).view(1, 1, 3, 3)) / 6.0
+
+
+def binned_std(r: np.ndarray, s: np.ndarray, edges: np.ndarray):
+    """Robust std (1.4826·MAD) of residuals ``r`` binned by signal ``s``.
+
+    Args:
+        r: (P,) residuals.
+        s: (P,) signal of the same pixels.
+        edges: (B + 1,) increasing edges; values outside them fall in no bin.
+
+    Returns:
+        (std, median signal, count), each (B,) (nan where a bin is empty).
+    """
+    idx = np.searchsorted(edges, s, side="right") - 1
+    idx[s == edges[-1]] = len(edges) - 2
+    nb = len(edges) - 1
+    std, sig, cnt = np.full(nb, np.nan), np.full(nb, np.nan), np.zeros(nb, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    bounds = np.searchsorted(idx[order], np.arange(nb + 1))
+    for b in range(nb):
+        sel = order[bounds[b]:bounds[b + 1]]
+        cnt[b] = sel.size
+        if sel.size:
+            rb = r[sel]
+            std[b] = 1.4826 * float(np.median(np.abs(rb - np.median(rb))))
+            sig[b] = float(np.median(s[sel]))
+    return std, sig, cnt
+
+
+def _diff2(x: torch.Tensor) -> torch.Tensor:
+    """:func:`second_difference` of (1, 1, H, W), replicate-padded back to (H, W)."""
     return F.pad(second_difference(x), (1, 1, 1, 1), mode="replicate")[0, 0]
 
 
@@ -202,8 +241,6 @@ def local_noise(residuals: list[torch.Tensor], signal: torch.Tensor, bins: int =
     Returns:
         (H, W) noise std (at least 1e-9), in the dtype of ``signal``.
     """
-    from .noise_curve import binned_std
-
     step = signal.numel() // max_pixels + 1
     s = signal.flatten()[::step].numpy()
     edges = np.quantile(s, np.linspace(0.0, 1.0, bins + 1))

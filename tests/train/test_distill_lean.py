@@ -1,0 +1,171 @@
+"""medshift distill --arch lean: a lean student re-distilled from a one-call run (regression onto
+its translations on the fly), a stochastic lean student trained adversarially that resumes bit
+for bit (its noise maps included), a stochastic start from a deterministic lean run, and the
+config's refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from medshift_fast.cli import main
+from medshift_fast.errors import MedShiftError
+from medshift_fast.models import build_model
+from medshift_fast.run import load_run, save_run
+from medshift_fast.train import TrainConfig, TrainingInterrupted
+from medshift_fast.train.adversarial import AdversarialTask
+from medshift_fast.train.distill import DistillConfig, distill
+from medshift_fast.train.trainer import run_training
+from medshift_fast.translate import Translator
+
+PAIR = "synthetic_low:real_normal"
+LEAN = dict(arch="lean", lean_widths=(8, 16), lean_blocks=(1, 1))
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_folder, tmp_path_factory):
+    d = tmp_path_factory.mktemp("lean_teacher")
+    torch.manual_seed(0)
+    m = build_model("tiny", num_classes=2, model_channels=16, head_channels=16)
+    save_run(d, TrainConfig(data=str(tiny_folder), image_size=16), m.config,
+             ("synthetic_low", "real_normal"), m.state_dict())
+    return d
+
+
+def _cfg(teacher, out, **kw):
+    base = dict(teacher=str(teacher), out=str(out), pairs=PAIR, steps=6, batch_size=4,
+                lr=2e-3, warmup_frac=0.0, solver_steps=1, val_every=0, val_images=2,
+                log_every=1, ckpt_every=100, seed=3, ema_decay=0.5, taus_per_image=1,
+                disc_channels=8, disc_scales=2, disc_lr=1e-3)
+    return DistillConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def anchor(teacher, tmp_path_factory):
+    """A U-Net regression student whose output layer is random: a map far from the identity."""
+    out = distill(_cfg(teacher, tmp_path_factory.mktemp("anchor") / "st", method="oneshot",
+                       steps=1, lr=1e-12), progress=False)
+    run = load_run(out)
+    torch.manual_seed(1)
+    sd = {k: v.clone() for k, v in run.model.state_dict().items()}
+    for k in ("unet.out.2.weight", "unet.out.2.bias"):
+        sd[k].normal_(0, 0.05)
+    save_run(out, run.train, run.model.config.to_dict(), run.domains, sd, kind="student",
+             extra={"learned": run.config.get("learned")})
+    return out
+
+
+def test_lean_regression_onto_a_one_call_run(teacher, anchor, tmp_path):
+    out = distill(_cfg(teacher, tmp_path / "lean", method="oneshot", anchor_run=str(anchor),
+                       steps=80, lr=3e-3, val_every=40, **LEAN), progress=False)
+    run = load_run(out)
+    assert run.model.config.arch == "lean" and not run.model.stochastic
+    from conftest import make_images
+
+    x = make_images(4, seed=21)[0]
+    y_a = Translator(load_run(anchor), "synthetic_low", "real_normal", tau=0.45).translate(x)
+    y_l = Translator(run, "synthetic_low", "real_normal", tau=0.45).translate(x)
+    ident, err = float(((x - y_a) ** 2).mean()), float(((y_l - y_a) ** 2).mean())
+    assert ident > 1e-4 and err < 0.5 * ident, (err, ident)
+    vals = [r.split(",")[5] for r in (out / "log.csv").read_text().splitlines()[1:]]
+    assert sum(bool(v) for v in vals) == 2  # validated against the anchor, not the teacher
+    assert not (out / "teacher_cache.safetensors").exists()
+
+
+def test_stochastic_lean_adversarial_resumes_exactly(teacher, anchor, tmp_path):
+    kw = dict(anchor_run=str(anchor), noise_channels=1, **LEAN)
+    full, part = [], []
+    cfg_a = _cfg(teacher, tmp_path / "a", **kw)
+    run_training(cfg_a, AdversarialTask(cfg_a), False, lambda tr, m: full.append(m["loss"]))
+
+    def interrupt(tr, m):
+        part.append(m["loss"])
+        if tr.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg_b = _cfg(teacher, tmp_path / "b", **kw)
+    with pytest.raises(TrainingInterrupted):
+        run_training(cfg_b, AdversarialTask(cfg_b), False, interrupt)
+    cfg_r = _cfg(teacher, tmp_path / "b", resume="last", **kw)
+    run_training(cfg_r, AdversarialTask(cfg_r), False, lambda tr, m: part.append(m["loss"]))
+    assert part == full and len(full) == 6
+    a, b = load_run(tmp_path / "a").model, load_run(tmp_path / "b").model
+    assert a.stochastic and all(torch.equal(p, q) for p, q in
+                                zip(a.state_dict().values(), b.state_dict().values()))
+    # the noise input was trained: its stem weights moved away from their initial values
+    assert float(a.net.stem.weight[:, 4:].abs().sum()) > 0
+
+
+def test_stochastic_start_from_a_deterministic_lean_run(teacher, anchor, tmp_path):
+    det = distill(_cfg(teacher, tmp_path / "det", method="oneshot", anchor_run=str(anchor),
+                       steps=2, **LEAN), progress=False)
+    sto = distill(_cfg(teacher, tmp_path / "sto", method="adversarial", init=str(det),
+                       anchor_run=str(anchor), noise_channels=1, steps=1, lr=1e-12, **LEAN),
+                  progress=False)
+    d, s = load_run(det).model, load_run(sto).model
+    assert s.stochastic and torch.all(s.net.stem.weight[:, 4:].abs() < 1e-9)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    t, ys, yt = 0.5, torch.zeros(2).long(), torch.ones(2).long()
+    n = s.draw_noise(x.shape, torch.Generator().manual_seed(0))
+    assert torch.allclose(s.translate(x, t, ys, yt, n), d.translate(x, t, ys, yt), atol=1e-5)
+    with pytest.raises(MedShiftError, match="network differs"):
+        distill(_cfg(teacher, tmp_path / "bad", init=str(det), arch="lean",
+                     lean_widths=(8, 8), lean_blocks=(1, 1)), progress=False)
+
+
+def test_lean_config_refusals(teacher, tmp_path, capsys):
+    with pytest.raises(MedShiftError, match="needs --arch lean"):
+        _cfg(teacher, tmp_path / "x", noise_channels=1)
+    with pytest.raises(MedShiftError, match="one-call student"):
+        _cfg(teacher, tmp_path / "x", method="meanflow", **LEAN)
+    with pytest.raises(MedShiftError, match="one count >= 0 per level"):
+        _cfg(teacher, tmp_path / "x", arch="lean", lean_widths=(8, 16), lean_blocks=(1,))
+    with pytest.raises(MedShiftError, match="noise_scale must be >= 0"):
+        _cfg(teacher, tmp_path / "x", noise_scale=-0.5, **LEAN)
+    rc = main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "c"),
+               "--arch", "lean", "--lean-kernel", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "kernel must be odd" in err[0]
+
+
+def test_anchor_cache_holds_the_anchor_runs_translations(teacher, anchor, tmp_path):
+    out = distill(_cfg(teacher, tmp_path / "c", method="oneshot", anchor_run=str(anchor),
+                       anchor_cache=True, taus_per_image=2, steps=2, **LEAN), progress=False)
+    from medshift_fast.fileio import load_safetensors
+
+    cache, meta = load_safetensors(out / "teacher_cache.safetensors")
+    assert "anchor_weights_sha256" in meta
+    a = load_run(anchor).model
+    k = 3
+    want = a.translate(cache["x"][k:k + 1], float(cache["tau"][k]), cache["s"][k:k + 1],
+                       cache["g"][k:k + 1])
+    assert torch.allclose(cache["t"][k:k + 1], want, atol=1e-5)
+    n = cache["x"].shape[0]  # every training image twice (taus_per_image), at two taus
+    assert torch.unique(cache["x"].flatten(1), dim=0).shape[0] * 2 == n
+    assert torch.unique(cache["tau"]).numel() == n
+    with pytest.raises(MedShiftError, match="needs --anchor-run"):
+        _cfg(teacher, tmp_path / "x", anchor_cache=True)
+
+
+def test_diversity_term_makes_the_texture_depend_on_the_noise(teacher, anchor, tmp_path):
+    """With the mode-seeking term the two noise draws' translations drift apart (the term
+    falls); without it the run is the plain adversarial one; a deterministic student refuses
+    it."""
+    import csv
+
+    kw = dict(method="adversarial", anchor_run=str(anchor), noise_channels=1, steps=12,
+              log_every=1, lr=3e-3, **LEAN)
+    out = distill(_cfg(teacher, tmp_path / "div", diversity_weight=1.0, **kw), progress=False)
+    rows = list(csv.DictReader((out / "adversarial.csv").open()))
+    div = [float(r["diversity"]) for r in rows]
+    assert div[-1] < div[0] and all(d > 0 for d in div)
+    plain = distill(_cfg(teacher, tmp_path / "plain", **kw), progress=False)
+    rows = list(csv.DictReader((plain / "adversarial.csv").open()))
+    assert all(float(r["diversity"]) == 0 for r in rows)
+    with pytest.raises(MedShiftError, match="needs a stochastic student"):
+        _cfg(teacher, tmp_path / "x", method="adversarial", diversity_weight=1.0, **LEAN)
+    with pytest.raises(MedShiftError, match="adversarial"):
+        _cfg(teacher, tmp_path / "x", diversity_weight=1.0, noise_channels=1, **LEAN)
