@@ -43,6 +43,8 @@ __all__ = ["EXTRA_SUBJECTS", "PairEval", "eval_dataset", "evaluate_pair", "verdi
 
 EXTRA_SUBJECTS = 8
 STUDENT = "MedShift 1-step"
+DETERMINISTIC = "MedShift 1-step, noise 0"  # a stochastic student's deterministic member
+OTHER_SEED = "MedShift 1-step, seed+1"  # the same student, the next --seed: other mottle
 ZOOM_CROP = (40, 32, 40, 64)  # (y, x, h, w) of the 128-px views: skull base, teeth, cortex
 
 
@@ -107,11 +109,16 @@ def evaluate_pair(cfg, teacher, student, data: Path, src: str, tgt: str, ev_out:
     _relabel(res, student)
     report.write_all(ev_out, res)
     tr = Translator(student, src, tgt, tau=tau)
+    extra = [(f"{STUDENT} τ={tau:g}", "student", tau, tr.translate)]  # first: the one verdicts read
+    if getattr(student.model, "stochastic", False):  # its deterministic member, another seed
+        for name, kw in ((DETERMINISTIC, dict(noise_scale=0.0)),
+                         (OTHER_SEED, dict(seed=int(cfg.seed) + 1))):
+            extra.append((f"{name} τ={tau:g}", "student", tau,
+                          Translator(student, src, tgt, tau=tau, **kw).translate))
     res_t = evaluate(EvalConfig(checkpoint=str(teacher.path), out=str(ev_out / "teacher"),
                                 taus=(tau,), max_images=cfg.teacher_images, baselines=True,
                                 classical="none", c2st_kinds="medshift,sdedit", **base),
-                     run=teacher,
-                     extra_methods=[(f"{STUDENT} τ={tau:g}", "student", tau, tr.translate)])
+                     run=teacher, extra_methods=extra)
     pe = PairEval(src, tgt, ev_out, res, res_t)
     try:
         pe.zoom = zoom_grid(pe, tau, ev_out / "zoom.png")
@@ -130,8 +137,9 @@ def _row(res, kind: str, tau: float | None = None, name: str | None = None):
 
 
 def zoom_grid(pe: PairEval, tau: float, path: Path) -> Path:
-    """Source, teacher, student, TV, BM3D, true target at 100 % zoom (3 screen px per pixel)
-    on three of the teacher's images."""
+    """Source, teacher, student (a stochastic one: also its deterministic member and a second
+    seed), TV, BM3D, true target at 100 % zoom (3 screen px per pixel) on three of the
+    teacher's images."""
     from ..eval.figures import save_zoom_grid
 
     a, t = pe.all, pe.teacher
@@ -145,6 +153,9 @@ def zoom_grid(pe: PairEval, tau: float, path: Path) -> Path:
     ii = torch.tensor(idx)
     cols = {"source": src_t, "teacher": t.images[_row(t, "medshift", tau)["method"]],
             "student": a.images[f"{STUDENT} τ={tau:g}"][ii]}
+    for name, label in ((OTHER_SEED, "student, seed+1"), (DETERMINISTIC, "noise 0")):
+        if f"{name} τ={tau:g}" in t.images:
+            cols[label] = t.images[f"{name} τ={tau:g}"]
     for key, label in (("tv", "TV"), ("bm3d", "BM3D")):
         r = next((r for r in a.rows if r["kind"] == "classical" and r.get("baseline") == key),
                  None)
