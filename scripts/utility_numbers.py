@@ -5,8 +5,8 @@
 Data: the demo's simulated set (seed 0: 40 subjects x 6 views x 5 domains at 128 px; its
 train and val splits) and the same protocol at seed 1, each with 8 NEW subjects rendered as
 the test split (``data.extend.add_test_subjects``, as the demo: 48 test views per domain).
-Run: the shipped one-step student ``pretrained/demo128_adv`` (``--checkpoint``), synthetic_low
--> real_normal. Blocks:
+Run: the demo's one-step student ``pretrained/demo128_lean_sto`` (``--checkpoint``; stochastic,
+lean), synthetic_low -> real_normal. Blocks:
 
 1. ``utility-seed0``, ``utility-seed1``: every condition at the benchmark's default budget
    (``UtilityConfig``), 3 training seeds; with ``--teacher`` also the teacher
@@ -19,6 +19,10 @@ Run: the shipped one-step student ``pretrained/demo128_adv`` (``--checkpoint``),
    inside the head by least squares on the detector row (the anode heel is a vertical gradient),
    row x soft tissue, bone_mm and soft_mm.
 
+5. ``utility-students``: the shipped students side by side at tau 0.6 on seed 0 at the default
+   budget (the stochastic lean default, its deterministic lean parent, the adversarial U-Net
+   student), each student's gap closed and the paired difference of the first against the
+   others (bootstrap over the test views of the seed-averaged scores).
 Translations and trainings are cached in WORK/cache (keyed by everything they depend on), so a
 rerun only re-scores. The figure of seed 0 is copied to docs/utility/predictions_seed0.png.
 """
@@ -37,7 +41,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 DOC = ROOT / "docs" / "utility.md"
-STUDENT, TEACHER = ROOT / "pretrained" / "demo128_adv", ROOT / "pretrained" / "demo128"
+TEACHER = ROOT / "pretrained" / "demo128"
+#: the students compared in block 5, the demo's default (``demo.DEFAULT_STUDENT``) first
+STUDENTS = ("demo128_lean_sto", "demo128_lean", "demo128_adv")
+STUDENT = ROOT / "pretrained" / STUDENTS[0]
 
 
 def dataset(work: Path, seed: int, progress: bool) -> Path:
@@ -76,6 +83,52 @@ def block(cfg, res, fig: str | None) -> str:
     if s.get("classical"):
         data += f"; classical route: blur {s['classical']['blur_px']:g} px"
     return "\n".join([*lines, "", data + "."]) + "\n"
+
+
+def run_with(work: Path, name: str, data: Path, workers: int, progress: bool, ckpt: Path,
+             **over):
+    from medshift_fast.eval.utility import UtilityConfig, utility
+
+    cfg = UtilityConfig(checkpoint=str(ckpt), data=str(data), source="synthetic_low",
+                        target="real_normal", out=str(work / name), cache=str(work / "cache"),
+                        workers=workers, overwrite=True, progress=progress, **over)
+    t0 = time.perf_counter()
+    res = utility(cfg)
+    print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return cfg, res
+
+
+def students_block(work: Path, data: Path, workers: int, progress: bool) -> str:
+    """Block 5 (module docstring)."""
+    import numpy as np
+
+    from medshift_fast.eval.stats import LEVEL, bootstrap_indices, percentile_interval
+
+    per, rows = {}, []
+    for name in STUDENTS:
+        cfg, res = run_with(work, f"students_{name}", data, workers, progress,
+                            ROOT / "pretrained" / name, taus=(0.6,),
+                            conditions=("synthetic", "translated", "oracle"))
+        r = next(r for r in res.rows if r["condition"].startswith("translated"))
+        per[name] = np.asarray(res.per_seed[r["condition"]], dtype=np.float64).mean(0)
+        rows.append((name, r))
+    idx = bootstrap_indices(len(per[STUDENTS[0]]), cfg.bootstrap, cfg.seed)
+    lines = [f"Each shipped student translates the {cfg.source} training views at τ = 0.6; the "
+             f"same U-Net and budget as above ({cfg.seeds} training seeds, seed-0 data, 48 "
+             f"{cfg.target} test views). Paired: the same test views and training seeds.", "",
+             "| student | MAE (mm) | 95 % CI | gap closed | 95 % CI | "
+             f"{STUDENTS[0]} − it (mm), paired 95 % CI |", "|---|---:|---|---:|---|---|"]
+    for name, r in rows:
+        if name == STUDENTS[0]:
+            diff = ""
+        else:
+            d = per[STUDENTS[0]] - per[name]
+            lo, hi = percentile_interval(d[idx].mean(1), LEVEL)
+            diff = f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        lines.append(f"| `{name}` | {r['score']:.3f} | {r['ci_lo']:.3f} – {r['ci_hi']:.3f} | "
+                     f"{100 * r['gap_closed']:.0f} % | {100 * r['gap_lo']:.0f} – "
+                     f"{100 * r['gap_hi']:.0f} % | {diff} |")
+    return "\n".join(lines) + "\n"
 
 
 def residual_block(work: Path, data: Path) -> str:
@@ -147,6 +200,8 @@ def main() -> int:
         fill_block(DOC, f"utility-seed{seed}", block(cfg, res, fig), required=True)
         if seed == 0:
             fill_block(DOC, "utility-residual", residual_block(work, data), required=True)
+            fill_block(DOC, "utility-students",
+                       students_block(work, data, a.workers, a.progress), required=True)
             demo = {k: v for k, v in DEMO.items() if k != "workers"}  # --workers (2)
             cfg, res = run(work, "demo_seed0", data, a.workers, a.progress, **demo)
             fill_block(DOC, "utility-demo", block(cfg, res, None), required=True)
