@@ -8,7 +8,7 @@ does not have beyond its noise, on the working grid). It is measured
   simulator (``SUBJECTS``, never trained on), both shipped pairs, with the simulator's own
   pixel-aligned rendering of the target domain as a control (a true domain change, nothing
   invented: what the detector counts there is its false-alarm level);
-* on pydicom-data's radiographs at native size (``--size native``, tiles of 128 px): RG1_UNCI
+* on pydicom-data's radiographs at native size (``--size native``, each run's own tiles): RG1_UNCI
   and RG3_UNCI whole (the student) and their 512² crops (teacher and student), pair
   real_low -> real_exposure.
 
@@ -39,7 +39,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-TEACHER, STUDENT = ROOT / "pretrained" / "demo128", ROOT / "pretrained" / "demo128_adv"
+TEACHER = ROOT / "pretrained" / "demo128"
+STUDENT = ROOT / "pretrained" / "demo128_lean_sto"  # the demo's student (demo.DEFAULT_STUDENT)
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 SUBJECTS = (40, 41)  # the demo's simulator trained the runs on subjects 0..39
 DOC, FIG = ROOT / "docs" / "native.md", ROOT / "docs" / "hallucination_rg1.png"
@@ -82,7 +83,7 @@ def _cached(key: str, compute):
 
 def demo_rows() -> list[dict]:
     """Counts per image on new subjects at 128 px: teacher, student, the true target."""
-    return _cached("demo", _demo_rows)
+    return _cached(f"demo_{TEACHER.name}_{STUDENT.name}", _demo_rows)
 
 
 def _demo_rows() -> list[dict]:
@@ -136,7 +137,8 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
             if name == "teacher" and "crop" not in what and not full_teacher:
                 continue
             x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-            keep = CACHE / f"radiograph{k}_{name}.npy"  # the outputs, to look at
+            tag = f"radiograph{k}_{name}_{run.name}"  # the cache knows which run made it
+            keep = CACHE / f"{tag}.npy"  # the outputs, to look at
 
             def compute(x=x, tr=tr, what=what, name=name, keep=keep):
                 t0 = time.perf_counter()
@@ -148,13 +150,13 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
                 c = _count(x, y)
                 print(f"{what} {name}: {c['count']} new structures "
                       f"({time.perf_counter() - t0:.0f} s, contended)", flush=True)
-                return _summary(what, "native (tiles of 128 px)", f"{src} -> {tgt}", name, [c])
+                return _summary(what, "native (tiled)", f"{src} -> {tgt}", name, [c])
 
-            rows.append(_cached(f"radiograph{k}_{name}", compute))
+            rows.append(_cached(tag, compute))
             if k in (0, 2) and (k == 0 or name == "student"):
                 if not keep.is_file():  # a row cached before the outputs were kept
-                    (CACHE / f"radiograph{k}_{name}.json").unlink()
-                    rows[-1] = _cached(f"radiograph{k}_{name}", compute)
+                    (CACHE / f"{tag}.json").unlink()
+                    rows[-1] = _cached(tag, compute)
                 if k == 0:
                     fig[name] = torch.from_numpy(np.load(keep))
                 else:
@@ -225,7 +227,7 @@ def figures(fig: dict, zoom: int = 4) -> None:
     for name, title in (("source", f"RG1_UNCI rows {rr + r}-{rr + r + side}, cols "
                                    f"{cc + c}-{cc + c + side}, 100 %"),
                         ("teacher", "teacher (demo128), native; counted: red"),
-                        ("student", "student (demo128_adv), native; counted: red")):
+                        ("student", f"student ({STUDENT.name}), native; counted: red")):
         img = fig[name].numpy()
         m = None if name == "source" else _mask(fig["source"], fig[name])
         cut = (slice(r, r + side), slice(c, c + side))

@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "io_errors.md"
 BLOCK = "translate-trust"
-STUDENT, TEACHER = ROOT / "pretrained" / "demo128_adv", ROOT / "pretrained" / "demo128"
+STUDENT = ROOT / "pretrained" / "demo128_lean_sto"  # the demo's student (demo.DEFAULT_STUDENT)
+TEACHER = ROOT / "pretrained" / "demo128"
 PAIR = ("real_low", "real_exposure")
 OTHER = "a run trained on other data"
 
@@ -159,7 +160,7 @@ def argv(case: Case, w: Path) -> list[str]:
             *case.flags, str(case.build(w / "in"))]
 
 
-RUNS = {"student": "shipped `demo128_adv` (student)", "teacher": "shipped `demo128` (teacher)",
+RUNS = {"student": f"shipped `{STUDENT.name}` (student)", "teacher": "shipped `demo128` (teacher)",
         "other": OTHER}
 CASES = (
     Case("rg1", "student", (), "refused"),

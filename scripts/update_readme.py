@@ -78,6 +78,15 @@ def demo_block() -> str:
            f"evaluation {sum(v for k, v in timing.items() if k.startswith('eval_')):.0f} s, "
            f"export {timing.get('export_s', 0):.0f} s). Verdict against the targets:", "",
            verdict, ""]
+    util = report.split("## Does the translation train better models?", 1)
+    if len(util) == 2:  # the demo's sim-to-real utility section: its verdict lines
+        body = util[1].split("\n## ", 1)[0]
+        said = [ln for ln in body.splitlines() if ln.startswith("- ")]
+        if said:
+            out += ["Does it help? A downstream network trained on the translated synthetic "
+                    "views instead of the raw ones, scored on real views of new subjects "
+                    "(the demo's budget; the full benchmark: [docs/utility.md](docs/utility.md)):",
+                    "", *said, ""]
     for f in sorted(DEMO.glob("metrics_*.csv")):
         teacher = f.stem.startswith("metrics_teacher_")
         if teacher:  # the teacher and SDEdit on the subset: in the full report
