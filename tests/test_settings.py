@@ -41,6 +41,7 @@ NOT_TRANSLATION = {
     ("demo/pipeline.py", "DemoConfig", "seed"),  # the simulated data's seed
     ("train/distill_config.py", "DistillConfig", "steps"),  # training steps
     ("train/distill_config.py", "DistillConfig", "method"),  # the distillation method
+    ("eval/utility.py", "UtilityConfig", "steps"),  # the downstream network's training steps
 }
 
 

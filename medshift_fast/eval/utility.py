@@ -38,13 +38,15 @@ from pathlib import Path
 import torch
 
 from ..errors import MedShiftError
+from ..translate.settings import DEFAULTS, TAU_SWEEP
 from .utility_report import MARKER, UtilityResult
 
 CONDITIONS = ("synthetic", "translated", "classical", "randomized", "translated+randomized",
               "oracle")
 # The demo's budget (``medshift demo``'s utility section, <= ~3 min on 2 CPU threads): the
 # default tau only, 400 steps per training, two training processes.
-DEMO = {"taus": (0.6,), "combo_tau": 0.6, "steps": 400, "seeds": 3, "workers": 2}
+DEMO = {"taus": (DEFAULTS["tau"],), "combo_tau": DEFAULTS["tau"], "steps": 400, "seeds": 3,
+        "workers": 2}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,8 +100,8 @@ class UtilityConfig:
     source: str
     target: str
     out: str
-    taus: tuple[float, ...] = (0.3, 0.6)
-    combo_tau: float = 0.6
+    taus: tuple[float, ...] = (TAU_SWEEP[0], DEFAULTS["tau"])
+    combo_tau: float = DEFAULTS["tau"]
     conditions: tuple[str, ...] = CONDITIONS
     task: str = "regression"
     label: str = "bone_mm"
@@ -116,9 +118,9 @@ class UtilityConfig:
     max_train_images: int | None = None
     min_test_images: int = 48
     teacher: str | None = None
-    teacher_taus: tuple[float, ...] = (0.6,)
+    teacher_taus: tuple[float, ...] = (DEFAULTS["tau"],)
     bootstrap: int = 1000
-    seed: int = 0
+    seed: int = DEFAULTS["seed"]
     workers: int = 1
     cache: str | None = None
     domain_map: str | None = None
