@@ -455,7 +455,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(ROOT / "scripts"))
         from _blocks import fill_block
 
-        rel = out[0].relative_to(ROOT).as_posix()
+        rel = Path(out[0]).resolve().relative_to(ROOT).as_posix()
         fill_block(DOC, "lean-cpu", f"From `{rel}` ({rep.command}):\n\n"
                    + "\n".join(f"- {s}" for s in summary), required=True)
     return 0

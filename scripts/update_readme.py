@@ -112,7 +112,8 @@ def demo_block() -> str:
     out += [f"![{t.stem}](docs/demo/{t.name})" for t in tradeoffs]
     zooms = sorted(DEMO.glob("zoom_*.png"))
     if zooms:
-        out += ["", "100 % zoom (source, teacher, student, TV, BM3D, true target; what they show: "
+        out += ["", "100 % zoom (source, teacher, student, the same student with the next seed and "
+                "with noise 0, TV, BM3D, true target; what they show: "
                 "[docs/distill.md](docs/distill.md#what-the-zoom-grids-show)):", ""]
         out += [f"![{z.stem}](docs/demo/{z.name})" for z in zooms]
     return "\n".join(out)

@@ -61,15 +61,8 @@ def dataset(work: Path, seed: int, progress: bool) -> Path:
 
 
 def run(work: Path, name: str, data: Path, workers: int, progress: bool, **over):
-    from medshift_fast.eval.utility import UtilityConfig, utility
-
-    cfg = UtilityConfig(checkpoint=str(STUDENT), data=str(data), source="synthetic_low",
-                        target="real_normal", out=str(work / name), cache=str(work / "cache"),
-                        workers=workers, overwrite=True, progress=progress, **over)
-    t0 = time.perf_counter()
-    res = utility(cfg)
-    print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    return cfg, res
+    """The benchmark with the demo's student (``STUDENT``)."""
+    return run_with(work, name, data, workers, progress, STUDENT, **over)
 
 
 def block(cfg, res, fig: str | None) -> str:

@@ -340,8 +340,9 @@ def report_lines(cfg, pairs: list[PairEval], out: Path) -> list[str]:
         if (pe.out / "noise_curve.png").is_file():
             lines += [f"![noise vs signal]({rel(pe.out)}/noise_curve.png)", ""]
         if pe.zoom is not None:
-            lines += ["100 % zoom (3 screen pixels per image pixel; source, teacher, student, "
-                      "TV, BM3D, true target on three of the teacher's images):", "",
+            lines += ["100 % zoom (3 screen pixels per image pixel; source, teacher, student "
+                      "(a stochastic one also at the next seed and at noise 0), TV, BM3D, true "
+                      "target on three of the teacher's images):", "",
                       f"![zoom]({rel(pe.zoom)})", ""]
         lines += [f"- {n}" for n in pe.notes]
     return lines

@@ -235,9 +235,8 @@ def run_demo(cfg: DemoConfig, progress: bool | None = None) -> Path:
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    def log(msg):
-        if progress:
-            print(f"[demo {time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
+    def log(msg):  # one line per stage, with or without --no-progress (bars only with it)
+        print(f"[demo {time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
 
     data = out / "data"
     log(f"simulating {cfg.subjects} subjects × {cfg.views} views × 5 domains at {cfg.size}px "
