@@ -73,7 +73,7 @@ def c2st_block(data: Path) -> str:
 
 def _local_noise(src: torch.Tensor, out: torch.Tensor, cy: int, cx: int, r: int = 6) -> float:
     """Robust std of the source's second difference (through the intensity map) near (cy, cx)."""
-    from medshift_fast.eval import hallucination as H
+    from medshift_fast.translate import hallucination as H
 
     h, w = src.shape
     fs = H.quantile_match(src.double().view(1, 1, h, w),

@@ -153,6 +153,17 @@ def _native(d) -> str:
     return "; ".join(parts) or "–"
 
 
+def _lean(d) -> str:
+    """`translate --size native` with the demo's lean student against the U-Net student."""
+    rows = [r for r in d["rows"] if r.get("provider") == "new" and "peak_mb" in r
+            and r.get("vs_anchor")]
+    if not rows:
+        return "–"
+    parts = [f"{r['group']}: {r['s']:.1f} s, {r['vs_anchor']:.1f}× the U-Net student, peak "
+             f"{r['peak_mb']:.0f} MB" for r in rows]
+    return "`translate --size native`, " + "; ".join(parts)
+
+
 def status_block() -> str:
     rows = ["| area | measured here (2-core CPU; ratios from one run) | results file |",
             "|---|---|---|"]
@@ -173,6 +184,7 @@ def status_block() -> str:
          lambda d: f"{_range(d, 'vs_anchor', provider='student')} the eager teacher "
          "(10 + 10 Euler steps, guidance on)"),
         ("Native resolution (tiles)", "native_cpu", _native),
+        ("Lean student, end to end", "lean_cpu", _lean),
     )
     for area, name, fn in specs:
         d = _load(name)

@@ -114,3 +114,19 @@ def test_spectral_filters_equal_direct_convolution(sigma):
     torch.testing.assert_close(spec.apply(spec.transfer(_blur_terms(sigma))),
                                gaussian_blur(x.view(1, 1, 70, 53), sigma)[0, 0], atol=1e-5,
                                rtol=0)
+
+
+def test_torch_interp_is_numpys_including_near_equal_points():
+    """``_interp`` (the detector's parallel np.interp) agrees with NumPy, also where the points
+    differ only in the 12th digit (quantile_match's quantiles of a clipped plateau): a value on
+    such a run maps to the run's first point, as in NumPy, not its last."""
+    from medshift_fast.translate.hallucination import _interp
+
+    g = np.random.default_rng(3)
+    xp = np.sort(g.normal(size=40))
+    xp[10:20] = xp[10] + np.arange(10) * 1e-12  # a plateau's quantiles, strictly increasing
+    fp = np.cumsum(g.uniform(0.0, 1.0, size=40))
+    x = np.concatenate([g.normal(size=5000) * 2, np.full(50, xp[10])]).astype(np.float32)
+    want = np.interp(x.astype(np.float64), xp, fp)
+    got = _interp(torch.from_numpy(x), xp, fp).double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
