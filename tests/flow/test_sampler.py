@@ -34,7 +34,9 @@ def fused_translate(model, x, source, target, **kw):
 def sample(model, target, n, shape, **kw):
     return flow_sample(model, target, n, shape, **{"guidance": 2.0, "steps": 20,
                                                    "solver": "heun", **kw})
-from medshift_fast.models import build_model
+
+
+from medshift_fast.models import build_model  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
