@@ -17,9 +17,7 @@ from medshift_fast.data import DOMAINS, read_image, write_png16
 from medshift_fast.export.graphs import ExportSettings, build_module
 from medshift_fast.flow import translate as flow_translate
 from medshift_fast.flow.sampler import fused_translate
-from medshift_fast.models import build_model
-from medshift_fast.run import load_run, save_run
-from medshift_fast.train import TrainConfig
+from medshift_fast.run import load_run
 from medshift_fast.translate import (
     DEFAULTS,
     RECIPE,
@@ -127,15 +125,10 @@ def test_settings_validate_and_round_trip():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    m = build_model("tiny", num_classes=len(DOMAINS), model_channels=16, head_channels=16)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1 and p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    save_run(d, TrainConfig(image_size=32), m.config, DOMAINS, m.state_dict())
-    return d
+    """A small run over the five demo domains (random non-zero output layers), 32 px."""
+    from utils import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("run"), DOMAINS)
 
 
 def test_api_cli_sampler_and_export_agree_bit_for_bit(run_dir, tmp_path):

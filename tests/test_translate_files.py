@@ -15,9 +15,7 @@ from medshift_fast.cli import main
 from medshift_fast.data import DOMAINS, write_png16
 from medshift_fast.data.geometry import plan_fit
 from medshift_fast.data.io import read_image
-from medshift_fast.models import build_model
-from medshift_fast.run import load_run, save_run
-from medshift_fast.train import TrainConfig
+from medshift_fast.run import load_run
 from medshift_fast.translate import Translator
 
 pydicom = pytest.importorskip("pydicom")
@@ -38,15 +36,9 @@ def _real(name):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A small run over the five demo domains (random non-zero output layers), 32 px."""
-    d = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    m = build_model("tiny", num_classes=len(DOMAINS), model_channels=16, head_channels=16)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() > 1 and p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    save_run(d, TrainConfig(image_size=32), m.config, DOMAINS, m.state_dict())
-    return d
+    from utils import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("run"), DOMAINS)
 
 
 def _translate(run_dir, out, *inputs, extra=()):
