@@ -159,8 +159,10 @@ def test_api_cli_sampler_and_export_agree_bit_for_bit(run_dir, tmp_path):
     assert torch.equal(y_fused, y_sampler.clamp(-1, 1))
     torch.testing.assert_close(y_fused, y_api, rtol=1e-5, atol=1e-5)
 
+    # at the thread count the API ran with (a float reduction's order depends on it)
     rc = main(["translate", "--checkpoint", str(run_dir), "--source", src, "--target", tgt,
-               "--out", str(tmp_path / "out"), "--no-progress", str(inp)])
+               "--out", str(tmp_path / "out"), "--no-progress", "--threads",
+               str(torch.get_num_threads()), str(inp)])
     assert rc == 0
     from PIL import Image
 

@@ -219,7 +219,19 @@ def run_demo(cfg: DemoConfig, progress: bool | None = None) -> Path:
     Output safety (fileio.check_output_folder), before any work: OUT must be new or empty, or
     hold a previous demo's output, which is replaced only with ``cfg.overwrite``; any other
     non-empty folder is refused, even with ``overwrite`` (the demo's files would be mixed into
-    it). ``make demo`` passes --overwrite: runs/demo is the demo's own folder."""
+    it). ``make demo`` passes --overwrite: runs/demo is the demo's own folder.
+
+    The demo picks its CPU thread count (``calibrate``); the caller's is restored on return."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return _run_demo(cfg, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(cfg: DemoConfig, progress: bool | None) -> Path:
     from ..data import simulate
     from ..run import load_run
 

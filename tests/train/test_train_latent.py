@@ -16,10 +16,15 @@ from medshift_fast.translate import Translator
 @pytest.fixture(scope="module")
 def ae_run(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("ae")
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
-    rc = main(["train-autoencoder", "--data", str(tiny_folder), "--out", str(out),
-               "--image-size", "16", "--channels", "16", "--channel-mult", "1,2", "--steps", "80",
-               "--batch-size", "8", "--lr", "2e-3", "--log-every", "20", "--no-progress"])
+    try:
+        rc = main(["train-autoencoder", "--data", str(tiny_folder), "--out", str(out),
+                   "--image-size", "16", "--channels", "16", "--channel-mult", "1,2", "--steps",
+                   "80", "--batch-size", "8", "--lr", "2e-3", "--log-every", "20",
+                   "--no-progress"])
+    finally:
+        torch.set_num_threads(n)
     assert rc == 0
     return out
 
