@@ -2,7 +2,7 @@
 
 Anchor: the shipped U-Net student ``pretrained/demo128_adv`` on its own default path (eager
 fp32, 128-px tiles overlapping by 32), in the same run. New student: ``--student RUN`` (default
-the demo's student ``pretrained/demo128_lean_sto`` -- ``demo.DEFAULT_STUDENT``, stochastic:
+the demo's student ``pretrained/demo128_lean_tex`` -- ``demo.DEFAULT_STUDENT``, stochastic:
 its noise maps are drawn and fed on every path -- when it is shipped, else the default
 ``LeanConfig`` with random weights, saved as a run: time does not depend on the weights, quality
 does -- the bf16 check then says nothing about a trained network). Sections:
@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = H.ROOT
 ANCHOR = ROOT / "pretrained" / "demo128_adv"
-SHIPPED_LEAN = ROOT / "pretrained" / "demo128_lean_sto"  # demo.DEFAULT_STUDENT
+SHIPPED_LEAN = ROOT / "pretrained" / "demo128_lean_tex"  # demo.DEFAULT_STUDENT
 PAIR = ("real_low", "real_exposure")
 DOC = ROOT / "docs" / "benchmarks.md"
 

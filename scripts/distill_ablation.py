@@ -16,7 +16,9 @@ package has them: ``curve dev`` -- the noise-vs-signal curve's largest relative 
 the target's (``eval.noise_curve``: robust residual std per low-passed signal bin over the
 body's range; issue 29's ±25 % is 0.25) --, and for a stochastic student ``seed SSIM lp`` --
 the SSIM between the Gaussian low-passes (σ 2 px) of two seeds' translations (issue 29: >= 0.9,
-the same anatomy).
+the same anatomy) --, and ``C2ST`` -- the classifier two-sample test's held-out accuracy
+(``eval.c2st``, its defaults: 3 seeds, subjects never on both sides) of the row's images against
+the target domain's training images (0.5: told apart no better than chance; issue 29: <= 0.75).
 
     python scripts/distill_ablation.py --data runs/pretrain/data --teacher pretrained/demo128 \
         NAME=RUN[@NOISE] [NAME=RUN ...] [--tau 0.6] [--json out.json] [--doc]
@@ -37,7 +39,7 @@ COLS = (("ssim_src", "SSIM src↑", "{:.3f}"), ("psnr_tgt", "PSNR tgt↑", "{:.2
         ("fid_enl0", "FID-ENL0↓", "{:.1f}"), ("kid", "KID↓", "{:.4f}"),
         ("coverage", "Cov↑", "{:.2f}"), ("nps_dist", "NPS↓", "{:.2f}"),
         ("noise_ratio", "noise ×tgt", "{:.2f}"), ("curve_dev", "curve dev↓", "{:.2f}"),
-        ("seed_ssim", "seed SSIM lp", "{:.3f}"))
+        ("seed_ssim", "seed SSIM lp", "{:.3f}"), ("c2st", "C2ST↓", "{:.2f}"))
 
 
 def _fmt(fmt: str, v) -> str:
@@ -89,6 +91,13 @@ def _load(data, domain, split):
             [ds.samples[i].view_id for i in range(len(ds))])
 
 
+def _subjects(data, domain, split):
+    from medshift_fast.data import FolderDataset
+
+    ds = FolderDataset(data, size=128, split=split, domains=(domain,))
+    return [s.subject or s.view_id or str(s.path) for s in ds.samples]
+
+
 def _teacher(cache: Path, teacher: str, x: torch.Tensor, src: str, tgt: str, tau: float,
              split: str) -> torch.Tensor:
     from medshift_fast.run import load_run
@@ -107,6 +116,7 @@ def _teacher(cache: Path, teacher: str, x: torch.Tensor, src: str, tgt: str, tau
 def score(data: str, teacher: str, runs: dict[str, str], tau: float, split: str,
           cache: Path) -> dict[str, list[dict]]:
     from medshift_fast import eval as E
+    from medshift_fast.eval.c2st import c2st
     from medshift_fast.models.discriminator import lowpass
     from medshift_fast.translate import Translator
 
@@ -117,6 +127,7 @@ def score(data: str, teacher: str, runs: dict[str, str], tau: float, split: str,
         xt, kt = _load(data, tgt, split)
         gt = xt[torch.tensor([kt.index(k) for k in ks])]
         ref, _ = _load(data, tgt, "train")
+        g_ref, g_src = _subjects(data, tgt, "train"), _subjects(data, src, split)
         f_ref, nps_ref = fx(ref), E.noise_power_spectrum(ref)
         noise_ref = float(E.noise_level(ref, reduction="mean"))
         curves = _curves(ref)
@@ -147,6 +158,7 @@ def score(data: str, teacher: str, runs: dict[str, str], tau: float, split: str,
                         "nps_dist": float(E.nps_distance(y, nps_ref)),
                         "noise_ratio": float(E.noise_level(y, reduction="mean")) / noise_ref,
                         "curve_dev": dev, "seed_ssim": seed_ssim.get(name),
+                        "c2st": c2st(ref, y, real_groups=g_ref, fake_groups=g_src).accuracy,
                         "n": int(y.shape[0])})
             print(f"{src}->{tgt} {name:24s} " + " ".join(
                 f"{c[0]}={_fmt(c[2], res[-1].get(c[0]))}" for c in COLS), flush=True)
@@ -233,8 +245,8 @@ KNOBS = (("arch", "arch"), ("method", "method"), ("steps", "steps"), ("lr", "lr"
 
 def settings_table(runs: dict[str, str]) -> list[str]:
     """What each run was trained with (from its recorded config)."""
-    lines = ["| run | " + " | ".join(k[1] for k in KNOBS) + " | noise maps × scale | D hinge "
-             "loss, last 100 steps (2 = chance) |", "|---|" + "---|" * (len(KNOBS) + 2)]
+    lines = ["| run | " + " | ".join(k[1] for k in KNOBS) + " | noise maps / texture × scale "
+             "| D hinge loss, last 100 steps (2 = chance) |", "|---|" + "---|" * (len(KNOBS) + 2)]
     for name, path in runs.items():
         path, _, noise = path.partition("@")
         t = json.loads((Path(path) / "config.json").read_text()).get("train", {})
@@ -243,7 +255,11 @@ def settings_table(runs: dict[str, str]) -> list[str]:
         cells = [str(t.get(k, "")) if adv or k in ("arch", "method", "steps", "lr") else "–"
                  for k, _ in KNOBS]
         nc = int(t.get("noise_channels") or 0)
-        cells.append(f"{nc} × {float(noise or t.get('noise_scale', 1.0)):g}" if nc else "–")
+        scale = float(noise or t.get("noise_scale", 1.0))
+        maps = [f"{nc} × {scale:g}"] if nc else []
+        if t.get("texture", "none") != "none":
+            maps.append(f"{t['texture']} × {scale:g}")
+        cells.append(", ".join(maps) or "–")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {d_loss(path)} |")
     return lines + [""]
 

@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 TEACHER = ROOT / "pretrained" / "demo128"
-STUDENT = ROOT / "pretrained" / "demo128_lean_sto"  # the demo's student (demo.DEFAULT_STUDENT)
+STUDENT = ROOT / "pretrained" / "demo128_lean_tex"  # the demo's student (demo.DEFAULT_STUDENT)
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 SUBJECTS = (40, 41)  # the demo's simulator trained the runs on subjects 0..39
 DOC, FIG = ROOT / "docs" / "native.md", ROOT / "docs" / "hallucination_rg1.png"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the demo's shipped checkpoints (pretrained/demo128, pretrained/demo128_student,
-# pretrained/demo128_adv, pretrained/demo128_lean, pretrained/demo128_lean_sto): the demo's data (same simulator seed), the recorded `medshift train`
+# pretrained/demo128_adv, pretrained/demo128_lean, pretrained/demo128_lean_sto,
+# pretrained/demo128_lean_tex): the demo's data (same simulator seed), the recorded `medshift train`
 # and `medshift distill` commands, then only what the demo needs is copied into pretrained/ (EMA
 # weights, config.json, log.csv, data.json = the data's fingerprint). About 2 hours of one core
 # here; minutes on a GPU.
@@ -69,5 +70,20 @@ if [ -f "$W/student_lean_sto/training_state.pt" ]; then
   $PY -m medshift_fast distill "${STO_ARGS[@]}" --resume last
 else
   $PY -m medshift_fast distill "${STO_ARGS[@]}"
+fi
+# the demo's default: the lean student with a detector texture (models/texture.py), from the
+# deterministic lean student, adversarial + source-noise consistency; noise scale 0.75
+TEX_ARGS=(--method adversarial --arch lean --texture detector --teacher "$W/teacher"
+          --out "$W/student_lean_tex" --init "$W/student_lean" --anchor-run "$W/student"
+          --anchor-cache --taus-per-image 4
+          --pairs synthetic_low:real_normal,real_low:real_exposure --tau-min 0.3 --tau-max 0.6
+          --crop 64 --steps 2400 --batch-size 8 --lr 2e-4 --ema-decay 0.99 --seed 0
+          --adv-weight 0.3 --consistency-weight 20 --disc-lr 4e-4 --anchor-weight 0.1
+          --structure-sigma 2 --noise-scale 0.75
+          --val-every 200 --ckpt-every 100 --keep-ckpts 0)
+if [ -f "$W/student_lean_tex/training_state.pt" ]; then
+  $PY -m medshift_fast distill "${TEX_ARGS[@]}" --resume last
+else
+  $PY -m medshift_fast distill "${TEX_ARGS[@]}"
 fi
 $PY scripts/publish_pretrained.py "$W"

@@ -2,13 +2,14 @@
 
 pretrained/demo128/ (teacher), pretrained/demo128_student/ (regression student),
 pretrained/demo128_adv/ (adversarial student), pretrained/demo128_lean/ (the lean student: the
-adversarial student re-distilled into models/lean.py) and pretrained/demo128_lean_sto/ (the
-stochastic lean student, trained adversarially from it) get config.json, model.safetensors (EMA),
-log.csv (+ adversarial.csv) and data.json (the SHA-256 of the simulated data's simulator.json
-and manifest.csv, which the demo compares with the data it simulates). A run missing from
-WORK_DIR leaves its folder as it is. pretrained/README.md gets each shipped run's command,
-regenerated from its recorded config (every field that differs from the default), its size
-and its last logged validation figure.
+adversarial student re-distilled into models/lean.py), pretrained/demo128_lean_sto/ (the
+stochastic lean student, trained adversarially from it) and pretrained/demo128_lean_tex/ (the
+lean student with a detector texture, the demo's default, trained adversarially from it) get
+config.json, model.safetensors (EMA), log.csv (+ adversarial.csv) and data.json (the SHA-256 of
+the simulated data's simulator.json and manifest.csv, which the demo compares with the data it
+simulates). A run missing from WORK_DIR leaves its folder as it is. pretrained/README.md gets
+each shipped run's command, regenerated from its recorded config (every field that differs from
+the default), its size and its last logged validation figure.
 
     python scripts/publish_pretrained.py [WORK_DIR]    (default runs/pretrain)
 """
@@ -86,6 +87,9 @@ def main(work: str) -> None:
                "anchor_run": "runs/pretrain/student_adv"}),
              (work / "student_lean_sto", "demo128_lean_sto", "distill", DistillConfig,
               {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student_lean_sto",
+               "init": "runs/pretrain/student_lean", "anchor_run": "runs/pretrain/student"}),
+             (work / "student_lean_tex", "demo128_lean_tex", "distill", DistillConfig,
+              {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student_lean_tex",
                "init": "runs/pretrain/student_lean", "anchor_run": "runs/pretrain/student"}))
     for src, name, cmd, cls, paths in specs:
         dst = root / name

@@ -28,6 +28,11 @@ seeds them from --seed and the image's path), so a rerun is byte-identical and a
 gives another realisation of the texture with the same anatomy. ``noise_scale`` (the config's
 default, a translation setting at run time) scales the maps: 0 is the deterministic member.
 
+A one-call student with a *detector texture* (``texture``: a ``models.texture.DetectorNoise``
+per target label, ``medshift distill --texture detector``) is stochastic too: its network makes
+the noise-free translation c and the target domain's mottle is drawn from the fitted model,
+G = c + noise_scale * a(c) (k_sigma * n), from one more noise map n; noise scale 0 gives c.
+
 The teacher's settings (guidance, solver, steps) are recorded in the config: a request outside
 what the student learned (another pair, tau outside its range, another solver setting) is a
 ``MedShiftError`` naming the allowed values.
@@ -45,6 +50,7 @@ from torch import nn
 
 from ..errors import MedShiftError
 from .lean import LeanConfig, LeanNet
+from .texture import DetectorNoise
 from .unet import UNet, UNetConfig, timestep_embedding
 
 __all__ = ["STUDENT_ARCHS", "STUDENT_METHODS", "Student", "StudentConfig"]
@@ -70,6 +76,8 @@ class StudentConfig:
         lean: the ``LeanConfig`` as a dict (arch lean).
         noise_scale: default scale of a stochastic student's noise maps (the translation setting
             ``noise_scale`` overrides it; 0 = deterministic). Ignored by deterministic students.
+        texture: {target label (str): ``DetectorNoise.to_dict()``} -- the detector noise added
+            to the network's noise-free translation (oneshot only; empty: none).
     """
 
     unet: dict = dataclasses.field(default_factory=dict)
@@ -81,6 +89,7 @@ class StudentConfig:
     arch: str = "unet"
     lean: dict = dataclasses.field(default_factory=dict)
     noise_scale: float = 1.0
+    texture: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pairs", tuple((int(a), int(b)) for a, b in self.pairs))
@@ -105,6 +114,10 @@ class StudentConfig:
             raise MedShiftError(f"student noise scale must be a finite number >= 0, got "
                                 f"{self.noise_scale!r}")
         object.__setattr__(self, "noise_scale", noise)
+        if self.texture and self.method != "oneshot":
+            raise MedShiftError("a detector texture applies to one-call (oneshot) students")
+        object.__setattr__(self, "texture", {str(int(k)): DetectorNoise.from_dict(v).to_dict()
+                                             for k, v in dict(self.texture).items()})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -130,9 +143,11 @@ class Student(nn.Module):
             n = self.net
             self.in_channels, self.num_classes, self.down_factor = (n.in_channels,
                                                                     n.num_classes, n.down_factor)
-            self.noise_channels = n.noise_channels
+            self.net_noise = n.noise_channels
+            self._set_texture(config)
             return
-        self.noise_channels = 0
+        self.net_noise = 0
+        self._set_texture(config)
         self.unet = UNet(UNetConfig(**config.unet))
         u = self.unet
         self.in_channels, self.num_classes, self.down_factor = (u.in_channels, u.num_classes,
@@ -149,6 +164,23 @@ class Student(nn.Module):
             self.leg_emb = nn.Embedding(2, emb)
             nn.init.zeros_(self.leg_emb.weight)
 
+    def _set_texture(self, config: StudentConfig) -> None:
+        """The detector noise models per target label; ``noise_channels`` counts every noise
+        map the student takes (its network's, then one for the texture)."""
+        self.textures = {int(k): DetectorNoise.from_dict(v) for k, v in config.texture.items()}
+        self.noise_channels = self.net_noise + (1 if self.textures else 0)
+
+    def texture_noise(self, clean: torch.Tensor, n: torch.Tensor,
+                      y_tgt: torch.Tensor) -> torch.Tensor:
+        """The detector noise of each image's target domain for the noise-free translations
+        ``clean`` (B, C, H, W) from standard-normal maps ``n`` (B, 1, H, W) (zero for a target
+        without a model; masks, not branches, so it traces)."""
+        out = torch.zeros_like(clean)
+        for g, model in self.textures.items():
+            m = (y_tgt == g).to(clean.dtype).view(-1, 1, 1, 1)
+            out = out + m * model.noise(clean, n)
+        return out
+
     @property
     def calls(self) -> int:
         """Network evaluations per translation."""
@@ -156,14 +188,17 @@ class Student(nn.Module):
 
     @property
     def stochastic(self) -> bool:
-        """Whether the student takes noise maps (a lean student with noise_channels > 0)."""
+        """Whether the student takes noise maps (a lean student with noise_channels > 0, or a
+        detector texture)."""
         return self.noise_channels > 0
 
     @property
     def halo(self) -> int | None:
         """The farthest input pixel that can change an output pixel (lean; None: the U-Net,
         whose attention and GroupNorm make it global)."""
-        return self.net.halo if self.config.arch == "lean" else None
+        if self.config.arch != "lean":
+            return None
+        return max([self.net.halo, *(t.radius for t in self.textures.values())])
 
     def draw_noise(self, shape: tuple[int, ...], generator=None, device=None,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
@@ -203,6 +238,10 @@ class Student(nn.Module):
         None = zeros, the deterministic member).
         """
         if self.config.arch == "lean":
+            if noise is not None and self.net_noise == 0:
+                noise = None
+            elif noise is not None:
+                noise = noise[:, :self.net_noise]
             return x + self.net(x, tau, y_src, y_tgt, noise)
         return x + self.unet(x, tau, y_tgt, self.src_emb(y_src))
 
@@ -233,7 +272,11 @@ class Student(nn.Module):
         if self.config.method == "oneshot":
             if noise is not None and self.stochastic:
                 scale = self.config.noise_scale if noise_scale is None else float(noise_scale)
-                return self.oneshot(z, t, y_src, y_tgt, noise.to(z.dtype) * scale)
+                noise = noise.to(z.dtype)
+                out = self.oneshot(z, t, y_src, y_tgt, noise * scale)
+                if self.textures and scale != 0:
+                    out = out + scale * self.texture_noise(out, noise[:, -1:], y_tgt)
+                return out
             return self.oneshot(z, t, y_src, y_tgt)
         one = torch.ones_like(t)
         enc = torch.zeros(b, dtype=torch.long, device=z.device)

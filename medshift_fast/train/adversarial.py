@@ -22,6 +22,17 @@ exact resume, EMA, the non-finite guard) with the sum of
   fine band -- -log of the mean absolute difference between the high-passes of two
   translations of the same crops under independent noise draws (:meth:`_diversity`), so the
   texture comes from the noise input rather than from the source's own noise;
+* with ``--texture detector``, the discriminator judges the student's translation *plus* the
+  target domain's detector noise (``models.texture``, fitted here to the real training images
+  of each target domain, recorded in the student's config): the network learns the noise-free
+  image under that noise, and the mottle at translation time is the model's. A saved run's
+  model is *topped up* (:meth:`DetectorNoise.top_up`): the EMA student's noise-free
+  translations of (up to 96) training sources per target at the default tau are measured and
+  the model adds, per signal level, only the variance they lack;
+* a **consistency** term (``consistency_weight``): L1 between the translations of a crop and
+  of the same crop plus fresh noise from the source domain's own detector noise model (fitted
+  to its training images): the map has to become insensitive to the source's noise, i.e.
+  remove it -- what ``--texture detector`` needs of the noise-free translation;
 * a **structure** term against the source (``structure_weight``), on Gaussian low-passes (std
   ``structure_sigma``) of the translation and of the source image, so the anatomy stays:
   ``matched`` (default): L1 to the source's low-pass passed through the intensity map that
@@ -52,12 +63,13 @@ from ..fileio import save_safetensors
 from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, lowpass
 from .data import random_crop
 from .distill_task import DistillTask
+from .teacher_pass import say
 from .trainer import Trainer
 
 __all__ = ["AdversarialTask", "DISC_WEIGHTS", "lowpass"]
 
 DISC_WEIGHTS = "discriminator.safetensors"
-TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake", "diversity")
+TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake", "diversity", "consistency")
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -114,6 +126,28 @@ class AdversarialTask(DistillTask):
 
         self.ref_nps = {g: noise_power_spectrum(self._pixels(imgs)) for g, imgs in
                         self.real.items()}
+        self.texture, self.source_noise = {}, {}
+        if self.cfg.texture == "detector" or self.cfg.consistency_weight > 0:
+            if getattr(self.teacher.codec, "kind", "pixel") != "pixel":
+                raise MedShiftError("--texture detector and --consistency-weight need a "
+                                    "pixel-space teacher (the noise models live on pixels); "
+                                    "this teacher has a latent codec")
+            from ..models.texture import DetectorNoise
+
+            fits = {}
+            if self.cfg.texture == "detector":
+                fits.update({(g, "target"): imgs for g, imgs in self.real.items()})
+            if self.cfg.consistency_weight > 0:
+                fits.update({(a, "source"): self.x[self.y == a] for a in
+                             sorted({a for a, _ in self.pairs})})
+            for (g, role), imgs in fits.items():
+                model = DetectorNoise.fit(self._pixels(imgs))
+                if role == "target":
+                    self.texture[str(g)] = model.to_dict()
+                else:
+                    self.source_noise[g] = model
+                if tr.dist.is_main:
+                    say(f"{self.domains[g]} ({role}): {model.describe()}")
         sig, dev = self.cfg.structure_sigma, tr.device
         self.maps = {}  # (src, tgt) -> per-channel knots of the low-passed intensity map
         for a, b in self.pairs:
@@ -198,14 +232,23 @@ class AdversarialTask(DistillTask):
                 fake, fake2 = fwd(*two, torch.cat([noise, self._noise(tr, x)])).chunk(2)
             else:
                 fake = fwd(x, tau, ys, yt, noise)
+        clean = fake
+        if noise is not None and getattr(tr.model, "textures", None):
+            fake = clean + tr.model.texture_noise(clean, noise[:, -1:], yt)
         zero = torch.zeros((), device=fake.device)
+        consistency = zero
+        if cfg.consistency_weight > 0:
+            with tr.autocast():
+                again = fwd(x + self._source_noise(tr, x, ys), tau, ys, yt,
+                            *(() if noise is None else (noise,)))
+            consistency = (again.float() - clean.float()).abs().mean()
         if cfg.adv_weight > 0:
             d_stats = self._disc_step(tr, self._real_batch(tr, yt), fake.detach(), yt)
             with tr.autocast():
                 adv = hinge_g_loss(self.disc(fake, yt)).float()
         else:
             d_stats, adv = torch.zeros(3, device=fake.device), zero
-        f32, x32 = fake.float(), x.float()
+        f32, x32 = clean.float(), x.float()
         anchor = ((lowpass(f32, cfg.anchor_sigma) - lowpass(target.float(), cfg.anchor_sigma))
                   .abs().mean() if cfg.anchor_weight > 0 else zero)
         structure = zero
@@ -220,9 +263,26 @@ class AdversarialTask(DistillTask):
         diversity = zero if fake2 is None else self._diversity(f32, fake2.float())
         self._terms = torch.cat([torch.stack([adv.detach(), anchor.detach(),
                                               structure.detach()]), d_stats,
-                                 diversity.detach()[None]])
+                                 diversity.detach()[None], consistency.detach()[None]])
         return (cfg.adv_weight * adv + cfg.anchor_weight * anchor
-                + cfg.structure_weight * structure + cfg.diversity_weight * diversity)
+                + cfg.structure_weight * structure + cfg.diversity_weight * diversity
+                + cfg.consistency_weight * consistency)
+
+    def _source_noise(self, tr: Trainer, x: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """Fresh noise of each crop's source domain (its fitted detector noise model at the
+        crop's low-passed signal), drawn from the run's checkpointed noise generator."""
+        from ..models.texture import SIGNAL_SIGMA, _blur
+
+        b, info = x.shape[0], tr.dist
+        n = torch.randn((b * info.world, 1, *x.shape[-2:]), generator=tr.noise_gen,
+                        device=tr.noise_gen.device)[info.rank * b:(info.rank + 1) * b]
+        n = n.to(x.device, torch.float32)
+        s = _blur(x.float(), SIGNAL_SIGMA)
+        out = torch.zeros_like(s)
+        for a, model in self.source_noise.items():
+            m = (ys == a).to(s.dtype).view(-1, 1, 1, 1)
+            out = out + m * model.noise(s, n)
+        return out.to(x.dtype)
 
     def _diversity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Mode seeking on the fine band: -log of the mean absolute difference between the
@@ -317,8 +377,45 @@ class AdversarialTask(DistillTask):
         self.opt_d.load_state_dict(state["disc_opt"])
         self.d_skipped = int(state.get("disc_skipped", 0))
 
+    @torch.no_grad()
+    def _topped_up(self, tr: Trainer) -> dict:
+        """The texture models as saved: each topped up by the EMA student's own residual noise
+        on training sources of its pairs (noise-free translations at the default tau)."""
+        from ..models.texture import DetectorNoise
+        from ..translate.settings import RECIPE
+
+        st = tr.ema.module.eval()
+        tau = min(max(float(RECIPE["tau"]), self.cfg.tau_min), self.cfg.tau_max)
+        out = {}
+        for key, model in self.texture.items():
+            g, own = int(key), []
+            for a, _ in (p for p in self.pairs if p[1] == g):
+                xs = self.x[self.y == a]
+                xs = xs[torch.linspace(0, xs.shape[0] - 1, min(96, xs.shape[0])).long()]
+                for k in range(0, xs.shape[0], 16):
+                    xb = xs[k:k + 16].to(tr.device)
+                    n = xb.shape[0]
+                    own.append(st.translate(xb, tau, torch.full((n,), a, device=tr.device),
+                                            torch.full((n,), g, device=tr.device)).float())
+            own = self._pixels(torch.cat(own)).clamp(-1, 1)
+            out[key] = DetectorNoise.from_dict(model).top_up(own).to_dict()
+        return out
+
     def save(self, tr: Trainer, run_dir: Path) -> None:
         """Task hook: the student run plus RUN/discriminator.safetensors."""
+        if self.texture:  # the saved run's models are topped up; training keeps the fitted ones
+            import dataclasses
+
+            training_cfg = self.student_cfg
+            self.student_cfg = dataclasses.replace(training_cfg, texture=self._topped_up(tr))
+            try:
+                self._save(tr, run_dir)
+            finally:
+                self.student_cfg = training_cfg
+            return
+        self._save(tr, run_dir)
+
+    def _save(self, tr: Trainer, run_dir: Path) -> None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_safetensors(run_dir / DISC_WEIGHTS,

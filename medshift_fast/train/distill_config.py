@@ -8,6 +8,7 @@ from typing import Any
 
 from ..models.lean import LeanConfig
 from ..models.student import STUDENT_ARCHS, STUDENT_METHODS
+from ..models.texture import TEXTURES
 from ..translate.settings import RECIPE
 from .loop_config import LoopConfig
 
@@ -73,6 +74,11 @@ class DistillConfig(LoopConfig):
             (-log of the mean fine-band difference between two noise draws' translations of
             the same crops): the texture must come from the noise input, not from the
             source's own noise.
+        consistency_weight: adversarial: weight of the source-noise consistency term -- L1
+            between the student's (noise-free) translations of a crop and of the same crop
+            with fresh noise drawn from the SOURCE domain's detector noise model (fitted to its
+            training images like ``texture``): a map that does not change when the source's
+            noise changes has to remove it, while the discriminator keeps the edges sharp.
         anchor_cache: with anchor_run: translate every training image with it once, at
             taus_per_image random taus per image and pair, and keep them in
             RUN/teacher_cache.safetensors (reused on --resume) instead of translating every
@@ -91,6 +97,10 @@ class DistillConfig(LoopConfig):
         noise_scale: the default scale of those noise maps at translation time (recorded in the
             student's config; the translation setting overrides it; training draws them at
             scale 1).
+        texture: none | detector: the student makes the noise-free image and the target
+            domain's mottle is drawn from a detector noise model fitted to its real training
+            images (``models.texture``; the discriminator sees the translation plus that
+            noise). Adversarial only; the student is then stochastic (one noise map).
     """
 
     teacher: str = ""
@@ -129,6 +139,7 @@ class DistillConfig(LoopConfig):
     anchor_run: str | None = None
     anchor_cache: bool = False
     diversity_weight: float = 0.0
+    consistency_weight: float = 0.0
     arch: str = "unet"
     lean_unshuffle: int = 2
     lean_widths: tuple[int, ...] = (32, 64)
@@ -137,6 +148,7 @@ class DistillConfig(LoopConfig):
     lean_block: str = "conv"
     noise_channels: int = 0
     noise_scale: float = 1.0
+    texture: str = "none"
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -160,6 +172,9 @@ class DistillConfig(LoopConfig):
             (self.structure_loss in ("matched", "l1", "ssim"),
              "structure_loss must be matched, l1 or ssim"),
             (self.diversity_weight >= 0, "diversity_weight must be >= 0"),
+            (self.consistency_weight >= 0, "consistency_weight must be >= 0"),
+            (self.consistency_weight == 0 or self.method == "adversarial",
+             "--consistency-weight applies to --method adversarial"),
             (self.diversity_weight == 0 or self.noise_channels > 0,
              "--diversity-weight needs a stochastic student (--noise-channels >= 1)"),
             (self.diversity_weight == 0 or self.method == "adversarial",
@@ -171,6 +186,11 @@ class DistillConfig(LoopConfig):
              "--arch lean makes a one-call student: use --method oneshot or adversarial"),
             (self.arch == "lean" or self.noise_channels == 0,
              "--noise-channels needs --arch lean (the U-Net student takes no noise)"),
+            (self.texture in TEXTURES,
+             f"texture must be one of {', '.join(TEXTURES)}, got {self.texture!r}"),
+            (self.texture == "none" or self.method == "adversarial",
+             "--texture detector needs --method adversarial (its discriminator is what teaches "
+             "the student the noise-free image)"),
             (0.0 <= self.noise_scale < float("inf"),
              f"noise_scale must be >= 0, got {self.noise_scale}"),
         ]

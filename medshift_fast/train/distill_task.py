@@ -288,7 +288,8 @@ class DistillTask(Task):
                if cfg.arch == "lean" else {"unet": t.model.config.to_dict()})
         scfg = StudentConfig(method=method, pairs=self.pairs, tau_min=cfg.tau_min,
                              tau_max=cfg.tau_max, teacher={**self.settings, "run": str(t.path)},
-                             arch=cfg.arch, noise_scale=cfg.noise_scale, **net)
+                             arch=cfg.arch, noise_scale=cfg.noise_scale,
+                             texture=getattr(self, "texture", {}), **net)
         self.student_cfg = scfg
         st = Student(scfg)
         st.init_from_teacher(t.model)

@@ -146,6 +146,7 @@ class Translator:
         if not isinstance(tile, _Default):  # None here means "never tile", not "default"
             vals["tile"] = tile
         self.settings = TranslationSettings(run.label(source), run.label(target), **vals)
+        self._auto_noise = noise_scale is None  # the run's default scale: texture rule applies
         s = self.settings
         if run.kind == "student":
             run.model.check_request(s, run.domains)
@@ -357,6 +358,15 @@ class Translator:
             return out.to(torch.int32).numpy().astype(np.uint16) if u16 else out.numpy()
         return out.to(device)
 
+    def texture_off(self, h: int, w: int) -> bool:
+        """Whether a working grid of ``h`` x ``w`` gets the noise-free translation of a student
+        with a detector texture: its noise was fitted at the learned scale, so on a grid more
+        than 2x from it (``learned.size_warning``, e.g. --size native on a radiograph) it
+        would add a 128-px detector's grain to another detector's pixels. Only when the noise
+        scale was left to the run's default; an explicit ``noise_scale`` is kept."""
+        return bool(self._auto_noise and getattr(self.model, "textures", None)
+                    and self.learned.size_warning((int(h), int(w))) is not None)
+
     @torch.no_grad()
     def translate(self, x: torch.Tensor, generators=None) -> torch.Tensor:
         """(B, C, H, W) float pixels in [-1, 1] -> translated float32 pixels (on the device).
@@ -394,6 +404,11 @@ class Translator:
         if ph or pw:  # edge padding to the factor, cropped off below
             x = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2),
                                         mode="replicate")
+        s = self.settings
+        if self.texture_off(h, w):
+            import dataclasses
+
+            s = dataclasses.replace(s, noise_scale=0.0)
         bs = min(self.batch_size or x.shape[0], plan.images)
         if self.mode == "compiled" and self.batch_size is None:
             self.batch_size = bs = min(x.shape[0], plan.images)  # one static shape from now on
@@ -405,7 +420,7 @@ class Translator:
                 eng = self.engine
                 model, codec = self.native.tiled(plan.tile_batch,
                                                  None if eng is None else eng.translate)
-                outs.append(pipeline(model, codec, chunk, self.settings, self.dtype,
+                outs.append(pipeline(model, codec, chunk, s, self.dtype,
                                      PerSampleGenerators(gens) if gens else self._gen))
             else:
                 outs.append(self._translate_sampler(chunk, plan.tile_batch, bs))

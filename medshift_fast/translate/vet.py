@@ -22,7 +22,7 @@ from typing import Any
 from ..data.geometry import Fit, plan_fit
 from ..data.io import find_images, probe_image, read_image
 from ..data.writers import output_suffix
-from ..errors import MedShiftError
+from ..errors import MedShiftError, option
 from .checks import check_scale
 
 __all__ = ["Planned", "collect", "vet_all", "vet_input"]
@@ -130,6 +130,10 @@ def vet_input(f: Path, rel: Path, tr, cfg, out: Path, opts: dict, pixels: bool =
             f"{fit.shape[0]}x{fit.shape[1]})")
     warns = [ws.warning or (tr.learned.size_warning(tuple(ws.shape or fit.shape))
                             if ws.how == "native" else None)]
+    if tr.texture_off(*fit.shape):
+        warns[0] = (f"{warns[0] or 'a working grid far from the learned scale'}; the student's "
+                    "detector texture is off there (fitted at the learned scale): "
+                    f"{option('noise_scale', 'S', 'S') or 'noise_scale=S'} adds it")
     dst = out / rel.parent / f"{rel.stem}_{cfg.target}{_suffix(cfg, info, f)}"
     note = f"{fit.resized[0]}x{fit.resized[1]} px, {ws.note}"
     item = Planned(f, rel, dst, fit, note)

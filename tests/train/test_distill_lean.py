@@ -5,6 +5,7 @@ config's refusals."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 
@@ -169,3 +170,33 @@ def test_diversity_term_makes_the_texture_depend_on_the_noise(teacher, anchor, t
         _cfg(teacher, tmp_path / "x", method="adversarial", diversity_weight=1.0, **LEAN)
     with pytest.raises(MedShiftError, match="adversarial"):
         _cfg(teacher, tmp_path / "x", diversity_weight=1.0, noise_channels=1, **LEAN)
+
+
+def test_detector_texture_is_fitted_and_judged_with_the_noise(teacher, anchor, tmp_path):
+    """--texture detector: a noise model per target domain, fitted to its real training images,
+    lands in the student's config; the student is stochastic through it (one noise map), its
+    noise-0 member is the network alone, and the config refuses it outside adversarial."""
+    from medshift_fast.models.texture import DetectorNoise
+
+    out = distill(_cfg(teacher, tmp_path / "tex", method="adversarial", anchor_run=str(anchor),
+                       texture="detector", noise_channels=0, steps=2, consistency_weight=0.5,
+                       **LEAN), progress=False)
+    st = load_run(out).model
+    rows = list(csv.DictReader((out / "adversarial.csv").open()))
+    assert all(float(r["consistency"]) > 0 for r in rows)  # the source-noise term ran
+    assert set(st.config.texture) == {"1"} and st.stochastic and st.net_noise == 0
+    assert isinstance(st.textures[1], DetectorNoise)
+    # saved topped up: the student's own residual noise was measured per knot
+    assert len(st.textures[1].own_std) == len(st.textures[1].knots)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    ys, yt = torch.zeros(2).long(), torch.ones(2).long()
+    n = st.draw_noise(x.shape, torch.Generator().manual_seed(0))
+    clean = st.translate(x, 0.5, ys, yt)
+    assert torch.allclose(st.translate(x, 0.5, ys, yt, n),
+                          clean + st.texture_noise(clean, n[:, -1:], yt), atol=1e-6)
+    with pytest.raises(MedShiftError, match="needs --method adversarial"):
+        _cfg(teacher, tmp_path / "x", method="oneshot", texture="detector", **LEAN)
+    with pytest.raises(MedShiftError, match="consistency-weight applies"):
+        _cfg(teacher, tmp_path / "x", method="oneshot", consistency_weight=1.0, **LEAN)
+    with pytest.raises(MedShiftError, match="texture must be one of"):
+        _cfg(teacher, tmp_path / "x", method="adversarial", texture="film", **LEAN)
