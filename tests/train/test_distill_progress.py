@@ -79,7 +79,8 @@ def test_sigint_in_the_teacher_pass_then_resume(teacher, tmp_path):
     """A child process interrupted in the teacher pass saves what it did; --resume continues
     from there to the cache an uninterrupted run computes, bit for bit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "medshift_fast", *_argv(teacher, tmp_path / "cut")]
+    slow = ("--solver-steps", "16")  # a pass of seconds: the signal lands inside it, not after
+    cmd = [sys.executable, "-m", "medshift_fast", *_argv(teacher, tmp_path / "cut", *slow)]
     partial = tmp_path / "cut" / "teacher_cache.partial.safetensors"
     child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
@@ -102,7 +103,7 @@ def test_sigint_in_the_teacher_pass_then_resume(teacher, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"continuing after {done} done by an interrupted run" in res.stderr
     assert not partial.exists()
-    assert main(_argv(teacher, tmp_path / "whole")) == 0
+    assert main(_argv(teacher, tmp_path / "whole", *slow)) == 0
     a, b = _cache(tmp_path / "cut"), _cache(tmp_path / "whole")
     assert a.keys() == b.keys()
     for k in a:
