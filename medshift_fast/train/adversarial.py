@@ -127,6 +127,9 @@ class AdversarialTask(DistillTask):
         self.ref_nps = {g: noise_power_spectrum(self._pixels(imgs)) for g, imgs in
                         self.real.items()}
         self.texture, self.source_noise = {}, {}
+        if self.cfg.consistency_weight > 0 and tr.dist.enabled:
+            raise MedShiftError("--consistency-weight runs in one process (its second forward "
+                                "does not go through DDP); drop it, or run without torchrun")
         if self.cfg.texture == "detector" or self.cfg.consistency_weight > 0:
             if getattr(self.teacher.codec, "kind", "pixel") != "pixel":
                 raise MedShiftError("--texture detector and --consistency-weight need a "

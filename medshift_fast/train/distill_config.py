@@ -79,6 +79,7 @@ class DistillConfig(LoopConfig):
             with fresh noise drawn from the SOURCE domain's detector noise model (fitted to its
             training images like ``texture``): a map that does not change when the source's
             noise changes has to remove it, while the discriminator keeps the edges sharp.
+            One process only (a second forward per step; refused under torchrun).
         anchor_cache: with anchor_run: translate every training image with it once, at
             taus_per_image random taus per image and pair, and keep them in
             RUN/teacher_cache.safetensors (reused on --resume) instead of translating every
