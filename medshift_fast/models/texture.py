@@ -63,13 +63,11 @@ SIGMA_GRID = np.round(np.arange(0.0, 2.0001, 0.0125), 4)
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    """Normalised discrete Gaussian of radius ceil(3 sigma) (float64); sigma < 0.05: [1]."""
-    if sigma < 0.05:
-        return torch.ones(1, dtype=torch.float64)
-    r = max(1, int(math.ceil(3.0 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
+    """The simulator's normalised discrete Gaussian (``data.physics``, radius ceil(3 sigma),
+    float64); sigma < 0.05 (a kernel within round-off of the identity): [1]."""
+    from ..data.physics import gaussian_kernel1d as kernel
+
+    return kernel(sigma if sigma >= 0.05 else 0.0)
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
