@@ -13,10 +13,20 @@ target domain of the shipped pairs (real_normal, real_exposure):
   blurred by a Gaussian of 0.5 / 0.7 / 1.0 px before the model's noise (a noise-free image a
   little less sharp than the truth).
 
+With ``--student NAME=RUN[@SCALE]`` (repeatable), what the C2ST sees in each student's output
+on the same validation views (pairs synthetic_low -> real_normal and real_low -> real_exposure,
+tau 0.6): the source rendered twice with independent noise (same anatomy), the student's
+noise-free translations c1, c2 of both, and the noise-free target T. The residual splits into a
+part that follows the source's noise, rn = (c1 - c2) / sqrt 2, and a deterministic part,
+rb = (c1 + c2) / 2 - T (blur, bias, invented detail); the C2ST scores T + model noise + rn and
+T + model noise + rb (each part alone on a perfect translation) beside the student's output at
+its noise scale. Writes the ``texture-residual`` block with ``--doc``.
+
 The expectation is available only because the data are simulated; nothing here is used in
 training. Writes the ``texture-model`` block of docs/distill.md with ``--doc``.
 
     python scripts/texture_numbers.py [--data runs/pretrain/data] [--doc]
+        [--student tex=pretrained/demo128_lean_tex ...] [--no-model]
 """
 
 from __future__ import annotations
@@ -80,6 +90,99 @@ def score(data: str) -> list[dict]:
     return rows
 
 
+PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.double().pow(2).mean().sqrt())
+
+
+@torch.no_grad()
+def _noise_free(st, x, tau, ys, yt, n, scale) -> torch.Tensor:
+    """The student's translations of x in batches of 8 (noise maps n at ``scale``)."""
+    return torch.cat([st.translate(x[k:k + 8], tau, ys[k:k + 8], yt[k:k + 8], n[k:k + 8],
+                                   noise_scale=scale)
+                      for k in range(0, x.shape[0], 8)]).clamp(-1, 1)
+
+
+def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dict]:
+    """The residual decomposition of each student's noise-free translation (module docstring)."""
+    import dataclasses
+
+    from medshift_fast.data.simulator import (
+        SimConfig,
+        render_domains,
+        render_subject,
+        subject_line_integrals,
+        subject_splits,
+    )
+    from medshift_fast.eval.c2st import c2st
+    from medshift_fast.models.texture import DetectorNoise
+    from medshift_fast.run import load_run
+
+    cfg = SimConfig.from_dict(json.loads((Path(data) / "simulator.json").read_text())["config"])
+    val = [i for i, s in enumerate(subject_splits(cfg)) if s == "val"]
+    views = {}  # subject -> (noisy, noise-free, noisy with other noise)
+    for i in val:
+        _, _, L = subject_line_integrals(cfg, i)
+        other = [render_domains(L[v], cfg, [cfg.seed + 999, i, v]) for v in range(L.shape[0])]
+        views[i] = (render_subject(cfg, i), render_subject(cfg, i, noise=False),
+                    {d: torch.stack([o[d] for o in other]) for d in other[0]})
+
+    def stack(k: int, dom: str) -> torch.Tensor:
+        return torch.cat([views[i][k][dom] for i in val]).unsqueeze(1).float()
+
+    rows = []
+    for name, spec in students.items():
+        path, _, scale = spec.partition("@")
+        run = load_run(path)
+        st = run.model.eval()
+        if scale:
+            st.config = dataclasses.replace(st.config, noise_scale=float(scale))
+        names = list(run.domains)
+        for src, tgt in PAIRS:
+            ref, g_ref = _train_images(data, tgt)
+            model = DetectorNoise.fit(ref)
+            x1, x2, T = stack(0, src), stack(2, src), stack(1, tgt)
+            groups = [f"s{i:03d}" for i in val for _ in range(views[i][0][src].shape[0])]
+            b = x1.shape[0]
+            ys = torch.full((b,), names.index(src))
+            yt = torch.full((b,), names.index(tgt))
+            n = torch.randn((b, 1, *x1.shape[-2:]), generator=torch.Generator().manual_seed(0))
+
+            c1, c2, y = (_noise_free(st, x, tau, ys, yt, n, s)
+                         for x, s in ((x1, 0.0), (x2, 0.0), (x1, None)))
+            N = model.noise(T, torch.randn(T.shape, generator=torch.Generator().manual_seed(1)))
+            rn, rb = (c1 - c2) / 2 ** 0.5, (c1 + c2) / 2 - T
+            row = {"student": name, "pair": f"{src} → {tgt}", "scale": st.config.noise_scale,
+                   "rn": _rms(rn), "rb": _rms(rb), "N": _rms(N)}
+            for key, im in (("c2st_rn", T + N + rn), ("c2st_rb", T + N + rb), ("c2st", y)):
+                r = c2st(ref, im.clamp(-1, 1), real_groups=g_ref, fake_groups=groups)
+                row[key] = (r.accuracy, r.lo, r.hi)
+            rows.append(row)
+            print(f"{name:10s} {src:14s} rms rn {row['rn']:.4f} rb {row['rb']:.4f} N "
+                  f"{row['N']:.4f} C2ST T+N+rn {row['c2st_rn'][0]:.2f} T+N+rb "
+                  f"{row['c2st_rb'][0]:.2f} output {row['c2st'][0]:.2f}", flush=True)
+    return rows
+
+
+def residual_block(rows: list[dict], students: dict[str, str], data: str) -> str:
+    args = " ".join(f"--student {k}={v}" for k, v in students.items())
+    lines = [f"Written by `python scripts/texture_numbers.py --no-model {args} --doc` (data "
+             f"`{data}`; the validation subjects' views re-rendered with a second, independent "
+             "source noise; τ 0.6; C2ST against the target domain's training images; rms in "
+             "image units).", "",
+             "| student | pair | rms rn (follows the source noise) | rms rb (deterministic) | "
+             "rms target noise | C2ST T + noise + rn | C2ST T + noise + rb | C2ST output "
+             "(scale) |", "|---|---|---|---|---|---|---|---|"]
+    ci = "{:.2f} [{:.2f}, {:.2f}]".format
+    for r in rows:
+        lines.append(f"| {r['student']} | {r['pair']} | {r['rn']:.4f} | {r['rb']:.4f} | "
+                     f"{r['N']:.4f} | {ci(*r['c2st_rn'])} | {ci(*r['c2st_rb'])} | "
+                     f"{ci(*r['c2st'])} ({r['scale']:g}) |")
+    return "\n".join(lines)
+
+
 def block(rows: list[dict], data: str) -> str:
     lines = [f"Written by `python scripts/texture_numbers.py --doc` (data `{data}`; each model "
              "fitted to the domain's training images; scored on the validation subjects' "
@@ -96,16 +199,25 @@ def block(rows: list[dict], data: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="runs/pretrain/data")
-    p.add_argument("--doc", action="store_true", help="write the block into docs/distill.md")
+    p.add_argument("--doc", action="store_true", help="write the block(s) into docs/distill.md")
+    p.add_argument("--student", action="append", default=[], metavar="NAME=RUN[@SCALE]",
+                   help="a student whose residual to decompose (repeatable)")
+    p.add_argument("--no-model", action="store_true", help="skip the noise model's table")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    rows = score(a.data)
+    students = dict(s.split("=", 1) for s in a.student)
+    rows = None if a.no_model else score(a.data)
+    res = residuals(a.data, students) if students else None
     if a.doc:
         sys.path.insert(0, str(ROOT / "scripts"))
         from _blocks import fill_block
 
-        fill_block(ROOT / "docs" / "distill.md", "texture-model", block(rows, a.data),
-                   required=True)
+        if rows is not None:
+            fill_block(ROOT / "docs" / "distill.md", "texture-model", block(rows, a.data),
+                       required=True)
+        if res is not None:
+            fill_block(ROOT / "docs" / "distill.md", "texture-residual",
+                       residual_block(res, students, a.data), required=True)
     return 0
 
 

@@ -33,6 +33,10 @@ exact resume, EMA, the non-finite guard) with the sum of
   of the same crop plus fresh noise from the source domain's own detector noise model (fitted
   to its training images): the map has to become insensitive to the source's noise, i.e.
   remove it -- what ``--texture detector`` needs of the noise-free translation;
+* a **denoise** term (``denoise_weight``): recorrupted-to-recorrupted (:meth:`_denoise`), the
+  self-supervised denoising loss whose minimiser is the noise-free translation when the source
+  domain's fitted noise model has the noise's covariance (docs/distill.md measures what it
+  does when it does not);
 * a **structure** term against the source (``structure_weight``), on Gaussian low-passes (std
   ``structure_sigma``) of the translation and of the source image, so the anatomy stays:
   ``matched`` (default): L1 to the source's low-pass passed through the intensity map that
@@ -69,7 +73,8 @@ from .trainer import Trainer
 __all__ = ["AdversarialTask", "DISC_WEIGHTS", "lowpass"]
 
 DISC_WEIGHTS = "discriminator.safetensors"
-TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake", "diversity", "consistency")
+TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake", "diversity", "consistency",
+         "denoise")
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -101,6 +106,16 @@ def apply_map(x: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor) -> torch.Tens
     return (y0 + w * (y1 - y0)).view_as(x)
 
 
+def map_slope(x: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
+    """The slope of :func:`apply_map`'s piecewise-linear map at x (0 beyond the end knots)."""
+    flat = x.flatten()
+    i = torch.searchsorted(qa, flat.contiguous()).clamp(1, qa.numel() - 1)
+    dx = qa[i] - qa[i - 1]
+    inside = (flat >= qa[0]) & (flat <= qa[-1]) & (dx > 1e-12)
+    return torch.where(inside, (qb[i] - qb[i - 1]) / dx.clamp_min(1e-12),
+                       torch.zeros_like(flat)).view_as(x)
+
+
 def _mean(logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([m.detach().float().mean() for m in logits]).mean()
 
@@ -127,12 +142,15 @@ class AdversarialTask(DistillTask):
         self.ref_nps = {g: noise_power_spectrum(self._pixels(imgs)) for g, imgs in
                         self.real.items()}
         self.texture, self.source_noise = {}, {}
-        if self.cfg.consistency_weight > 0 and tr.dist.enabled:
-            raise MedShiftError("--consistency-weight runs in one process (its second forward "
-                                "does not go through DDP); drop it, or run without torchrun")
-        if self.cfg.texture == "detector" or self.cfg.consistency_weight > 0:
+        second = self.cfg.consistency_weight > 0 or self.cfg.denoise_weight > 0
+        if second and tr.dist.enabled:
+            raise MedShiftError("--consistency-weight and --denoise-weight run in one process "
+                                "(their second forward does not go through DDP); drop them, or "
+                                "run without torchrun")
+        if self.cfg.texture == "detector" or second:
             if getattr(self.teacher.codec, "kind", "pixel") != "pixel":
-                raise MedShiftError("--texture detector and --consistency-weight need a "
+                raise MedShiftError("--texture detector, --consistency-weight and "
+                                    "--denoise-weight need a "
                                     "pixel-space teacher (the noise models live on pixels); "
                                     "this teacher has a latent codec")
             from ..models.texture import DetectorNoise
@@ -140,7 +158,7 @@ class AdversarialTask(DistillTask):
             fits = {}
             if self.cfg.texture == "detector":
                 fits.update({(g, "target"): imgs for g, imgs in self.real.items()})
-            if self.cfg.consistency_weight > 0:
+            if second:
                 fits.update({(a, "source"): self.x[self.y == a] for a in
                              sorted({a for a, _ in self.pairs})})
             for (g, role), imgs in fits.items():
@@ -245,6 +263,9 @@ class AdversarialTask(DistillTask):
                 again = fwd(x + self._source_noise(tr, x, ys), tau, ys, yt,
                             *(() if noise is None else (noise,)))
             consistency = (again.float() - clean.float()).abs().mean()
+        denoise = zero
+        if cfg.denoise_weight > 0:
+            denoise = self._denoise(tr, fwd, x, tau, ys, yt, noise)
         if cfg.adv_weight > 0:
             d_stats = self._disc_step(tr, self._real_batch(tr, yt), fake.detach(), yt)
             with tr.autocast():
@@ -266,10 +287,28 @@ class AdversarialTask(DistillTask):
         diversity = zero if fake2 is None else self._diversity(f32, fake2.float())
         self._terms = torch.cat([torch.stack([adv.detach(), anchor.detach(),
                                               structure.detach()]), d_stats,
-                                 diversity.detach()[None], consistency.detach()[None]])
+                                 diversity.detach()[None], consistency.detach()[None],
+                                 denoise.detach()[None]])
         return (cfg.adv_weight * adv + cfg.anchor_weight * anchor
                 + cfg.structure_weight * structure + cfg.diversity_weight * diversity
-                + cfg.consistency_weight * consistency)
+                + cfg.consistency_weight * consistency + cfg.denoise_weight * denoise)
+
+    def _denoise(self, tr: Trainer, fwd, x, tau, ys, yt, noise) -> torch.Tensor:
+        """Recorrupted-to-recorrupted (Pang et al. 2021): with z from the source domain's
+        noise model, the noises of x + alpha z and of x - z / alpha are uncorrelated (equal
+        covariances), so E|G(x + alpha z) - M(x - z / alpha)|^2 is the error against the
+        noise-free translation plus a constant. M is the pair's intensity map (the structure
+        term's), linearised at the crop's low-pass: M(lx) + M'(lx) (x - z / alpha - lx)."""
+        a = self.cfg.denoise_alpha
+        z = self._source_noise(tr, x, ys).float()
+        with tr.autocast():
+            pred = fwd((x.float() + a * z).to(x.dtype), tau, ys, yt,
+                       *(() if noise is None else (noise,)))
+        x32 = x.float()
+        with torch.no_grad():
+            lx = lowpass(x32, self.cfg.structure_sigma)
+            target = self._matched(lx, ys, yt) + self._slope(lx, ys, yt) * (x32 - z / a - lx)
+        return (pred.float() - target).pow(2).mean()
 
     def _source_noise(self, tr: Trainer, x: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Fresh noise of each crop's source domain (its fitted detector noise model at the
@@ -320,6 +359,17 @@ class AdversarialTask(DistillTask):
             m = (ys == a) & (yt == b)
             if bool(m.any()):
                 out[m] = torch.cat([apply_map(lx[m][:, c:c + 1], *knots[c])
+                                    for c in range(lx.shape[1])], 1)
+        return out
+
+    @torch.no_grad()
+    def _slope(self, lx: torch.Tensor, ys: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+        """The slope of each crop's pair intensity map at the low-passed source lx."""
+        out = torch.ones_like(lx)
+        for (a, b), knots in self.maps.items():
+            m = (ys == a) & (yt == b)
+            if bool(m.any()):
+                out[m] = torch.cat([map_slope(lx[m][:, c:c + 1], *knots[c])
                                     for c in range(lx.shape[1])], 1)
         return out
 

@@ -80,6 +80,15 @@ class DistillConfig(LoopConfig):
             training images like ``texture``): a map that does not change when the source's
             noise changes has to remove it, while the discriminator keeps the edges sharp.
             One process only (a second forward per step; refused under torchrun).
+        denoise_weight: adversarial: weight of the recorrupted-to-recorrupted denoising term
+            (Pang et al., CVPR 2021; self-supervised, unpaired) -- MSE between the student's
+            translation of a crop recorrupted by ``denoise_alpha`` x z and the crop recorrupted
+            by -z / ``denoise_alpha`` passed through the pair's intensity map (linearised at
+            the crop's low-pass), z drawn from the SOURCE domain's fitted noise model: the two
+            noises are independent, so its minimiser is the noise-free translation (the
+            posterior mean), whatever the source's own noise. One process only (a second
+            forward per step; refused under torchrun).
+        denoise_alpha: adversarial: the recorruption strength alpha of ``denoise_weight``.
         anchor_cache: with anchor_run: translate every training image with it once, at
             taus_per_image random taus per image and pair, and keep them in
             RUN/teacher_cache.safetensors (reused on --resume) instead of translating every
@@ -141,6 +150,8 @@ class DistillConfig(LoopConfig):
     anchor_cache: bool = False
     diversity_weight: float = 0.0
     consistency_weight: float = 0.0
+    denoise_weight: float = 0.0
+    denoise_alpha: float = 0.5
     arch: str = "unet"
     lean_unshuffle: int = 2
     lean_widths: tuple[int, ...] = (32, 64)
@@ -176,6 +187,10 @@ class DistillConfig(LoopConfig):
             (self.consistency_weight >= 0, "consistency_weight must be >= 0"),
             (self.consistency_weight == 0 or self.method == "adversarial",
              "--consistency-weight applies to --method adversarial"),
+            (self.denoise_weight >= 0, "denoise_weight must be >= 0"),
+            (0 < self.denoise_alpha <= 4, "denoise_alpha must be in (0, 4]"),
+            (self.denoise_weight == 0 or self.method == "adversarial",
+             "--denoise-weight applies to --method adversarial"),
             (self.diversity_weight == 0 or self.noise_channels > 0,
              "--diversity-weight needs a stochastic student (--noise-channels >= 1)"),
             (self.diversity_weight == 0 or self.method == "adversarial",

@@ -158,6 +158,25 @@ def test_lowpass_keeps_constants_and_removes_fine_grain():
     assert lowpass(n, 0.0) is n
 
 
+def test_map_slope_is_the_derivative_of_the_map():
+    """The recorrupted-to-recorrupted target linearises the pair's intensity map: its slope
+    must be the map's derivative inside the knots and 0 beyond them (constant there)."""
+    from medshift_fast.train.adversarial import apply_map, intensity_map, map_slope
+
+    g = torch.Generator().manual_seed(3)
+    qa, qb = intensity_map(torch.randn(4000, generator=g), torch.randn(4000, generator=g) ** 3)
+    qa, qb = qa.double(), qb.double()  # exact finite differences
+    x = torch.linspace(float(qa[0]) + 0.01, float(qa[-1]) - 0.01, 501, dtype=torch.float64)
+    h = 1e-4
+    fd = (apply_map(x + h, qa, qb) - apply_map(x - h, qa, qb)) / (2 * h)
+    kinks = (torch.searchsorted(qa, x + h) != torch.searchsorted(qa, x - h))
+    s = map_slope(x, qa, qb)
+    assert torch.allclose(s[~kinks], fd[~kinks], rtol=1e-3, atol=1e-3)
+    assert bool((s >= 0).all())  # monotone map
+    out = torch.tensor([float(qa[0]) - 1.0, float(qa[-1]) + 1.0])
+    assert torch.equal(map_slope(out.double(), qa, qb), torch.zeros(2, dtype=torch.float64))
+
+
 def test_intensity_map_matches_distributions_and_is_identity_between_equal_ones():
     from medshift_fast.train.adversarial import apply_map, intensity_map
 

@@ -180,10 +180,11 @@ def test_detector_texture_is_fitted_and_judged_with_the_noise(teacher, anchor, t
 
     out = distill(_cfg(teacher, tmp_path / "tex", method="adversarial", anchor_run=str(anchor),
                        texture="detector", noise_channels=0, steps=2, consistency_weight=0.5,
-                       **LEAN), progress=False)
+                       denoise_weight=1.0, **LEAN), progress=False)
     st = load_run(out).model
     rows = list(csv.DictReader((out / "adversarial.csv").open()))
     assert all(float(r["consistency"]) > 0 for r in rows)  # the source-noise term ran
+    assert all(float(r["denoise"]) > 0 for r in rows)  # and the recorrupted-to-recorrupted one
     assert set(st.config.texture) == {"1"} and st.stochastic and st.net_noise == 0
     assert isinstance(st.textures[1], DetectorNoise)
     # saved topped up: the student's own residual noise was measured per knot
@@ -198,5 +199,9 @@ def test_detector_texture_is_fitted_and_judged_with_the_noise(teacher, anchor, t
         _cfg(teacher, tmp_path / "x", method="oneshot", texture="detector", **LEAN)
     with pytest.raises(MedShiftError, match="consistency-weight applies"):
         _cfg(teacher, tmp_path / "x", method="oneshot", consistency_weight=1.0, **LEAN)
+    with pytest.raises(MedShiftError, match="denoise-weight applies"):
+        _cfg(teacher, tmp_path / "x", method="oneshot", denoise_weight=1.0, **LEAN)
+    with pytest.raises(MedShiftError, match="denoise_alpha"):
+        _cfg(teacher, tmp_path / "x", method="adversarial", denoise_alpha=0.0, **LEAN)
     with pytest.raises(MedShiftError, match="texture must be one of"):
         _cfg(teacher, tmp_path / "x", method="adversarial", texture="film", **LEAN)
