@@ -25,8 +25,12 @@ its noise scale. Writes the ``texture-residual`` block with ``--doc``.
 The expectation is available only because the data are simulated; nothing here is used in
 training. Writes the ``texture-model`` block of docs/distill.md with ``--doc``.
 
+With ``--precision``, instead: each student through the Translator in fp32 and in bf16 (the
+rounding of bf16 is a texture too; ``translate.engine``'s grain bar): the ``texture-precision``
+block.
+
     python scripts/texture_numbers.py [--data runs/pretrain/data] [--doc]
-        [--student tex=pretrained/demo128_lean_tex ...] [--no-model]
+        [--student tex=pretrained/demo128_lean_tex ...] [--no-model] [--precision]
 """
 
 from __future__ import annotations
@@ -166,6 +170,65 @@ def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
     return rows
 
 
+def precision(data: str, students: dict[str, str], tau: float = 0.6) -> list[dict]:
+    """Each student through the Translator in fp32 and in bf16 (explicitly asked: what
+    ``auto`` took before the grain bar) on the validation images: the rms of the difference,
+    the noise level relative to the target domain's training images, the C2ST."""
+    import dataclasses
+
+    from medshift_fast.eval._data import load_domain
+    from medshift_fast.eval.c2st import c2st
+    from medshift_fast.eval.physics import noise_level
+    from medshift_fast.run import load_run
+    from medshift_fast.translate import Translator
+
+    rows = []
+    for name, spec in students.items():
+        path, _, scale = spec.partition("@")
+        run = load_run(path)
+        if scale:
+            run.model.config = dataclasses.replace(run.model.config, noise_scale=float(scale))
+        for src, tgt in PAIRS:
+            xs = load_domain(data, src, "val", None)
+            ref = load_domain(data, tgt, "train", None)
+            level = float(noise_level(ref.x, reduction="mean"))
+            out = {}
+            for bf16 in (False, True):
+                tr = Translator(run, src, tgt, tau=tau, bf16=bf16, engine="channels_last")
+                with torch.no_grad():
+                    y = torch.cat([tr.translate(xs.x[k:k + 8], generators=[
+                        torch.Generator().manual_seed(i) for i in range(k, min(k + 8,
+                                                                              xs.x.shape[0]))])
+                        for k in range(0, xs.x.shape[0], 8)]).clamp(-1, 1)
+                r = c2st(ref.x, y, real_groups=ref.groups(), fake_groups=xs.groups())
+                out[bf16] = (y, float(noise_level(y, reduction="mean")) / level,
+                             (r.accuracy, r.lo, r.hi))
+            rows.append({"student": name, "pair": f"{src} → {tgt}",
+                         "rms": _rms(out[True][0] - out[False][0]),
+                         "noise": (out[False][1], out[True][1]),
+                         "c2st": (out[False][2], out[True][2])})
+            r = rows[-1]
+            print(f"{name:10s} {src:14s} bf16 - fp32 rms {r['rms']:.5f} noise x{r['noise'][0]:.2f}"
+                  f" / x{r['noise'][1]:.2f} C2ST {r['c2st'][0][0]:.2f} / {r['c2st'][1][0]:.2f}",
+                  flush=True)
+    return rows
+
+
+def precision_block(rows: list[dict], students: dict[str, str], data: str) -> str:
+    args = " ".join(f"--student {k}={v}" for k, v in students.items())
+    lines = [f"Written by `python scripts/texture_numbers.py --no-model --precision {args} "
+             f"--doc` (data `{data}`; validation images, τ 0.6, the channels_last engine in "
+             "fp32 and in bf16; noise level relative to the target domain's training images; "
+             "C2ST against them).", "",
+             "| student | pair | rms bf16 − fp32 | noise ×tgt fp32 | noise ×tgt bf16 | C2ST fp32 | "
+             "C2ST bf16 |", "|---|---|---|---|---|---|---|"]
+    ci = "{:.2f} [{:.2f}, {:.2f}]".format
+    for r in rows:
+        lines.append(f"| {r['student']} | {r['pair']} | {r['rms']:.5f} | {r['noise'][0]:.2f} | "
+                     f"{r['noise'][1]:.2f} | {ci(*r['c2st'][0])} | {ci(*r['c2st'][1])} |")
+    return "\n".join(lines)
+
+
 def residual_block(rows: list[dict], students: dict[str, str], data: str) -> str:
     args = " ".join(f"--student {k}={v}" for k, v in students.items())
     lines = [f"Written by `python scripts/texture_numbers.py --no-model {args} --doc` (data "
@@ -203,11 +266,14 @@ def main(argv=None) -> int:
     p.add_argument("--student", action="append", default=[], metavar="NAME=RUN[@SCALE]",
                    help="a student whose residual to decompose (repeatable)")
     p.add_argument("--no-model", action="store_true", help="skip the noise model's table")
+    p.add_argument("--precision", action="store_true",
+                   help="the students in fp32 vs bf16 (instead of the residual decomposition)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     students = dict(s.split("=", 1) for s in a.student)
     rows = None if a.no_model else score(a.data)
-    res = residuals(a.data, students) if students else None
+    res = residuals(a.data, students) if students and not a.precision else None
+    prec = precision(a.data, students) if students and a.precision else None
     if a.doc:
         sys.path.insert(0, str(ROOT / "scripts"))
         from _blocks import fill_block
@@ -215,6 +281,9 @@ def main(argv=None) -> int:
         if rows is not None:
             fill_block(ROOT / "docs" / "distill.md", "texture-model", block(rows, a.data),
                        required=True)
+        if prec is not None:
+            fill_block(ROOT / "docs" / "distill.md", "texture-precision",
+                       precision_block(prec, students, a.data), required=True)
         if res is not None:
             fill_block(ROOT / "docs" / "distill.md", "texture-residual",
                        residual_block(res, students, a.data), required=True)

@@ -92,6 +92,30 @@ def test_auto_follows_the_rules(monkeypatch):
     assert name == ("onnx" if E.available("onnx", cpu) else "channels_last")
 
 
+def test_bf16_needs_a_grain_it_cannot_disturb(monkeypatch):
+    """auto's bf16 bar: the PSNR bar AND an rms error at most BF16_MAX_GRAIN_FRACTION of the
+    faintest grain the student records for the target; no recorded grain: fp32."""
+    from medshift_fast.models.texture import DetectorNoise
+
+    run = lean_run()
+    st = run.model
+    assert E.grain_floor(st, 3) is None and not E.bf16_ok(st, 0.6, 0, 3, 64)
+    db = E.bf16_check(st, 0.6, 0, 3, 64)
+    rms = 2.0 * 10.0 ** (-db / 20.0)
+    knots = (-0.5, 0.0, 0.5)
+
+    def with_floor(floor):
+        model = DetectorNoise(0.5, knots, (0.01,) * 3, (floor, 2 * floor, 3 * floor))
+        monkeypatch.setattr(st, "textures", {3: model}, raising=False)
+        return E.grain_floor(st, 3)
+
+    assert with_floor(rms / E.BF16_MAX_GRAIN_FRACTION * 2) == rms / E.BF16_MAX_GRAIN_FRACTION * 2
+    assert E.bf16_ok(st, 0.6, 0, 3, 64)  # a coarse grain: bf16's rounding is lost in it
+    with_floor(rms / E.BF16_MAX_GRAIN_FRACTION / 2)
+    assert not E.bf16_ok(st, 0.6, 0, 3, 64)  # a faint one: fp32
+    assert E.grain_floor(st, 4) is None  # another target: nothing recorded
+
+
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):
     E.cpu_flags.cache_clear()
     monkeypatch.setattr(E, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
@@ -110,8 +134,7 @@ def test_auto_engine_and_refusals():
     tr = Translator(run, 0, 3)
     eng = tr.engine
     assert eng is tr.engine  # built once
-    if E.native_bf16("cpu"):
-        assert (eng.name, eng.bf16) == ("channels_last", True)
+    assert not eng.bf16  # no grain recorded: auto keeps fp32 (bf16's rounding is a texture)
     with pytest.raises(MedShiftError, match="unknown engine"):
         Translator(run, 0, 3, engine="tensorflow")
     with pytest.raises(MedShiftError, match="needs a CUDA device"):

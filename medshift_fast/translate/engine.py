@@ -18,8 +18,14 @@ that call runs. ``Translator(engine=...)`` / ``medshift translate --engine``:
 Precision (``bf16``: None = auto): the network under bf16 autocast (the residual is added to the
 fp32 input, so the identity path stays exact). Auto takes bf16 only where the hardware computes
 it natively (a CPU with ``avx512_bf16`` or AMX, ``cpu_flags``; a CUDA GPU with bf16) AND the check
-holds: the PSNR of the bf16 translation of a fixed probe against the fp32 one is at least
-``BF16_MIN_PSNR`` dB (``bf16_check``, run once per translator on its own network and settings).
+holds (``bf16_ok``, run once per translator on its own network and settings): the PSNR of the
+bf16 translation of a fixed probe against the fp32 one is at least ``BF16_MIN_PSNR`` dB, AND the
+rms of that difference is at most ``BF16_MAX_GRAIN_FRACTION`` of the faintest grain of the
+target domain that the student records (its texture model's measured noise per signal level,
+``models.texture``). bf16's rounding is itself a texture: on the demo's students it is a third to
+a half of the real targets' grain in their darkest regions (docs/distill.md's
+``texture-precision`` block measures what it does to the noise level and the C2ST), so a
+student that records no grain keeps fp32 unless bf16 is asked for.
 
 Threads: ``machine_threads`` -- the CPUs this process may run on (``os.sched_getaffinity``), the
 thread count of ``medshift translate`` and of ONNX Runtime sessions unless told otherwise.
@@ -39,12 +45,17 @@ from torch import nn
 from ..errors import MedShiftError
 from .settings import ENGINES
 
-__all__ = ["BF16_MIN_PSNR", "ENGINES", "StudentEngine", "available", "bf16_check", "build",
-           "choose", "cpu_flags", "machine_threads", "native_bf16", "provide", "probe"]
+__all__ = ["BF16_MAX_GRAIN_FRACTION", "BF16_MIN_PSNR", "ENGINES", "StudentEngine", "available",
+           "bf16_check", "bf16_ok", "build", "choose", "cpu_flags", "grain_floor",
+           "machine_threads", "native_bf16", "provide", "probe"]
 
 #: bf16 is used only when it changes the translation less than exact tiling may change it
 #: (issue 30's tiled-vs-whole bar): PSNR(bf16, fp32) of the probe in dB
 BF16_MIN_PSNR = 45.0
+#: ... and only when it leaves the grain alone: bf16's rms error on the probe at most this
+#: fraction of the faintest grain the student records for the target (a 1 % change of the
+#: grain's variance there)
+BF16_MAX_GRAIN_FRACTION = 0.1
 _PROVIDED: dict[str, Callable] = {}  # engines of the layers above (export: "onnx")
 
 
@@ -236,13 +247,34 @@ def bf16_check(student: nn.Module, tau: float, y_src: int, y_tgt: int, side: int
     return math.inf if mse == 0 else 10.0 * math.log10(4.0 / mse)
 
 
+def grain_floor(student: nn.Module, y_tgt: int) -> float | None:
+    """The faintest grain of target ``y_tgt`` the student records (the minimum over signal
+    levels of its texture model's measured noise, ``DetectorNoise.residual_std``), or None."""
+    model = (getattr(student, "textures", None) or {}).get(int(y_tgt))
+    if model is None or not getattr(model, "residual_std", ()):
+        return None
+    return float(min(model.residual_std))
+
+
+def bf16_ok(student: nn.Module, tau: float, y_src: int, y_tgt: int, side: int) -> bool:
+    """Whether ``auto`` may run this translation in bf16 (module docstring: the PSNR bar and the
+    grain bar; a student without a recorded grain: no)."""
+    floor = grain_floor(student, y_tgt)
+    if floor is None:
+        return False
+    db = bf16_check(student, tau, y_src, y_tgt, side)
+    rms = 0.0 if math.isinf(db) else 2.0 * 10.0 ** (-db / 20.0)
+    return db >= BF16_MIN_PSNR and rms <= BF16_MAX_GRAIN_FRACTION * floor
+
+
 def choose(local: bool, device: torch.device, bf16: bool | None,
            bf16_ok: Callable[[], bool]) -> tuple[str, bool]:
     """The engine ``auto`` resolves to, and whether it runs bf16.
 
     What ``benchmarks/bench_lean.py`` measured on the lean student (one thread, a 512-px tile,
     CPU time relative to eager fp32; results/lean_cpu.md), fastest first: compile + bf16,
-    channels_last + bf16, ONNX Runtime, compile, channels_last, eager. ``compile`` is the
+    channels_last + bf16, ONNX Runtime, compile, channels_last, eager (bf16 only where
+    ``bf16_ok`` holds: the grain bar keeps the shipped students in fp32). ``compile`` is the
     fastest once compiled, but its first call compiles for tens of seconds per process and
     tile shape (the table's "first call" column) -- more than it saves on one 2k radiograph --
     so ``auto`` takes the fastest path without a compile step: channels_last + bf16 where the
@@ -256,7 +288,7 @@ def choose(local: bool, device: torch.device, bf16: bool | None,
         local: the network has a finite receptive field (``models.receptive_halo``).
         device: where it runs.
         bf16: the caller's precision (None: auto).
-        bf16_ok: runs the quality check (``bf16_check`` >= ``BF16_MIN_PSNR``) when asked.
+        bf16_ok: runs the quality check (``bf16_ok``: the PSNR and grain bars) when asked.
     """
     if device.type == "cuda" or not local:
         return "eager", bool(bf16) if bf16 is not None else False

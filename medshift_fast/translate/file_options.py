@@ -55,8 +55,9 @@ class TranslateConfig(TranslateOptions):
         engine: how a one-step student's network runs: auto (the fastest measured) | eager |
             channels_last | compile | cuda_graph | onnx (ONNX Runtime through the exported
             engine, cached and verified; ``translate.engine``).
-        precision: auto (bf16 where the CPU or GPU has it natively and the check holds) | fp32
-            | bf16 (a one-step student's network).
+        precision: auto (bf16 where the CPU or GPU has it natively and the check holds: close
+            to fp32 and far below the target's recorded grain; else fp32) | fp32 | bf16 (a
+            one-step student's network).
         threads: CPU threads (default: OMP_NUM_THREADS when set, else the CPUs this process may
             run on, os.sched_getaffinity).
         device: auto | cpu | cuda | cuda:N.

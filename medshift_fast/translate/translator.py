@@ -210,8 +210,7 @@ class Translator:
                 side = max(self.factor * 2, 128 // self.factor * self.factor)
                 req, bf16 = E.choose(
                     self.native.halo is not None, self.device, bf16,
-                    lambda: E.bf16_check(self.model, s.tau, s.source, s.target, side)
-                    >= E.BF16_MIN_PSNR)
+                    lambda: E.bf16_ok(self.model, s.tau, s.source, s.target, side))
             self._engine = E.build(req, self, bool(bf16))
             self.bf16 = bool(getattr(self._engine, "bf16", bf16))
         return self._engine
