@@ -20,7 +20,8 @@ does -- the bf16 check then says nothing about a trained network). Sections:
 * Exactness: tiled vs whole (PSNR) on 384x320 with 128-px tiles; seam ratio on 2048².
 * End to end: ``medshift translate --size native`` in a child process per case (wall, and its
   own peak resident memory, VmHWM: ``demo.native.cli_in_child``) on a 2048² and a 3000x2500
-  16-bit PNG and pydicom-data's RG1_UNCI.dcm, anchor and new student, ``--threads`` all CPUs.
+  16-bit PNG and pydicom-data's RG1_UNCI.dcm, anchor and new student (``auto``'s path, and
+  beside it ``--engine onnx`` and ``--precision bf16``), ``--threads`` all CPUs.
 * ``FrameTranslator`` p50 / p99 per frame at 512² and 1024², anchor and new student, all CPUs.
 
     python benchmarks/bench_lean.py --md benchmarks/results/lean_cpu.md
@@ -247,9 +248,14 @@ def e2e(rep, runs: dict[str, Path], args, tmp: Path) -> list[dict]:
             inputs.append((NATIVE_FILE, Path(get_testdata_file(NATIVE_FILE, download=False))))
         except Exception:  # noqa: BLE001 - pydicom-data missing: the row says so
             inputs.append((NATIVE_FILE, None))
+    # beside auto's choice: the other fp32 path and bf16 (what auto took before the grain bar)
+    cases = [(name, run, []) for name, run in runs.items()]
+    if "new" in runs:
+        cases += [("new, --engine onnx", runs["new"], ["--engine", "onnx"]),
+                  ("new, --precision bf16", runs["new"], ["--precision", "bf16"])]
     rows = []
     for label, src in inputs:
-        for name, run in runs.items():
+        for name, run, extra in cases:
             r = {"provider": name, "group": label, "input": label}
             if src is None:
                 r["refused"] = "pydicom-data is not installed"
@@ -257,7 +263,7 @@ def e2e(rep, runs: dict[str, Path], args, tmp: Path) -> list[dict]:
                 continue
             cmd = ["translate", "--checkpoint", str(run), "--source", PAIR[0], "--target",
                    PAIR[1], "--size", "native", "--threads", str(args.e2e_threads),
-                   "--out", str(tmp / f"out_{name}"), "--overwrite", "--no-progress", str(src)]
+                   "--out", str(tmp / "out"), "--overwrite", "--no-progress", *extra, str(src)]
             t0 = time.perf_counter()
             rc, err, peak = cli_in_child(cmd)
             stage = next((ln for ln in err.splitlines() if "translating" in ln), "")

@@ -87,9 +87,8 @@ def test_auto_follows_the_rules(monkeypatch):
     assert E.choose(True, cpu, True, lambda: False) == ("channels_last", True)  # asked for
     monkeypatch.setattr(E, "native_bf16", lambda device="cpu": False)
     asked.clear()
-    name, bf16 = E.choose(True, cpu, None, ok)
-    assert not bf16 and not asked and name in ("onnx", "channels_last")
-    assert name == ("onnx" if E.available("onnx", cpu) else "channels_last")
+    # no native bf16: channels_last fp32 (end to end faster and leaner than ONNX Runtime here)
+    assert E.choose(True, cpu, None, ok) == ("channels_last", False) and not asked
 
 
 def test_bf16_needs_a_grain_it_cannot_disturb(monkeypatch):

@@ -65,12 +65,14 @@ def _translate_job(args: dict) -> torch.Tensor:
 def translated(tr, x: torch.Tensor, run, cfg, cache: Path, progress,
                desc: str) -> torch.Tensor:
     """The translation of ``x`` by ``tr``'s run and settings, cached by the run's weights, its
-    settings and the images. Chunks of ``CHUNK`` images are translated on one thread each (in
-    ``cfg.workers`` processes), image i with a generator seeded by (seed, i): the result does
-    not depend on the number of workers or threads."""
+    settings, the precision it resolves to and the images. Chunks of ``CHUNK`` images are
+    translated on one thread each (in ``cfg.workers`` processes), image i with a generator
+    seeded by (seed, i): the result does not depend on the number of workers or threads."""
     from ..fileio import load_safetensors, save_safetensors
 
     settings = {k: v for k, v in tr.describe().items() if k not in ("run", "mode")}
+    tr.engine  # noqa: B018 - a student resolves its precision (auto: per machine) here
+    settings["bf16"] = bool(tr.bf16)  # bf16's rounding changes the texture: not the same set
     key = digest("translate", run_hash(run), settings, x)
     path = cache / f"translated_{key[:24]}.safetensors"
     if path.is_file():

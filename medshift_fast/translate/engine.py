@@ -13,7 +13,7 @@ that call runs. ``Translator(engine=...)`` / ``medshift translate --engine``:
   (``export.student_engine``: exported once into a cache keyed by the weights' hash and the
   settings, verified against eager, reused; provided by the export layer when it is imported --
   the command line and ``FrameTranslator`` do);
-* ``auto``           ``choose``: what ``benchmarks/bench_lean.py`` measured fastest.
+* ``auto``           ``choose``: what ``benchmarks/bench_lean.py`` measured fastest end to end.
 
 Precision (``bf16``: None = auto): the network under bf16 autocast (the residual is added to the
 fp32 input, so the identity path stays exact). Auto takes bf16 only where the hardware computes
@@ -271,17 +271,19 @@ def choose(local: bool, device: torch.device, bf16: bool | None,
            bf16_ok: Callable[[], bool]) -> tuple[str, bool]:
     """The engine ``auto`` resolves to, and whether it runs bf16.
 
-    What ``benchmarks/bench_lean.py`` measured on the lean student (one thread, a 512-px tile,
-    CPU time relative to eager fp32; results/lean_cpu.md), fastest first: compile + bf16,
-    channels_last + bf16, ONNX Runtime, compile, channels_last, eager (bf16 only where
-    ``bf16_ok`` holds: the grain bar keeps the shipped students in fp32). ``compile`` is the
-    fastest once compiled, but its first call compiles for tens of seconds per process and
-    tile shape (the table's "first call" column) -- more than it saves on one 2k radiograph --
-    so ``auto`` takes the fastest path without a compile step: channels_last + bf16 where the
-    CPU has native bf16 and the check holds, else ONNX Runtime (fp32; exported once, cached),
-    else channels_last; ``--engine compile`` is there for long runs. A network that is not
-    local (the U-Net student: attention, GroupNorm) keeps eager fp32, the path it was measured
-    and published with; on CUDA the network runs eager (the GPU stage of
+    What ``benchmarks/bench_lean.py`` measured on the lean student (results/lean_cpu.md): on one
+    512-px tile, one thread, CPU time relative to eager fp32, compile + bf16 and channels_last +
+    bf16 lead, then ONNX Runtime, compile and channels_last in fp32 within a few per cent of
+    each other, then eager; end to end (``medshift translate --size native``, 2048², two
+    threads) channels_last fp32 beat ONNX Runtime fp32 in time and held a third less memory
+    (ONNX Runtime's arena), with no export step. bf16 only where ``bf16_ok`` holds (the grain
+    bar keeps the shipped students in fp32). ``compile`` is the fastest once compiled, but its
+    first call compiles for seconds to tens of seconds per process and tile shape (the table's
+    "first call" column) -- more than it saves on one 2k radiograph. So ``auto`` takes
+    channels_last, in bf16 where the CPU has native bf16 and the check holds, else in fp32;
+    ``--engine onnx`` / ``compile`` are there when asked. A network that is not local (the
+    U-Net student: attention, GroupNorm) keeps eager fp32, the path it was measured and
+    published with; on CUDA the network runs eager (the GPU stage of
     benchmarks/gpu/run_gpu_checks.sh measures the others there).
 
     Args:
@@ -293,11 +295,7 @@ def choose(local: bool, device: torch.device, bf16: bool | None,
     if device.type == "cuda" or not local:
         return "eager", bool(bf16) if bf16 is not None else False
     use_bf16 = bool(bf16) if bf16 is not None else (native_bf16(device) and bf16_ok())
-    if use_bf16:
-        return "channels_last", True
-    if available("onnx", device):
-        return "onnx", False
-    return "channels_last", False
+    return "channels_last", use_bf16
 
 
 def build(name: str, translator, bf16: bool) -> StudentEngine:

@@ -308,3 +308,10 @@ def test_translation_does_not_depend_on_workers(sim, tmp_path):
                             source="synthetic_low", target="real_normal", out="o", workers=w)
         outs.append(translated(tr, x, run, cfg, tmp_path / f"c{w}", False, "t"))
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], x)
+    # the precision is part of the cache key: a bf16 translation is another training set
+    def n_cached(bf16):
+        tr.bf16 = bf16
+        translated(tr, x[:2], run, cfg, tmp_path / "c1", False, "t")
+        return len(list((tmp_path / "c1").glob("translated_*")))
+
+    assert n_cached(False) == 2 and n_cached(True) == 3 and n_cached(False) == 3
