@@ -68,6 +68,17 @@ def _translator(run: Path, src: str, tgt: str):
     return Translator(run, src, tgt, device="cpu")
 
 
+def _precision(run: Path, pairs=None) -> str:
+    """How this machine runs ``run`` (``auto``: bf16 or fp32, per pair) -- part of every cache
+    key, since bf16's rounding changes what is counted."""
+    tags = []
+    for src, tgt in pairs or PAIRS:
+        tr = _translator(run, src, tgt)
+        tr.engine  # noqa: B018 - a student resolves its precision here
+        tags.append("bf16" if tr.bf16 else "fp32")
+    return "-".join(tags)
+
+
 def _cached(key: str, compute):
     """The JSON row cached under ``key``, or ``compute()`` cached now."""
     path = CACHE / f"{key}.json"
@@ -83,7 +94,7 @@ def _cached(key: str, compute):
 
 def demo_rows() -> list[dict]:
     """Counts per image on new subjects at 128 px: teacher, student, the true target."""
-    return _cached(f"demo_{TEACHER.name}_{STUDENT.name}", _demo_rows)
+    return _cached(f"demo_{TEACHER.name}_{STUDENT.name}_{_precision(STUDENT)}", _demo_rows)
 
 
 def _demo_rows() -> list[dict]:
@@ -137,7 +148,8 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
             if name == "teacher" and "crop" not in what and not full_teacher:
                 continue
             x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-            tag = f"radiograph{k}_{name}_{run.name}"  # the cache knows which run made it
+            # the cache knows which run made it, and in which precision
+            tag = f"radiograph{k}_{name}_{run.name}_{_precision(run, [(src, tgt)])}"
             keep = CACHE / f"{tag}.npy"  # the outputs, to look at
 
             def compute(x=x, tr=tr, what=what, name=name, keep=keep):
