@@ -175,7 +175,7 @@ def diagnostics(data: str, teacher: str, run: str, tau: float, split: str,
     from medshift_fast import eval as E
     from medshift_fast.models.discriminator import lowpass
     from medshift_fast.run import load_run
-    from medshift_fast.train.adversarial import apply_map, intensity_map
+    from medshift_fast.train.intensity import apply_map, intensity_map
     from medshift_fast.translate import Translator
 
     fx = E.ENL0Features(batch_size=32)

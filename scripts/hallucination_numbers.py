@@ -68,15 +68,11 @@ def _translator(run: Path, src: str, tgt: str):
     return Translator(run, src, tgt, device="cpu")
 
 
-def _precision(run: Path, pairs=None) -> str:
-    """How this machine runs ``run`` (``auto``: bf16 or fp32, per pair) -- part of every cache
-    key, since bf16's rounding changes what is counted."""
-    tags = []
-    for src, tgt in pairs or PAIRS:
-        tr = _translator(run, src, tgt)
-        tr.engine  # noqa: B018 - a student resolves its precision here
-        tags.append("bf16" if tr.bf16 else "fp32")
-    return "-".join(tags)
+def _precision(tr) -> str:
+    """How this machine runs ``tr`` (``auto``: bf16 or fp32) -- part of every cache key, since
+    bf16's rounding changes what is counted."""
+    tr.engine  # noqa: B018 - a student resolves its precision here
+    return "bf16" if tr.bf16 else "fp32"
 
 
 def _cached(key: str, compute):
@@ -94,7 +90,8 @@ def _cached(key: str, compute):
 
 def demo_rows() -> list[dict]:
     """Counts per image on new subjects at 128 px: teacher, student, the true target."""
-    return _cached(f"demo_{TEACHER.name}_{STUDENT.name}_{_precision(STUDENT)}", _demo_rows)
+    prec = "-".join(_precision(_translator(STUDENT, *p)) for p in PAIRS)
+    return _cached(f"demo_{TEACHER.name}_{STUDENT.name}_{prec}", _demo_rows)
 
 
 def _demo_rows() -> list[dict]:
@@ -149,7 +146,7 @@ def radiographs(full_teacher: bool) -> tuple[list[dict], dict]:
                 continue
             x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
             # the cache knows which run made it, and in which precision
-            tag = f"radiograph{k}_{name}_{run.name}_{_precision(run, [(src, tgt)])}"
+            tag = f"radiograph{k}_{name}_{run.name}_{_precision(tr)}"
             keep = CACHE / f"{tag}.npy"  # the outputs, to look at
 
             def compute(x=x, tr=tr, what=what, name=name, keep=keep):

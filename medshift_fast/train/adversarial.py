@@ -41,7 +41,7 @@ exact resume, EMA, the non-finite guard) with the sum of
   ``structure_sigma``) of the translation and of the source image, so the anatomy stays:
   ``matched`` (default): L1 to the source's low-pass passed through the intensity map that
   matches the source domain's low-passed training histogram to the target domain's (quantile
-  matching, unpaired: :func:`intensity_map`) -- where the two domains share their intensities
+  matching, unpaired: ``train.intensity``) -- where the two domains share their intensities
   (a dose change) it pins the low band to the source, bias-free; where they do not (synthetic
   -> real) it allows the global change and keeps the spatial layout; ``l1``: L1 to the source's
   low-pass itself; ``ssim``: 1 - SSIM (tolerant of contrast changes, blind to small biases).
@@ -67,6 +67,7 @@ from ..fileio import save_safetensors
 from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, lowpass
 from .data import random_crop
 from .distill_task import DistillTask
+from .intensity import apply_map, intensity_map, map_slope
 from .teacher_pass import say
 from .trainer import Trainer
 
@@ -81,39 +82,6 @@ def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     return ssim(a, b, data_range=2.0, kernel_size=11, sigma=1.5)
-
-
-def intensity_map(a: torch.Tensor, b: torch.Tensor, n: int = 257,
-                  max_values: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantile knots (qa, qb) of the monotone map that sends the distribution of the values of
-    ``a`` to that of ``b`` (each subsampled evenly to at most ``max_values``)."""
-    q = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
-
-    def knots(v):
-        v = v.detach().flatten().double()
-        return torch.quantile(v[::max(1, v.numel() // max_values)], q)
-
-    qa, qb = knots(a), knots(b)
-    return torch.cummax(qa, 0).values.float(), torch.cummax(qb, 0).values.float()
-
-
-def apply_map(x: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear map through the knots (constant beyond the end knots)."""
-    flat = x.flatten()
-    i = torch.searchsorted(qa, flat.contiguous()).clamp(1, qa.numel() - 1)
-    x0, x1, y0, y1 = qa[i - 1], qa[i], qb[i - 1], qb[i]
-    w = ((flat - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
-    return (y0 + w * (y1 - y0)).view_as(x)
-
-
-def map_slope(x: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
-    """The slope of :func:`apply_map`'s piecewise-linear map at x (0 beyond the end knots)."""
-    flat = x.flatten()
-    i = torch.searchsorted(qa, flat.contiguous()).clamp(1, qa.numel() - 1)
-    dx = qa[i] - qa[i - 1]
-    inside = (flat >= qa[0]) & (flat <= qa[-1]) & (dx > 1e-12)
-    return torch.where(inside, (qb[i] - qb[i - 1]) / dx.clamp_min(1e-12),
-                       torch.zeros_like(flat)).view_as(x)
 
 
 def _mean(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -351,25 +319,22 @@ class AdversarialTask(DistillTask):
                         device=tr.noise_gen.device)
         return n[info.rank * b:(info.rank + 1) * b].to(x.device, x.dtype)
 
-    @torch.no_grad()
     def _matched(self, lx: torch.Tensor, ys: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
         """Low-passed sources through their pair's intensity map."""
-        out = lx.clone()
-        for (a, b), knots in self.maps.items():
-            m = (ys == a) & (yt == b)
-            if bool(m.any()):
-                out[m] = torch.cat([apply_map(lx[m][:, c:c + 1], *knots[c])
-                                    for c in range(lx.shape[1])], 1)
-        return out
+        return self._per_pair(apply_map, lx.clone(), lx, ys, yt)
 
-    @torch.no_grad()
     def _slope(self, lx: torch.Tensor, ys: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
         """The slope of each crop's pair intensity map at the low-passed source lx."""
-        out = torch.ones_like(lx)
+        return self._per_pair(map_slope, torch.ones_like(lx), lx, ys, yt)
+
+    @torch.no_grad()
+    def _per_pair(self, fn, out: torch.Tensor, lx: torch.Tensor, ys: torch.Tensor,
+                  yt: torch.Tensor) -> torch.Tensor:
+        """``out`` with each crop of a known pair replaced by ``fn(lx, *its knots)`` per channel."""
         for (a, b), knots in self.maps.items():
             m = (ys == a) & (yt == b)
             if bool(m.any()):
-                out[m] = torch.cat([map_slope(lx[m][:, c:c + 1], *knots[c])
+                out[m] = torch.cat([fn(lx[m][:, c:c + 1], *knots[c])
                                     for c in range(lx.shape[1])], 1)
         return out
 

@@ -161,7 +161,7 @@ def test_lowpass_keeps_constants_and_removes_fine_grain():
 def test_map_slope_is_the_derivative_of_the_map():
     """The recorrupted-to-recorrupted target linearises the pair's intensity map: its slope
     must be the map's derivative inside the knots and 0 beyond them (constant there)."""
-    from medshift_fast.train.adversarial import apply_map, intensity_map, map_slope
+    from medshift_fast.train.intensity import apply_map, intensity_map, map_slope
 
     g = torch.Generator().manual_seed(3)
     qa, qb = intensity_map(torch.randn(4000, generator=g), torch.randn(4000, generator=g) ** 3)
@@ -178,7 +178,7 @@ def test_map_slope_is_the_derivative_of_the_map():
 
 
 def test_intensity_map_matches_distributions_and_is_identity_between_equal_ones():
-    from medshift_fast.train.adversarial import apply_map, intensity_map
+    from medshift_fast.train.intensity import apply_map, intensity_map
 
     g = torch.Generator().manual_seed(0)
     a = torch.rand(20000, generator=g)  # U(0, 1)
