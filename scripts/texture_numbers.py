@@ -109,6 +109,40 @@ def _noise_free(st, x, tau, ys, yt, n, scale) -> torch.Tensor:
                       for k in range(0, x.shape[0], 8)]).clamp(-1, 1)
 
 
+BANDS = (0.125, 0.1875, 0.25, 0.3125, 0.375)  # cycles / px: where the anatomy still has power
+BLUR_GRID = [round(0.025 * k, 3) for k in range(61)]  # 0 .. 1.5 px
+
+
+def transfer(c: torch.Tensor, T: torch.Tensor) -> list[float]:
+    """The transfer of T into c per radial frequency band (``BANDS``): the Hann-windowed
+    cross power Re<C T*> over T's power, summed over the band's frequencies (1: c keeps T's
+    detail at that frequency; a blur: its modulation transfer)."""
+    h, w = T.shape[-2:]
+    win = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
+                      torch.hann_window(w, periodic=False, dtype=torch.float64))
+    m = T.double().mean((-2, -1), keepdim=True)
+    C = torch.fft.fft2((c.double() - m) * win)
+    F_ = torch.fft.fft2((T.double() - m) * win)
+    cross = (C * F_.conj()).real.sum((0, 1))
+    power = F_.abs().square().sum((0, 1))
+    f = torch.hypot(*torch.meshgrid(torch.fft.fftfreq(h, dtype=torch.float64),
+                                    torch.fft.fftfreq(w, dtype=torch.float64), indexing="ij"))
+    return [float(cross[(f >= a) & (f < b)].sum() / power[(f >= a) & (f < b)].sum())
+            for a, b in zip(BANDS[:-1], BANDS[1:])]
+
+
+def equivalent_blur(c: torch.Tensor, T: torch.Tensor) -> float:
+    """The std (px) of the Gaussian blur of T whose transfer (:func:`transfer`) is closest to
+    c's over ``BANDS`` (least squares on ``BLUR_GRID``): how much sharper or softer than the
+    truth a translation is, in the units of the texture-model table's blurred rows."""
+    from medshift_fast.models.texture import _blur
+
+    mine = torch.tensor(transfer(c, T))
+    err = {s: float((torch.tensor(transfer(_blur(T.double(), s).float(), T)) - mine)
+                    .square().sum()) for s in BLUR_GRID}
+    return min(err, key=err.get)
+
+
 def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dict]:
     """The residual decomposition of each student's noise-free translation (module docstring)."""
     import dataclasses
@@ -121,7 +155,7 @@ def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
         subject_splits,
     )
     from medshift_fast.eval.c2st import c2st
-    from medshift_fast.models.texture import DetectorNoise
+    from medshift_fast.models.texture import DetectorNoise, _blur
     from medshift_fast.run import load_run
 
     cfg = SimConfig.from_dict(json.loads((Path(data) / "simulator.json").read_text())["config"])
@@ -158,15 +192,19 @@ def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
                          for x, s in ((x1, 0.0), (x2, 0.0), (x1, None)))
             N = model.noise(T, torch.randn(T.shape, generator=torch.Generator().manual_seed(1)))
             rn, rb = (c1 - c2) / 2 ** 0.5, (c1 + c2) / 2 - T
+            rb_fine = rb - _blur(rb.double(), 1.0).float()
             row = {"student": name, "pair": f"{src} → {tgt}", "scale": st.config.noise_scale,
-                   "rn": _rms(rn), "rb": _rms(rb), "N": _rms(N)}
-            for key, im in (("c2st_rn", T + N + rn), ("c2st_rb", T + N + rb), ("c2st", y)):
+                   "rn": _rms(rn), "rb": _rms(rb), "N": _rms(N),
+                   "blur": equivalent_blur((c1 + c2) / 2, T)}
+            for key, im in (("c2st_rn", T + N + rn), ("c2st_rb", T + N + rb),
+                            ("c2st_rb_fine", T + N + rb_fine), ("c2st", y)):
                 r = c2st(ref, im.clamp(-1, 1), real_groups=g_ref, fake_groups=groups)
                 row[key] = (r.accuracy, r.lo, r.hi)
             rows.append(row)
             print(f"{name:10s} {src:14s} rms rn {row['rn']:.4f} rb {row['rb']:.4f} N "
-                  f"{row['N']:.4f} C2ST T+N+rn {row['c2st_rn'][0]:.2f} T+N+rb "
-                  f"{row['c2st_rb'][0]:.2f} output {row['c2st'][0]:.2f}", flush=True)
+                  f"{row['N']:.4f} blur {row['blur']:.3f} px C2ST T+N+rn "
+                  f"{row['c2st_rn'][0]:.2f} T+N+rb {row['c2st_rb'][0]:.2f} fine "
+                  f"{row['c2st_rb_fine'][0]:.2f} output {row['c2st'][0]:.2f}", flush=True)
     return rows
 
 
@@ -236,12 +274,14 @@ def residual_block(rows: list[dict], students: dict[str, str], data: str) -> str
              "source noise; τ 0.6; C2ST against the target domain's training images; rms in "
              "image units).", "",
              "| student | pair | rms rn (follows the source noise) | rms rb (deterministic) | "
-             "rms target noise | C2ST T + noise + rn | C2ST T + noise + rb | C2ST output "
-             "(scale) |", "|---|---|---|---|---|---|---|---|"]
+             "rms target noise | equivalent blur (px) | C2ST T + noise + rn | "
+             "C2ST T + noise + rb | C2ST T + noise + rb's fine band | C2ST output (scale) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     ci = "{:.2f} [{:.2f}, {:.2f}]".format
     for r in rows:
         lines.append(f"| {r['student']} | {r['pair']} | {r['rn']:.4f} | {r['rb']:.4f} | "
-                     f"{r['N']:.4f} | {ci(*r['c2st_rn'])} | {ci(*r['c2st_rb'])} | "
+                     f"{r['N']:.4f} | {r['blur']:.2f} | {ci(*r['c2st_rn'])} | "
+                     f"{ci(*r['c2st_rb'])} | {ci(*r['c2st_rb_fine'])} | "
                      f"{ci(*r['c2st'])} ({r['scale']:g}) |")
     return "\n".join(lines)
 

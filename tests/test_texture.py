@@ -96,6 +96,15 @@ def test_amplitude_is_the_piecewise_linear_curve():
     assert gaussian_kernel1d(0.5).numel() == 5 and m.radius == 2
 
 
+def test_measured_std_is_the_fitted_curve_and_needs_one():
+    m = DetectorNoise(0.5, (-0.5, 0.0, 0.25), (0.01, 0.03, 0.02), (0.004, 0.012, 0.008))
+    c = torch.linspace(-1, 1, 101)
+    assert np.allclose(m.measured_std(c).numpy(), np.interp(c.numpy(), m.knots,
+                                                            m.residual_std), atol=1e-7)
+    with pytest.raises(MedShiftError, match="no measured residual std"):
+        DetectorNoise(0.5, (0.0,), (0.01,)).measured_std(c)
+
+
 @pytest.mark.parametrize("bad", [
     dict(sigma=-1, knots=(0.0,), amp=(0.1,)),
     dict(sigma=0.5, knots=(0.0, 0.0), amp=(0.1, 0.2)),

@@ -94,25 +94,31 @@ class PatchDiscriminator(nn.Module):
                                     for _ in range(scales))
         self.min_size = 2 ** (scales - 1) * 2 ** depth
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        """Patch logits of images x (B, C, H, W) as domain y (B,): one map per scale."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor,
+                weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Patch logits of images x (B, C, H, W) as domain y (B,): one map per scale.
+        ``weight`` (B, 1, H, W), optional: a per-pixel factor on the fine-scale residual (e.g.
+        one over the local noise std: the residual in units of the grain), pooled with the
+        image at every scale."""
         if min(x.shape[-2:]) < self.min_size:
             raise MedShiftError(f"the discriminator needs images of at least {self.min_size} "
                                 f"px per side, got {tuple(x.shape[-2:])}; use a larger --crop")
         out = []
         for k, s in enumerate(self.scales):
-            out.append(s(self._input(x), y))
+            out.append(s(self._input(x, weight), y))
             if k + 1 < len(self.scales):
                 x = F.avg_pool2d(x, 2)
+                weight = None if weight is None else F.avg_pool2d(weight, 2)
         return out
 
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
-        """The image and, scaled by ``gain``, its fine-scale residual x - G_sigma * x (at every
-        scale): the residual carries the grain without the anatomy, which would otherwise
-        swamp it in a positively homogeneous (LeakyReLU) network."""
+    def _input(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The image and, scaled by ``gain`` (and ``weight``), its fine-scale residual
+        x - G_sigma * x (at every scale): the residual carries the grain without the anatomy,
+        which would otherwise swamp it in a positively homogeneous (LeakyReLU) network."""
         if self.residual_sigma <= 0:
             return x
-        return torch.cat([x, self.gain * (x - lowpass(x, self.residual_sigma))], 1)
+        r = self.gain * (x - lowpass(x, self.residual_sigma))
+        return torch.cat([x, r if weight is None else r * weight], 1)
 
 
 def hinge_d_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:

@@ -244,10 +244,20 @@ class DetectorNoise:
     def amplitude(self, c: torch.Tensor) -> torch.Tensor:
         """a(c): piecewise linear through (knots, amp), constant beyond the ends (elementwise:
         a sum of clamped ramps, so it traces and exports)."""
-        out = torch.full_like(c, self.amp[0])
+        return self._curve(c, self.amp)
+
+    def measured_std(self, c: torch.Tensor) -> torch.Tensor:
+        """The target's measured residual std at signal c (the curve ``fit`` recorded, before
+        any top-up), piecewise linear like :meth:`amplitude`."""
+        if not self.residual_std:
+            raise MedShiftError("this noise model records no measured residual std; refit it")
+        return self._curve(c, self.residual_std)
+
+    def _curve(self, c: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
+        out = torch.full_like(c, values[0])
         for i in range(len(self.knots) - 1):
             x0, x1 = self.knots[i], self.knots[i + 1]
-            slope = (self.amp[i + 1] - self.amp[i]) / (x1 - x0)
+            slope = (values[i + 1] - values[i]) / (x1 - x0)
             out = out + slope * (c.clamp(x0, x1) - x0)
         return out
 

@@ -10,7 +10,8 @@ exact resume, EMA, the non-finite guard) with the sum of
   domain) that is trained, one Adam step per micro-step, to tell crops of the student's
   translations from random crops of REAL training images of the same target domain (unpaired:
   another subject, another view, another window). It judges noise grain, edge sharpness,
-  contrast and the scatter floor -- what the teacher's translations lacked;
+  contrast and the scatter floor -- what the teacher's translations lacked (``disc_whiten``:
+  its residual in units of the target's grain, ``noise_terms.whitening_weight``);
 * an **anchor** to the teacher (``anchor_weight``): L1 between Gaussian low-passes (std
   ``anchor_sigma`` px; 0 = the full band) of the student's and the teacher's translation of the
   same image at the same tau (the teacher cache of ``--method oneshot``; or, with
@@ -28,7 +29,8 @@ exact resume, EMA, the non-finite guard) with the sum of
   image under that noise, and the mottle at translation time is the model's. A saved run's
   model is *topped up* (:meth:`DetectorNoise.top_up`): the EMA student's noise-free
   translations of (up to 96) training sources per target at the default tau are measured and
-  the model adds, per signal level, only the variance they lack;
+  the model adds, per signal level, only the variance they lack (``texture_top_up``: in
+  training too, per batch, ``noise_terms.batch_texture``);
 * a **consistency** term (``consistency_weight``): L1 between the translations of a crop and
   of the same crop plus fresh noise from the source domain's own detector noise model (fitted
   to its training images): the map has to become insensitive to the source's noise, i.e.
@@ -68,6 +70,7 @@ from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_los
 from .data import random_crop
 from .distill_task import DistillTask
 from .intensity import apply_map, intensity_map, map_slope
+from .noise_terms import batch_texture, whitening_weight
 from .teacher_pass import say
 from .trainer import Trainer
 
@@ -109,32 +112,35 @@ class AdversarialTask(DistillTask):
 
         self.ref_nps = {g: noise_power_spectrum(self._pixels(imgs)) for g, imgs in
                         self.real.items()}
-        self.texture, self.source_noise = {}, {}
+        self.texture, self.source_noise, self.whiten = {}, {}, {}
         second = self.cfg.consistency_weight > 0 or self.cfg.denoise_weight > 0
         if second and tr.dist.enabled:
             raise MedShiftError("--consistency-weight and --denoise-weight run in one process "
                                 "(their second forward does not go through DDP); drop them, or "
                                 "run without torchrun")
-        if self.cfg.texture == "detector" or second:
+        whiten = self.cfg.disc_whiten
+        if self.cfg.texture == "detector" or second or whiten:
             if getattr(self.teacher.codec, "kind", "pixel") != "pixel":
-                raise MedShiftError("--texture detector, --consistency-weight and "
-                                    "--denoise-weight need a "
+                raise MedShiftError("--texture detector, --consistency-weight, "
+                                    "--denoise-weight and --disc-whiten need a "
                                     "pixel-space teacher (the noise models live on pixels); "
                                     "this teacher has a latent codec")
             from ..models.texture import DetectorNoise
 
             fits = {}
-            if self.cfg.texture == "detector":
+            if self.cfg.texture == "detector" or whiten:
                 fits.update({(g, "target"): imgs for g, imgs in self.real.items()})
             if second:
                 fits.update({(a, "source"): self.x[self.y == a] for a in
                              sorted({a for a, _ in self.pairs})})
             for (g, role), imgs in fits.items():
                 model = DetectorNoise.fit(self._pixels(imgs))
-                if role == "target":
-                    self.texture[str(g)] = model.to_dict()
-                else:
+                if role == "source":
                     self.source_noise[g] = model
+                if role == "target" and whiten:
+                    self.whiten[g] = model
+                if role == "target" and self.cfg.texture == "detector":
+                    self.texture[str(g)] = model.to_dict()
                 if tr.dist.is_main:
                     say(f"{self.domains[g]} ({role}): {model.describe()}")
         sig, dev = self.cfg.structure_sigma, tr.device
@@ -185,7 +191,8 @@ class AdversarialTask(DistillTask):
         """One Adam step of the discriminator (skipped when its loss is not finite)."""
         d = self.disc.requires_grad_(True).train()
         with tr.autocast():
-            lr_, lf_ = d(real, y), d(fake, y)
+            lr_ = d(real, y, whitening_weight(self.whiten, real, y))
+            lf_ = d(fake, y, whitening_weight(self.whiten, fake, y))
             loss = hinge_d_loss(lr_, lf_)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -223,7 +230,9 @@ class AdversarialTask(DistillTask):
                 fake = fwd(x, tau, ys, yt, noise)
         clean = fake
         if noise is not None and getattr(tr.model, "textures", None):
-            fake = clean + tr.model.texture_noise(clean, noise[:, -1:], yt)
+            fake = clean + (batch_texture(self.texture, clean, noise[:, -1:], yt, self._pixels)
+                            if cfg.texture_top_up else
+                            tr.model.texture_noise(clean, noise[:, -1:], yt))
         zero = torch.zeros((), device=fake.device)
         consistency = zero
         if cfg.consistency_weight > 0:
@@ -237,7 +246,8 @@ class AdversarialTask(DistillTask):
         if cfg.adv_weight > 0:
             d_stats = self._disc_step(tr, self._real_batch(tr, yt), fake.detach(), yt)
             with tr.autocast():
-                adv = hinge_g_loss(self.disc(fake, yt)).float()
+                adv = hinge_g_loss(self.disc(fake, yt, whitening_weight(self.whiten, fake,
+                                                                        yt))).float()
         else:
             d_stats, adv = torch.zeros(3, device=fake.device), zero
         f32, x32 = clean.float(), x.float()

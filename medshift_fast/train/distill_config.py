@@ -65,6 +65,10 @@ class DistillConfig(LoopConfig):
         disc_gain: adversarial: scale of the fine-scale residual the discriminator sees beside
             the image (its spectral norm bounds its gain at 1, so a faint grain needs a large
             one).
+        disc_whiten: adversarial: divide the discriminator's fine-scale residual by the target
+            domain's measured noise std at each pixel's local signal (its detector noise model,
+            fitted to the target's training images): the grain and the sharpness under it
+            weigh the same in dark regions, where the grain is faint, as in bright ones.
         anchor_run: a one-call student run whose translation stands in for the teacher's,
             computed on the fly at any tau in range on every training image (no teacher
             cache): adversarial: the anchor (e.g. the --init run); oneshot: the regression
@@ -111,6 +115,11 @@ class DistillConfig(LoopConfig):
             domain's mottle is drawn from a detector noise model fitted to its real training
             images (``models.texture``; the discriminator sees the translation plus that
             noise). Adversarial only; the student is then stochastic (one noise map).
+        texture_top_up: with ``texture detector``: the noise the discriminator sees on top of
+            each training translation adds only the variance that the batch's own noise-free
+            translations lack (the top-up every saved run gets, measured on the batch), so the
+            student is not pushed to remove noise it could keep (by default the discriminator
+            sees the full fitted noise on top of whatever the translation carries).
     """
 
     teacher: str = ""
@@ -146,6 +155,7 @@ class DistillConfig(LoopConfig):
     disc_channels: int = 32
     disc_scales: int = 3
     disc_gain: float = 100.0
+    disc_whiten: bool = False
     anchor_run: str | None = None
     anchor_cache: bool = False
     diversity_weight: float = 0.0
@@ -161,6 +171,7 @@ class DistillConfig(LoopConfig):
     noise_channels: int = 0
     noise_scale: float = 1.0
     texture: str = "none"
+    texture_top_up: bool = False
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -188,6 +199,8 @@ class DistillConfig(LoopConfig):
             (self.consistency_weight == 0 or self.method == "adversarial",
              "--consistency-weight applies to --method adversarial"),
             (self.denoise_weight >= 0, "denoise_weight must be >= 0"),
+            (not self.disc_whiten or self.method == "adversarial",
+             "--disc-whiten applies to --method adversarial"),
             (0 < self.denoise_alpha <= 4, "denoise_alpha must be in (0, 4]"),
             (self.denoise_weight == 0 or self.method == "adversarial",
              "--denoise-weight applies to --method adversarial"),
@@ -207,6 +220,8 @@ class DistillConfig(LoopConfig):
             (self.texture == "none" or self.method == "adversarial",
              "--texture detector needs --method adversarial (its discriminator is what teaches "
              "the student the noise-free image)"),
+            (not self.texture_top_up or self.texture == "detector",
+             "--texture-top-up needs --texture detector"),
             (0.0 <= self.noise_scale < float("inf"),
              f"noise_scale must be >= 0, got {self.noise_scale}"),
         ]

@@ -147,6 +147,16 @@ def test_discriminator_losses_and_conditioning():
     assert float(hinge_g_loss(big)) == -3.0
     with pytest.raises(MedShiftError, match="at least"):
         d(torch.randn(1, 1, 2, 2), torch.tensor([0]))
+    # a residual weight of one is no weight; another weight changes only through the residual
+    # (eval: the spectral norm's power iteration stops updating between calls)
+    d.eval()
+    y = torch.tensor([0, 2])
+    out = d(x, y)
+    for a, b in zip(d(x, y), d(x, y, torch.ones(2, 1, 16, 16))):
+        assert torch.equal(a, b)
+    assert not torch.allclose(d(x, y, torch.full((2, 1, 16, 16), 3.0))[0], out[0])
+    flat = torch.zeros(2, 1, 16, 16)  # no residual: the weight cannot matter
+    assert torch.equal(d(flat, y)[0], d(flat, y, torch.full((2, 1, 16, 16), 3.0))[0])
 
 
 def test_lowpass_keeps_constants_and_removes_fine_grain():

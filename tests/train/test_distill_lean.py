@@ -104,7 +104,8 @@ def test_stochastic_start_from_a_deterministic_lean_run(teacher, anchor, tmp_pat
     det = distill(_cfg(teacher, tmp_path / "det", method="oneshot", anchor_run=str(anchor),
                        steps=2, **LEAN), progress=False)
     sto = distill(_cfg(teacher, tmp_path / "sto", method="adversarial", init=str(det),
-                       anchor_run=str(anchor), noise_channels=1, steps=1, lr=1e-12, **LEAN),
+                       anchor_run=str(anchor), noise_channels=1, steps=1, lr=1e-12,
+                       disc_whiten=True, **LEAN),  # whitened without a texture model too
                   progress=False)
     d, s = load_run(det).model, load_run(sto).model
     assert s.stochastic and torch.all(s.net.stem.weight[:, 4:].abs() < 1e-9)
@@ -180,7 +181,8 @@ def test_detector_texture_is_fitted_and_judged_with_the_noise(teacher, anchor, t
 
     out = distill(_cfg(teacher, tmp_path / "tex", method="adversarial", anchor_run=str(anchor),
                        texture="detector", noise_channels=0, steps=2, consistency_weight=0.5,
-                       denoise_weight=1.0, **LEAN), progress=False)
+                       denoise_weight=1.0, disc_whiten=True, texture_top_up=True, **LEAN),
+                  progress=False)
     st = load_run(out).model
     rows = list(csv.DictReader((out / "adversarial.csv").open()))
     assert all(float(r["consistency"]) > 0 for r in rows)  # the source-noise term ran
@@ -201,7 +203,50 @@ def test_detector_texture_is_fitted_and_judged_with_the_noise(teacher, anchor, t
         _cfg(teacher, tmp_path / "x", method="oneshot", consistency_weight=1.0, **LEAN)
     with pytest.raises(MedShiftError, match="denoise-weight applies"):
         _cfg(teacher, tmp_path / "x", method="oneshot", denoise_weight=1.0, **LEAN)
+    with pytest.raises(MedShiftError, match="texture-top-up needs"):
+        _cfg(teacher, tmp_path / "x", method="adversarial", texture_top_up=True, **LEAN)
+    with pytest.raises(MedShiftError, match="disc-whiten applies"):
+        _cfg(teacher, tmp_path / "x", method="oneshot", disc_whiten=True, **LEAN)
     with pytest.raises(MedShiftError, match="denoise_alpha"):
         _cfg(teacher, tmp_path / "x", method="adversarial", denoise_alpha=0.0, **LEAN)
     with pytest.raises(MedShiftError, match="texture must be one of"):
         _cfg(teacher, tmp_path / "x", method="adversarial", texture="film", **LEAN)
+
+
+def test_whitened_discriminator_sees_the_residual_in_units_of_the_grain():
+    """--disc-whiten: the residual weight is the target model's median measured std over its
+    std at the image's local signal (1.5-px low-pass), for that target's images only."""
+    from medshift_fast.models.discriminator import lowpass
+    from medshift_fast.models.texture import SIGNAL_SIGMA, DetectorNoise
+    from medshift_fast.train.noise_terms import whitening_weight
+
+    model = DetectorNoise(0.5, (-0.5, 0.5), (0.01, 0.04), (0.005, 0.02))
+    img = torch.linspace(-1, 1, 2 * 16 * 16).view(2, 1, 16, 16)
+    y = torch.tensor([1, 0])
+    w = whitening_weight({1: model}, img, y)
+    want = 0.0125 / model.measured_std(lowpass(img, SIGNAL_SIGMA))
+    assert torch.allclose(w[0], want[0]) and torch.equal(w[1], torch.ones_like(w[1]))
+    assert float(w[0].max() / w[0].min()) > 2  # faint grain (dark) weighs more than strong
+    assert whitening_weight({}, img, y) is None
+
+
+def test_texture_top_up_adds_only_what_the_batch_lacks():
+    """--texture-top-up: on a batch that already carries the target's noise the discriminator's
+    texture adds (almost) nothing; on a noise-free batch it adds the full model's noise; a
+    target absent from the batch gets none."""
+    from medshift_fast.models.texture import DetectorNoise, _blur
+    from medshift_fast.train.noise_terms import batch_texture
+
+    g = torch.Generator().manual_seed(0)
+    anatomy = _blur(torch.rand(8, 1, 64, 64, generator=g).double(), 4.0).float() * 2 - 1
+    model = DetectorNoise(0.5, (-1.0, 1.0), (0.02, 0.02))
+    noisy = anatomy + model.noise(anatomy, torch.randn(anatomy.shape, generator=g))
+    model = DetectorNoise.fit(noisy)  # the target's fitted model (residual std recorded)
+    n = torch.randn(8, 1, 64, 64, generator=g)
+    yt = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0])
+    full = model.noise(anatomy, n)
+    for clean, lo, hi in ((anatomy, 0.9, 1.1), (noisy, 0.0, 0.35)):
+        added = batch_texture({"1": model.to_dict()}, clean, n, yt, lambda z: z.float())
+        assert torch.equal(added[6:], torch.zeros_like(added[6:]))  # not this target
+        ratio = float(added[:6].std() / full[:6].std())
+        assert lo <= ratio <= hi, ratio
