@@ -18,9 +18,11 @@ on the same validation views (pairs synthetic_low -> real_normal and real_low ->
 tau 0.6): the source rendered twice with independent noise (same anatomy), the student's
 noise-free translations c1, c2 of both, and the noise-free target T. The residual splits into a
 part that follows the source's noise, rn = (c1 - c2) / sqrt 2, and a deterministic part,
-rb = (c1 + c2) / 2 - T (blur, bias, invented detail); the C2ST scores T + model noise + rn and
-T + model noise + rb (each part alone on a perfect translation) beside the student's output at
-its noise scale. Writes the ``texture-residual`` block with ``--doc``.
+rb = (c1 + c2) / 2 - T (blur, bias, invented detail); the C2ST scores T + model noise + rn,
+T + model noise + rb and T + model noise + rb's fine band (rb minus its 1-px low-pass): each
+part alone on a perfect translation, beside the student's output at its noise scale. The
+*equivalent blur* (:func:`equivalent_blur`) says how much softer than T the mean noise-free
+translation is. Writes the ``texture-residual`` block with ``--doc``.
 
 The expectation is available only because the data are simulated; nothing here is used in
 training. Writes the ``texture-model`` block of docs/distill.md with ``--doc``.
@@ -134,7 +136,8 @@ def transfer(c: torch.Tensor, T: torch.Tensor) -> list[float]:
 def equivalent_blur(c: torch.Tensor, T: torch.Tensor) -> float:
     """The std (px) of the Gaussian blur of T whose transfer (:func:`transfer`) is closest to
     c's over ``BANDS`` (least squares on ``BLUR_GRID``): how much sharper or softer than the
-    truth a translation is, in the units of the texture-model table's blurred rows."""
+    truth a translation is, in the units of the texture-model table's blurred rows (0: at
+    least as sharp as T, the grid's end)."""
     from medshift_fast.models.texture import _blur
 
     mine = torch.tensor(transfer(c, T))
