@@ -255,38 +255,43 @@ def precision(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
     return rows
 
 
-def precision_block(rows: list[dict], students: dict[str, str], data: str) -> str:
+_CI = "{:.2f} [{:.2f}, {:.2f}]".format
+
+
+def _student_table(flags: str, students: dict[str, str], about: str, header: list[str],
+                   cells: list[list[str]]) -> str:
+    """A block: the command that wrote it (``flags`` and the students), ``about`` in
+    brackets, then the table of ``header`` and one row of ``cells`` per entry."""
     args = " ".join(f"--student {k}={v}" for k, v in students.items())
-    lines = [f"Written by `python scripts/texture_numbers.py --no-model --precision {args} "
-             f"--doc` (data `{data}`; validation images, τ 0.6, the channels_last engine in "
-             "fp32 and in bf16; noise level relative to the target domain's training images; "
-             "C2ST against them).", "",
-             "| student | pair | rms bf16 − fp32 | noise ×tgt fp32 | noise ×tgt bf16 | C2ST fp32 | "
-             "C2ST bf16 |", "|---|---|---|---|---|---|---|"]
-    ci = "{:.2f} [{:.2f}, {:.2f}]".format
-    for r in rows:
-        lines.append(f"| {r['student']} | {r['pair']} | {r['rms']:.5f} | {r['noise'][0]:.2f} | "
-                     f"{r['noise'][1]:.2f} | {ci(*r['c2st'][0])} | {ci(*r['c2st'][1])} |")
-    return "\n".join(lines)
+    lines = [f"Written by `python scripts/texture_numbers.py --no-model {flags}{args} --doc` "
+             f"({about}).", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+
+
+def precision_block(rows: list[dict], students: dict[str, str], data: str) -> str:
+    return _student_table(
+        "--precision ", students,
+        f"data `{data}`; validation images, τ 0.6, the channels_last engine in fp32 and in "
+        "bf16; noise level relative to the target domain's training images; C2ST against them",
+        ["student", "pair", "rms bf16 − fp32", "noise ×tgt fp32", "noise ×tgt bf16",
+         "C2ST fp32", "C2ST bf16"],
+        [[r["student"], r["pair"], f"{r['rms']:.5f}", f"{r['noise'][0]:.2f}",
+          f"{r['noise'][1]:.2f}", _CI(*r["c2st"][0]), _CI(*r["c2st"][1])] for r in rows])
 
 
 def residual_block(rows: list[dict], students: dict[str, str], data: str) -> str:
-    args = " ".join(f"--student {k}={v}" for k, v in students.items())
-    lines = [f"Written by `python scripts/texture_numbers.py --no-model {args} --doc` (data "
-             f"`{data}`; the validation subjects' views re-rendered with a second, independent "
-             "source noise; τ 0.6; C2ST against the target domain's training images; rms in "
-             "image units).", "",
-             "| student | pair | rms rn (follows the source noise) | rms rb (deterministic) | "
-             "rms target noise | equivalent blur (px) | C2ST T + noise + rn | "
-             "C2ST T + noise + rb | C2ST T + noise + rb's fine band | C2ST output (scale) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    ci = "{:.2f} [{:.2f}, {:.2f}]".format
-    for r in rows:
-        lines.append(f"| {r['student']} | {r['pair']} | {r['rn']:.4f} | {r['rb']:.4f} | "
-                     f"{r['N']:.4f} | {r['blur']:.2f} | {ci(*r['c2st_rn'])} | "
-                     f"{ci(*r['c2st_rb'])} | {ci(*r['c2st_rb_fine'])} | "
-                     f"{ci(*r['c2st'])} ({r['scale']:g}) |")
-    return "\n".join(lines)
+    return _student_table(
+        "", students,
+        f"data `{data}`; the validation subjects' views re-rendered with a second, independent "
+        "source noise; τ 0.6; C2ST against the target domain's training images; rms in image "
+        "units",
+        ["student", "pair", "rms rn (follows the source noise)", "rms rb (deterministic)",
+         "rms target noise", "equivalent blur (px)", "C2ST T + noise + rn",
+         "C2ST T + noise + rb", "C2ST T + noise + rb's fine band", "C2ST output (scale)"],
+        [[r["student"], r["pair"], f"{r['rn']:.4f}", f"{r['rb']:.4f}", f"{r['N']:.4f}",
+          f"{r['blur']:.2f}", _CI(*r["c2st_rn"]), _CI(*r["c2st_rb"]), _CI(*r["c2st_rb_fine"]),
+          f"{_CI(*r['c2st'])} ({r['scale']:g})"] for r in rows])
 
 
 def block(rows: list[dict], data: str) -> str:

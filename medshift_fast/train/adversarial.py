@@ -70,7 +70,7 @@ from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_los
 from .data import random_crop
 from .distill_task import DistillTask
 from .intensity import apply_map, intensity_map, map_slope
-from .noise_terms import batch_texture, whitening_weight
+from .noise_terms import batch_texture, saved_texture, whitening_weight
 from .teacher_pass import say
 from .trainer import Trainer
 
@@ -409,25 +409,11 @@ class AdversarialTask(DistillTask):
     def _topped_up(self, tr: Trainer) -> dict:
         """The texture models as saved: each topped up by the EMA student's own residual noise
         on training sources of its pairs (noise-free translations at the default tau)."""
-        from ..models.texture import DetectorNoise
         from ..translate.settings import RECIPE
 
-        st = tr.ema.module.eval()
         tau = min(max(float(RECIPE["tau"]), self.cfg.tau_min), self.cfg.tau_max)
-        out = {}
-        for key, model in self.texture.items():
-            g, own = int(key), []
-            for a, _ in (p for p in self.pairs if p[1] == g):
-                xs = self.x[self.y == a]
-                xs = xs[torch.linspace(0, xs.shape[0] - 1, min(96, xs.shape[0])).long()]
-                for k in range(0, xs.shape[0], 16):
-                    xb = xs[k:k + 16].to(tr.device)
-                    n = xb.shape[0]
-                    own.append(st.translate(xb, tau, torch.full((n,), a, device=tr.device),
-                                            torch.full((n,), g, device=tr.device)).float())
-            own = self._pixels(torch.cat(own)).clamp(-1, 1)
-            out[key] = DetectorNoise.from_dict(model).top_up(own).to_dict()
-        return out
+        return saved_texture(self.texture, tr.ema.module.eval(), self.pairs, self.x, self.y,
+                             tau, self._pixels, tr.device)
 
     def save(self, tr: Trainer, run_dir: Path) -> None:
         """Task hook: the student run plus RUN/discriminator.safetensors."""

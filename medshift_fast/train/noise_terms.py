@@ -4,6 +4,8 @@
 * :func:`batch_texture` (``--texture-top-up``): the noise the discriminator sees on top of a
   training translation, each target's fitted model topped up by what the batch's own
   noise-free translations of that target already carry (the top-up a saved run gets);
+* :func:`saved_texture`: the models a saved run records, each topped up by what the (EMA)
+  student's noise-free translations of training sources still carry;
 * :func:`whitening_weight` (``--disc-whiten``): the per-pixel factor that puts the
   discriminator's fine-scale residual in units of the target's grain (the grain's amplitude
   varies tenfold with the signal).
@@ -20,7 +22,7 @@ from ..errors import MedShiftError
 from ..models.discriminator import lowpass
 from ..models.texture import SIGNAL_SIGMA, DetectorNoise
 
-__all__ = ["batch_texture", "whitening_weight"]
+__all__ = ["batch_texture", "saved_texture", "whitening_weight"]
 
 
 def batch_texture(texture: dict[str, dict], clean: torch.Tensor, n: torch.Tensor,
@@ -42,6 +44,30 @@ def batch_texture(texture: dict[str, dict], clean: torch.Tensor, n: torch.Tensor
         except MedShiftError:
             pass
         out = out + m.to(clean.dtype).view(-1, 1, 1, 1) * model.noise(clean, n)
+    return out
+
+
+@torch.no_grad()
+def saved_texture(texture: dict[str, dict], student, pairs, x: torch.Tensor, y: torch.Tensor,
+                  tau: float, pixels: Callable[[torch.Tensor], torch.Tensor],
+                  device) -> dict[str, dict]:
+    """``texture`` (target label -> fitted model) with each model topped up by the noise-free
+    translations, at ``tau``, of (up to 96, evenly spread) training images ``x`` of each source
+    domain paired with that target (``pairs``: (source, target) labels; ``y``: the labels of
+    ``x``), translated by ``student`` in batches of 16 on ``device``."""
+    out = {}
+    for key, model in texture.items():
+        g, own = int(key), []
+        for a, _ in (p for p in pairs if p[1] == g):
+            xs = x[y == a]
+            xs = xs[torch.linspace(0, xs.shape[0] - 1, min(96, xs.shape[0])).long()]
+            for k in range(0, xs.shape[0], 16):
+                xb = xs[k:k + 16].to(device)
+                n = xb.shape[0]
+                own.append(student.translate(xb, tau, torch.full((n,), a, device=device),
+                                             torch.full((n,), g, device=device)).float())
+        own = pixels(torch.cat(own)).clamp(-1, 1)
+        out[key] = DetectorNoise.from_dict(model).top_up(own).to_dict()
     return out
 
 
