@@ -42,6 +42,7 @@ grows to the kernel's radius at most (the noise maps are tiled like the image).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,7 @@ def _second_difference(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, torch.outer(d2, d2).view(1, 1, 3, 3)) / 6.0
 
 
+@functools.cache  # a pure function of sigma, asked for the whole grid per fit
 def _filter_stats(sigma: float) -> tuple[float, float]:
     """(std, lag-1 correlation) of the second difference of unit white noise through k_sigma
     (closed form: the combined filter's norm and autocorrelation)."""
