@@ -24,6 +24,14 @@ part alone on a perfect translation, beside the student's output at its noise sc
 *equivalent blur* (:func:`equivalent_blur`) says how much softer than T the mean noise-free
 translation is. Writes the ``texture-residual`` block with ``--doc``.
 
+With ``--oracle``, instead: the bound of the "noise-free member + detector grain" design. A small
+U-Net is trained *with the simulator's truth* (paired: each training subject's source views,
+rendered with fresh noise, against the noise-free target view; MSE, so it estimates the
+posterior mean, which no unpaired student can beat in MSE) and the target's detector noise
+model is added to its output at several scales; beside it, the teacher's own stochastic (SDE)
+decode at tau 0.6. Never shipped or used in training: it says what the C2ST asks of a design.
+The ``texture-oracle`` block.
+
 The expectation is available only because the data are simulated; nothing here is used in
 training. Writes the ``texture-model`` block of docs/distill.md with ``--doc``.
 
@@ -33,6 +41,7 @@ block.
 
     python scripts/texture_numbers.py [--data runs/pretrain/data] [--doc]
         [--student tex=pretrained/demo128_lean_tex ...] [--no-model] [--precision]
+    python scripts/texture_numbers.py --no-model --oracle [--teacher pretrained/demo128] [--doc]
 """
 
 from __future__ import annotations
@@ -255,6 +264,136 @@ def precision(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
     return rows
 
 
+ORACLE_SCALES = (0.6, 0.8, 1.0)
+
+
+def _oracle_net() -> torch.nn.Module:
+    """A small residual U-Net (one stride-2 level, 48/96 channels, receptive field ~30 px)."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Net(nn.Module):
+        def __init__(self, w: int = 48, depth: int = 6) -> None:
+            super().__init__()
+            self.inp = nn.Conv2d(1, w, 3, padding=1)
+            self.down = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
+            self.mid = nn.Sequential(*[m for _ in range(depth) for m in
+                                       (nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU())])
+            self.up = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+            self.out = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(w, 1, 3, padding=1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = F.relu(self.inp(x))
+            return x + self.out(torch.cat([a, F.relu(self.up(self.mid(F.relu(self.down(a)))))],
+                                          1))
+
+    return Net()
+
+
+def oracle(data: str, teacher: str | None, steps: int = 1500, renders: int = 3,
+           tau: float = 0.6) -> list[dict]:
+    """The supervised oracle's and the teacher's SDE decode's C2ST (module docstring)."""
+    import torch.nn.functional as F
+
+    from medshift_fast.data.simulator import (
+        SimConfig,
+        render_domains,
+        render_subject,
+        subject_line_integrals,
+        subject_splits,
+    )
+    from medshift_fast.eval.c2st import c2st
+    from medshift_fast.models.texture import DetectorNoise
+
+    cfg = SimConfig.from_dict(json.loads((Path(data) / "simulator.json").read_text())["config"])
+    split = subject_splits(cfg)
+    train = [i for i, s in enumerate(split) if s == "train"]
+    val = [i for i, s in enumerate(split) if s == "val"]
+    noisy, clean = {d: [] for d in cfg.domains}, {d: [] for d in cfg.domains}
+    for i in train:
+        L = subject_line_integrals(cfg, i)[2]
+        for v in range(L.shape[0]):
+            c = render_domains(L[v], cfg, None)
+            for k in range(renders):  # noise streams apart from the dataset's own
+                r = render_domains(L[v], cfg, [cfg.seed + 5000 + k, i, v])
+                for d in cfg.domains:
+                    noisy[d].append(r[d])
+                    clean[d].append(c[d])
+    views = {i: (render_subject(cfg, i), render_subject(cfg, i, noise=False)) for i in val}
+    rows = []
+    for src, tgt in PAIRS:
+        torch.manual_seed(0)
+        net = _oracle_net()
+        X = torch.stack(noisy[src]).unsqueeze(1).float()
+        Y = torch.stack(clean[tgt]).unsqueeze(1).float()
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        gen = torch.Generator().manual_seed(0)
+        for step in range(steps):
+            idx = torch.randint(0, X.shape[0], (16,), generator=gen)
+            oy, ox = torch.randint(0, X.shape[-1] - 63, (2,), generator=gen).tolist()
+            xb, yb = X[idx, :, oy:oy + 64, ox:ox + 64], Y[idx, :, oy:oy + 64, ox:ox + 64]
+            if step % 2:
+                xb, yb = xb.flip(-1), yb.flip(-1)
+            loss = F.mse_loss(net(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 500 == 0 or step == steps - 1:
+                print(f"oracle {src} step {step} rms {float(loss.detach()) ** 0.5:.4f}",
+                      flush=True)
+        ref, g_ref = _train_images(data, tgt)
+        model = DetectorNoise.fit(ref)
+        x = torch.cat([views[i][0][src] for i in val]).unsqueeze(1).float()
+        T = torch.cat([views[i][1][tgt] for i in val]).unsqueeze(1).float()
+        groups = [f"s{i:03d}" for i in val for _ in range(views[i][0][src].shape[0])]
+        with torch.no_grad():
+            c = net(x).clamp(-1, 1)
+        n = torch.randn(c.shape, generator=torch.Generator().manual_seed(1))
+        pair = f"{src} → {tgt}"
+        sets = [("truth T + grain (the floor)", 1.0, T + model.noise(T, n))]
+        sets += [(f"oracle mean + grain × {s:g}", s, c + s * model.noise(c, n))
+                 for s in ORACLE_SCALES]
+        if teacher:
+            from medshift_fast.translate import Translator
+
+            tr = Translator(teacher, src, tgt, tau=tau, decode="sde")
+            with torch.no_grad():
+                y = torch.cat([tr.translate(x[k:k + 12], generators=[
+                    torch.Generator().manual_seed(j) for j in range(k, min(k + 12, len(x)))])
+                    for k in range(0, len(x), 12)])
+            sets.append((f"teacher, SDE decode (τ {tau:g})", None, y))
+        for name, _, im in sets:
+            r = c2st(ref, im.clamp(-1, 1), real_groups=g_ref, fake_groups=groups)
+            mean = name.startswith("oracle")
+            rows.append({"pair": pair, "set": name, "c2st": (r.accuracy, r.lo, r.hi),
+                         "rms": _rms(c - T) if mean else None,
+                         "blur": equivalent_blur(c, T) if mean else None})
+            print(f"{src:14s} {name:32s} C2ST {r.accuracy:.2f} [{r.lo:.2f}, {r.hi:.2f}]",
+                  flush=True)
+    return rows
+
+
+def oracle_block(rows: list[dict], data: str, teacher: str | None, steps: int,
+                 threads: int) -> str:
+    t = f" --teacher {teacher}" if teacher else ""
+    lines = [f"Written by `python scripts/texture_numbers.py --no-model --oracle{t} --threads "
+             f"{threads} --doc` (data `{data}`; oracle: {steps} Adam steps of 16 × 64² px "
+             "crops from the training subjects' views in 3 extra noise renderings each, MSE "
+             "against the noise-free target view; scored on the validation subjects' views; "
+             "C2ST against the target domain's training images).", "",
+             "| pair | images | rms mean − T | equivalent blur (px) | C2ST↓ [95 % CI] |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        rms = "–" if r["rms"] is None else f"{r['rms']:.4f}"
+        blur = "–" if r["blur"] is None else f"{r['blur']:.2f}"
+        lines.append(f"| {r['pair']} | {r['set']} | {rms} | {blur} | {_CI(*r['c2st'])} |")
+    return "\n".join(lines)
+
+
 _CI = "{:.2f} [{:.2f}, {:.2f}]".format
 
 
@@ -316,12 +455,20 @@ def main(argv=None) -> int:
     p.add_argument("--no-model", action="store_true", help="skip the noise model's table")
     p.add_argument("--precision", action="store_true",
                    help="the students in fp32 vs bf16 (instead of the residual decomposition)")
+    p.add_argument("--oracle", action="store_true",
+                   help="the supervised oracle's bound and the teacher's SDE decode (paired; "
+                        "a diagnostic, never shipped)")
+    p.add_argument("--teacher", default="pretrained/demo128",
+                   help="the teacher run whose SDE decode --oracle scores ('' to skip)")
+    p.add_argument("--oracle-steps", type=int, default=1500)
+    p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     students = dict(s.split("=", 1) for s in a.student)
     rows = None if a.no_model else score(a.data)
     res = residuals(a.data, students) if students and not a.precision else None
     prec = precision(a.data, students) if students and a.precision else None
+    orc = oracle(a.data, a.teacher or None, a.oracle_steps) if a.oracle else None
     if a.doc:
         sys.path.insert(0, str(ROOT / "scripts"))
         from _blocks import fill_block
@@ -332,6 +479,11 @@ def main(argv=None) -> int:
         if prec is not None:
             fill_block(ROOT / "docs" / "distill.md", "texture-precision",
                        precision_block(prec, students, a.data), required=True)
+        if orc is not None:
+            fill_block(ROOT / "docs" / "distill.md", "texture-oracle",
+                       oracle_block(orc, a.data, a.teacher or None, a.oracle_steps,
+                                    a.threads),
+                       required=True)
         if res is not None:
             fill_block(ROOT / "docs" / "distill.md", "texture-residual",
                        residual_block(res, students, a.data), required=True)
