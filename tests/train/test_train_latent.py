@@ -73,3 +73,23 @@ def test_latent_diffusers_without_diffusers_is_a_clear_error(tmp_path, monkeypat
     cfg = TrainConfig(out=str(tmp_path), latent_diffusers=str(tmp_path), image_size=16, steps=1)
     with pytest.raises(MedShiftError, match="diffusers"):
         train(cfg, progress=False, data=(x, y, ("a", "b")))
+
+
+@pytest.mark.parametrize("flags", [dict(texture="detector"), dict(consistency_weight=5.0),
+                                   dict(disc_whiten=True)])
+def test_noise_model_terms_refuse_a_latent_teacher(ae_run, tmp_path, tiny_folder, flags):
+    """The detector noise model, the consistency term and the whitened discriminator live on
+    pixels: a teacher with a latent codec is refused before any step, naming the flags."""
+    from medshift_fast.train.distill import DistillConfig, distill
+
+    teacher = tmp_path / "run"
+    train(TrainConfig(data=str(tiny_folder), out=str(teacher), latent=str(ae_run),
+                      model_channels=16, image_size=16, steps=1, batch_size=4, val_every=0,
+                      sample_every=0, log_every=1), progress=False)
+    cfg = DistillConfig(teacher=str(teacher), out=str(tmp_path / "st"),
+                        pairs="synthetic_low:real_normal", method="adversarial", steps=2,
+                        batch_size=2, solver_steps=1, val_every=0, val_images=1,
+                        taus_per_image=1, disc_channels=8, disc_scales=1, **flags)
+    with pytest.raises(MedShiftError, match="need a pixel-space teacher.*latent codec"):
+        distill(cfg, progress=False)
+    assert not (tmp_path / "st" / "config.json").exists()
