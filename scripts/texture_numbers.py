@@ -24,7 +24,7 @@ part alone on a perfect translation, beside the student's output at its noise sc
 *equivalent blur* (:func:`equivalent_blur`) says how much softer than T the mean noise-free
 translation is. Writes the ``texture-residual`` block with ``--doc``.
 
-With ``--oracle``, instead: the bound of the "noise-free member + detector grain" design. A small
+With ``--oracle``: the bound of the "noise-free member + detector grain" design. A small
 U-Net is trained *with the simulator's truth* (paired: each training subject's source views,
 rendered with fresh noise, against the noise-free target view; MSE, so it estimates the
 posterior mean, which no unpaired student can beat in MSE) and the target's detector noise
@@ -354,8 +354,8 @@ def oracle(data: str, teacher: str | None, steps: int = 1500, renders: int = 3,
             c = net(x).clamp(-1, 1)
         n = torch.randn(c.shape, generator=torch.Generator().manual_seed(1))
         pair = f"{src} → {tgt}"
-        sets = [("truth T + grain (the floor)", 1.0, T + model.noise(T, n))]
-        sets += [(f"oracle mean + grain × {s:g}", s, c + s * model.noise(c, n))
+        sets = [("truth T + grain (the floor)", T + model.noise(T, n))]
+        sets += [(f"oracle mean + grain × {s:g}", c + s * model.noise(c, n))
                  for s in ORACLE_SCALES]
         if teacher:
             from medshift_fast.translate import Translator
@@ -365,8 +365,8 @@ def oracle(data: str, teacher: str | None, steps: int = 1500, renders: int = 3,
                 y = torch.cat([tr.translate(x[k:k + 12], generators=[
                     torch.Generator().manual_seed(j) for j in range(k, min(k + 12, len(x)))])
                     for k in range(0, len(x), 12)])
-            sets.append((f"teacher, SDE decode (τ {tau:g})", None, y))
-        for name, _, im in sets:
+            sets.append((f"teacher, SDE decode (τ {tau:g})", y))
+        for name, im in sets:
             r = c2st(ref, im.clamp(-1, 1), real_groups=g_ref, fake_groups=groups)
             mean = name.startswith("oracle")
             rows.append({"pair": pair, "set": name, "c2st": (r.accuracy, r.lo, r.hi),
