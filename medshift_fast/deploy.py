@@ -20,13 +20,13 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from .errors import MedShiftError
 from .flow.solvers import FIXED_SOLVERS
 from .translate import DEFAULT, ENGINES, Translator, uint16_to_unit, unit_to_uint16
+from .translate.pipeline import as_tensor, to_numpy
 
 __all__ = ["FrameTranslator"]
 
@@ -183,14 +183,7 @@ class FrameTranslator:
 
     # -------------------------------------------------------------------------------- per frame
     def _as_tensor(self, frame) -> tuple[torch.Tensor, bool]:
-        is_np = isinstance(frame, np.ndarray)
-        if is_np and frame.dtype == np.uint16:
-            t = torch.from_numpy(frame.astype(np.int32)).to(torch.uint16)
-        else:
-            t = torch.from_numpy(np.ascontiguousarray(frame)) if is_np else frame
-        if not isinstance(t, torch.Tensor):
-            raise MedShiftError(f"FrameTranslator: a frame must be a tensor or numpy array, got "
-                                f"{type(frame).__name__}")
+        t, is_np = as_tensor(frame, "FrameTranslator: a frame")
         h, w = self.size
         if tuple(t.shape) not in ((h, w), (1, h, w), (1, 1, h, w)):
             raise MedShiftError(f"FrameTranslator: expected a frame of shape ({h}, {w}) or "
@@ -241,9 +234,7 @@ class FrameTranslator:
             result = out
         else:
             result = res.clone().reshape(t.shape)
-            result = (result.to(torch.int32).numpy().astype(np.uint16)
-                      if is_np and result.dtype == torch.uint16 else
-                      result.numpy() if is_np else result)
+            result = to_numpy(result) if is_np else result
         self._lat.append(time.perf_counter() - t0)
         return result
 

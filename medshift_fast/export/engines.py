@@ -22,35 +22,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import MedShiftError
 from ..translate.checks import check_unit_range
+from ..translate.pipeline import as_tensor, to_numpy
 from .graphs import ExportSettings
 from .sidecar import SUFFIXES, input_spec, read_sidecar
 
 __all__ = ["Engine", "OnnxEngine", "AotiEngine", "TensorRTEngine", "load_engine"]
-
-
-def _as_tensor(a: Any, what: str) -> tuple[torch.Tensor, bool]:
-    """(tensor, came_from_numpy)."""
-    if isinstance(a, torch.Tensor):
-        return a, False
-    if isinstance(a, np.ndarray):
-        if a.dtype == np.uint16:  # torch.from_numpy has no uint16 on every version
-            return torch.from_numpy(a.astype(np.int32)).to(torch.uint16), True
-        return torch.from_numpy(np.ascontiguousarray(a)), True
-    raise MedShiftError(f"{what} must be a torch tensor or a NumPy array, got {type(a).__name__}")
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu()
-    if t.dtype == torch.uint16:
-        return t.to(torch.int32).numpy().astype(np.uint16)
-    return t.numpy()
 
 
 class Engine:
@@ -167,7 +149,7 @@ class Engine:
         want = (x.shape[0], self.noise_channels, *x.shape[2:])
         if noise is None:
             return torch.zeros(want, dtype=torch.float32)
-        n, _ = _as_tensor(noise, "noise")
+        n, _ = as_tensor(noise, "noise")
         n = n.reshape(want) if n.numel() == math.prod(want) else n
         if tuple(n.shape) != want or not n.is_floating_point():
             raise MedShiftError(f"noise must be float maps of shape {want}, got "
@@ -177,7 +159,7 @@ class Engine:
         return n.to(torch.float32).contiguous()
 
     def _translate(self, images, noise=None):
-        x, from_np = _as_tensor(images, "images")
+        x, from_np = as_tensor(images, "images")
         shape, device = tuple(x.shape), x.device
         x = self.check_input(self._check_image(x, "translate"))
         if x.dtype == torch.uint16:
@@ -194,7 +176,7 @@ class Engine:
         if self.monochrome1:
             out = (65535 - out.to(torch.int32)).to(torch.uint16) if out.dtype == torch.uint16 \
                 else -out
-        return _to_numpy(out) if from_np else out.to(device)
+        return to_numpy(out) if from_np else out.to(device)
 
     def translate_tiled(self, images, overlap: int | None = None, tile_batch: int = 8):
         """Translate an image LARGER than the engine's size: overlapping tiles of the engine's
@@ -215,7 +197,7 @@ class Engine:
 
         if self.what != "translate" or self.settings.io != "float":
             raise MedShiftError("translate_tiled needs a translate engine with float I/O")
-        x, from_np = _as_tensor(images, "images")
+        x, from_np = as_tensor(images, "images")
         shape, device = tuple(x.shape), x.device
         x = self.check_input(x)  # the whole image, before the first tile
         x = x.reshape((1,) * (4 - x.dim()) + tuple(x.shape)) if x.dim() < 4 else x
@@ -232,10 +214,10 @@ class Engine:
         out = tiled_apply(lambda t: self._translate(t.contiguous()), x.float().cpu(), (), grid,
                           max(1, int(tile_batch)))
         out = out.reshape(shape)
-        return _to_numpy(out) if from_np else out.to(device)
+        return to_numpy(out) if from_np else out.to(device)
 
     def _step(self, x, t, y):
-        x, from_np = _as_tensor(x, "x")
+        x, from_np = as_tensor(x, "x")
         device = x.device
         x = self._check_image(x, "step")
         if not x.is_floating_point():
@@ -254,7 +236,7 @@ class Engine:
         feeds = dict(zip(self.input_names, (x.to(torch.float32).contiguous(),
                                             t.contiguous(), y.contiguous())))
         out = self._run(feeds)
-        return _to_numpy(out) if from_np else out.to(device)
+        return to_numpy(out) if from_np else out.to(device)
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -295,14 +277,14 @@ class OnnxEngine(Engine):
         self.providers = self.session.get_providers()
 
     def _run(self, feeds):
-        np_feeds = {k: _to_numpy(v) for k, v in feeds.items()}
+        np_feeds = {k: to_numpy(v) for k, v in feeds.items()}
         try:
             out = self.session.run([self.output_name], np_feeds)[0]
         except Exception as exc:  # noqa: BLE001
             raise MedShiftError(f"ONNX Runtime failed to run {self.path.name} "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); an "
                                 "fp16/bf16 graph may need a GPU provider") from exc
-        t, _ = _as_tensor(out, "output")
+        t, _ = as_tensor(out, "output")
         return t
 
 

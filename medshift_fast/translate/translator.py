@@ -37,7 +37,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -53,6 +52,7 @@ from .pipeline import (  # noqa: F401 - the public helpers keep their old home
     UNIT_FIX,
     _Default,
     _generator,
+    as_image_batch,
     pipeline,
     translate_model_space,
     uint16_to_unit,
@@ -317,45 +317,8 @@ class Translator:
     # ------------------------------------------------------------------------------ calling
     def __call__(self, images):
         """Translate images of any supported kind; see the class docstring."""
-        is_np = isinstance(images, np.ndarray)
-        if is_np:
-            a = images
-            if a.dtype == np.uint16:
-                t = torch.from_numpy(a.astype(np.int32)).to(torch.uint16)
-            else:
-                t = torch.from_numpy(np.ascontiguousarray(a))
-        elif isinstance(images, torch.Tensor):
-            t = images
-        else:
-            raise MedShiftError(f"Translator: images must be a torch tensor or a NumPy array, "
-                                f"got {type(images).__name__}")
-        shape, device = tuple(t.shape), t.device
-        c = self.image_channels
-        if t.dim() == 2:
-            x = t[None, None]
-        elif t.dim() == 3:
-            x = t[None]
-        elif t.dim() == 4:
-            x = t
-        else:
-            raise MedShiftError(f"Translator: expected (H, W), (C, H, W) or (B, C, H, W) images, "
-                                f"got shape {shape}")
-        if x.shape[1] != c or x.shape[0] == 0:
-            raise MedShiftError(f"Translator: expected {c} channel(s) and at least one image, got "
-                                f"shape {shape}")
-        u16 = x.dtype == torch.uint16
-        if u16:
-            x = uint16_to_unit(x)
-        elif not x.is_floating_point():
-            raise MedShiftError(f"Translator: images must be float in [-1, 1] or uint16 raw "
-                                f"counts, got {x.dtype}")
-        y = self.translate(x)
-        out = unit_to_uint16(y) if u16 else y.to(t.dtype)
-        out = out.reshape(shape)
-        if is_np:
-            out = out.cpu()
-            return out.to(torch.int32).numpy().astype(np.uint16) if u16 else out.numpy()
-        return out.to(device)
+        x, back = as_image_batch(images, self.image_channels)
+        return back(self.translate(x))
 
     def texture_off(self, h: int, w: int) -> bool:
         """Whether a working grid of ``h`` x ``w`` gets the noise-free translation of a student
