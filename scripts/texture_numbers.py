@@ -66,14 +66,21 @@ def _train_images(data: str, domain: str):
     return x, [s.subject or s.view_id or str(s.path) for s in ds.samples]
 
 
+def _subjects(data: str, split: str = "val"):
+    """The simulator config of the demo data and its subjects of ``split``."""
+    from medshift_fast.data.simulator import SimConfig, subject_splits
+
+    cfg = SimConfig.from_dict(json.loads((Path(data) / "simulator.json").read_text())["config"])
+    return cfg, [i for i, s in enumerate(subject_splits(cfg)) if s == split]
+
+
 def score(data: str) -> list[dict]:
-    from medshift_fast.data.simulator import SimConfig, render_subject, subject_splits
+    from medshift_fast.data.simulator import render_subject
     from medshift_fast.eval.c2st import c2st
     from medshift_fast.eval.noise_curve import curve_deviation, noise_curve, signal_bins
     from medshift_fast.models.texture import DetectorNoise, _blur
 
-    cfg = SimConfig.from_dict(json.loads((Path(data) / "simulator.json").read_text())["config"])
-    val = [i for i, s in enumerate(subject_splits(cfg)) if s == "val"]
+    cfg, val = _subjects(data)
     rows = []
     for dom in DOMAINS:
         ref, g_ref = _train_images(data, dom)
@@ -159,19 +166,12 @@ def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
     """The residual decomposition of each student's noise-free translation (module docstring)."""
     import dataclasses
 
-    from medshift_fast.data.simulator import (
-        SimConfig,
-        render_domains,
-        render_subject,
-        subject_line_integrals,
-        subject_splits,
-    )
+    from medshift_fast.data.simulator import render_domains, render_subject, subject_line_integrals
     from medshift_fast.eval.c2st import c2st
     from medshift_fast.models.texture import DetectorNoise, _blur
     from medshift_fast.run import load_run
 
-    cfg = SimConfig.from_dict(json.loads((Path(data) / "simulator.json").read_text())["config"])
-    val = [i for i, s in enumerate(subject_splits(cfg)) if s == "val"]
+    cfg, val = _subjects(data)
     views = {}  # subject -> (noisy, noise-free, noisy with other noise)
     for i in val:
         _, _, L = subject_line_integrals(cfg, i)
@@ -297,20 +297,12 @@ def oracle(data: str, teacher: str | None, steps: int = 1500, renders: int = 3,
     """The supervised oracle's and the teacher's SDE decode's C2ST (module docstring)."""
     import torch.nn.functional as F
 
-    from medshift_fast.data.simulator import (
-        SimConfig,
-        render_domains,
-        render_subject,
-        subject_line_integrals,
-        subject_splits,
-    )
+    from medshift_fast.data.simulator import render_domains, render_subject, subject_line_integrals
     from medshift_fast.eval.c2st import c2st
     from medshift_fast.models.texture import DetectorNoise
 
-    cfg = SimConfig.from_dict(json.loads((Path(data) / "simulator.json").read_text())["config"])
-    split = subject_splits(cfg)
-    train = [i for i, s in enumerate(split) if s == "train"]
-    val = [i for i, s in enumerate(split) if s == "val"]
+    cfg, train = _subjects(data, "train")
+    val = _subjects(data)[1]
     noisy, clean = {d: [] for d in cfg.domains}, {d: [] for d in cfg.domains}
     for i in train:
         L = subject_line_integrals(cfg, i)[2]
