@@ -30,7 +30,13 @@ rendered with fresh noise, against the noise-free target view; MSE, so it estima
 posterior mean, which no unpaired student can beat in MSE) and the target's detector noise
 model is added to its output at several scales; beside it, the teacher's own stochastic (SDE)
 decode at tau 0.6. Never shipped or used in training: it says what the C2ST asks of a design.
-The ``texture-oracle`` block.
+The ``texture-oracle`` block; the estimator is scored after a quarter, half and all of its
+steps, so the block also says how its bound moves with the training budget.
+
+With ``--unpaired-dose``: the same estimator on the dose pair trained WITHOUT the truth or
+pairs (Noisier2Noise with the two domains' fitted noise models, :func:`unpaired_dose`): how
+close an unpaired student's noise-free member can come to the oracle. The ``texture-unpaired``
+block.
 
 The expectation is available only because the data are simulated; nothing here is used in
 training. Writes the ``texture-model`` block of docs/distill.md with ``--doc``.
@@ -42,6 +48,7 @@ block.
     python scripts/texture_numbers.py [--data runs/pretrain/data] [--doc]
         [--student tex=pretrained/demo128_lean_tex ...] [--no-model] [--precision]
     python scripts/texture_numbers.py --no-model --oracle [--teacher pretrained/demo128] [--doc]
+    python scripts/texture_numbers.py --no-model --unpaired-dose [--oracle-steps N] [--doc]
 """
 
 from __future__ import annotations
@@ -267,39 +274,39 @@ def precision(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
 ORACLE_SCALES = (0.6, 0.8, 1.0)
 
 
-def _oracle_net() -> torch.nn.Module:
-    """A small residual U-Net (one stride-2 level, 48/96 channels, receptive field ~30 px)."""
+def _oracle_net(w: int = 32) -> torch.nn.Module:
+    """A residual U-Net: two stride-2 levels (w / 2w / 4w channels), GELU, ~0.76 M parameters."""
     import torch.nn as nn
     import torch.nn.functional as F
 
+    def blk(a: int, b: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.GELU(),
+                             nn.Conv2d(b, b, 3, padding=1), nn.GELU())
+
     class Net(nn.Module):
-        def __init__(self, w: int = 48, depth: int = 6) -> None:
+        def __init__(self) -> None:
             super().__init__()
-            self.inp = nn.Conv2d(1, w, 3, padding=1)
-            self.down = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
-            self.mid = nn.Sequential(*[m for _ in range(depth) for m in
-                                       (nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU())])
-            self.up = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-            self.out = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), nn.ReLU(),
-                                     nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
-                                     nn.Conv2d(w, 1, 3, padding=1))
+            self.e1, self.e2, self.e3, self.m = blk(1, w), blk(w, 2 * w), blk(2 * w, 4 * w), \
+                blk(4 * w, 4 * w)
+            self.u2, self.d2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, 2), blk(4 * w, 2 * w)
+            self.u1, self.d1 = nn.ConvTranspose2d(2 * w, w, 2, 2), blk(2 * w, w)
+            self.o = nn.Conv2d(w, 1, 3, padding=1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            a = F.relu(self.inp(x))
-            return x + self.out(torch.cat([a, F.relu(self.up(self.mid(F.relu(self.down(a)))))],
-                                          1))
+            a = self.e1(x)
+            b = self.e2(F.avg_pool2d(a, 2))
+            c = self.m(self.e3(F.avg_pool2d(b, 2)))
+            b = self.d2(torch.cat([self.u2(c), b], 1))
+            return x + self.o(self.d1(torch.cat([self.u1(b), a], 1)))
 
     return Net()
 
 
-def oracle(data: str, teacher: str | None, steps: int = 1500, renders: int = 3,
+def oracle(data: str, teacher: str | None, steps: int = 6000, renders: int = 5,
            tau: float = 0.6) -> list[dict]:
-    """The supervised oracle's and the teacher's SDE decode's C2ST (module docstring)."""
-    import torch.nn.functional as F
-
+    """The supervised oracle's and the teacher's SDE decode's C2ST (module docstring), the
+    oracle scored after a quarter, half and all of its ``steps`` (its trend with budget)."""
     from medshift_fast.data.simulator import render_domains, render_subject, subject_line_integrals
-    from medshift_fast.eval.c2st import c2st
-    from medshift_fast.models.texture import DetectorNoise
 
     cfg, train = _subjects(data, "train")
     val = _subjects(data)[1]
@@ -316,73 +323,133 @@ def oracle(data: str, teacher: str | None, steps: int = 1500, renders: int = 3,
     views = {i: (render_subject(cfg, i), render_subject(cfg, i, noise=False)) for i in val}
     rows = []
     for src, tgt in PAIRS:
-        torch.manual_seed(0)
-        net = _oracle_net()
         X = torch.stack(noisy[src]).unsqueeze(1).float()
         Y = torch.stack(clean[tgt]).unsqueeze(1).float()
-        opt = torch.optim.Adam(net.parameters(), 1e-3)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        gen = torch.Generator().manual_seed(0)
-        for step in range(steps):
-            idx = torch.randint(0, X.shape[0], (16,), generator=gen)
-            oy, ox = torch.randint(0, X.shape[-1] - 63, (2,), generator=gen).tolist()
-            xb, yb = X[idx, :, oy:oy + 64, ox:ox + 64], Y[idx, :, oy:oy + 64, ox:ox + 64]
-            if step % 2:
-                xb, yb = xb.flip(-1), yb.flip(-1)
-            loss = F.mse_loss(net(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % 500 == 0 or step == steps - 1:
-                print(f"oracle {src} step {step} rms {float(loss.detach()) ** 0.5:.4f}",
-                      flush=True)
-        ref, g_ref = _train_images(data, tgt)
-        model = DetectorNoise.fit(ref)
-        x = torch.cat([views[i][0][src] for i in val]).unsqueeze(1).float()
-        T = torch.cat([views[i][1][tgt] for i in val]).unsqueeze(1).float()
-        groups = [f"s{i:03d}" for i in val for _ in range(views[i][0][src].shape[0])]
-        with torch.no_grad():
-            c = net(x).clamp(-1, 1)
-        n = torch.randn(c.shape, generator=torch.Generator().manual_seed(1))
-        pair = f"{src} → {tgt}"
-        sets = [("truth T + grain (the floor)", T + model.noise(T, n))]
-        sets += [(f"oracle mean + grain × {s:g}", c + s * model.noise(c, n))
-                 for s in ORACLE_SCALES]
-        if teacher:
-            from medshift_fast.translate import Translator
 
-            tr = Translator(teacher, src, tgt, tau=tau, decode="sde")
-            with torch.no_grad():
-                y = torch.cat([tr.translate(x[k:k + 12], generators=[
-                    torch.Generator().manual_seed(j) for j in range(k, min(k + 12, len(x)))])
-                    for k in range(0, len(x), 12)])
-            sets.append((f"teacher, SDE decode (τ {tau:g})", y))
-        for name, im in sets:
-            r = c2st(ref, im.clamp(-1, 1), real_groups=g_ref, fake_groups=groups)
-            mean = name.startswith("oracle")
-            rows.append({"pair": pair, "set": name, "c2st": (r.accuracy, r.lo, r.hi),
-                         "rms": _rms(c - T) if mean else None,
-                         "blur": equivalent_blur(c, T) if mean else None})
-            print(f"{src:14s} {name:32s} C2ST {r.accuracy:.2f} [{r.lo:.2f}, {r.hi:.2f}]",
-                  flush=True)
+        def paired(idx, oy, ox, X=X, Y=Y):
+            return X[idx, :, oy:oy + 64, ox:ox + 64], Y[idx, :, oy:oy + 64, ox:ox + 64]
+
+        rows += _estimator(data, src, tgt, paired, X.shape, views, val, steps, teacher, tau,
+                           "oracle mean")
     return rows
 
 
-def oracle_block(rows: list[dict], data: str, teacher: str | None, steps: int,
-                 threads: int) -> str:
-    t = f" --teacher {teacher}" if teacher else ""
-    lines = [f"Written by `python scripts/texture_numbers.py --no-model --oracle{t} --threads "
-             f"{threads} --doc` (data `{data}`; oracle: {steps} Adam steps of 16 × 64² px "
-             "crops from the training subjects' views in 3 extra noise renderings each, MSE "
-             "against the noise-free target view; scored on the validation subjects' views; "
-             "C2ST against the target domain's training images).", "",
-             "| pair | images | rms mean − T | equivalent blur (px) | C2ST↓ [95 % CI] |",
-             "|---|---|---|---|---|"]
+def unpaired_dose(data: str, steps: int = 6000) -> list[dict]:
+    """The dose pair's mean estimated WITHOUT the truth or pairs (Noisier2Noise, Moran et al.,
+    CVPR 2020, with the fitted detector noise models): only the target domain's training images
+    y, made into pseudo-sources z = y + m with var(m) = a_src(y)² − a_tgt(y)² (each domain's
+    :class:`DetectorNoise` fitted from its own training images, the target's correlation),
+    and f(z) ≈ y by MSE. f then sees the source's noise level; it keeps the part of y's own
+    noise that z reveals, a fraction a_tgt² / a_src² (about 1/13 of the variance here), which
+    Noisier2Noise's correction would remove (left out: on a scratch run it changed rms and C2ST
+    by < 0.0002 and 0.01). Scored like :func:`oracle`; never shipped."""
+    from medshift_fast.data.simulator import render_subject
+    from medshift_fast.models.texture import DetectorNoise
+
+    src, tgt = PAIRS[1]
+    cfg, val = _subjects(data)
+    views = {i: (render_subject(cfg, i), render_subject(cfg, i, noise=False)) for i in val}
+    Y = _train_images(data, tgt)[0].float()
+    m_src, m_tgt = DetectorNoise.fit(_train_images(data, src)[0]), DetectorNoise.fit(Y)
+    gen = torch.Generator().manual_seed(2)
+
+    def pseudo(idx, oy, ox):
+        y = Y[idx, :, oy:oy + 64, ox:ox + 64]
+        extra = (m_src.amplitude(y) ** 2 - m_tgt.amplitude(y) ** 2).clamp_min(0).sqrt()
+        return y + extra * m_tgt.correlate(torch.randn(y.shape, generator=gen)), y
+
+    return _estimator(data, src, tgt, pseudo, Y.shape, views, val, steps, None, 0.0,
+                      "unpaired mean (Noisier2Noise)")
+
+
+def _estimator(data: str, src: str, tgt: str, batch, shape: torch.Size, views: dict,
+               val: list[int], steps: int, teacher: str | None, tau: float,
+               label: str) -> list[dict]:
+    """Train a :func:`_oracle_net` on ``batch(idx, oy, ox) -> (input, target)`` 64² crops of
+    the training set of ``shape`` (N, 1, H, W) by MSE; score the truth plus grain, the
+    estimator plus grain at a quarter, half and all of ``steps``, and the teacher's SDE
+    decode."""
+    import torch.nn.functional as F
+
+    from medshift_fast.eval.c2st import c2st
+    from medshift_fast.models.texture import DetectorNoise
+
+    checkpoints = sorted({max(1, steps // 4), max(1, steps // 2), steps})
+    rows: list[dict] = []
+    pair = f"{src} → {tgt}"
+    ref, g_ref = _train_images(data, tgt)
+    model = DetectorNoise.fit(ref)
+    x = torch.cat([views[i][0][src] for i in val]).unsqueeze(1).float()
+    T = torch.cat([views[i][1][tgt] for i in val]).unsqueeze(1).float()
+    groups = [f"s{i:03d}" for i in val for _ in range(views[i][0][src].shape[0])]
+    n = torch.randn(T.shape, generator=torch.Generator().manual_seed(1))
+
+    def scored(name: str, im: torch.Tensor, c=None, at=None) -> None:
+        r = c2st(ref, im.clamp(-1, 1), real_groups=g_ref, fake_groups=groups)
+        rows.append({"pair": pair, "set": name, "steps": at, "c2st": (r.accuracy, r.lo, r.hi),
+                     "rms": None if c is None else _rms(c - T),
+                     "blur": None if c is None else equivalent_blur(c, T)})
+        print(f"{src:14s} {name:32s} {at or '':>5} C2ST {r.accuracy:.2f} "
+              f"[{r.lo:.2f}, {r.hi:.2f}]", flush=True)
+
+    scored("truth T + grain (the floor)", T + model.noise(T, n))
+    torch.manual_seed(0)
+    net = _oracle_net()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, steps + 1):
+        net.train()
+        idx = torch.randint(0, shape[0], (16,), generator=gen)
+        oy, ox = torch.randint(0, shape[-1] - 63, (2,), generator=gen).tolist()
+        xb, yb = batch(idx, oy, ox)
+        if step % 2:
+            xb, yb = xb.flip(-1), yb.flip(-1)
+        loss = F.mse_loss(net(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0:
+            print(f"{label} {src} step {step} rms {float(loss.detach()) ** 0.5:.4f}", flush=True)
+        if step in checkpoints:
+            net.eval()
+            with torch.no_grad():
+                c = torch.cat([net(x[k:k + 12]) for k in range(0, len(x), 12)]).clamp(-1, 1)
+            for s in ORACLE_SCALES:
+                scored(f"{label} + grain × {s:g}", c + s * model.noise(c, n), c, step)
+    if teacher:
+        from medshift_fast.translate import Translator
+
+        tr = Translator(teacher, src, tgt, tau=tau, decode="sde")
+        with torch.no_grad():
+            y = torch.cat([tr.translate(x[k:k + 12], generators=[
+                torch.Generator().manual_seed(j) for j in range(k, min(k + 12, len(x)))])
+                for k in range(0, len(x), 12)])
+        scored(f"teacher, SDE decode (τ {tau:g})", y)
+    return rows
+
+
+ORACLE_ABOUT = ("oracle: a residual U-Net, 0.76 M parameters, Adam with a one-cycle schedule, "
+                "16 × 64² px crops from the training subjects' views in 5 extra noise "
+                "renderings each, MSE against the noise-free target view")
+UNPAIRED_ABOUT = ("the oracle's network and schedule, trained on the target domain's training "
+                  "images only (no truth, no pairs): each crop y plus the source's extra "
+                  "detector noise, var = a_src(y)² − a_tgt(y)², against y")
+
+
+def estimator_block(rows: list[dict], flags: str, data: str, about: str) -> str:
+    lines = [f"Written by `python scripts/texture_numbers.py {flags} --doc` (data `{data}`; "
+             f"{about}; scored after a quarter, half and all of its steps on the validation "
+             "subjects' views; C2ST against the target domain's training images).", "",
+             "| pair | images | steps | rms mean − T | equivalent blur (px) "
+             "| C2ST↓ [95 % CI] |", "|---|---|---|---|---|---|"]
     for r in rows:
         rms = "–" if r["rms"] is None else f"{r['rms']:.4f}"
         blur = "–" if r["blur"] is None else f"{r['blur']:.2f}"
-        lines.append(f"| {r['pair']} | {r['set']} | {rms} | {blur} | {_CI(*r['c2st'])} |")
+        at = "–" if r["steps"] is None else str(r["steps"])
+        lines.append(f"| {r['pair']} | {r['set']} | {at} | {rms} | {blur} | "
+                     f"{_CI(*r['c2st'])} |")
     return "\n".join(lines)
 
 
@@ -450,9 +517,12 @@ def main(argv=None) -> int:
     p.add_argument("--oracle", action="store_true",
                    help="the supervised oracle's bound and the teacher's SDE decode (paired; "
                         "a diagnostic, never shipped)")
+    p.add_argument("--unpaired-dose", action="store_true",
+                   help="the dose pair's mean estimated from the target domain's images and the "
+                        "two fitted noise models only (Noisier2Noise; a diagnostic)")
     p.add_argument("--teacher", default="pretrained/demo128",
                    help="the teacher run whose SDE decode --oracle scores ('' to skip)")
-    p.add_argument("--oracle-steps", type=int, default=1500)
+    p.add_argument("--oracle-steps", type=int, default=6000)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -461,6 +531,7 @@ def main(argv=None) -> int:
     res = residuals(a.data, students) if students and not a.precision else None
     prec = precision(a.data, students) if students and a.precision else None
     orc = oracle(a.data, a.teacher or None, a.oracle_steps) if a.oracle else None
+    unp = unpaired_dose(a.data, a.oracle_steps) if a.unpaired_dose else None
     if a.doc:
         sys.path.insert(0, str(ROOT / "scripts"))
         from _blocks import fill_block
@@ -471,11 +542,16 @@ def main(argv=None) -> int:
         if prec is not None:
             fill_block(ROOT / "docs" / "distill.md", "texture-precision",
                        precision_block(prec, students, a.data), required=True)
+        common = f"--threads {a.threads} --oracle-steps {a.oracle_steps}"
         if orc is not None:
+            t = f" --teacher {a.teacher}" if a.teacher else ""
             fill_block(ROOT / "docs" / "distill.md", "texture-oracle",
-                       oracle_block(orc, a.data, a.teacher or None, a.oracle_steps,
-                                    a.threads),
-                       required=True)
+                       estimator_block(orc, f"--no-model --oracle{t} {common}", a.data,
+                                       ORACLE_ABOUT), required=True)
+        if unp is not None:
+            fill_block(ROOT / "docs" / "distill.md", "texture-unpaired",
+                       estimator_block(unp, f"--no-model --unpaired-dose {common}", a.data,
+                                       UNPAIRED_ABOUT), required=True)
         if res is not None:
             fill_block(ROOT / "docs" / "distill.md", "texture-residual",
                        residual_block(res, students, a.data), required=True)
