@@ -43,7 +43,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = H.ROOT
 ANCHOR = ROOT / "pretrained" / "demo128_adv"
-SHIPPED_LEAN = ROOT / "pretrained" / "demo128_lean_tex"  # demo.DEFAULT_STUDENT
+SHIPPED_LEAN = ROOT / "pretrained" / "demo128_lean_tex"  # timed on it: the same network as
+# demo.DEFAULT_STUDENT (demo128_lean_dose), whose cost is the same
 PAIR = ("real_low", "real_exposure")
 DOC = ROOT / "docs" / "benchmarks.md"
 

@@ -40,7 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 TEACHER = ROOT / "pretrained" / "demo128"
-STUDENT = ROOT / "pretrained" / "demo128_lean_tex"  # the demo's student (demo.DEFAULT_STUDENT)
+STUDENT = ROOT / "pretrained" / "demo128_lean_tex"  # measured on it (the demo's student until
+# demo128_lean_dose: rerun with that name to score the new default)
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 SUBJECTS = (40, 41)  # the demo's simulator trained the runs on subjects 0..39
 DOC, FIG = ROOT / "docs" / "native.md", ROOT / "docs" / "hallucination_rg1.png"

@@ -3,8 +3,10 @@
 pretrained/demo128/ (teacher), pretrained/demo128_student/ (regression student),
 pretrained/demo128_adv/ (adversarial student), pretrained/demo128_lean/ (the lean student: the
 adversarial student re-distilled into models/lean.py), pretrained/demo128_lean_sto/ (the
-stochastic lean student, trained adversarially from it) and pretrained/demo128_lean_tex/ (the
-lean student with a detector texture, the demo's default, trained adversarially from it) get
+stochastic lean student, trained adversarially from it), pretrained/demo128_lean_tex/ (the
+lean student with a detector texture, trained adversarially from it) and
+pretrained/demo128_lean_dose/ (the texture student continued with the dose-pair Noisier2Noise
+term) get
 config.json, model.safetensors (EMA), log.csv (+ adversarial.csv) and data.json (the SHA-256 of
 the simulated data's simulator.json and manifest.csv, which the demo compares with the data it
 simulates). A run missing from WORK_DIR leaves its folder as it is. pretrained/README.md gets
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from medshift_fast.demo import data_fingerprint
 from medshift_fast.fileio import atomic_write_text
-from medshift_fast.run import load_run
+from medshift_fast.run import load_run, update_run_config
 from medshift_fast.train.config import TrainConfig
 from medshift_fast.train.distill import DistillConfig
 
@@ -65,6 +67,13 @@ def last_val(log: Path, method: str | None = None, anchor: bool = False) -> str:
     return f"step {rows[-1]['step']}: {what} {float(rows[-1]['val_loss']):.4g}"
 
 
+# model entries a run is published with, other than those it was trained with: chosen on the
+# validation split, never the test split (docs/distill.md, "The dose term in the student": the
+# dose student scores best at its texture's full scale; written with run.update_run_config, the
+# one way the package edits a saved run, so the shipped config verifies)
+SHIPPED = {"demo128_lean_dose": {"noise_scale": 1.0}}
+
+
 def main(work: str) -> None:
     work = Path(work)
     root = Path(__file__).resolve().parents[1] / "pretrained"
@@ -72,7 +81,7 @@ def main(work: str) -> None:
     lines = ["# Shipped checkpoints (written by scripts/publish_pretrained.py)", "",
              "The demo evaluates these (same simulated data: `data.json` holds its fingerprint, "
              "which the demo checks). `scripts/pretrain.sh` reruns the commands below from "
-             "scratch (about 3 hours of one core here, minutes on a GPU); a resumed run "
+             "scratch (about 4 hours of one core here, minutes on a GPU); a resumed run "
              "continues exactly where it stopped. config.json records the SHA-256 of "
              "model.safetensors, which `load_run` checks.", ""]
     specs = ((work / "teacher", "demo128", "train", TrainConfig,
@@ -90,7 +99,10 @@ def main(work: str) -> None:
                "init": "runs/pretrain/student_lean", "anchor_run": "runs/pretrain/student"}),
              (work / "student_lean_tex", "demo128_lean_tex", "distill", DistillConfig,
               {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student_lean_tex",
-               "init": "runs/pretrain/student_lean", "anchor_run": "runs/pretrain/student"}))
+               "init": "runs/pretrain/student_lean", "anchor_run": "runs/pretrain/student"}),
+             (work / "student_lean_dose", "demo128_lean_dose", "distill", DistillConfig,
+              {"teacher": "runs/pretrain/teacher", "out": "runs/pretrain/student_lean_dose",
+               "init": "runs/pretrain/student_lean_tex", "anchor_run": "runs/pretrain/student"}))
     for src, name, cmd, cls, paths in specs:
         dst = root / name
         if (src / "config.json").is_file():
@@ -102,6 +114,9 @@ def main(work: str) -> None:
                 if (src / f).is_file():
                     shutil.copyfile(src / f, dst / f)
             atomic_write_text(dst / "data.json", json.dumps(fp, indent=1, sort_keys=True))
+            if name in SHIPPED:
+                model = json.loads((dst / "config.json").read_text())["model"]
+                update_run_config(dst, model={**model, **SHIPPED[name]})
         elif not (dst / "config.json").is_file():
             print(f"{src}: no run and nothing shipped in {dst}: skipped")
             continue
@@ -113,9 +128,11 @@ def main(work: str) -> None:
         sha = (recorded.get("sha256") or {}).get("model.safetensors", "unrecorded")
         recorded = recorded.get("train") or recorded.get("distill") or run.train
         anchor = recorded.get("anchor_run") if recorded.get("method") == "oneshot" else None
+        shipped = "".join(f"; shipped with {k} {v:g} (trained with {recorded.get(k, '?'):g})"
+                          for k, v in SHIPPED.get(name, {}).items())
         lines += [f"## `{name}/` ({run.kind}, {run.image_size} px, {size:.1f} MB; "
                   f"{last_val(dst / 'log.csv', recorded.get('method'), bool(anchor))}; "
-                  f"model.safetensors SHA-256 {sha[:16]}…)", "", "```bash",
+                  f"model.safetensors SHA-256 {sha[:16]}…{shipped})", "", "```bash",
                   command(cmd, cls, recorded, paths), "```", ""]
         print(f"{dst}: {size:.1f} MB")
     atomic_write_text(root / "README.md", "\n".join(lines))

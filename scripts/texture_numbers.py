@@ -175,6 +175,8 @@ def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
 
     from medshift_fast.data.simulator import render_domains, render_subject, subject_line_integrals
     from medshift_fast.eval.c2st import c2st
+    from medshift_fast.eval.image import psnr
+    from medshift_fast.eval.physics import noise_level
     from medshift_fast.models.texture import DetectorNoise, _blur
     from medshift_fast.run import load_run
 
@@ -212,9 +214,13 @@ def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
             N = model.noise(T, torch.randn(T.shape, generator=torch.Generator().manual_seed(1)))
             rn, rb = (c1 - c2) / 2 ** 0.5, (c1 + c2) / 2 - T
             rb_fine = rb - _blur(rb.double(), 1.0).float()
+            view = stack(0, tgt)  # the true target view (noisy: the simulator's other dose)
             row = {"student": name, "pair": f"{src} → {tgt}", "scale": st.config.noise_scale,
                    "rn": _rms(rn), "rb": _rms(rb), "N": _rms(N),
-                   "blur": equivalent_blur((c1 + c2) / 2, T)}
+                   "blur": equivalent_blur((c1 + c2) / 2, T),
+                   "psnr": float(psnr(y.clamp(-1, 1), view)), "psnr_id": float(psnr(x1, view)),
+                   "noise": float(noise_level(y.clamp(-1, 1), reduction="mean")
+                                  / noise_level(ref, reduction="mean"))}
             for key, im in (("c2st_rn", T + N + rn), ("c2st_rb", T + N + rb),
                             ("c2st_rb_fine", T + N + rb_fine), ("c2st", y)):
                 r = c2st(ref, im.clamp(-1, 1), real_groups=g_ref, fake_groups=groups)
@@ -223,7 +229,9 @@ def residuals(data: str, students: dict[str, str], tau: float = 0.6) -> list[dic
             print(f"{name:10s} {src:14s} rms rn {row['rn']:.4f} rb {row['rb']:.4f} N "
                   f"{row['N']:.4f} blur {row['blur']:.3f} px C2ST T+N+rn "
                   f"{row['c2st_rn'][0]:.2f} T+N+rb {row['c2st_rb'][0]:.2f} fine "
-                  f"{row['c2st_rb_fine'][0]:.2f} output {row['c2st'][0]:.2f}", flush=True)
+                  f"{row['c2st_rb_fine'][0]:.2f} output {row['c2st'][0]:.2f} PSNR "
+                  f"{row['psnr']:.2f} (id {row['psnr_id']:.2f}) noise x{row['noise']:.2f}",
+                  flush=True)
     return rows
 
 
@@ -478,18 +486,28 @@ def precision_block(rows: list[dict], students: dict[str, str], data: str) -> st
           f"{r['noise'][1]:.2f}", _CI(*r["c2st"][0]), _CI(*r["c2st"][1])] for r in rows])
 
 
-def residual_block(rows: list[dict], students: dict[str, str], data: str) -> str:
+RESIDUAL = "texture-residual"  # the residual table's block; others (--block) add PSNR / noise
+
+
+def residual_block(rows: list[dict], students: dict[str, str], data: str,
+                   name: str = RESIDUAL) -> str:
+    extra = name != RESIDUAL
     return _student_table(
-        "", students,
+        "" if not extra else f"--block {name} ", students,
         f"data `{data}`; the validation subjects' views re-rendered with a second, independent "
         "source noise; τ 0.6; C2ST against the target domain's training images; rms in image "
-        "units",
+        "units" + ("; PSNR of the output against the true target view (the simulator's "
+                   "noisy render at the target dose), identity's in brackets; noise: the "
+                   "output's noise level over the target's training images'" if extra else ""),
         ["student", "pair", "rms rn (follows the source noise)", "rms rb (deterministic)",
          "rms target noise", "equivalent blur (px)", "C2ST T + noise + rn",
-         "C2ST T + noise + rb", "C2ST T + noise + rb's fine band", "C2ST output (scale)"],
+         "C2ST T + noise + rb", "C2ST T + noise + rb's fine band", "C2ST output (scale)"]
+        + (["PSNR dB (identity)", "noise ×target"] if extra else []),
         [[r["student"], r["pair"], f"{r['rn']:.4f}", f"{r['rb']:.4f}", f"{r['N']:.4f}",
           f"{r['blur']:.2f}", _CI(*r["c2st_rn"]), _CI(*r["c2st_rb"]), _CI(*r["c2st_rb_fine"]),
-          f"{_CI(*r['c2st'])} ({r['scale']:g})"] for r in rows])
+          f"{_CI(*r['c2st'])} ({r['scale']:g})"]
+         + ([f"{r['psnr']:.2f} ({r['psnr_id']:.2f})", f"{r['noise']:.2f}"] if extra else [])
+         for r in rows])
 
 
 def block(rows: list[dict], data: str) -> str:
@@ -524,6 +542,9 @@ def main(argv=None) -> int:
                    help="the teacher run whose SDE decode --oracle scores ('' to skip)")
     p.add_argument("--oracle-steps", type=int, default=6000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--block", default=RESIDUAL,
+                   help="the docs/distill.md block the --student table goes to (another "
+                        "than texture-residual adds PSNR and noise columns)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     students = dict(s.split("=", 1) for s in a.student)
@@ -553,8 +574,8 @@ def main(argv=None) -> int:
                        estimator_block(unp, f"--no-model --unpaired-dose {common}", a.data,
                                        UNPAIRED_ABOUT), required=True)
         if res is not None:
-            fill_block(ROOT / "docs" / "distill.md", "texture-residual",
-                       residual_block(res, students, a.data), required=True)
+            fill_block(ROOT / "docs" / "distill.md", a.block,
+                       residual_block(res, students, a.data, a.block), required=True)
     return 0
 
 

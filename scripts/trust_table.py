@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "io_errors.md"
 BLOCK = "translate-trust"
-STUDENT = ROOT / "pretrained" / "demo128_lean_tex"  # the demo's student (demo.DEFAULT_STUDENT)
+STUDENT = ROOT / "pretrained" / "demo128_lean_tex"  # measured on it (the demo's student until
+# demo128_lean_dose; same network, so the same refusals and timings)
 TEACHER = ROOT / "pretrained" / "demo128"
 PAIR = ("real_low", "real_exposure")
 OTHER = "a run trained on other data"

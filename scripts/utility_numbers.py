@@ -5,7 +5,7 @@
 Data: the demo's simulated set (seed 0: 40 subjects x 6 views x 5 domains at 128 px; its
 train and val splits) and the same protocol at seed 1, each with 8 NEW subjects rendered as
 the test split (``data.extend.add_test_subjects``, as the demo: 48 test views per domain).
-Run: the demo's one-step student ``pretrained/demo128_lean_tex`` (``--checkpoint``; stochastic,
+Run: the demo's one-step student ``pretrained/demo128_lean_dose`` (``--checkpoint``; stochastic,
 lean), synthetic_low -> real_normal. Blocks:
 
 1. ``utility-seed0``, ``utility-seed1``: every condition at the benchmark's default budget
@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 DOC = ROOT / "docs" / "utility.md"
 TEACHER = ROOT / "pretrained" / "demo128"
 #: the students compared in block 5, the demo's default (``demo.DEFAULT_STUDENT``) first
-STUDENTS = ("demo128_lean_tex", "demo128_lean", "demo128_lean_sto", "demo128_adv")
+STUDENTS = ("demo128_lean_dose", "demo128_lean_tex", "demo128_lean", "demo128_lean_sto",
+            "demo128_adv")
 STUDENT = ROOT / "pretrained" / STUDENTS[0]
 
 

@@ -33,7 +33,7 @@ from ..translate import RECIPE, TAU_SWEEP, Recipe, resolve
 
 PAIRS = (("synthetic_low", "real_normal"), ("real_low", "real_exposure"))
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
-DEFAULT_STUDENT = "demo128_lean_tex"  # the one-call student the demo scores (detector texture)
+DEFAULT_STUDENT = "demo128_lean_dose"  # the one-call student the demo scores (texture + dose term)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,7 @@ class DemoConfig(Recipe):
             ~30x the student; the student, identity and the classical baselines get all).
         pretrained: the shipped teacher run (auto: pretrained/demo128 beside the package;
             none: evaluate the demo's own run).
-        student: the shipped distilled student (auto: pretrained/demo128_lean_tex; none:
+        student: the shipped distilled student (auto: pretrained/demo128_lean_dose; none:
             skip).
         export: export the translators to ONNX and verify them in ONNX Runtime.
         utility: the sim-to-real utility section (``eval.utility.demo_section``, about 3

@@ -39,6 +39,10 @@ exact resume, EMA, the non-finite guard) with the sum of
   self-supervised denoising loss whose minimiser is the noise-free translation when the source
   domain's fitted noise model has the noise's covariance (docs/distill.md measures what it
   does when it does not);
+* a **dose** term (``dose_weight``, for the ``dose_pairs`` only): Noisier2Noise
+  (:meth:`_dose`) on real target crops given the source dose's extra noise -- the posterior
+  mean learnt from the target domain's own images, no teacher and no pairs (docs/distill.md:
+  "The bound of a noise-free member plus grain");
 * a **structure** term against the source (``structure_weight``), on Gaussian low-passes (std
   ``structure_sigma``) of the translation and of the source image, so the anatomy stays:
   ``matched`` (default): L1 to the source's low-pass passed through the intensity map that
@@ -68,9 +72,9 @@ from ..errors import MedShiftError
 from ..fileio import save_safetensors
 from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, lowpass
 from .data import random_crop
-from .distill_task import DistillTask
+from .distill_task import DistillTask, dose_pairs_of
 from .intensity import apply_map, intensity_map, map_slope
-from .noise_terms import batch_texture, saved_texture, whitening_weight
+from .noise_terms import batch_texture, dose_gap_noise, saved_texture, whitening_weight
 from .teacher_pass import say
 from .trainer import Trainer
 
@@ -78,7 +82,7 @@ __all__ = ["AdversarialTask", "DISC_WEIGHTS", "lowpass"]
 
 DISC_WEIGHTS = "discriminator.safetensors"
 TERMS = ("adv", "anchor", "structure", "d_loss", "d_real", "d_fake", "diversity", "consistency",
-         "denoise")
+         "denoise", "dose")
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -113,24 +117,26 @@ class AdversarialTask(DistillTask):
         self.ref_nps = {g: noise_power_spectrum(self._pixels(imgs)) for g, imgs in
                         self.real.items()}
         self.texture, self.source_noise, self.whiten = {}, {}, {}
+        self.dose_pairs = dose_pairs_of(self.cfg, self.pairs, self.domains)
+        self.dose_noise = {}  # target domain -> its fitted noise model (the dose term's)
         second = self.cfg.consistency_weight > 0 or self.cfg.denoise_weight > 0
-        if second and tr.dist.enabled:
-            raise MedShiftError("--consistency-weight and --denoise-weight run in one process "
-                                "(their second forward does not go through DDP); drop them, or "
-                                "run without torchrun")
+        if (second or self.dose_pairs) and tr.dist.enabled:
+            raise MedShiftError("--consistency-weight, --denoise-weight and --dose-weight run in "
+                                "one process (their second forward does not go through DDP); "
+                                "drop them, or run without torchrun")
         whiten = self.cfg.disc_whiten
-        if self.cfg.texture == "detector" or second or whiten:
+        if self.cfg.texture == "detector" or second or whiten or self.dose_pairs:
             if getattr(self.teacher.codec, "kind", "pixel") != "pixel":
                 raise MedShiftError("--texture detector, --consistency-weight, "
-                                    "--denoise-weight and --disc-whiten need a "
+                                    "--denoise-weight, --dose-weight and --disc-whiten need a "
                                     "pixel-space teacher (the noise models live on pixels); "
                                     "this teacher has a latent codec")
             from ..models.texture import DetectorNoise
 
             fits = {}
-            if self.cfg.texture == "detector" or whiten:
+            if self.cfg.texture == "detector" or whiten or self.dose_pairs:
                 fits.update({(g, "target"): imgs for g, imgs in self.real.items()})
-            if second:
+            if second or self.dose_pairs:
                 fits.update({(a, "source"): self.x[self.y == a] for a in
                              sorted({a for a, _ in self.pairs})})
             for (g, role), imgs in fits.items():
@@ -141,6 +147,8 @@ class AdversarialTask(DistillTask):
                     self.whiten[g] = model
                 if role == "target" and self.cfg.texture == "detector":
                     self.texture[str(g)] = model.to_dict()
+                if role == "target":
+                    self.dose_noise[g] = model
                 if tr.dist.is_main:
                     say(f"{self.domains[g]} ({role}): {model.describe()}")
         sig, dev = self.cfg.structure_sigma, tr.device
@@ -243,6 +251,9 @@ class AdversarialTask(DistillTask):
         denoise = zero
         if cfg.denoise_weight > 0:
             denoise = self._denoise(tr, fwd, x, tau, ys, yt, noise)
+        dose = zero
+        if self.dose_pairs:
+            dose = self._dose(tr, fwd, x, tau, noise)
         if cfg.adv_weight > 0:
             d_stats = self._disc_step(tr, self._real_batch(tr, yt), fake.detach(), yt)
             with tr.autocast():
@@ -266,10 +277,31 @@ class AdversarialTask(DistillTask):
         self._terms = torch.cat([torch.stack([adv.detach(), anchor.detach(),
                                               structure.detach()]), d_stats,
                                  diversity.detach()[None], consistency.detach()[None],
-                                 denoise.detach()[None]])
+                                 denoise.detach()[None], dose.detach()[None]])
         return (cfg.adv_weight * adv + cfg.anchor_weight * anchor
                 + cfg.structure_weight * structure + cfg.diversity_weight * diversity
-                + cfg.consistency_weight * consistency + cfg.denoise_weight * denoise)
+                + cfg.consistency_weight * consistency + cfg.denoise_weight * denoise
+                + cfg.dose_weight * dose)
+
+    def _dose(self, tr: Trainer, fwd, x, tau, noise) -> torch.Tensor:
+        """Noisier2Noise on the dose pairs (Moran et al. 2020): real crops y of each pair's
+        target, plus m -- zero mean, variance a_src(s)^2 - a_tgt(s)^2 at the local signal s,
+        the target's detector correlation -- so y + m carries the source dose's noise level;
+        MSE between the student's noise-free translation of y + m and y. The crops cycle
+        through the dose pairs (one batch of x's size, whatever pairs the batch drew)."""
+        b = x.shape[0]
+        pick = [self.dose_pairs[i % len(self.dose_pairs)] for i in range(b)]
+        ys = torch.tensor([a for a, _ in pick], device=x.device)
+        yt = torch.tensor([g for _, g in pick], device=x.device)
+        y = self._real_batch(tr, yt).float()
+        n = torch.randn(y[:, :1].shape, generator=tr.noise_gen,
+                        device=tr.noise_gen.device).to(y.device)
+        m = torch.cat([dose_gap_noise(self.source_noise[a], self.dose_noise[g], y[k:k + 1],
+                                      n[k:k + 1]) for k, (a, g) in enumerate(pick)])
+        with tr.autocast():
+            pred = fwd((y + m).to(x.dtype), tau, ys, yt,
+                       *(() if noise is None else (noise,)))
+        return (pred.float() - y).pow(2).mean()
 
     def _denoise(self, tr: Trainer, fwd, x, tau, ys, yt, noise) -> torch.Tensor:
         """Recorrupted-to-recorrupted (Pang et al. 2021): with z from the source domain's

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .adversarial import AdversarialTask
 from .distill_config import DISTILL_METHODS, DistillConfig
-from .distill_task import DistillTask, pairs_of
+from .distill_task import DistillTask, dose_pairs_of, pairs_of
 from .teacher_pass import say
 from .trainer import run_training
 
@@ -48,7 +48,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> Path:
     if cfg.teacher and (Path(cfg.teacher) / "config.json").is_file():  # before any work
         from ..run import read_run_config
 
-        pairs_of(cfg.pairs, tuple(read_run_config(cfg.teacher).get("domains", ())))
+        domains = tuple(read_run_config(cfg.teacher).get("domains", ()))
+        dose_pairs_of(cfg, pairs_of(cfg.pairs, domains), domains)
     if cfg.resume == "last" and _no_checkpoint(Path(cfg.out)):
         # interrupted before the first checkpoint: the teacher pass continues from its
         # partial save (or the complete cache is reused) and training starts at step 0

@@ -93,6 +93,19 @@ class DistillConfig(LoopConfig):
             posterior mean), whatever the source's own noise. One process only (a second
             forward per step; refused under torchrun).
         denoise_alpha: adversarial: the recorruption strength alpha of ``denoise_weight``.
+        dose_weight: adversarial: weight of the dose-pair Noisier2Noise term (Moran et al.,
+            CVPR 2020; unpaired, no truth) for the pairs in ``dose_pairs`` -- MSE between the
+            student's noise-free translation of a REAL TARGET crop y plus the noise the source
+            dose has on top of the target's (zero mean, variance a_src(s)^2 - a_tgt(s)^2 at the
+            crop's local signal s, the target's detector correlation; both detector noise models
+            fitted to each domain's training images like ``texture``) and y itself: its
+            minimiser is the posterior mean of y given the source dose's noise level, so the
+            noise-free member learns to remove exactly the source's extra noise, sharp, with no
+            teacher in between. One process only (a second forward per step; refused under
+            torchrun).
+        dose_pairs: SOURCE:TARGET pairs (comma-separated, each one of ``pairs``) that differ by
+            the dose alone -- the same detector and anatomy, more noise at the source (e.g.
+            real_low:real_exposure); required by ``dose_weight``.
         anchor_cache: with anchor_run: translate every training image with it once, at
             taus_per_image random taus per image and pair, and keep them in
             RUN/teacher_cache.safetensors (reused on --resume) instead of translating every
@@ -162,6 +175,8 @@ class DistillConfig(LoopConfig):
     consistency_weight: float = 0.0
     denoise_weight: float = 0.0
     denoise_alpha: float = 0.5
+    dose_weight: float = 0.0
+    dose_pairs: str | None = None
     arch: str = "unet"
     lean_unshuffle: int = 2
     lean_widths: tuple[int, ...] = (32, 64)
@@ -204,6 +219,12 @@ class DistillConfig(LoopConfig):
             (0 < self.denoise_alpha <= 4, "denoise_alpha must be in (0, 4]"),
             (self.denoise_weight == 0 or self.method == "adversarial",
              "--denoise-weight applies to --method adversarial"),
+            (self.dose_weight >= 0, "dose_weight must be >= 0"),
+            (self.dose_weight == 0 or self.method == "adversarial",
+             "--dose-weight applies to --method adversarial"),
+            ((self.dose_weight > 0) == bool(self.dose_pairs),
+             "--dose-weight and --dose-pairs go together: name the pairs that differ by the "
+             "dose alone (e.g. --dose-pairs real_low:real_exposure) and give the term a weight"),
             (self.diversity_weight == 0 or self.noise_channels > 0,
              "--diversity-weight needs a stochastic student (--noise-channels >= 1)"),
             (self.diversity_weight == 0 or self.method == "adversarial",

@@ -8,7 +8,9 @@
   student's noise-free translations of training sources still carry;
 * :func:`whitening_weight` (``--disc-whiten``): the per-pixel factor that puts the
   discriminator's fine-scale residual in units of the target's grain (the grain's amplitude
-  varies tenfold with the signal).
+  varies tenfold with the signal);
+* :func:`dose_gap_noise` (``--dose-weight``): the noise a real target image lacks to carry
+  the source dose's noise level (the dose term's Noisier2Noise input).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..errors import MedShiftError
 from ..models.discriminator import lowpass
 from ..models.texture import SIGNAL_SIGMA, DetectorNoise
 
-__all__ = ["batch_texture", "saved_texture", "whitening_weight"]
+__all__ = ["batch_texture", "dose_gap_noise", "saved_texture", "whitening_weight"]
 
 
 def batch_texture(texture: dict[str, dict], clean: torch.Tensor, n: torch.Tensor,
@@ -86,3 +88,18 @@ def whitening_weight(models: dict[int, DetectorNoise], img: torch.Tensor,
         m = (y == g).view(-1, 1, 1, 1)
         w = torch.where(m, ref / model.measured_std(sig).clamp_min(1e-6), w)
     return w.to(img.dtype)
+
+
+def dose_gap_noise(src: DetectorNoise, tgt: DetectorNoise, y: torch.Tensor,
+                   n: torch.Tensor) -> torch.Tensor:
+    """The noise that takes real target-dose images ``y`` (B, C, H, W) to the source dose's
+    noise level, from standard-normal maps ``n`` (B, 1, H, W): zero mean, std
+    sqrt(max(a_src(s)^2 - a_tgt(s)^2, 0)) at the local signal s (``SIGNAL_SIGMA`` low-pass of
+    y) and the target's detector correlation -- so y + m has the source's noise variance where
+    the two detectors share that correlation (the same detector at two doses); none where the
+    target is the noisier."""
+    from ..models.texture import _blur
+
+    s = _blur(y.float(), SIGNAL_SIGMA)
+    extra = (src.amplitude(s) ** 2 - tgt.amplitude(s) ** 2).clamp_min(0).sqrt()
+    return extra * tgt.correlate(n.to(s.dtype))

@@ -181,12 +181,16 @@ def test_detector_texture_is_fitted_and_judged_with_the_noise(teacher, anchor, t
 
     out = distill(_cfg(teacher, tmp_path / "tex", method="adversarial", anchor_run=str(anchor),
                        texture="detector", noise_channels=0, steps=2, consistency_weight=0.5,
-                       denoise_weight=1.0, disc_whiten=True, texture_top_up=True, **LEAN),
+                       denoise_weight=1.0, disc_whiten=True, texture_top_up=True,
+                       dose_weight=10.0, dose_pairs=PAIR, **LEAN),
                   progress=False)
     st = load_run(out).model
     rows = list(csv.DictReader((out / "adversarial.csv").open()))
     assert all(float(r["consistency"]) > 0 for r in rows)  # the source-noise term ran
     assert all(float(r["denoise"]) > 0 for r in rows)  # and the recorrupted-to-recorrupted one
+    # and the dose pair's Noisier2Noise one (0 at step 1: the fresh student is the identity
+    # and this synthetic source is quieter than the target, so nothing is added to y)
+    assert float(rows[0]["dose"]) == 0 and float(rows[-1]["dose"]) > 0
     assert set(st.config.texture) == {"1"} and st.stochastic and st.net_noise == 0
     assert isinstance(st.textures[1], DetectorNoise)
     # saved topped up: the student's own residual noise was measured per knot
@@ -211,6 +215,45 @@ def test_detector_texture_is_fitted_and_judged_with_the_noise(teacher, anchor, t
         _cfg(teacher, tmp_path / "x", method="adversarial", denoise_alpha=0.0, **LEAN)
     with pytest.raises(MedShiftError, match="texture must be one of"):
         _cfg(teacher, tmp_path / "x", method="adversarial", texture="film", **LEAN)
+    with pytest.raises(MedShiftError, match="dose-weight and --dose-pairs go together"):
+        _cfg(teacher, tmp_path / "x", method="adversarial", dose_weight=1.0, **LEAN)
+    with pytest.raises(MedShiftError, match="dose-weight applies"):
+        _cfg(teacher, tmp_path / "x", method="oneshot", dose_weight=1.0, dose_pairs=PAIR, **LEAN)
+    a, b = PAIR.split(":")
+    with pytest.raises(MedShiftError, match="which the student does not learn"):  # before work
+        distill(_cfg(teacher, tmp_path / "x", method="adversarial", dose_weight=1.0,
+                     dose_pairs=f"{b}:{a}", **LEAN), progress=False)
+    with pytest.raises(MedShiftError, match="unknown domain 'film'"):
+        distill(_cfg(teacher, tmp_path / "x", method="adversarial", dose_weight=1.0,
+                     dose_pairs="film:real_normal", **LEAN), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_dose_gap_noise_brings_the_target_to_the_source_noise_level():
+    """--dose-weight's input: real target images plus dose_gap_noise carry the source dose's
+    noise variance (closed form: a_src^2 = a_tgt^2 + gap^2 with the shared correlation), zero
+    where the target is the noisier, and none of it is mean (the term's minimiser is the
+    posterior mean of the target image)."""
+    from medshift_fast.models.texture import DetectorNoise
+    from medshift_fast.train.noise_terms import dose_gap_noise
+
+    knots = (-0.5, 0.5)
+    tgt = DetectorNoise(0.7, knots, (0.01, 0.03), (0.01, 0.03))
+    src = DetectorNoise(0.7, knots, (0.02, 0.05), (0.02, 0.05))
+    g = torch.Generator().manual_seed(0)
+    level = torch.tensor([-0.5, 0.5]).view(2, 1, 1, 1).expand(2, 1, 128, 128)
+    y = level + tgt.noise(level, torch.randn(2, 1, 128, 128, generator=g))
+    m = dose_gap_noise(src, tgt, y, torch.randn(2, 1, 128, 128, generator=g))
+    gain = float(tgt.correlate(torch.randn(1, 1, 512, 512, generator=g))[..., 8:-8, 8:-8].std())
+    inner = (..., slice(8, -8), slice(8, -8))
+    for k, (a_s, a_t) in enumerate([(0.02, 0.01), (0.05, 0.03)]):
+        want_gap = (a_s ** 2 - a_t ** 2) ** 0.5 * gain
+        assert abs(float(m[k][inner].std()) / want_gap - 1) < 0.08
+        assert abs(float((y + m - level)[k][inner].std()) / (a_s * gain) - 1) < 0.08
+        assert abs(float(m[k][inner].mean())) < 0.1 * want_gap
+    # where the target is the noisier (swap the models) nothing is added
+    assert float(dose_gap_noise(tgt, src, y, torch.randn(2, 1, 128, 128, generator=g))
+                 .abs().max()) == 0.0
 
 
 def test_whitened_discriminator_sees_the_residual_in_units_of_the_grain():
