@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the demo's shipped checkpoints (pretrained/demo128, pretrained/demo128_student,
 # pretrained/demo128_adv, pretrained/demo128_lean, pretrained/demo128_lean_sto,
-# pretrained/demo128_lean_tex, pretrained/demo128_lean_dose): the demo's data (same simulator seed), the recorded `medshift train`
-# and `medshift distill` commands, then only what the demo needs is copied into pretrained/ (EMA
-# weights, config.json, log.csv, data.json = the data's fingerprint). About 3 hours of one core
+# pretrained/demo128_lean_tex, pretrained/demo128_lean_dose): the demo's data (same simulator
+# seed), the recorded `medshift train` and `medshift distill` commands, then only what the demo
+# needs is copied into pretrained/ (EMA weights, config.json, log.csv, data.json = the data's
+# fingerprint). About 3 hours of one core
 # here; minutes on a GPU.
 #   usage: scripts/pretrain.sh [WORK_DIR]   (default runs/pretrain)
 set -euo pipefail
