@@ -39,10 +39,8 @@ exact resume, EMA, the non-finite guard) with the sum of
   self-supervised denoising loss whose minimiser is the noise-free translation when the source
   domain's fitted noise model has the noise's covariance (docs/distill.md measures what it
   does when it does not);
-* a **dose** term (``dose_weight``, for the ``dose_pairs`` only): Noisier2Noise
-  (:meth:`_dose`) on real target crops given the source dose's extra noise -- the posterior
-  mean learnt from the target domain's own images, no teacher and no pairs (docs/distill.md:
-  "The bound of a noise-free member plus grain");
+* a **dose** term (``dose_weight``, ``dose_pairs`` only): Noisier2Noise (:meth:`_dose`) on
+  real target crops given the source dose's extra noise (no teacher, no pairs);
 * a **structure** term against the source (``structure_weight``), on Gaussian low-passes (std
   ``structure_sigma``) of the translation and of the source image, so the anatomy stays:
   ``matched`` (default): L1 to the source's low-pass passed through the intensity map that
@@ -72,9 +70,17 @@ from ..errors import MedShiftError
 from ..fileio import save_safetensors
 from ..models.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, lowpass
 from .data import random_crop
-from .distill_task import DistillTask, dose_pairs_of
-from .intensity import apply_map, intensity_map, map_slope
-from .noise_terms import batch_texture, dose_gap_noise, saved_texture, whitening_weight
+from .distill_task import DistillTask
+from .intensity import apply_map, intensity_map, map_slope, per_pair
+from .noise_terms import (
+    batch_texture,
+    dose_input,
+    dose_labels,
+    dose_pairs_of,
+    saved_texture,
+    source_noise,
+    whitening_weight,
+)
 from .teacher_pass import say
 from .trainer import Trainer
 
@@ -116,16 +122,15 @@ class AdversarialTask(DistillTask):
 
         self.ref_nps = {g: noise_power_spectrum(self._pixels(imgs)) for g, imgs in
                         self.real.items()}
-        self.texture, self.source_noise, self.whiten = {}, {}, {}
+        self.texture, self.source_noise, self.whiten, self.dose_noise = {}, {}, {}, {}
         self.dose_pairs = dose_pairs_of(self.cfg, self.pairs, self.domains)
-        self.dose_noise = {}  # target domain -> its fitted noise model (the dose term's)
-        second = self.cfg.consistency_weight > 0 or self.cfg.denoise_weight > 0
-        if (second or self.dose_pairs) and tr.dist.enabled:
+        second = max(self.cfg.consistency_weight, self.cfg.denoise_weight) > 0 or self.dose_pairs
+        if second and tr.dist.enabled:
             raise MedShiftError("--consistency-weight, --denoise-weight and --dose-weight run in "
                                 "one process (their second forward does not go through DDP); "
                                 "drop them, or run without torchrun")
         whiten = self.cfg.disc_whiten
-        if self.cfg.texture == "detector" or second or whiten or self.dose_pairs:
+        if self.cfg.texture == "detector" or second or whiten:
             if getattr(self.teacher.codec, "kind", "pixel") != "pixel":
                 raise MedShiftError("--texture detector, --consistency-weight, "
                                     "--denoise-weight, --dose-weight and --disc-whiten need a "
@@ -136,7 +141,7 @@ class AdversarialTask(DistillTask):
             fits = {}
             if self.cfg.texture == "detector" or whiten or self.dose_pairs:
                 fits.update({(g, "target"): imgs for g, imgs in self.real.items()})
-            if second or self.dose_pairs:
+            if second:
                 fits.update({(a, "source"): self.x[self.y == a] for a in
                              sorted({a for a, _ in self.pairs})})
             for (g, role), imgs in fits.items():
@@ -147,7 +152,7 @@ class AdversarialTask(DistillTask):
                     self.whiten[g] = model
                 if role == "target" and self.cfg.texture == "detector":
                     self.texture[str(g)] = model.to_dict()
-                if role == "target":
+                if role == "target":  # the dose term's target models
                     self.dose_noise[g] = model
                 if tr.dist.is_main:
                     say(f"{self.domains[g]} ({role}): {model.describe()}")
@@ -284,23 +289,16 @@ class AdversarialTask(DistillTask):
                 + cfg.dose_weight * dose)
 
     def _dose(self, tr: Trainer, fwd, x, tau, noise) -> torch.Tensor:
-        """Noisier2Noise on the dose pairs (Moran et al. 2020): real crops y of each pair's
-        target, plus m -- zero mean, variance a_src(s)^2 - a_tgt(s)^2 at the local signal s,
-        the target's detector correlation -- so y + m carries the source dose's noise level;
-        MSE between the student's noise-free translation of y + m and y. The crops cycle
-        through the dose pairs (one batch of x's size, whatever pairs the batch drew)."""
-        b = x.shape[0]
-        pick = [self.dose_pairs[i % len(self.dose_pairs)] for i in range(b)]
-        ys = torch.tensor([a for a, _ in pick], device=x.device)
-        yt = torch.tensor([g for _, g in pick], device=x.device)
+        """Noisier2Noise on the dose pairs (``noise_terms.dose_input``): MSE between the
+        student's noise-free translation of real target crops y at the source dose's noise
+        level and y; one batch of x's size, cycling through the dose pairs."""
+        ys, yt = dose_labels(self.dose_pairs, x.shape[0], x.device)
         y = self._real_batch(tr, yt).float()
         n = torch.randn(y[:, :1].shape, generator=tr.noise_gen,
                         device=tr.noise_gen.device).to(y.device)
-        m = torch.cat([dose_gap_noise(self.source_noise[a], self.dose_noise[g], y[k:k + 1],
-                                      n[k:k + 1]) for k, (a, g) in enumerate(pick)])
+        noisy = dose_input(self.source_noise, self.dose_noise, y, ys, yt, n)
         with tr.autocast():
-            pred = fwd((y + m).to(x.dtype), tau, ys, yt,
-                       *(() if noise is None else (noise,)))
+            pred = fwd(noisy.to(x.dtype), tau, ys, yt, *(() if noise is None else (noise,)))
         return (pred.float() - y).pow(2).mean()
 
     def _denoise(self, tr: Trainer, fwd, x, tau, ys, yt, noise) -> torch.Tensor:
@@ -321,20 +319,12 @@ class AdversarialTask(DistillTask):
         return (pred.float() - target).pow(2).mean()
 
     def _source_noise(self, tr: Trainer, x: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """Fresh noise of each crop's source domain (its fitted detector noise model at the
-        crop's low-passed signal), drawn from the run's checkpointed noise generator."""
-        from ..models.texture import SIGNAL_SIGMA, _blur
-
+        """Fresh noise of each crop's source domain (``noise_terms.source_noise``), its maps
+        drawn from the run's checkpointed noise generator (this rank's share)."""
         b, info = x.shape[0], tr.dist
         n = torch.randn((b * info.world, 1, *x.shape[-2:]), generator=tr.noise_gen,
                         device=tr.noise_gen.device)[info.rank * b:(info.rank + 1) * b]
-        n = n.to(x.device, torch.float32)
-        s = _blur(x.float(), SIGNAL_SIGMA)
-        out = torch.zeros_like(s)
-        for a, model in self.source_noise.items():
-            m = (ys == a).to(s.dtype).view(-1, 1, 1, 1)
-            out = out + m * model.noise(s, n)
-        return out.to(x.dtype)
+        return source_noise(self.source_noise, x, ys, n.to(x.device, torch.float32))
 
     def _diversity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Mode seeking on the fine band: -log of the mean absolute difference between the
@@ -363,22 +353,11 @@ class AdversarialTask(DistillTask):
 
     def _matched(self, lx: torch.Tensor, ys: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
         """Low-passed sources through their pair's intensity map."""
-        return self._per_pair(apply_map, lx.clone(), lx, ys, yt)
+        return per_pair(self.maps, apply_map, lx.clone(), lx, ys, yt)
 
     def _slope(self, lx: torch.Tensor, ys: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
         """The slope of each crop's pair intensity map at the low-passed source lx."""
-        return self._per_pair(map_slope, torch.ones_like(lx), lx, ys, yt)
-
-    @torch.no_grad()
-    def _per_pair(self, fn, out: torch.Tensor, lx: torch.Tensor, ys: torch.Tensor,
-                  yt: torch.Tensor) -> torch.Tensor:
-        """``out`` with each crop of a known pair replaced by ``fn(lx, *its knots)`` per channel."""
-        for (a, b), knots in self.maps.items():
-            m = (ys == a) & (yt == b)
-            if bool(m.any()):
-                out[m] = torch.cat([fn(lx[m][:, c:c + 1], *knots[c])
-                                    for c in range(lx.shape[1])], 1)
-        return out
+        return per_pair(self.maps, map_slope, torch.ones_like(lx), lx, ys, yt)
 
     @torch.no_grad()
     def validate(self, tr: Trainer) -> float:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from .adversarial import AdversarialTask
 from .distill_config import DISTILL_METHODS, DistillConfig
-from .distill_task import DistillTask, dose_pairs_of, pairs_of
+from .distill_task import DistillTask, pairs_of
+from .noise_terms import dose_pairs_of
 from .teacher_pass import say
 from .trainer import run_training
 

@@ -29,7 +29,7 @@ from .meanflow import meanflow_loss
 from .teacher_pass import TeacherJob, TeacherPass, say
 from .trainer import Task, Trainer
 
-__all__ = ["CACHE", "DistillTask", "dose_pairs_of", "one_call_student", "pairs_of"]
+__all__ = ["CACHE", "DistillTask", "one_call_student", "pairs_of"]
 
 CACHE = "teacher_cache.safetensors"
 _RESUMABLE = frozenset({"out", "steps", "device", "precision", "log_every", "ckpt_every",
@@ -64,20 +64,6 @@ def pairs_of(spec: str | None, domains: tuple[str, ...]) -> tuple[tuple[int, int
             raise MedShiftError(f"pair {item!r} translates a domain to itself")
         out.append((domains.index(a), domains.index(b)))
     return tuple(dict.fromkeys(out))
-
-
-def dose_pairs_of(cfg, pairs: tuple[tuple[int, int], ...],
-                  domains: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
-    """The (source, target) labels of ``--dose-pairs``: each one of the pairs the student learns
-    (``pairs``); empty without ``--dose-weight``."""
-    if not cfg.dose_pairs:
-        return ()
-    out = pairs_of(cfg.dose_pairs, domains)
-    for a, b in out:
-        if (a, b) not in pairs:
-            raise MedShiftError(f"--dose-pairs names {domains[a]}:{domains[b]}, which the student "
-                                "does not learn; add it to --pairs or drop it from --dose-pairs")
-    return out
 
 
 class DistillTask(Task):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["apply_map", "intensity_map", "map_slope"]
+__all__ = ["apply_map", "intensity_map", "map_slope", "per_pair"]
 
 
 def intensity_map(a: torch.Tensor, b: torch.Tensor, n: int = 257,
@@ -40,3 +40,16 @@ def map_slope(x: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor) -> torch.Tens
     inside = (flat >= qa[0]) & (flat <= qa[-1]) & (dx > 1e-12)
     return torch.where(inside, (qb[i] - qb[i - 1]) / dx.clamp_min(1e-12),
                        torch.zeros_like(flat)).view_as(x)
+
+
+@torch.no_grad()
+def per_pair(maps: dict, fn, out: torch.Tensor, lx: torch.Tensor, ys: torch.Tensor,
+             yt: torch.Tensor) -> torch.Tensor:
+    """``out`` with each crop of a pair in ``maps`` ((source, target) -> per-channel knots)
+    replaced by ``fn(lx, *its knots)`` per channel (``fn``: :func:`apply_map`,
+    :func:`map_slope`)."""
+    for (a, b), knots in maps.items():
+        m = (ys == a) & (yt == b)
+        if bool(m.any()):
+            out[m] = torch.cat([fn(lx[m][:, c:c + 1], *knots[c]) for c in range(lx.shape[1])], 1)
+    return out

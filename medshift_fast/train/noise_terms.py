@@ -9,8 +9,11 @@
 * :func:`whitening_weight` (``--disc-whiten``): the per-pixel factor that puts the
   discriminator's fine-scale residual in units of the target's grain (the grain's amplitude
   varies tenfold with the signal);
-* :func:`dose_gap_noise` (``--dose-weight``): the noise a real target image lacks to carry
-  the source dose's noise level (the dose term's Noisier2Noise input).
+* :func:`source_noise` (``--consistency-weight``, ``--denoise-weight``): fresh noise of each
+  crop's source domain;
+* :func:`dose_gap_noise`, :func:`dose_input` (``--dose-weight``): the noise a real target
+  image lacks to carry the source dose's noise level (the dose term's Noisier2Noise input),
+  for the pairs :func:`dose_pairs_of` reads.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from ..errors import MedShiftError
 from ..models.discriminator import lowpass
 from ..models.texture import SIGNAL_SIGMA, DetectorNoise
 
-__all__ = ["batch_texture", "dose_gap_noise", "saved_texture", "whitening_weight"]
+__all__ = ["batch_texture", "dose_gap_noise", "dose_input", "dose_labels", "dose_pairs_of",
+           "saved_texture", "source_noise", "whitening_weight"]
 
 
 def batch_texture(texture: dict[str, dict], clean: torch.Tensor, n: torch.Tensor,
@@ -103,3 +107,48 @@ def dose_gap_noise(src: DetectorNoise, tgt: DetectorNoise, y: torch.Tensor,
     s = _blur(y.float(), SIGNAL_SIGMA)
     extra = (src.amplitude(s) ** 2 - tgt.amplitude(s) ** 2).clamp_min(0).sqrt()
     return extra * tgt.correlate(n.to(s.dtype))
+
+
+def source_noise(models: dict[int, DetectorNoise], x: torch.Tensor, ys: torch.Tensor,
+                 n: torch.Tensor) -> torch.Tensor:
+    """Noise of each crop's source domain ``ys`` (its fitted model at the crop's low-passed
+    signal) from standard-normal maps ``n`` (B, 1, H, W); zero for domains without a model."""
+    from ..models.texture import _blur
+
+    s = _blur(x.float(), SIGNAL_SIGMA)
+    out = torch.zeros_like(s)
+    for a, model in models.items():
+        out = out + (ys == a).to(s.dtype).view(-1, 1, 1, 1) * model.noise(s, n)
+    return out.to(x.dtype)
+
+
+def dose_pairs_of(cfg, pairs: tuple[tuple[int, int], ...],
+                  domains: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """The (source, target) labels of ``--dose-pairs``: each one of the pairs the student learns
+    (``pairs``); empty without ``--dose-weight``."""
+    from .distill_task import pairs_of
+
+    if not cfg.dose_pairs:
+        return ()
+    out = pairs_of(cfg.dose_pairs, domains)
+    for a, b in out:
+        if (a, b) not in pairs:
+            raise MedShiftError(f"--dose-pairs names {domains[a]}:{domains[b]}, which the student "
+                                "does not learn; add it to --pairs or drop it from --dose-pairs")
+    return out
+
+
+def dose_labels(pairs: tuple[tuple[int, int], ...], b: int,
+                device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source and target labels of ``b`` dose-term crops, cycling through ``pairs``."""
+    pick = [pairs[i % len(pairs)] for i in range(b)]
+    return (torch.tensor([a for a, _ in pick], device=device),
+            torch.tensor([g for _, g in pick], device=device))
+
+
+def dose_input(src: dict[int, DetectorNoise], tgt: dict[int, DetectorNoise], y: torch.Tensor,
+               ys: torch.Tensor, yt: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Real target crops ``y`` raised to their source dose's noise level: y + m, m the
+    :func:`dose_gap_noise` of each crop's pair (labels ``ys`` -> ``yt``) from the maps ``n``."""
+    return y + torch.cat([dose_gap_noise(src[int(a)], tgt[int(g)], y[k:k + 1], n[k:k + 1])
+                          for k, (a, g) in enumerate(zip(ys.tolist(), yt.tolist()))])
